@@ -1,0 +1,1 @@
+"""The GRPO/PPO learner on DeepSpeed and its pure loss/advantage functions."""

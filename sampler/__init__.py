@@ -1,0 +1,1 @@
+"""Rollouts: vLLM and HF samplers, rollout collection over envs, and eval."""

@@ -1,0 +1,109 @@
+"""The task-source protocol: seeded, index-addressable problem generators.
+
+Item ``i`` of a source is plain data derived from ``(name, params, seed, i)`` only::
+
+    {"question": str, "answer": str | JSON, "metadata": {...}}
+
+``metadata`` may hold ``solution`` (a worked, step-by-step trace usable for cold-start SFT),
+``grader`` (the default grader name) and any extra fields the grader needs.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Iterator, TypedDict
+
+from thinkgym._registry import Registry
+
+
+class Item(TypedDict):
+    question: str
+    answer: Any
+    metadata: dict[str, Any]
+
+
+class TaskSource(ABC):
+    """A sequence of problems. Subclasses implement :meth:`generate`.
+
+    ``size`` bounds ``len()`` (procedural sources are effectively unbounded; the default size
+    is large). ``params`` are source-specific difficulty knobs and are part of the identity of
+    an item: the same (params, seed, i) always gives the same item, in any process.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    grader: ClassVar[str] = "math"
+    default_size: ClassVar[int] = 1_000_000
+
+    def __init__(self, seed: int = 0, size: int | None = None, **params: Any) -> None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        self.seed = seed
+        self.size = self.default_size if size is None else int(size)
+        if self.size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        self.params = self.validate_params(params)
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Check and fill in defaults for the source's knobs; unknown knobs are an error."""
+        if params:
+            raise TypeError(f"{type(self).__name__} takes no parameters, got {sorted(params)}")
+        return {}
+
+    def rng(self, i: int) -> random.Random:
+        # A string seed is hashed with SHA-512 by `random`, so it is stable across processes
+        # and independent of PYTHONHASHSEED.
+        key = f"{self.name}|{sorted(self.params.items())!r}|{self.seed}|{i}"
+        return random.Random(key)
+
+    @abstractmethod
+    def generate(self, i: int, rng: random.Random) -> Item:
+        """Build item ``i`` using only ``rng`` (already seeded from (seed, i))."""
+
+    def __getitem__(self, i: int) -> Item:
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise TypeError(f"index must be an int, got {i!r}")
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.name}: index {i} out of range (size {len(self)})")
+        item = self.generate(i, self.rng(i))
+        item["metadata"].setdefault("grader", self.grader)
+        item["metadata"].setdefault("source", self.name)
+        item["metadata"].setdefault("index", i)
+        return item
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[Item]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        p = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}(seed={self.seed}, size={self.size}{', ' if p else ''}{p})"
+
+
+TASKS: Registry[type[TaskSource]] = Registry("task source", "thinkgym.tasks")
+
+
+def register_task(name: str):
+    """Class decorator: register a :class:`TaskSource` subclass under ``name``."""
+
+    def deco(cls: type[TaskSource]) -> type[TaskSource]:
+        cls.name = name
+        return TASKS.register(name)(cls)
+
+    return deco
+
+
+def make_task(name: str, seed: int = 0, size: int | None = None, **params: Any) -> TaskSource:
+    """Instantiate the registered task source ``name``."""
+    return TASKS.get(name)(seed=seed, size=size, **params)
+
+
+def list_tasks() -> dict[str, str]:
+    """Registered task names with their one-line descriptions."""
+    return {n: TASKS.get(n).description for n in TASKS.names()}

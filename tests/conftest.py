@@ -1,0 +1,21 @@
+"""Shared fixtures. Heavy ones (tiny model) are session-scoped and built once."""
+
+from __future__ import annotations
+
+import os
+
+# vLLM on CPU: a 1 GiB KV cache is plenty for the tiny model, and the in-process engine
+# starts in seconds. Set before anything imports vllm.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A freshly built, random-init tiny Qwen2 model + tokenizer saved with save_pretrained."""
+    from thinkgym.sft_coldstart.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

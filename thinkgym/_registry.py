@@ -1,0 +1,92 @@
+"""A small name -> object registry shared by task sources, graders and envs.
+
+Entry points let third-party packages add entries without importing them here; they are
+loaded lazily the first time a registry is listed or looked up. Two providers of one name
+are an error, never a silent override.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import metadata
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class RegistryError(KeyError):
+    """Unknown name or a name registered twice."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Generic[T]):
+    """Maps names to objects; ``group`` is the entry-point group scanned for plugins."""
+
+    def __init__(self, kind: str, group: str) -> None:
+        self.kind = kind
+        self.group = group
+        self._items: dict[str, T] = {}
+        self._origin: dict[str, str] = {}
+        self._plugins_loaded = False
+
+    def add(self, name: str, obj: T, origin: str = "thinkgym") -> T:
+        if not name or not isinstance(name, str):
+            raise RegistryError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._items and self._items[name] is not obj:
+            raise RegistryError(
+                f"{self.kind} {name!r} is registered twice: by {self._origin[name]} and by {origin}"
+            )
+        self._items[name] = obj
+        self._origin[name] = origin
+        return obj
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator form of :meth:`add`."""
+
+        def deco(obj: T) -> T:
+            origin = getattr(obj, "__module__", "thinkgym")
+            return self.add(name, obj, origin=origin)
+
+        return deco
+
+    def load_plugins(self) -> None:
+        """Import every entry point of ``group``; each may register on import or return an object."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in metadata.entry_points(group=self.group):
+            obj = ep.load()
+            dist = ep.dist.name if ep.dist is not None else ep.value
+            if ep.name in self._items and self._items[ep.name] is obj:
+                continue
+            if callable(obj) and getattr(obj, "__thinkgym_register__", False):
+                obj()  # a hook that registers several entries itself
+                continue
+            self.add(ep.name, obj, origin=f"plugin {dist} ({ep.value})")
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            self.load_plugins()
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items)) or "none"
+            raise RegistryError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def origin(self, name: str) -> str:
+        self.get(name)
+        return self._origin[name]
+
+    def names(self) -> list[str]:
+        self.load_plugins()
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        self.load_plugins()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
