@@ -1,0 +1,183 @@
+"""Answer extraction, kept separate from judging.
+
+Policy (the defaults of :class:`ExtractConfig`):
+
+* Only the final section counts: the text after the last ``</think>``. A ``<think>`` that opens
+  and never closes leaves no final section, so there is no answer.
+* Answers come from channels: ``\\boxed{...}`` (nested braces handled, ``\\fbox`` too) and
+  ``<answer>...</answer>``. No channel means no answer.
+* Every candidate found is returned; deciding whether several candidates are "the same value"
+  needs the judge (a math grader compares values), so extraction only flags them.
+* An empty answer is no answer.
+
+Extraction is linear in the text length and never calls sympy, so it is safe on any input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+# Words that join alternatives inside one answer ("41 or 42", "A and C").
+_ALTERNATIVES_RE = re.compile(
+    r"(?:\\text\{\s*(?:or|and)\s*\}|\\(?:lor|vee)(?![a-zA-Z])|\bor\b|\band/or\b)", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How the answer is found in a completion."""
+
+    #: Grade only the text after the last ``</think>``; an unclosed ``<think>`` means no answer.
+    final_section_only: bool = True
+    #: Answer channels, tried in this order; all candidates of all channels are collected.
+    channels: tuple[str, ...] = ("boxed", "answer_tag")
+    #: LaTeX box commands treated as the ``boxed`` channel.
+    box_commands: tuple[str, ...] = ("boxed", "fbox")
+    #: Use only the last box / last answer tag instead of all of them (lenient; off by default
+    #: because a box per candidate is the cheapest way to hedge).
+    last_only: bool = False
+    #: Answers longer than this are rejected (no real math answer is this long).
+    max_answer_chars: int = 2000
+    #: An answer joining alternatives with "or" / "\\lor" counts as several candidates
+    #: (``a \\pm b`` is not a hedge: the math grader reads it as the two values it denotes).
+    split_alternatives: bool = True
+
+
+DEFAULT_EXTRACT = ExtractConfig()
+
+
+@dataclass
+class Extraction:
+    """The answers found in a completion, or why there are none."""
+
+    answers: list[str] = field(default_factory=list)
+    reason: str = ""
+    #: The answer text hedges between alternatives ("41 or 42").
+    hedged: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.answers)
+
+    @property
+    def answer(self) -> str | None:
+        """The single answer when exactly one distinct candidate string was found."""
+        distinct = {a for a in self.answers}
+        return self.answers[-1] if len(distinct) == 1 else None
+
+    def joined(self) -> str | None:
+        if not self.answers:
+            return None
+        return self.answers[0] if len(self.answers) == 1 else " ; ".join(self.answers)
+
+
+def final_section(text: str, cfg: ExtractConfig = DEFAULT_EXTRACT) -> str | None:
+    """The graded part of ``text``: after the last ``</think>``; ``None`` if thinking never ends."""
+    if not cfg.final_section_only:
+        return text
+    close = text.rfind(THINK_CLOSE)
+    if close >= 0:
+        return text[close + len(THINK_CLOSE) :]
+    if THINK_OPEN in text:
+        return None
+    return text
+
+
+def find_boxed(text: str, commands: tuple[str, ...] = ("boxed", "fbox")) -> list[str]:
+    """Contents of every ``\\boxed{...}`` (balanced braces) in order; unclosed boxes are skipped."""
+    out: list[str] = []
+    pat = re.compile(r"\\(?:%s)\s*\{" % "|".join(re.escape(c) for c in commands))
+    pos = 0
+    n = len(text)
+    while True:
+        m = pat.search(text, pos)
+        if m is None:
+            break
+        i = m.end()
+        depth = 1
+        j = i
+        while j < n:
+            c = text[j]
+            if c == "\\" and j + 1 < n:
+                j += 2  # skip escaped chars such as \{ and \}
+                continue
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        if depth != 0:
+            break  # unclosed: nothing after it can be a complete box either
+        out.append(text[i:j])
+        pos = j + 1
+    return out
+
+
+def _strip_outer_box(s: str) -> str:
+    """``\\boxed{x}`` written inside ``<answer>`` tags counts as ``x``."""
+    inner = find_boxed(s)
+    if len(inner) == 1 and re.fullmatch(r"\s*\\(?:boxed|fbox)\s*\{.*\}\s*\$?\s*", s, re.DOTALL):
+        return inner[0]
+    return s
+
+
+def _clean(s: str) -> str:
+    s = s.strip()
+    # Display-math wrappers around an answer carry no meaning.
+    for a, b in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(s) >= len(a) + len(b) and s.startswith(a) and s.endswith(b):
+            s = s[len(a) : len(s) - len(b)].strip()
+    return s
+
+
+def split_alternatives(answer: str) -> list[str] | None:
+    """``["41", "42"]`` for ``"41 or 42"``; ``None`` when the answer does not hedge."""
+    if not _ALTERNATIVES_RE.search(answer):
+        return None
+    parts = [p.strip(" ,;") for p in _ALTERNATIVES_RE.split(answer)]
+    return [p for p in parts if p] or None
+
+
+def extract(text: str, cfg: ExtractConfig = DEFAULT_EXTRACT) -> Extraction:
+    """All answer candidates in the final section of ``text``."""
+    if not isinstance(text, str):
+        return Extraction(reason=f"completion is {type(text).__name__}, not str")
+    section = final_section(text, cfg)
+    if section is None:
+        return Extraction(reason="thinking never closed: no final answer")
+    found: list[str] = []
+    for ch in cfg.channels:
+        if ch == "boxed":
+            boxes = find_boxed(section, cfg.box_commands)
+            found += boxes[-1:] if cfg.last_only else boxes
+        elif ch == "answer_tag":
+            tags = [_strip_outer_box(m) for m in _ANSWER_RE.findall(section)]
+            # A box inside the answer tag was already collected by the boxed channel.
+            tags = [t for t in tags if t not in found]
+            found += tags[-1:] if cfg.last_only else tags
+        else:
+            raise ValueError(f"unknown answer channel {ch!r}; known: boxed, answer_tag")
+    if not found:
+        return Extraction(reason="no answer channel (\\boxed{} or <answer>) in the final section")
+    answers = [_clean(a) for a in found]
+    if any(len(a) > cfg.max_answer_chars for a in answers):
+        return Extraction(reason=f"answer longer than {cfg.max_answer_chars} characters")
+    answers = [a for a in answers if a]
+    if not answers:
+        return Extraction(reason="empty answer")
+    hedged = False
+    if cfg.split_alternatives:
+        split: list[str] = []
+        for a in answers:
+            alts = split_alternatives(a)
+            hedged = hedged or bool(alts and len(alts) > 1)
+            split += alts if alts else [a]
+        answers = split
+    return Extraction(answers=answers, hedged=hedged)

@@ -1,0 +1,106 @@
+"""Grader ``format``: rewards the ``<think>…</think>`` + answer structure and nothing else.
+
+A completion passes when it has exactly one non-empty think block at the start, then exactly one
+answer (one ``\\boxed{}`` or one ``<answer>…</answer>``) and nothing substantive after it.
+Duplicated or interleaved tags, an empty think block, or text after the answer fail. Each check is
+reported in ``Grade.components`` so a rubric can log them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from thinkgym.verifiers.base import Grade, register_grader
+from thinkgym.verifiers.extract import find_boxed
+
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class FormatConfig:
+    """Knobs of the ``format`` grader."""
+
+    #: The chat template already opened ``<think>`` in the prompt, so the completion starts
+    #: inside the think block and must contain ``</think>`` but no ``<think>``.
+    think_in_prompt: bool = False
+    #: Characters of reasoning the think block needs (after stripping whitespace).
+    min_think_chars: int = 1
+    #: Allow text after the answer (after ``</answer>`` or the last box); punctuation,
+    #: ``$`` and ``\\]`` are always allowed.
+    allow_text_after_answer: bool = False
+    #: Allow text before ``<think>``.
+    allow_text_before_think: bool = False
+    #: Allow several boxes/answer tags (graded by the answer grader, which rejects differing ones).
+    allow_multiple_answers: bool = False
+    #: Score = fraction of checks passed instead of all-or-nothing.
+    partial: bool = False
+
+
+DEFAULT_FORMAT = FormatConfig()
+_TAG_RE = re.compile(r"</?(?:think|answer)>", re.IGNORECASE)
+_TRIVIAL_TAIL = re.compile(r"^[\s.,;:!$)\]\\]*$")
+
+
+def _after_answer_ok(tail: str) -> bool:
+    return bool(_TRIVIAL_TAIL.match(tail.replace("\\]", "").replace("\\)", "")))
+
+
+def check_format(completion: str, cfg: FormatConfig = DEFAULT_FORMAT) -> Grade:
+    """Check the structure of ``completion``; see :class:`FormatConfig`."""
+    checks: dict[str, float] = {}
+    why: list[str] = []
+
+    def check(name: str, ok: bool, msg: str) -> None:
+        checks[name] = 1.0 if ok else 0.0
+        if not ok:
+            why.append(msg)
+
+    text = completion if isinstance(completion, str) else ""
+    tags = [(m.group(0).lower(), m.start(), m.end()) for m in _TAG_RE.finditer(text)]
+    opens = [t for t in tags if t[0] == "<think>"]
+    closes = [t for t in tags if t[0] == "</think>"]
+    if cfg.think_in_prompt:
+        check("think_tags", not opens and len(closes) == 1, "expected exactly one </think> and no <think>")
+        start = 0
+    else:
+        check("think_tags", len(opens) == 1 and len(closes) == 1 and opens[0][1] < closes[0][1],
+              "expected exactly one <think> followed by one </think>")
+        start = opens[0][2] if opens else 0
+        before = text[: opens[0][1]] if opens else ""
+        check("think_first", bool(opens) and (cfg.allow_text_before_think or not before.strip()),
+              "text before <think>")
+    end = closes[-1][1] if closes else len(text)
+    think = text[start:end] if closes else ""
+    check("think_nonempty", len(think.strip()) >= cfg.min_think_chars, "empty think block")
+    final = text[closes[-1][2] :] if closes else ""
+    a_open = [t for t in tags if t[0] == "<answer>" and t[1] >= (closes[-1][2] if closes else 0)]
+    a_close = [t for t in tags if t[0] == "</answer>" and t[1] >= (closes[-1][2] if closes else 0)]
+    stray = [t for t in tags if t[0] in ("<answer>", "</answer>") and closes and t[1] < closes[-1][1]]
+    check("no_interleaving", not stray, "answer tags inside the think block")
+    boxes = find_boxed(final)
+    n_answers = len(a_open) + (0 if a_open else len(boxes))
+    tags_ok = len(a_open) == len(a_close) and all(o[1] < c[1] for o, c in zip(a_open, a_close))
+    check("answer", n_answers >= 1 and tags_ok, "no well-formed answer (\\boxed{} or <answer>) after </think>")
+    check("single_answer", cfg.allow_multiple_answers or n_answers <= 1, "more than one answer")
+    if a_close:
+        tail = final[a_close[-1][2] :]
+    elif boxes:
+        last = final.rfind(boxes[-1] + "}")
+        tail = final[last + len(boxes[-1]) + 1 :] if last >= 0 else ""
+    else:
+        tail = ""
+    check("nothing_after_answer", cfg.allow_text_after_answer or _after_answer_ok(tail), "text after the answer")
+    if cfg.partial:
+        score = sum(checks.values()) / len(checks)
+    else:
+        score = 1.0 if all(v == 1.0 for v in checks.values()) else 0.0
+    return Grade(score, reason="; ".join(why) or "well-formed", components=dict(checks))
+
+
+@register_grader("format", version=VERSION)
+def grade_format(completion: str, gold: Any = None, **meta: Any) -> Grade:
+    """<think>…</think> then exactly one answer and nothing after it (gold is ignored)."""
+    cfg = meta.get("format_config") or DEFAULT_FORMAT
+    return check_format(completion, cfg)

@@ -1,0 +1,497 @@
+"""Grader ``math``: exact mathematical equivalence of the extracted answer and the gold answer.
+
+Order of checks, cheapest first:
+
+1. string identity after normalisation (spacing, ``\\dfrac``, Unicode minus, units, ``x =``);
+2. exact rational fast path for integers, decimals, fractions, scientific notation, thousands
+   separators, repeating decimals and percentages (no sympy, microseconds);
+3. structure at the string level: ordered tuples/intervals element by element, ``\\{...\\}`` sets
+   and multi-part answers as unordered collections;
+4. sympy (``latex2sympy2_extended`` parses the LaTeX) for everything else. The sympy step runs in
+   a worker process of :mod:`thinkgym.verifiers.pool` under a hard time budget, so no input can
+   hang the caller; a step that runs out of budget gives ``score=None``.
+
+Decimals are exact: ``0.33`` is 33/100, never 1/3, and ``6.28`` is not ``2\\pi``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from thinkgym.verifiers.base import Grade, register_grader
+from thinkgym.verifiers.extract import DEFAULT_EXTRACT, ExtractConfig, extract
+
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class MathConfig:
+    """Knobs of the ``math`` grader."""
+
+    #: Where the answer is found in the completion.
+    extract: ExtractConfig = field(default_factory=lambda: DEFAULT_EXTRACT)
+    #: Hard budget in seconds for the sympy step of one item (process-level, see ``pool``).
+    timeout_s: float = 5.0
+    #: ``50\\%`` equals both 50 and 0.5 (an explicit percent sign is unambiguous); bare 0.5 never
+    #: equals gold 50.
+    percent_either_scale: bool = True
+    #: Accept ``x = 3`` (a single variable assigned) for gold ``3``.
+    allow_assignment: bool = True
+
+
+DEFAULT_MATH = MathConfig()
+
+# --------------------------------------------------------------------------- normalisation
+
+_UNICODE = {
+    "\u2212": "-", "\u2013": "-", "\u2012": "-", "\u00d7": "\\times ", "\u22c5": "\\cdot ",
+    "\u00b7": "\\cdot ", "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u221a": "\\sqrt", "\u00a0": " ",
+    "\u2009": " ", "\u202f": " ", "\u00b0": "^\\circ",
+}
+_UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
+_DROP_RE = re.compile(
+    r"\\(?:left|right|displaystyle|textstyle|big|Big|bigg|Bigg)(?![a-zA-Z])|\\[!;:]|\\q?quad\b|\\mathrm\{\s*\}"
+)
+_THOUSANDS_THIN = re.compile(r"(?<=\d)(?:\\,|\{,\}|\\ |~)(?=\d{3}(?!\d))")
+_TEXT_CMD = r"\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox|operatorname)"
+_TRAILING_UNIT = re.compile(r"(?<=[\d}).])\s*(?:" + _TEXT_CMD + r"\{[^{}]*\}\s*)+$")
+_WHOLE_TEXT = re.compile(r"^" + _TEXT_CMD + r"\{([^{}]*)\}$")
+_DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b")
+_ASSIGN = re.compile(r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(?!=)(.+)$", re.DOTALL)
+_DOLLAR = re.compile(r"^\\\$\s*|\\\$$")
+
+
+def normalize(s: str) -> str:
+    """Meaning-preserving cleanup of a LaTeX answer string."""
+    s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom")
+    s = _THOUSANDS_THIN.sub("", s)
+    s = _DROP_RE.sub("", s)
+    s = s.replace("\\,", " ").replace("\\ ", " ")
+    s = _DEGREE.sub("", s)
+    s = _DOLLAR.sub("", s.strip())
+    s = s.strip().rstrip(".").strip()
+    for _ in range(3):  # units may stack: "5 \text{m} \text{s}"
+        t = _TRAILING_UNIT.sub("", s).strip()
+        if t == s:
+            break
+        s = t
+    m = _WHOLE_TEXT.match(s)
+    if m:
+        s = m.group(1).strip()
+    return re.sub(r"\s+", " ", s)
+
+
+# --------------------------------------------------------------------------- fast path
+
+_DEC = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_MAX_EXP = 400  # larger powers of ten go to sympy, under the budget
+_NUM_RES = [
+    ("sep", re.compile(r"(\d{1,3}(?:(?:,| )\d{3})+(?:\.\d+)?)")),
+    ("dec", re.compile(rf"({_DEC})")),
+    ("sci_e", re.compile(rf"({_DEC})[eE]([+-]?\d+)")),
+    ("sci_t", re.compile(rf"({_DEC})\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*(?:\{{\s*([+-]?\d+)\s*\}}|([+-]?\d))")),
+    ("pow10", re.compile(r"10\s*\^\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))")),
+    ("frac", re.compile(rf"\\frac\s*\{{\s*(-?{_DEC})\s*\}}\s*\{{\s*(-?{_DEC})\s*\}}")),
+    ("frac_short", re.compile(r"\\frac\s*(\d)\s*(\d)")),
+    ("slash", re.compile(rf"({_DEC})\s*/\s*({_DEC})")),
+    ("repeat", re.compile(r"(\d*)\.(\d*)\\overline\s*\{\s*(\d+)\s*\}")),
+]
+
+
+def _pow10(e: str) -> Fraction | None:
+    k = int(e)
+    return Fraction(10) ** k if abs(k) <= _MAX_EXP else None
+
+
+def parse_number(s: str) -> tuple[Fraction, bool] | None:
+    """Exact value of a plain numeric literal and whether it carried a percent sign."""
+    s = s.strip()
+    if len(s) > 300:
+        return None
+    pct = False
+    if s.endswith("\\%") or s.endswith("%"):
+        pct, s = True, s[: -2 if s.endswith("\\%") else -1].rstrip()
+    sign = 1
+    if s[:1] in "+-" and s:
+        sign, s = (-1 if s[0] == "-" else 1), s[1:].lstrip()
+    if not s:
+        return None
+    for kind, rx in _NUM_RES:
+        m = rx.fullmatch(s)
+        if m is None:
+            continue
+        g = m.groups()
+        try:
+            if kind == "sep":
+                v = Fraction(g[0].replace(",", "").replace(" ", ""))
+            elif kind == "dec":
+                v = Fraction(g[0])
+            elif kind in ("sci_e", "sci_t"):
+                p = _pow10(g[1] if g[1] is not None else g[2])
+                if p is None:
+                    return None
+                v = Fraction(g[0]) * p
+            elif kind == "pow10":
+                v = _pow10(g[0] if g[0] is not None else g[1])
+                if v is None:
+                    return None
+            elif kind in ("frac", "frac_short", "slash"):
+                den = Fraction(g[1])
+                if den == 0:
+                    return None
+                v = Fraction(g[0]) / den
+            elif kind == "repeat":
+                whole, fixed, rep = g
+                base = Fraction(f"{whole or '0'}.{fixed}" if fixed else (whole or "0"))
+                v = base + Fraction(int(rep), (10 ** len(rep) - 1) * 10 ** len(fixed))
+            else:  # pragma: no cover
+                continue
+        except (ValueError, ZeroDivisionError):
+            return None
+        return sign * v, pct
+    return None
+
+
+def _numbers_equal(p: tuple[Fraction, bool], g: tuple[Fraction, bool], cfg: MathConfig) -> bool:
+    (vp, pp), (vg, pg) = p, g
+    if vp == vg:
+        return True
+    if cfg.percent_either_scale and (pp or pg):
+        ps = {vp, vp / 100} if pp else {vp}
+        gs = {vg, vg / 100} if pg else {vg}
+        return bool(ps & gs)
+    return False
+
+
+# --------------------------------------------------------------------------- structure
+
+_OPEN = {"(": ")", "[": "]", "{": "}"}
+
+
+def _wrapped(s: str) -> tuple[str, str, str] | None:
+    """``(open, inner, close)`` when one bracket pair encloses all of ``s``."""
+    opener = closer = ""
+    if s.startswith("\\{") and s.endswith("\\}"):
+        opener, closer, inner = "\\{", "\\}", s[2:-2]
+    elif s[:1] in "([" and s[-1:] in ")]":
+        opener, closer, inner = s[0], s[-1], s[1:-1]
+    else:
+        return None
+    depth = 0
+    for c in inner:  # the outer pair must not close early, as in "(1,2)\cup(3,4)"
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth < 0:
+                return None
+    return (opener, inner, closer) if depth == 0 else None
+
+
+def split_top(s: str) -> list[str]:
+    """Split on commas/semicolons outside brackets (``\\{``, ``(``, ``[``, ``{``)."""
+    parts, depth, cur = [], 0, []
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s) and s[i + 1] in "{}":
+            depth += 1 if s[i + 1] == "{" else -1
+            cur.append(s[i : i + 2])
+            i += 2
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        if c in ",;" and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    parts.append("".join(cur).strip())
+    return [p for p in parts if p]
+
+
+def _is_thousands(s: str) -> bool:
+    return bool(re.fullmatch(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s.strip()))
+
+
+def _letter(s: str) -> str | None:
+    m = re.fullmatch(r"\(?\s*([A-Za-z])\s*\)?[.:]?", s.strip())
+    return m.group(1).upper() if m else None
+
+
+# --------------------------------------------------------------------------- sympy (worker side)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_sympy(s: str) -> Any:
+    from latex2sympy2_extended import NormalizationConfig, latex2sympy
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig
+
+    norm = NormalizationConfig(basic_latex=True, units=True, malformed_operators=True, nits=True, boxed="none", equations=False)
+    conv = ConversionConfig(interpret_as_mixed_fractions=True, lowercase_symbols=False)
+    return _exact(latex2sympy(s, normalization_config=norm, conversion_config=conv))
+
+
+def _exact(expr: Any) -> Any:
+    """Replace floats by the exact decimal rationals they were written as."""
+    import sympy
+
+    if isinstance(expr, sympy.Basic) and expr.atoms(sympy.Float):
+        return expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})
+    if isinstance(expr, sympy.MatrixBase):
+        return expr.applyfunc(_exact)
+    return expr
+
+
+def _expr_equal(a: Any, b: Any) -> bool:
+    import sympy
+
+    if a == b:
+        return True
+    try:
+        d = sympy.simplify(a - b)
+    except Exception:  # noqa: BLE001 - sympy raises many types on odd input
+        return False
+    if d == 0:
+        return True
+    if getattr(d, "free_symbols", None):
+        return False
+    return bool(getattr(d, "is_number", False)) and d.equals(0) is True
+
+
+def _sym_equal(a: Any, b: Any) -> bool:
+    import sympy
+    from sympy.sets.sets import FiniteSet
+
+    if isinstance(a, sympy.MatrixBase) or isinstance(b, sympy.MatrixBase):
+        if not (isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase)) or a.shape != b.shape:
+            return False
+        return all(_sym_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, sympy.Tuple) or isinstance(b, sympy.Tuple):
+        if not (isinstance(a, sympy.Tuple) and isinstance(b, sympy.Tuple)) or len(a) != len(b):
+            return False
+        return all(_sym_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, FiniteSet) and isinstance(b, FiniteSet):
+        return _match_unordered(list(a), list(b), _sym_equal)
+    if isinstance(a, FiniteSet) and len(a) == 1 and not isinstance(b, sympy.Set):
+        return _sym_equal(next(iter(a)), b)
+    if isinstance(b, FiniteSet) and len(b) == 1 and not isinstance(a, sympy.Set):
+        return _sym_equal(a, next(iter(b)))
+    if isinstance(a, sympy.Set) or isinstance(b, sympy.Set):
+        if not (isinstance(a, sympy.Set) and isinstance(b, sympy.Set)):
+            return False
+        return a == b or a.symmetric_difference(b).is_empty is True
+    if isinstance(a, sympy.Equality) and isinstance(b, sympy.Equality):
+        if a.lhs == b.lhs:
+            return _expr_equal(a.rhs, b.rhs)
+        da, db = a.lhs - a.rhs, b.lhs - b.rhs
+        return _expr_equal(da, db) or _expr_equal(da, -db)
+    if isinstance(a, sympy.Equality) and isinstance(a.lhs, sympy.Symbol):
+        return _sym_equal(a.rhs, b)
+    if isinstance(a, sympy.Basic) and isinstance(b, sympy.Basic) and not isinstance(a, sympy.core.relational.Relational) and not isinstance(b, sympy.core.relational.Relational):
+        return _expr_equal(a, b)
+    return a == b
+
+
+def sympy_equal(pred: str, gold: str) -> bool:
+    """Exact equality of two LaTeX strings via sympy. Unbounded time: call it in a worker."""
+    try:
+        a, b = _parse_sympy(pred), _parse_sympy(gold)
+    except Exception:  # noqa: BLE001 - an unparseable answer is simply not equal
+        return False
+    return _sym_equal(a, b)
+
+
+def warmup() -> None:
+    """Import and exercise the parser once (worker start-up)."""
+    sympy_equal("\\frac{1}{2}+x", "x+0.5")
+
+
+# --------------------------------------------------------------------------- equality
+
+
+def _match_unordered(preds: list[Any], golds: list[Any], eq: Any) -> bool:
+    """Every gold is matched by a distinct prediction and nothing is left over (repeats ok)."""
+    # Repeated predictions of the same value are fine; collapse exact duplicates first.
+    uniq: list[Any] = []
+    for p in preds:
+        if not any(p == q for q in uniq):
+            uniq.append(p)
+    if len(uniq) != len(golds):
+        return False
+    used = [False] * len(golds)
+
+    def assign(i: int) -> bool:  # tiny backtracking matcher; collections are short
+        if i == len(uniq):
+            return True
+        for j, g in enumerate(golds):
+            if not used[j]:
+                r = eq(uniq[i], g)
+                if r is None:
+                    raise _Undecided
+                if r:
+                    used[j] = True
+                    if assign(i + 1):
+                        return True
+                    used[j] = False
+        return False
+
+    return assign(0)
+
+
+class _Undecided(Exception):
+    """A comparison ran out of budget: the result is unknown, not false."""
+
+
+def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool | None:
+    """``True``/``False``, or ``None`` when the sympy step failed or ran out of budget."""
+    p, g = normalize(pred), normalize(gold)
+    if not p:
+        return False
+    if p == g:
+        return True
+    if cfg.allow_assignment and "=" not in g:
+        m = _ASSIGN.match(p)
+        if m:
+            p = m.group(1).strip()
+            if p == g:
+                return True
+    lg = _letter(g)
+    if lg is not None and not re.fullmatch(r"[a-z]", g):  # multiple choice gold "B" / "(B)"
+        return _letter(p) == lg
+    if re.fullmatch(r"[+-]?\d+", p) and re.fullmatch(r"[+-]?\d+", g):
+        # Integers of any length compare digit by digit, no int() (which caps at 4300 digits).
+        return _canon_int(p) == _canon_int(g)
+    np_, ng = parse_number(p), parse_number(g)
+    if np_ is not None and ng is not None:
+        return _numbers_equal(np_, ng, cfg)
+    if ng is not None and re.fullmatch(r"[A-Za-z ]+", p):
+        return False  # a word is never a number
+    wp, wg = _wrapped(p), _wrapped(g)
+    if wp and wg and "," in wp[1] + wg[1] and not (_is_thousands(wp[1]) or _is_thousands(wg[1])):
+        pp, gp = split_top(wp[1]), split_top(wg[1])
+        if wg[0] == "\\{" or wp[0] == "\\{":
+            if wg[0] != wp[0]:
+                return False
+            try:
+                return _match_unordered(pp, gp, lambda x, y: answers_equal(x, y, cfg))
+            except _Undecided:
+                return None
+        if (wp[0], wp[2]) != (wg[0], wg[2]) or len(pp) != len(gp):
+            return False  # open vs closed ends, or a different number of coordinates
+        results = [answers_equal(x, y, cfg) for x, y in zip(pp, gp)]
+        if any(r is False for r in results):
+            return False
+        return None if any(r is None for r in results) else True
+    return _sympy_checked(p, g, cfg)
+
+
+def _canon_int(s: str) -> str:
+    neg = s.startswith("-")
+    d = s.lstrip("+-").lstrip("0") or "0"
+    return ("-" if neg and d != "0" else "") + d
+
+
+def _sympy_checked(p: str, g: str, cfg: MathConfig) -> bool | None:
+    from thinkgym.verifiers import pool
+
+    if pool.in_worker():
+        return sympy_equal(p, g)
+    res = pool.default_pool().call("thinkgym.verifiers.math_equiv:sympy_equal", p, g, timeout=cfg.timeout_s)
+    return res.value if res.ok else None
+
+
+# --------------------------------------------------------------------------- grader
+
+
+def _gold_parts(gold: Any) -> list[str]:
+    if isinstance(gold, (list, tuple)):
+        return [_gold_str(x) for x in gold]
+    g = normalize(_gold_str(gold))
+    w = _wrapped(g)
+    if w and w[0] == "\\{":
+        return split_top(w[1]) or [g]
+    if _wrapped(g) is None and "," in g and not _is_thousands(g) and "\\pm" not in g:
+        parts = split_top(g)
+        if len(parts) > 1:
+            return parts
+    return [g]
+
+
+def _gold_str(x: Any) -> str:
+    if isinstance(x, bool):
+        raise TypeError("gold must be a number, a string or a list, not bool")
+    if isinstance(x, float):
+        return repr(x) if x == x and abs(x) != float("inf") else str(x)
+    if isinstance(x, (int, str)):
+        return str(x)
+    raise TypeError(f"gold must be a number, a string or a list, not {type(x).__name__}")
+
+
+def _expand_pm(s: str) -> list[str]:
+    """``a \\pm b`` -> ``[a+b, a-b]`` (one top-level ``\\pm``); anything else unchanged."""
+    n = normalize(s)
+    if n.count("\\pm") != 1 or _wrapped(n):
+        return [s]
+    a, b = (x.strip() for x in n.split("\\pm"))
+    if not b:
+        return [s]
+    return [f"{a}+({b})", f"{a}-({b})"] if a else [b, f"-({b})"]
+
+
+def _pred_parts(answers: list[str]) -> list[str]:
+    out: list[str] = []
+    for a in answers:
+        n = normalize(a)
+        w = _wrapped(n)
+        if w and w[0] == "\\{":
+            out += split_top(w[1])
+        elif w is None and not _is_thousands(n):
+            out += split_top(n) or [n]
+        else:
+            out.append(n)
+    return [x for part in out for x in _expand_pm(part)]
+
+
+def grade_math_with(completion: str, gold: Any, cfg: MathConfig = DEFAULT_MATH) -> Grade:
+    """Grade ``completion`` against ``gold`` (str, int, float, or a list for multi-part answers)."""
+    ex = extract(completion, cfg.extract)
+    if not ex.ok:
+        return Grade(0.0, reason=ex.reason)
+    extracted = ex.joined()
+    golds = [x for g in _gold_parts(gold) for x in _expand_pm(g)]
+    try:
+        if len(golds) > 1:
+            ok = _match_unordered(_pred_parts(ex.answers), golds, lambda x, y: answers_equal(x, y, cfg))
+            why = "matches every part of the answer" if ok else "parts differ from the multi-part answer"
+        else:
+            distinct = list(dict.fromkeys(normalize(a) for a in ex.answers))
+            results = [answers_equal(a, golds[0], cfg) for a in distinct]
+            if any(r is False for r in results):
+                ok = False
+                why = "several different answers" if len(distinct) > 1 else "not equal to the answer"
+            elif any(r is None for r in results):
+                raise _Undecided
+            else:
+                ok, why = True, "equal"
+    except _Undecided:
+        return Grade.error("sympy step failed or exceeded its time budget", extracted=extracted)
+    return Grade(1.0 if ok else 0.0, extracted=extracted, reason=why)
+
+
+@register_grader("math", version=VERSION)
+def grade_math(completion: str, gold: Any, **meta: Any) -> Grade:
+    """Exact math equivalence of the boxed/<answer> answer after </think> (sympy, budgeted)."""
+    cfg = meta.get("math_config") or DEFAULT_MATH
+    if "timeout_s" in meta:
+        cfg = MathConfig(extract=cfg.extract, timeout_s=float(meta["timeout_s"]),
+                         percent_either_scale=cfg.percent_either_scale, allow_assignment=cfg.allow_assignment)
+    return grade_math_with(completion, gold, cfg)

@@ -1,0 +1,460 @@
+"""A persistent pool of grader worker processes with a hard per-item time budget.
+
+Why processes: a sympy step such as ``9^{9^{9^9}}`` is a C-level big-integer power that no
+Python-level timeout can interrupt, and ``signal.alarm`` only works on the main thread. Each
+worker is the leader of its own process group; a worker that runs past an item's budget is
+killed (the whole group, ``SIGKILL``) and replaced, and the item comes back as a timeout.
+
+Workers are started once and reused (importing sympy and the LaTeX parser costs about a second),
+preload the parser before they take work, and run with an address-space limit so a runaway
+allocation becomes a ``MemoryError`` instead of swapping the machine.
+
+Use :func:`default_pool` for one-off calls, or a :class:`GraderPool` for batches::
+
+    with GraderPool(workers=4, timeout_s=5) as pool:
+        grades = pool.grade_many("math", [{"completion": c, "gold": g} for c, g in rows])
+
+``grade_many`` may be called from several threads at once; ``agrade_many`` is its asyncio twin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import importlib
+import logging
+import os
+import pickle
+import queue
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+log = logging.getLogger("thinkgym.verifiers.pool")
+
+_IN_WORKER = False
+_HEADER = struct.Struct("<Q")
+DEFAULT_PRELOAD = ("thinkgym.verifiers.math_equiv:warmup",)
+
+
+def in_worker() -> bool:
+    """True inside a pool worker: graders run their slow steps directly instead of re-dispatching."""
+    return _IN_WORKER
+
+
+@dataclass
+class CallResult:
+    """Outcome of one function call in a worker."""
+
+    ok: bool
+    value: Any = None
+    error: str = ""
+    timed_out: bool = False
+    elapsed_s: float = 0.0
+
+
+def _resolve(ref: str) -> Callable[..., Any]:
+    mod, _, name = ref.partition(":")
+    obj: Any = importlib.import_module(mod)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _write_msg(f: Any, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(_HEADER.pack(len(data)) + data)
+    f.flush()
+
+
+def _read_msg_blocking(f: Any) -> Any:
+    head = f.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        raise EOFError
+    (n,) = _HEADER.unpack(head)
+    data = f.read(n)
+    if len(data) < n:
+        raise EOFError
+    return pickle.loads(data)
+
+
+def _worker_main(preload: Sequence[str], memory_mb: int) -> None:
+    """Entry point of a worker process: serve requests from stdin until EOF."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    # The protocol owns the original stdin/stdout; stray prints from graders go to stderr.
+    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:  # die with the parent even when busy in C code
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            os._exit(0)
+    except Exception:  # noqa: BLE001 - not Linux: the EOF on stdin still ends us
+        pass
+    sys.setrecursionlimit(20000)
+    for ref in preload:
+        try:
+            _resolve(ref)()
+        except Exception as e:  # noqa: BLE001 - a failed preload only costs speed
+            print(f"thinkgym grader worker: preload {ref} failed: {e!r}", file=sys.stderr)
+    if memory_mb > 0:
+        try:
+            import resource
+
+            with open("/proc/self/statm") as fh:
+                vm = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            lim = vm + memory_mb * 2**20
+            resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+        except Exception:  # noqa: BLE001 - no /proc or no resource module
+            pass
+    _write_msg(proto_out, ("ready", os.getpid()))
+    from thinkgym.verifiers.base import get_grader
+
+    while True:
+        try:
+            req = _read_msg_blocking(proto_in)
+        except EOFError:
+            os._exit(0)
+        t0 = time.perf_counter()
+        try:
+            kind = req[0]
+            if kind == "call":
+                _, ref, args, kwargs = req
+                out: Any = ("ok", _resolve(ref)(*args, **kwargs))
+            elif kind == "grade":
+                _, name, completion, gold, meta = req
+                out = ("ok", get_grader(name)(completion, gold, **meta))
+            else:
+                out = ("err", f"unknown request {kind!r}")
+        except MemoryError:
+            out = ("err", "MemoryError: over the worker's memory limit")
+        except RecursionError:
+            out = ("err", "RecursionError: input nested too deeply")
+        except BaseException as e:  # noqa: BLE001 - report everything, keep serving
+            out = ("err", f"{type(e).__name__}: {e}")
+        try:
+            _write_msg(proto_out, out + (time.perf_counter() - t0,))
+        except Exception as e:  # noqa: BLE001 - unpicklable result
+            _write_msg(proto_out, ("err", f"result not picklable: {e!r}", time.perf_counter() - t0))
+        del out, req  # a large result or request should not linger between items
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+class _Worker:
+    """One worker process; only the slot thread that owns it talks to it."""
+
+    def __init__(self, preload: Sequence[str], memory_mb: int, start_timeout_s: float) -> None:
+        code = (
+            "import sys; from thinkgym.verifiers.pool import _worker_main; "
+            f"_worker_main({list(preload)!r}, {int(memory_mb)})"
+        )
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,  # own process group: killpg reaches everything it spawns
+            env=env,
+            close_fds=True,
+        )
+        self._out_fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        self._buf = b""
+        msg = self.recv(time.monotonic() + start_timeout_s)
+        if msg is None or msg[0] != "ready":
+            self.kill()
+            raise RuntimeError("grader worker did not start")
+
+    def send(self, obj: Any) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.proc.stdin.write(_HEADER.pack(len(data)) + data)  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, OSError) as e:
+            raise _WorkerDied(str(e)) from None
+
+    def _fill(self, n: int, deadline: float) -> bool:
+        while len(self._buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            r, _, _ = select.select([self._out_fd], [], [], left)
+            if not r:
+                return False
+            chunk = os.read(self._out_fd, max(65536, n - len(self._buf)))
+            if not chunk:
+                raise _WorkerDied("worker exited")
+            self._buf += chunk
+        return True
+
+    def recv(self, deadline: float) -> Any | None:
+        """The next message, or ``None`` when the deadline passes first."""
+        if not self._fill(_HEADER.size, deadline):
+            return None
+        (n,) = _HEADER.unpack(self._buf[: _HEADER.size])
+        if not self._fill(_HEADER.size + n, deadline):
+            return None
+        data = self._buf[_HEADER.size : _HEADER.size + n]
+        self._buf = self._buf[_HEADER.size + n :]
+        return pickle.loads(data)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001
+                pass
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass
+class _Job:
+    request: tuple
+    timeout_s: float
+    future: Future
+    on_timeout: Callable[[str, float], Any]
+    on_error: Callable[[str, float], Any]
+    on_ok: Callable[[Any, float], Any]
+
+
+class GraderPool:
+    """``workers`` persistent processes; every item runs under ``timeout_s`` (hard, process-level)."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        timeout_s: float = 5.0,
+        memory_mb: int = 2048,
+        preload: Sequence[str] = DEFAULT_PRELOAD,
+        start_timeout_s: float = 120.0,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.workers = max(1, workers or min(4, os.cpu_count() or 1))
+        self.timeout_s = float(timeout_s)
+        self.memory_mb = memory_mb
+        self.preload = tuple(preload)
+        self.start_timeout_s = start_timeout_s
+        self.restarts = 0  #: workers replaced after a timeout or crash
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._procs: dict[int, _Worker] = {}
+        self._threads = [
+            threading.Thread(target=self._slot, args=(i,), name=f"grader-slot-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- slot threads
+    def _spawn(self, i: int) -> _Worker | None:
+        try:
+            w = _Worker(self.preload, self.memory_mb, self.start_timeout_s)
+        except Exception as e:  # noqa: BLE001
+            log.error("grader worker %d failed to start: %s", i, e)
+            return None
+        with self._lock:
+            self._procs[i] = w
+        return w
+
+    def _slot(self, i: int) -> None:
+        w = self._spawn(i)
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            if w is None:
+                w = self._spawn(i)
+                if w is None:
+                    job.future.set_result(job.on_error("grader worker could not start", 0.0))
+                    continue
+            t0 = time.monotonic()
+            try:
+                w.send(job.request)
+                msg = w.recv(t0 + job.timeout_s)
+            except _WorkerDied as e:
+                msg, died = None, str(e)
+            else:
+                died = ""
+            elapsed = time.monotonic() - t0
+            if msg is None:
+                w.kill()
+                self.restarts += 1
+                if died:
+                    res = job.on_error(f"grader worker died ({died})", elapsed)
+                else:
+                    log.warning("grader item exceeded %.1fs budget; worker %d killed", job.timeout_s, w.pid)
+                    res = job.on_timeout(f"timed out after {job.timeout_s:g}s (worker killed)", elapsed)
+                w = None if self._closed else self._spawn(i)
+            elif msg[0] == "ok":
+                res = job.on_ok(msg[1], msg[2])
+            else:
+                res = job.on_error(msg[1], msg[2])
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            job.future.set_result(res)
+        if w is not None:
+            w.kill()
+
+    # -- submission
+    def _submit(self, job: _Job) -> Future:
+        if self._closed:
+            raise RuntimeError("pool is closed")
+        self._jobs.put(job)
+        return job.future
+
+    def submit_call(self, ref: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Future:
+        """Run ``module:function(*args, **kwargs)`` in a worker; the future yields a CallResult."""
+        return self._submit(
+            _Job(
+                ("call", ref, args, kwargs),
+                timeout or self.timeout_s,
+                Future(),
+                on_timeout=lambda why, t: CallResult(False, error=why, timed_out=True, elapsed_s=t),
+                on_error=lambda why, t: CallResult(False, error=why, elapsed_s=t),
+                on_ok=lambda v, t: CallResult(True, value=v, elapsed_s=t),
+            )
+        )
+
+    def call(self, ref: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> CallResult:
+        return self.submit_call(ref, *args, timeout=timeout, **kwargs).result()
+
+    def submit_grade(
+        self, grader: str, completion: str, gold: Any, timeout: float | None = None, **meta: Any
+    ) -> Future:
+        """Grade one item in a worker; the future yields a Grade (``score=None`` on timeout/crash)."""
+        from thinkgym.verifiers.base import Grade, get_grader
+
+        fp = get_grader(grader).fingerprint  # unknown grader: fail here, in the caller
+
+        def err(why: str, t: float) -> Grade:
+            return Grade.error(why, elapsed_s=t, grader=fp)
+
+        return self._submit(
+            _Job(("grade", grader, completion, gold, meta), timeout or self.timeout_s, Future(),
+                 on_timeout=err, on_error=err, on_ok=lambda g, t: g)
+        )
+
+    def _submit_rows(self, grader: str, rows: Iterable[Any], timeout: float | None) -> list[Future]:
+        futs = []
+        for r in rows:
+            if isinstance(r, dict):
+                meta = {k: v for k, v in r.items() if k not in ("completion", "gold", "id")}
+                futs.append(self.submit_grade(grader, r["completion"], r.get("gold"), timeout, **meta))
+            else:
+                completion, gold = r
+                futs.append(self.submit_grade(grader, completion, gold, timeout))
+        return futs
+
+    def grade_many(
+        self,
+        grader: str,
+        rows: Iterable[Any],
+        *,
+        timeout: float | None = None,
+        progress: Callable[[int], Any] | None = None,
+    ) -> list[Any]:
+        """Grades for ``rows`` (dicts with ``completion``, ``gold`` and meta, or pairs), in order."""
+        futs = self._submit_rows(grader, rows, timeout)
+        out = []
+        for f in futs:
+            out.append(f.result())
+            if progress is not None:
+                progress(1)
+        return out
+
+    async def agrade_many(self, grader: str, rows: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
+        """Asyncio variant of :meth:`grade_many`; the event loop is never blocked."""
+        futs = self._submit_rows(grader, rows, timeout)
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futs)))
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._procs.values() if w.proc.poll() is None]
+
+    def close(self) -> None:
+        """Stop the workers (pending items still finish first)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join(timeout=self.timeout_s + 10)
+        with self._lock:
+            for w in self._procs.values():
+                w.kill()
+            self._procs.clear()
+
+    def __enter__(self) -> "GraderPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+_DEFAULT: GraderPool | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_pool() -> GraderPool:
+    """The process-wide pool used by graders for their budgeted steps (started on first use)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None or _DEFAULT._closed:
+            _DEFAULT = GraderPool(workers=min(2, os.cpu_count() or 1))
+        return _DEFAULT
+
+
+def grade_many(grader: str, rows: Iterable[Any], *, timeout: float | None = None, workers: int | None = None) -> list[Any]:
+    """Grade ``rows`` with ``grader`` over the default pool (or a temporary one of ``workers``)."""
+    if workers is None:
+        return default_pool().grade_many(grader, rows, timeout=timeout)
+    with GraderPool(workers=workers, timeout_s=timeout or 5.0) as p:
+        return p.grade_many(grader, rows)
+
+
+async def agrade_many(grader: str, rows: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
+    """Asyncio variant of :func:`grade_many` over the default pool."""
+    return await default_pool().agrade_many(grader, rows, timeout=timeout)
+
+
+@atexit.register
+def _shutdown_default() -> None:
+    if _DEFAULT is not None:
+        _DEFAULT._closed = True
+        with _DEFAULT._lock:
+            for w in _DEFAULT._procs.values():
+                w.kill()
