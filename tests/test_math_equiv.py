@@ -1,0 +1,298 @@
+"""Table-driven tests of the ``math`` grader: (gold, completion, expected score).
+
+Every row was written for this project. Completions are wrapped as a real model would write
+them (think block, then a box or answer tag) unless the row is about the wrapping itself.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from thinkgym.verifiers import grade
+from thinkgym.verifiers.math_equiv import answers_equal, normalize, parse_number
+
+
+def B(ans: str) -> str:
+    return f"<think>work it out</think>The answer is \\boxed{{{ans}}}."
+
+
+def T(ans: str) -> str:
+    return f"<think>work it out</think><answer>{ans}</answer>"
+
+
+RIGHT = 1.0
+WRONG = 0.0
+
+ROWS: list[tuple[object, str, float]] = [
+    # --- integers, signs, Unicode minus
+    ("42", B("42"), RIGHT),
+    (42, B("42"), RIGHT),
+    ("42", B("042"), RIGHT),
+    ("42", B("+42"), RIGHT),
+    ("42", B("43"), WRONG),
+    ("-7", B("-7"), RIGHT),
+    ("-7", B("\u22127"), RIGHT),
+    ("-7", B("7"), WRONG),
+    ("0", B("0"), RIGHT),
+    ("0", B("-0"), RIGHT),
+    ("0", B("1"), WRONG),
+    (-3, T("\u2212 3"), RIGHT),
+    # --- large integers: exact, off by one is wrong
+    ("123456789012345678901234567890", B("123456789012345678901234567890"), RIGHT),
+    ("123456789012345678901234567890", B("123456789012345678901234567891"), WRONG),
+    ("1" + "0" * 1500, B("1" + "0" * 1500), RIGHT),
+    ("1" + "0" * 1500, B("1" + "0" * 1499 + "1"), WRONG),
+    ("18446744073709551616", B("2^{64}"), RIGHT),
+    ("18446744073709551615", B("2^{64}"), WRONG),
+    (10**20, B("10^{20}"), RIGHT),
+    (10**20 + 1, B("10^{20}"), WRONG),
+    # --- thousands separators
+    ("1000", B("1,000"), RIGHT),
+    ("1000", B("1\\,000"), RIGHT),
+    ("1000", B("1 000"), RIGHT),
+    ("1000", B("1{,}000"), RIGHT),
+    ("1234567", B("1,234,567"), RIGHT),
+    ("1234567", B("1\\,234\\,567"), RIGHT),
+    ("1234567", B("1 234 567"), RIGHT),
+    ("1234567", B("1,234,568"), WRONG),
+    ("1234.5", B("1,234.5"), RIGHT),
+    (1000000, B("1\\,000\\,000"), RIGHT),
+    # --- decimals and fractions
+    ("0.5", B("\\frac{1}{2}"), RIGHT),
+    ("1/2", B("0.5"), RIGHT),
+    ("\\frac{1}{2}", B("0.50"), RIGHT),
+    ("\\frac{1}{2}", B("\\dfrac{1}{2}"), RIGHT),
+    ("\\frac{1}{2}", B("\\tfrac{1}{2}"), RIGHT),
+    ("\\frac{1}{2}", B("\\frac12"), RIGHT),
+    ("\\frac{1}{2}", B("2/4"), RIGHT),
+    ("\\frac{1}{2}", B(".5"), RIGHT),
+    ("\\frac{1}{2}", B("0.51"), WRONG),
+    ("\\frac{3}{4}", B("0.75"), RIGHT),
+    ("\\frac{3}{4}", B("\\frac{4}{3}"), WRONG),
+    ("-\\frac{3}{4}", B("-0.75"), RIGHT),
+    ("-\\frac{3}{4}", B("\\frac{-3}{4}"), RIGHT),
+    ("-\\frac{3}{4}", B("0.75"), WRONG),
+    (0.125, B("\\frac{1}{8}"), RIGHT),
+    (2.5, B("\\frac{5}{2}"), RIGHT),
+    (2.5, B("2\\frac{1}{2}"), RIGHT),
+    ("\\frac{7}{8}", B("0.875"), RIGHT),
+    # --- repeating decimals
+    ("\\frac{1}{3}", B("0.\\overline{3}"), RIGHT),
+    ("\\frac{2}{3}", B("0.\\overline{6}"), RIGHT),
+    ("\\frac{1}{6}", B("0.1\\overline{6}"), RIGHT),
+    ("\\frac{1}{7}", B("0.\\overline{142857}"), RIGHT),
+    ("\\frac{1}{3}", B("0.\\overline{6}"), WRONG),
+    # --- approximations are wrong
+    ("\\frac{1}{3}", B("0.33"), WRONG),
+    ("\\frac{1}{3}", B("0.333333"), WRONG),
+    ("2\\pi", B("6.28"), WRONG),
+    ("2\\pi", B("6.283185307"), WRONG),
+    ("\\sqrt{2}", B("1.414"), WRONG),
+    ("\\frac{22}{7}", B("\\pi"), WRONG),
+    ("\\pi", B("3.14"), WRONG),
+    ("e", B("2.718"), WRONG),
+    # --- scientific notation
+    ("0.00042", B("4.2e-4"), RIGHT),
+    ("0.00042", B("4.2E-4"), RIGHT),
+    ("0.00042", B("4.2\\times10^{-4}"), RIGHT),
+    ("0.00042", B("4.2 \\times 10^{-5}"), WRONG),
+    ("602000000000000000000000", B("6.02\\times10^{23}"), RIGHT),
+    ("6.02\\times 10^{23}", B("6.02 \\cdot 10^{23}"), RIGHT),
+    ("6.02\\times 10^{23}", B("6.02\u00d710^{23}"), RIGHT),
+    ("6.02\\times 10^{23}", B("6.02\\times10^{22}"), WRONG),
+    ("1e6", B("1000000"), RIGHT),
+    ("3\\times 10^8", B("300000000"), RIGHT),
+    # --- tiny values that differ
+    ("2^{-99}", B("2^{-98}"), WRONG),
+    ("2^{-99}", B("2^{-99}"), RIGHT),
+    ("2^{-99}", B("\\frac{1}{2^{99}}"), RIGHT),
+    ("10^{-30}", B("10^{-31}"), WRONG),
+    ("10^{-30}", B("1e-30"), RIGHT),
+    # --- radicals and algebraic forms
+    ("\\sqrt{2}", B("\\sqrt{2}"), RIGHT),
+    ("\\sqrt{2}", B("\\frac{2}{\\sqrt{2}}"), RIGHT),
+    ("\\sqrt{2}", B("\\frac{\\sqrt{8}}{2}"), RIGHT),
+    ("2\\sqrt{2}", B("\\sqrt{8}"), RIGHT),
+    ("\\frac{\\sqrt{3}}{2}", B("\\frac{1}{2}\\sqrt{3}"), RIGHT),
+    ("\\frac{\\sqrt{3}}{3}", B("\\frac{1}{\\sqrt{3}}"), RIGHT),
+    ("\\sqrt{3}", B("\\sqrt{2}"), WRONG),
+    ("2\\sqrt{2}", B("\\sqrt{6}"), WRONG),
+    ("3", B("\\sqrt[3]{27}"), RIGHT),
+    ("1+\\sqrt{5}", B("\\sqrt{5}+1"), RIGHT),
+    ("\\frac{1+\\sqrt{5}}{2}", B("\\frac{1}{2}+\\frac{\\sqrt{5}}{2}"), RIGHT),
+    ("\\frac{1+\\sqrt{5}}{2}", B("\\frac{1-\\sqrt{5}}{2}"), WRONG),
+    # --- pi, e and constants
+    ("2\\pi", B("2\\pi"), RIGHT),
+    ("2\\pi", B("\\pi \\cdot 2"), RIGHT),
+    ("2\\pi", B("\\frac{4\\pi}{2}"), RIGHT),
+    ("\\frac{\\pi}{2}", B("\\pi/2"), RIGHT),
+    ("\\frac{\\pi}{2}", B("\\frac{\\pi}{3}"), WRONG),
+    ("\\pi", B("\u03c0"), RIGHT),
+    ("\\infty", B("\\infty"), RIGHT),
+    ("\\infty", B("-\\infty"), WRONG),
+    # --- algebraic expressions
+    ("x^2+2x+1", B("(x+1)^2"), RIGHT),
+    ("x^2-1", B("(x-1)(x+1)"), RIGHT),
+    ("x^2-1", B("(x-1)^2"), WRONG),
+    ("2x+3", B("3+2x"), RIGHT),
+    ("2x+3", B("2x+4"), WRONG),
+    ("\\frac{x}{2}", B("0.5x"), RIGHT),
+    ("a+b", B("b+a"), RIGHT),
+    ("\\sin^2 x + \\cos^2 x", B("1"), RIGHT),
+    # --- "x = 3" for gold 3, and equations
+    ("3", B("x = 3"), RIGHT),
+    ("3", B("x=3"), RIGHT),
+    ("3", B("n = 3"), RIGHT),
+    ("3", B("x_1 = 3"), RIGHT),
+    ("3", B("x = 4"), WRONG),
+    ("\\frac{1}{2}", B("p = 0.5"), RIGHT),
+    ("y = 2x + 1", B("y = 1 + 2x"), RIGHT),
+    ("y = 2x + 1", B("y = 2x - 1"), WRONG),
+    # --- units and \text
+    ("5", B("5 \\text{ cm}"), RIGHT),
+    ("5", B("5\\,\\text{cm}"), RIGHT),
+    ("5", B("5 \\mathrm{m}"), RIGHT),
+    ("5", B("5 \\text{ meters}"), RIGHT),
+    ("12", B("12 \\text{ apples}"), RIGHT),
+    ("12", B("13 \\text{ apples}"), WRONG),
+    ("30", B("30^\\circ"), RIGHT),
+    ("30", B("30^{\\circ}"), RIGHT),
+    ("30", B("30\u00b0"), RIGHT),
+    ("20", B("\\$20"), RIGHT),
+    ("9.5", B("\\$9.50"), RIGHT),
+    ("even", B("\\text{even}"), RIGHT),
+    ("even", B("\\text{odd}"), WRONG),
+    # --- percent
+    ("50", B("50\\%"), RIGHT),
+    ("50\\%", B("50"), RIGHT),
+    ("50\\%", B("0.5"), RIGHT),
+    ("0.5", B("50\\%"), RIGHT),
+    ("50", B("0.5"), WRONG),
+    ("0.5", B("50"), WRONG),
+    ("25\\%", B("2.5\\%"), WRONG),
+    ("12.5", B("12.5\\%"), RIGHT),
+    # --- sets: order does not matter
+    ("\\{1, 2, 3\\}", B("\\{3, 1, 2\\}"), RIGHT),
+    ("\\{1, 2, 3\\}", B("\\{1, 2\\}"), WRONG),
+    ("\\{1, 2, 3\\}", B("\\{1, 2, 4\\}"), WRONG),
+    ("\\{\\frac{1}{2}, 2\\}", B("\\{2, 0.5\\}"), RIGHT),
+    ("\\{-1, 1\\}", B("\\{1, -1\\}"), RIGHT),
+    ("\\{-1, 1\\}", B("\\pm 1"), RIGHT),
+    # --- multi-part gold (a set of solutions)
+    (["2", "3"], B("2, 3"), RIGHT),
+    (["2", "3"], B("3, 2"), RIGHT),
+    (["2", "3"], "<think>t</think> \\boxed{2} and \\boxed{3}", RIGHT),
+    (["2", "3"], "<think>t</think> \\boxed{x=2} and \\boxed{x=3}", RIGHT),
+    (["2", "3"], B("2"), WRONG),
+    (["2", "3"], B("2, 3, 4"), WRONG),
+    (["2", "3"], B("\\{2, 3\\}"), RIGHT),
+    ([2, -2], B("\\pm 2"), RIGHT),
+    (["1+\\sqrt{2}", "1-\\sqrt{2}"], B("1 \\pm \\sqrt{2}"), RIGHT),
+    ("1 \\pm \\sqrt{2}", B("1+\\sqrt{2}, 1-\\sqrt{2}"), RIGHT),
+    ("1 \\pm \\sqrt{2}", B("1+\\sqrt{2}"), WRONG),
+    ("2, 3", B("3, 2"), RIGHT),
+    ("2, 3", "<think>t</think> \\boxed{2} \\boxed{3}", RIGHT),
+    # --- ordered tuples: order matters
+    ("(1, 2)", B("(1, 2)"), RIGHT),
+    ("(1, 2)", B("(2, 1)"), WRONG),
+    ("(3, 1)", B("(5, 0)"), WRONG),
+    ("(1, 2, 3)", B("(1,2,3)"), RIGHT),
+    ("(1, 2, 3)", B("(3, 2, 1)"), WRONG),
+    ("(\\frac{1}{2}, 3)", B("(0.5, 3)"), RIGHT),
+    ("(1, 2)", B("(1, 2, 3)"), WRONG),
+    # --- intervals and unions
+    ("[1, 2)", B("[1, 2)"), RIGHT),
+    ("[1, 2)", B("[1, 2]"), WRONG),
+    ("[1, 2)", B("(1, 2)"), WRONG),
+    ("(-\\infty, 3)", B("(-\\infty, 3]"), WRONG),
+    ("(-\\infty, 3)", B("\\left(-\\infty, 3\\right)"), RIGHT),
+    ("(-\\infty, 1) \\cup (2, \\infty)", B("(2, \\infty) \\cup (-\\infty, 1)"), RIGHT),
+    ("(-\\infty, 1) \\cup (2, \\infty)", B("(-\\infty, 1] \\cup (2, \\infty)"), WRONG),
+    ("[0, \\frac{1}{2}]", B("[0, 0.5]"), RIGHT),
+    # --- matrices
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", B("\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"), RIGHT),
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", B("\\begin{pmatrix}1&3\\\\2&4\\end{pmatrix}"), WRONG),
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", B("\\begin{pmatrix}1&2\\end{pmatrix}"), WRONG),
+    ("\\begin{pmatrix}\\frac{1}{2}&0\\\\0&1\\end{pmatrix}", B("\\begin{bmatrix}0.5&0\\\\0&1\\end{bmatrix}"), RIGHT),
+    # --- multiple choice
+    ("B", B("B"), RIGHT),
+    ("B", B("(B)"), RIGHT),
+    ("B", B("\\text{(B)}"), RIGHT),
+    ("B", B("b"), RIGHT),
+    ("B", B("C"), WRONG),
+    ("B", B("A, B, C, D"), WRONG),
+    ("B", B("ABCD"), WRONG),
+    ("B", "<think>t</think>\\boxed{A}\\boxed{B}\\boxed{C}\\boxed{D}", WRONG),
+    ("B", B("B or C"), WRONG),
+    # --- other functions
+    ("10", B("\\binom{5}{2}"), RIGHT),
+    ("120", B("5!"), RIGHT),
+    ("3", B("\\log_2 8"), RIGHT),
+    ("\\frac{1}{2}", B("\\sin\\frac{\\pi}{6}"), RIGHT),
+    ("\\frac{1}{2}", B("\\cos\\frac{\\pi}{6}"), WRONG),
+    # --- extraction policy seen through the grader
+    ("3", "<think>\\boxed{3}</think> I don't know", WRONG),  # answer only inside think
+    ("3", "<think>the answer is \\boxed{3}", WRONG),  # think never closed
+    ("3", "<think>t</think> the answer is 3", WRONG),  # no channel
+    ("0", B(""), WRONG),  # empty answer is wrong even for gold 0
+    ("0", T(""), WRONG),
+    ("3", "<think>t</think>\\boxed{3} \\boxed{3}", RIGHT),  # repeating the same value
+    ("3", "<think>t</think>\\boxed{3} \\boxed{3.0}", RIGHT),
+    ("3", "<think>t</think>\\boxed{3} \\boxed{4}", WRONG),  # several different answers
+    ("3", "<think>t</think>" + "".join(f"\\boxed{{{i}}}" for i in range(10)), WRONG),  # box spam
+    ("41", B("41 or 42"), WRONG),  # hedging
+    ("41", B("41, 42"), WRONG),  # boxed candidate list
+    ("41", B("\\{41, 42\\}"), WRONG),
+    ("3", "<think>\\boxed{9}</think>\\boxed{3}", RIGHT),  # only the final section counts
+    ("3", T("\\boxed{3}"), RIGHT),
+    ("3", "\\boxed{3}", RIGHT),  # no think block at all: the whole text is final
+    ("3", B("$3$"), RIGHT),
+    ("3", T("x = 3"), RIGHT),
+    # --- garbage never equals anything
+    ("3", B("\\frac{"), WRONG),
+    ("3", B("}}{{"), WRONG),
+    ("3", B("three"), WRONG),
+    ("3", B("\\text{I cannot solve this}"), WRONG),
+]
+
+
+@pytest.mark.parametrize("gold, completion, expected", ROWS, ids=[f"row{i}" for i in range(len(ROWS))])
+def test_math_table(gold, completion, expected):
+    g = grade("math", completion, gold)
+    assert g.score == expected, (gold, completion, g)
+
+
+def test_table_is_large_and_balanced():
+    assert len(ROWS) >= 150
+    assert sum(r[2] == RIGHT for r in ROWS) >= 60 and sum(r[2] == WRONG for r in ROWS) >= 60
+
+
+def test_fast_paths_do_not_need_sympy():
+    assert parse_number("4.2e-4")[0] == Fraction(42, 100000)
+    assert parse_number("1,234,567")[0] == 1234567
+    assert parse_number("-\\frac{3}{4}")[0] == -0.75
+    assert parse_number("50\\%") is not None and parse_number("50\\%")[1]
+    assert parse_number("x") is None
+    assert normalize("\\left( 1,2 \\right)") == "( 1,2 )"
+
+
+def test_grade_carries_extracted_answer_and_fingerprint():
+    g = grade("math", B("\\dfrac{1}{2}"), "0.5")
+    assert g.score == 1.0 and g.extracted == "\\dfrac{1}{2}" and g.grader == "math@1"
+    g = grade("math", "no box here", "1")
+    assert g.score == 0.0 and "no answer channel" in g.reason
+
+
+def test_bad_gold_type_is_infrastructure_error_not_zero():
+    g = grade("math", B("1"), {"not": "a number"})
+    assert g.score is None and "gold must be" in g.reason
+
+
+def test_answers_equal_direct():
+    assert answers_equal("x=3", "3") is True
+    # Integers beyond int()'s 4300-digit limit still compare exactly.
+    assert answers_equal("9" * 6000, "9" * 6000) is True
+    assert answers_equal("9" * 6000, "9" * 5999 + "8") is False
+    assert answers_equal("0.33", "\\frac{1}{3}") is False
