@@ -4,8 +4,10 @@ Item ``i`` of a source is plain data derived from ``(name, params, seed, i)`` on
 
     {"question": str, "answer": str | JSON, "metadata": {...}}
 
-``metadata`` may hold ``solution`` (a worked, step-by-step trace usable for cold-start SFT),
-``grader`` (the default grader name) and any extra fields the grader needs.
+``metadata`` may hold ``solution`` (a worked, step-by-step trace usable for cold-start SFT, in
+the completion format ``<think>...</think>\n<answer>...</answer>``), ``difficulty``, ``grader``
+(the default grader name) and ``grader_kwargs`` (keyword arguments the env passes to the grader
+along with the completion and ``answer``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class TaskSource(ABC):
     description: ClassVar[str] = ""
     grader: ClassVar[str] = "math"
     default_size: ClassVar[int] = 1_000_000
+    #: Knobs and their defaults; a subclass that sets this gets checking and defaults for free.
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, seed: int = 0, size: int | None = None, **params: Any) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -47,9 +51,16 @@ class TaskSource(ABC):
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check and fill in defaults for the source's knobs; unknown knobs are an error."""
-        if params:
-            raise TypeError(f"{type(self).__name__} takes no parameters, got {sorted(params)}")
-        return {}
+        if not self.defaults:
+            if params:
+                raise TypeError(f"{type(self).__name__} takes no parameters, got {sorted(params)}")
+            return {}
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}: unknown parameter(s) {unknown}; known: {sorted(self.defaults)}"
+            )
+        return {**self.defaults, **params}
 
     def rng(self, i: int) -> random.Random:
         # A string seed is hashed with SHA-512 by `random`, so it is stable across processes
@@ -84,6 +95,12 @@ class TaskSource(ABC):
     def __repr__(self) -> str:
         p = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}(seed={self.seed}, size={self.size}{', ' if p else ''}{p})"
+
+
+def format_solution(steps: list[str] | str, answer: Any) -> str:
+    """A worked solution in the completion format the graders and SFT expect."""
+    body = steps if isinstance(steps, str) else "\n".join(steps)
+    return f"<think>\n{body}\n</think>\n<answer>{answer}</answer>"
 
 
 TASKS: Registry[type[TaskSource]] = Registry("task source", "thinkgym.tasks")

@@ -1,0 +1,174 @@
+"""Task sources over fixed datasets: JSONL files and Hugging Face ``datasets`` (local only).
+
+Rows are validated when the source is built, so a bad row fails fast with the file, the line
+(or row number) and the field in the message instead of surfacing mid-training. The seed does
+not change which row is item ``i``: a dataset is already index-addressable.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from thinkgym.tasks.base import Item, TaskSource, register_task
+
+
+class DatasetRowError(ValueError):
+    """A dataset row is missing a field or has a value of the wrong type."""
+
+
+def _row_to_item(
+    row: Any,
+    where: str,
+    question_field: str,
+    answer_field: str,
+    metadata_fields: list[str] | None,
+) -> Item:
+    if not isinstance(row, Mapping):
+        raise DatasetRowError(f"{where}: expected an object with fields, got {type(row).__name__}")
+    if question_field not in row:
+        raise DatasetRowError(f"{where}: missing field {question_field!r} (fields: {sorted(row)})")
+    q = row[question_field]
+    if not isinstance(q, str) or not q.strip():
+        raise DatasetRowError(f"{where}: field {question_field!r} must be a non-empty string, got {q!r}")
+    if answer_field not in row:
+        raise DatasetRowError(f"{where}: missing field {answer_field!r} (fields: {sorted(row)})")
+    a = row[answer_field]
+    if a is None:
+        raise DatasetRowError(f"{where}: field {answer_field!r} is null")
+    meta: dict[str, Any] = {}
+    if isinstance(row.get("metadata"), Mapping) and "metadata" not in (question_field, answer_field):
+        meta.update(row["metadata"])
+    if metadata_fields is None:
+        # Keep every other field: loading a dataset must not silently lose columns.
+        extra = [k for k in row if k not in (question_field, answer_field, "metadata")]
+    else:
+        missing = [k for k in metadata_fields if k not in row]
+        if missing:
+            raise DatasetRowError(f"{where}: missing metadata field(s) {missing} (fields: {sorted(row)})")
+        extra = list(metadata_fields)
+    for k in extra:
+        meta[k] = row[k]
+    return {"question": q, "answer": a, "metadata": meta}
+
+
+class _RowsSource(TaskSource):
+    """Shared indexing over a list of validated items."""
+
+    _items: list[Item]
+
+    def _finish(self, items: list[Item], seed: int, size: int | None, grader: str, origin: str) -> None:
+        if not items:
+            raise DatasetRowError(f"{origin}: no rows")
+        if size is not None and size > len(items):
+            raise ValueError(f"{origin}: size {size} > number of rows {len(items)}")
+        self._items = items
+        self.grader = grader  # type: ignore[misc]  # instance override of the class default
+        TaskSource.__init__(self, seed=seed, size=len(items) if size is None else size)
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def generate(self, i: int, rng: random.Random) -> Item:
+        it = self._items[i]
+        # A fresh copy each time: callers may mutate what they get.
+        return copy.deepcopy(it)
+
+
+@register_task("jsonl")
+class JsonlSource(_RowsSource):
+    """Items from a JSON Lines file, one object per line (blank lines skipped)."""
+
+    description = "Rows of a JSONL file (params: path, question_field, answer_field, metadata_fields, grader)."
+
+    def __init__(
+        self,
+        path: str | Path,
+        question_field: str = "question",
+        answer_field: str = "answer",
+        metadata_fields: list[str] | None = None,
+        grader: str = "math",
+        seed: int = 0,
+        size: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"jsonl task source: no such file: {self.path}")
+        items = []
+        with self.path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{self.path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DatasetRowError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+                items.append(_row_to_item(row, where, question_field, answer_field, metadata_fields))
+        self._finish(items, seed, size, grader, str(self.path))
+
+    def __repr__(self) -> str:
+        return f"JsonlSource({str(self.path)!r}, size={self.size})"
+
+
+def _load_hf(path: Path, split: str | None) -> tuple[Iterable[Mapping[str, Any]], str]:
+    import datasets  # heavy; only when an HF source is actually built
+
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        ds = datasets.load_from_disk(str(path))
+    else:
+        suffix = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in suffix)
+            if not files:
+                raise FileNotFoundError(f"hf_dataset: {path} holds neither a saved dataset nor data files")
+            kind = suffix[files[0].suffix]
+            data_files = [str(p) for p in files if suffix[p.suffix] == kind]
+        elif path.is_file() and path.suffix in suffix:
+            kind, data_files = suffix[path.suffix], [str(path)]
+        else:
+            raise FileNotFoundError(f"hf_dataset: no such dataset directory or data file: {path}")
+        ds = datasets.load_dataset(kind, data_files=data_files)
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None:
+            if len(ds) != 1:
+                raise ValueError(f"hf_dataset {path}: several splits {sorted(ds)}; pass split=")
+            split = next(iter(ds))
+        if split not in ds:
+            raise ValueError(f"hf_dataset {path}: no split {split!r}; splits: {sorted(ds)}")
+        ds = ds[split]
+    elif split is not None and split not in (ds.split or "", "train"):
+        raise ValueError(f"hf_dataset {path}: a single dataset (split {ds.split}); cannot select split {split!r}")
+    return ds, split or str(ds.split or "train")
+
+
+@register_task("hf_dataset")
+class HFDatasetSource(_RowsSource):
+    """Items from a local Hugging Face dataset: a ``save_to_disk`` folder or json/csv/parquet files."""
+
+    description = "Local Hugging Face dataset (load_from_disk folder or data files; params: path, split, field mapping)."
+
+    def __init__(
+        self,
+        path: str | Path,
+        split: str | None = None,
+        question_field: str = "question",
+        answer_field: str = "answer",
+        metadata_fields: list[str] | None = None,
+        grader: str = "math",
+        seed: int = 0,
+        size: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        ds, self.split = _load_hf(self.path, split)
+        items = [
+            _row_to_item(row, f"{self.path} [{self.split}] row {k}", question_field, answer_field, metadata_fields)
+            for k, row in enumerate(ds)
+        ]
+        self._finish(items, seed, size, grader, f"{self.path} [{self.split}]")
+
+    def __repr__(self) -> str:
+        return f"HFDatasetSource({str(self.path)!r}, split={self.split!r}, size={self.size})"

@@ -1,0 +1,322 @@
+"""Built-in task sources: determinism, schema, correct answers and worked solutions."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from fractions import Fraction
+
+import pytest
+
+from thinkgym.tasks import TASKS, TaskSource, format_solution, list_tasks, make_task
+from thinkgym.tasks.arithmetic import evaluation_trace
+
+PROCEDURAL = {
+    "arithmetic": "math",
+    "countdown": "countdown",
+    "word_problems": "math",
+    "latex_math": "math",
+    "code": "code",
+    "format": "format",
+}
+SOLUTION_RE = re.compile(r"\A<think>\n(.+)\n</think>\n<answer>(.+)</answer>\Z", re.DOTALL)
+
+
+def test_builtin_sources_registered_with_graders():
+    names = set(TASKS.names())
+    assert set(PROCEDURAL) | {"jsonl", "hf_dataset"} <= names
+    descs = list_tasks()
+    for name, grader in PROCEDURAL.items():
+        src = make_task(name, seed=0)
+        assert isinstance(src, TaskSource) and src.grader == grader
+        assert descs[name] and len(descs[name]) > 20
+
+
+@pytest.mark.parametrize("name", sorted(PROCEDURAL))
+def test_items_are_plain_deterministic_data_with_solutions(name):
+    a, b, other = make_task(name, seed=7), make_task(name, seed=7), make_task(name, seed=8)
+    items = [a[i] for i in range(40)]
+    assert items == [b[i] for i in range(40)]
+    # Same index, different seed: a different problem (almost always; allow one collision).
+    assert sum(a[i]["question"] == other[i]["question"] for i in range(40)) <= 1
+    # Items at different indices of one seed are mostly distinct.
+    assert len({it["question"] for it in items}) >= 35
+    for i, it in enumerate(items):
+        assert set(it) == {"question", "answer", "metadata"}
+        json.dumps(it)  # plain data
+        assert isinstance(it["question"], str) and it["question"].strip()
+        md = it["metadata"]
+        assert md["grader"] == PROCEDURAL[name] and md["source"] == name and md["index"] == i
+        assert isinstance(md["difficulty"], int)
+        m = SOLUTION_RE.match(md["solution"])
+        assert m, md["solution"]
+        assert m.group(1).strip()
+        if PROCEDURAL[name] in ("math", "format"):
+            assert m.group(2) == it["answer"]
+
+
+def test_item_mutation_does_not_leak():
+    s = make_task("arithmetic", seed=1)
+    it = s[3]
+    it["metadata"]["solution"] = "tampered"
+    assert s[3]["metadata"]["solution"] != "tampered"
+
+
+_STEP_RE = re.compile(r"(?<![-+*/] )(?<![\d(])(\(?-?\d+\)?) ([-+*/]) (\(?-?\d+\)?) = (-?\d+(?:/\d+)?)")
+
+
+def _check_steps(text: str) -> int:
+    """Every 'a op b = c' line in a trace must be arithmetically right; returns how many."""
+    n = 0
+    for a, op, b, c in _STEP_RE.findall(text):
+        x, y = Fraction(a.strip("()")), Fraction(b.strip("()"))
+        want = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else None}[op]
+        assert want == Fraction(c), f"wrong step {a} {op} {b} = {c} in\n{text}"
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("params", [{}, {"ops": "+-*/", "n_operands": 5}, {"n_operands": [2, 3], "max_value": 9, "parens": False}])
+def test_arithmetic_answers_match_sympy(params):
+    import sympy
+
+    s = make_task("arithmetic", seed=3, **params)
+    for i in range(60):
+        it = s[i]
+        expr = it["metadata"]["expression"]
+        assert it["question"].endswith(f"{expr}.") or it["question"].endswith(f"{expr}?")
+        assert sympy.sympify(expr, rational=True) == sympy.Integer(int(it["answer"]))
+        assert set(re.findall(r"[-+*/]", expr.replace("(-", "("))) <= set(params.get("ops", "+-*"))
+        assert _check_steps(it["metadata"]["solution"]) == expr.count(" ") // 2
+
+
+def test_evaluation_trace_follows_brackets():
+    s = make_task("arithmetic", seed=0, n_operands=4)
+    it = next(s[i] for i in range(100) if "(" in s[i]["metadata"]["expression"])
+    lines = it["metadata"]["solution"].split("\n")
+    assert any("so the expression becomes" in ln for ln in lines)
+
+
+def test_countdown_items_are_solvable_and_reference_verifies():
+    from thinkgym.verifiers import grade
+    from thinkgym.verifiers.countdown import evaluate
+
+    for params in ({}, {"exactly_once": True, "n_numbers": 4}):
+        s = make_task("countdown", seed=5, **params)
+        for i in range(80):
+            it = s[i]
+            gold = it["answer"]
+            assert set(gold) == {"numbers", "target"} and isinstance(gold["target"], int)
+            lo, hi = s.params["target"]
+            assert lo <= gold["target"] <= hi
+            value, used = evaluate(it["metadata"]["reference"])
+            assert value == gold["target"]
+            assert not (Counter(used) - Counter(gold["numbers"]))
+            kw = it["metadata"].get("grader_kwargs", {})
+            assert kw == ({"exactly_once": True} if params else {})
+            if params:
+                assert sorted(used) == sorted(gold["numbers"]) and "exactly once" in it["question"]
+            g = grade("countdown", it["metadata"]["solution"], gold, **kw)
+            assert g.score == 1.0, (it, g)
+            _check_steps(it["metadata"]["solution"])
+
+
+def test_word_problem_traces_are_arithmetically_right():
+    s = make_task("word_problems", seed=11, difficulty=[0, 3])
+    templates = set()
+    for i in range(200):
+        it = s[i]
+        templates.add(it["metadata"]["template"])
+        assert int(it["answer"]) >= 0
+        assert _check_steps(it["metadata"]["solution"]) >= 1
+        # The final computed value is the answer.
+        assert re.findall(r"= (-?\d+)", it["metadata"]["solution"])[-1] == it["answer"]
+    assert len(templates) >= 10
+    only = make_task("word_problems", seed=0, templates="ages,speed")
+    assert {only[i]["metadata"]["template"] for i in range(30)} == {"ages", "speed"}
+
+
+def test_latex_math_answers_are_mathematically_right():
+    import sympy
+    from latex2sympy2_extended import latex2sympy
+
+    x = sympy.Symbol("x")
+    s = make_task("latex_math", seed=2)
+    kinds = set()
+    for i in range(90):
+        it = s[i]
+        kind, q, ans = it["metadata"]["kind"], it["question"], it["answer"]
+        kinds.add(kind)
+        body = re.findall(r"\$(.+?)\$", q)[-1]
+        if kind in ("fraction", "radical"):
+            assert sympy.simplify(latex2sympy(body) - latex2sympy(ans)) == 0, (q, ans)
+        elif kind in ("quadratic", "irrational_roots"):
+            lhs = latex2sympy(body.split("=")[0])
+            roots = set(sympy.solve(lhs, x))
+            got = {latex2sympy(p) for p in ans[2:-2].split(", ")} if kind == "quadratic" else None
+            if got is not None:
+                assert roots == got, (q, ans)
+            else:
+                assert len(roots) == 2 and all(f"\\sqrt{{" in ans for _ in roots)
+                for r in roots:
+                    assert sympy.simplify(lhs.subs(x, r)) == 0
+        else:
+            # Interval answers: check against sympy's own solution of the inequality.
+            rel = body.replace("\\le", "<=").replace("\\ge", ">=")
+            rel = re.sub(r"\|(.+?)\|", r"Abs(\1)", rel)
+            rel = re.sub(r"(\d)x", r"\1*x", rel)
+            want = sympy.solve_univariate_inequality(sympy.sympify(rel), x, relational=False)
+            got = _parse_interval(ans)
+            assert want == got, (q, ans, want)
+    assert kinds == {"fraction", "radical", "linear_inequality", "abs_inequality", "quadratic", "irrational_roots"}
+
+
+def _parse_interval(tex: str):
+    import sympy
+
+    out = sympy.EmptySet
+    for part in tex.split(" \\cup "):
+        lo, hi = part[1:-1].split(", ")
+        conv = lambda t: sympy.oo if t == "\\infty" else (-sympy.oo if t == "-\\infty" else _frac(t))  # noqa: E731
+        out = out | sympy.Interval(conv(lo), conv(hi), left_open=part[0] == "(", right_open=part[-1] == ")")
+    return out
+
+
+def _frac(t: str):
+    import sympy
+
+    m = re.fullmatch(r"(-?)\\frac\{(\d+)\}\{(\d+)\}", t)
+    if m:
+        return sympy.Rational(int(m.group(2)), int(m.group(3))) * (-1 if m.group(1) else 1)
+    return sympy.Integer(int(t))
+
+
+def _run_programs(jobs: list[tuple[str, dict]]) -> list[bool]:
+    """Run trusted reference code against tests dicts in one subprocess (no sandbox needed)."""
+    harness = (
+        "import json, sys, io, contextlib\n"
+        "res = []\n"
+        "for code, tests in json.loads(sys.stdin.read()):\n"
+        "    ok = True\n"
+        "    try:\n"
+        "        if tests['type'] == 'function':\n"
+        "            ns = {}\n            exec(code, ns)\n"
+        "            for c in tests['cases']:\n"
+        "                ok &= json.loads(json.dumps(ns[tests['entry_point']](*c['args']))) == c['expected']\n"
+        "        else:\n"
+        "            for c in tests['cases']:\n"
+        "                lines = iter(c['stdin'].splitlines()); buf = io.StringIO()\n"
+        "                with contextlib.redirect_stdout(buf):\n"
+        "                    exec(code, {'input': lambda *a: next(lines)})\n"
+        "                ok &= buf.getvalue() == c['expected_stdout']\n"
+        "    except Exception:\n"
+        "        ok = False\n"
+        "    res.append(ok)\n"
+        "print(json.dumps(res))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", harness], input=json.dumps(jobs),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_code_items_schema_and_reference_passes():
+    s = make_task("code", seed=4)
+    forms = set()
+    good, bad = [], []
+    for i in range(40):
+        it = s[i]
+        t = it["answer"]
+        forms.add(t["type"])
+        if t["type"] == "function":
+            assert set(t) == {"type", "entry_point", "cases"} and t["entry_point"] in it["question"]
+            assert all(set(c) == {"args", "expected"} and isinstance(c["args"], list) for c in t["cases"])
+        else:
+            assert set(t) == {"type", "cases"}
+            assert all(set(c) == {"stdin", "expected_stdout"} for c in t["cases"])
+        assert len(t["cases"]) >= 4
+        code = re.search(r"```python\n(.+?)```", it["metadata"]["solution"], re.DOTALL).group(1)
+        assert code == it["metadata"]["reference"]
+        good.append((code, t))
+        # A wrong program must fail the same tests (the tests can fail).
+        bad.append((code.replace("return ", "return None and ", 1).replace("print(", "print(1, ", 1), t))
+    assert _run_programs(good) == [True] * len(good)
+    assert _run_programs(bad) == [False] * len(bad)
+    assert forms == {"function", "stdio"}
+    assert all(make_task("code", form="stdio")[i]["answer"]["type"] == "stdio" for i in range(10))
+
+
+def test_format_task_answers():
+    s = make_task("format", seed=0)
+    for i in range(50):
+        it = s[i]
+        q, a, kind = it["question"], it["answer"], it["metadata"]["puzzle"]
+        w = re.search(r"'([a-z]+)'", q.split("letter")[-1] if kind == "count" else q).group(1)
+        if kind == "reverse":
+            assert a == w[::-1]
+        elif kind == "upper":
+            assert a == w.upper()
+        elif kind == "sort":
+            assert a == "".join(sorted(w))
+        elif kind == "first_last":
+            assert a == w[0] + w[-1]
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("arithmetic", {"n_operand": 3}, "unknown parameter"),
+        ("arithmetic", {"n_operands": 1}, "n_operands must be >= 2"),
+        ("arithmetic", {"ops": "+%"}, "ops must be"),
+        ("countdown", {"target": [50, 10]}, "target must be an int or"),
+        ("word_problems", {"templates": "nope"}, "unknown word-problem templates"),
+        ("latex_math", {"kinds": ["radical", "calculus"]}, "unknown latex_math kinds"),
+        ("code", {"form": "notebook"}, "form must be"),
+        ("format", {"puzzles": "dance"}, "unknown format puzzles"),
+    ],
+)
+def test_bad_params_are_clear_errors(name, params, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        make_task(name, **params)[0]
+
+
+def test_params_are_part_of_item_identity():
+    a = make_task("arithmetic", seed=0)
+    b = make_task("arithmetic", seed=0, max_value=1000)
+    c = make_task("arithmetic", seed=0, max_value=100)  # the default, spelled out
+    assert a[0] == c[0] and a[0] != b[0]
+
+
+def test_format_solution_shape():
+    assert format_solution(["a", "b"], 3) == "<think>\na\nb\n</think>\n<answer>3</answer>"
+
+
+def test_trace_does_not_mutate_tree():
+    from thinkgym.tasks.arithmetic import Node, _num
+
+    t = Node(op="+", left=_num(2), right=Node(op="*", left=_num(3), right=_num(4)))
+    lines, v = evaluation_trace(t)
+    assert v == 14 and t.render() == "2 + 3 * 4" and len(lines) == 2
+
+
+def test_same_items_across_processes_and_hash_seeds():
+    code = (
+        "import json; from thinkgym.tasks import make_task\n"
+        "out = {n: [make_task(n, seed=3, **({'max_value': 50} if n == 'arithmetic' else {}))[i] for i in (0, 17, 999_999)]"
+        " for n in %r}\n"
+        "print(json.dumps(out, sort_keys=True))\n" % sorted(PROCEDURAL)
+    )
+    outs = []
+    for hashseed in ("0", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": hashseed}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert outs[0] == outs[1]
+    here = {n: [make_task(n, seed=3, **({"max_value": 50} if n == "arithmetic" else {}))[i] for i in (0, 17, 999_999)]
+            for n in sorted(PROCEDURAL)}
+    assert json.loads(outs[0]) == json.loads(json.dumps(here))

@@ -1,0 +1,90 @@
+"""JSONL and Hugging Face dataset loaders: field mapping, and bad rows named by file/line/field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from thinkgym.tasks import DatasetRowError, HFDatasetSource, JsonlSource, make_task
+
+
+def _write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_jsonl_field_mapping_and_metadata(tmp_path):
+    p = _write(tmp_path / "d.jsonl", [
+        {"problem": "1+1?", "solution": "2", "level": 3, "id": "a"},
+        "",
+        {"problem": "2+2?", "solution": 4, "level": 1, "id": "b", "metadata": {"grader": "format"}},
+    ])
+    s = JsonlSource(p, question_field="problem", answer_field="solution")
+    assert len(s) == 2
+    assert s[0] == {"question": "1+1?", "answer": "2",
+                    "metadata": {"level": 3, "id": "a", "grader": "math", "source": "jsonl", "index": 0}}
+    assert s[1]["answer"] == 4 and s[1]["metadata"]["grader"] == "format"  # row-level grader wins
+    only = JsonlSource(p, question_field="problem", answer_field="solution", metadata_fields=["id"], grader="format")
+    assert only[0]["metadata"] == {"id": "a", "grader": "format", "source": "jsonl", "index": 0}
+    # Registered under "jsonl" with a path param; items are copies.
+    t = make_task("jsonl", path=str(p), question_field="problem", answer_field="solution", size=1)
+    assert len(t) == 1 and list(t)[0]["question"] == "1+1?"
+    t[0]["metadata"]["level"] = 99
+    assert t[0]["metadata"]["level"] == 3
+
+
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        ([{"question": "q", "answer": "a"}, "{not json"], r"d\.jsonl:2: invalid JSON"),
+        ([{"question": "q", "answer": "a"}, {}, {"answer": "x"}], r"d\.jsonl:2: missing field 'question'"),
+        ([{"question": "q"}], r"d\.jsonl:1: missing field 'answer'"),
+        ([{"question": "", "answer": "1"}], r"d\.jsonl:1: field 'question' must be a non-empty string"),
+        ([{"question": 5, "answer": "1"}], r"d\.jsonl:1: field 'question' must be a non-empty string"),
+        ([{"question": "q", "answer": None}], r"d\.jsonl:1: field 'answer' is null"),
+        (["[1, 2]"], r"d\.jsonl:1: expected an object"),
+        ([], "no rows"),
+    ],
+)
+def test_jsonl_bad_rows_name_file_line_field(tmp_path, rows, match):
+    p = _write(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DatasetRowError, match=match):
+        JsonlSource(p)
+
+
+def test_jsonl_missing_metadata_field_and_file(tmp_path):
+    p = _write(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}])
+    with pytest.raises(DatasetRowError, match=r"d\.jsonl:1: missing metadata field\(s\) \['level'\]"):
+        JsonlSource(p, metadata_fields=["level"])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        JsonlSource(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match="size 5 > number of rows 1"):
+        JsonlSource(p, size=5)
+
+
+def test_hf_dataset_from_disk_and_files(tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"What is {i}+{i}?", "target": str(2 * i), "topic": "add"} for i in range(5)]
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:2])})
+    dd.save_to_disk(str(tmp_path / "saved"))
+    s = HFDatasetSource(tmp_path / "saved", split="test", question_field="prompt", answer_field="target")
+    assert len(s) == 2 and s[1]["question"] == "What is 1+1?" and s[1]["answer"] == "2"
+    assert s[1]["metadata"]["topic"] == "add"
+    with pytest.raises(ValueError, match="several splits"):
+        HFDatasetSource(tmp_path / "saved", question_field="prompt", answer_field="target")
+    with pytest.raises(ValueError, match="no split 'dev'"):
+        HFDatasetSource(tmp_path / "saved", split="dev")
+    # Bad rows name the dataset, split, row and field.
+    with pytest.raises(DatasetRowError, match=r"saved \[train\] row 0: missing field 'question'"):
+        HFDatasetSource(tmp_path / "saved", split="train")
+    # A single Dataset folder, and plain data files, via the registered name.
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "single"))
+    assert len(make_task("hf_dataset", path=str(tmp_path / "single"), question_field="prompt", answer_field="target")) == 5
+    (tmp_path / "files").mkdir()
+    _write(tmp_path / "files" / "part.jsonl", rows)
+    f = make_task("hf_dataset", path=str(tmp_path / "files"), question_field="prompt", answer_field="target")
+    assert [f[i]["answer"] for i in range(5)] == ["0", "2", "4", "6", "8"]
+    with pytest.raises(FileNotFoundError):
+        HFDatasetSource(tmp_path / "missing")

@@ -1,0 +1,128 @@
+"""Countdown grader: the answer is an arithmetic expression over the given numbers.
+
+Any valid expression that hits the target is right, so the expression is evaluated, never
+string-matched. It is parsed with :mod:`ast` and only numbers, ``+ - * /``, unary minus and
+parentheses are allowed; arithmetic is exact (:class:`fractions.Fraction`), so ``7 / 2 * 2``
+is 7 and float rounding cannot make a wrong expression right. Each given number may be used at
+most once (``exactly_once=True``: each exactly once), counting multiplicity.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections import Counter
+from fractions import Fraction
+from typing import Any
+
+from thinkgym.verifiers.base import Grade, register_grader
+from thinkgym.verifiers.extract import extract
+
+VERSION = "1"
+_MAX_CHARS = 300  # a countdown answer is short; a long one is a hack attempt or a ramble
+_MAX_NUMBER_DIGITS = 12
+
+
+class ExpressionError(ValueError):
+    """The answer is not an allowed arithmetic expression."""
+
+
+def _normalize(expr: str) -> str:
+    # Common typography: x and · for times, ÷ for divide, unicode minus, LaTeX operators.
+    for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("·", "*"), ("÷", "/"),
+                 ("−", "-"), ("\\left", ""), ("\\right", ""), ("{", "("), ("}", ")"), ("$", "")):
+        expr = expr.replace(a, b)
+    return re.sub(r"(?<=[\d)\s])x(?=[\s\d(])", "*", expr)
+
+
+def evaluate(expr: str) -> tuple[Fraction, list[int]]:
+    """Exact value of ``expr`` and the integer literals it uses, in order."""
+    if len(expr) > _MAX_CHARS:
+        raise ExpressionError(f"expression longer than {_MAX_CHARS} characters")
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ExpressionError(f"not an arithmetic expression: {e.msg}") from None
+    used: list[int] = []
+
+    def ev(node: ast.AST) -> Fraction:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            if len(str(node.value)) > _MAX_NUMBER_DIGITS:
+                raise ExpressionError("number too large")
+            used.append(node.value)
+            return Fraction(node.value)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
+            a, b = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Add):
+                return a + b
+            if isinstance(node.op, ast.Sub):
+                return a - b
+            if isinstance(node.op, ast.Mult):
+                return a * b
+            if b == 0:
+                raise ExpressionError("division by zero")
+            return a / b
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = ev(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        what = type(node).__name__
+        if isinstance(node, ast.Constant):
+            what = f"literal {node.value!r}"
+        elif isinstance(node, ast.BinOp):
+            what = f"operator {type(node.op).__name__}"
+        raise ExpressionError(f"{what} is not allowed (only integers, + - * / and parentheses)")
+
+    return ev(tree.body), used
+
+
+def _parse_gold(gold: Any) -> tuple[list[int], Fraction]:
+    if isinstance(gold, str):
+        gold = json.loads(gold)
+    if not isinstance(gold, dict) or "numbers" not in gold or "target" not in gold:
+        raise ValueError(f"countdown gold must be {{'numbers': [...], 'target': N}}, got {gold!r}")
+    nums = [int(x) for x in gold["numbers"]]
+    return nums, Fraction(gold["target"])
+
+
+def check_expression(expr: str, numbers: list[int], target: Fraction | int, exactly_once: bool = False) -> tuple[bool, str]:
+    """(right?, reason) for one expression; raises nothing."""
+    lhs = expr
+    if "=" in expr:
+        # "3 * 4 + 2 = 14": the stated result must be the target too.
+        parts = expr.split("=")
+        lhs, rhs = parts[0], parts[-1]
+        try:
+            stated, _ = evaluate(_normalize(rhs))
+        except ExpressionError as e:
+            return False, f"after '=': {e}"
+        if stated != target:
+            return False, f"states {rhs.strip()}, not the target"
+    try:
+        value, used = evaluate(_normalize(lhs))
+    except ExpressionError as e:
+        return False, str(e)
+    have, want = Counter(used), Counter(numbers)
+    extra = have - want
+    if extra:
+        return False, f"uses numbers not available (or too often): {sorted(extra.elements())}"
+    if exactly_once and have != want:
+        return False, f"does not use every number exactly once: missing {sorted((want - have).elements())}"
+    if value != target:
+        return False, f"evaluates to {value}, not {target}"
+    return True, "reaches the target"
+
+
+@register_grader("countdown", version=VERSION)
+def grade_countdown(completion: str, gold: Any, **meta: Any) -> Grade:
+    """Countdown: the <answer>/boxed expression uses the given numbers and equals the target."""
+    numbers, target = _parse_gold(gold)
+    exactly_once = bool(meta.get("exactly_once", False))
+    ex = extract(completion)
+    if not ex.ok:
+        return Grade(0.0, reason=ex.reason)
+    distinct = list(dict.fromkeys(ex.answers))
+    if len(distinct) > 1:
+        return Grade(0.0, extracted=ex.joined(), reason="several different answers")
+    ok, why = check_expression(distinct[0], numbers, target, exactly_once)
+    return Grade(1.0 if ok else 0.0, extracted=distinct[0], reason=why)
