@@ -1,0 +1,650 @@
+"""Code grader: run a candidate program against tests in a sandbox; the verdict is made here.
+
+Test schema (shared with the code task sources)::
+
+    {"type": "function", "entry_point": "f", "cases": [{"args": [...], "expected": JSON}]}
+    {"type": "stdio", "cases": [{"stdin": "...", "expected_stdout": "..."}]}
+
+Why the candidate cannot game the verdict:
+
+* Expected values never enter the sandbox: only the inputs do. Each function result is turned
+  into JSON inside the sandbox and compared *here* with the expected value (floats with a
+  tolerance), so ``__eq__`` overrides, patched builtins / ``unittest`` / ``math.isclose``, exit
+  codes and printed "PASSED" markers change nothing. JSON can only carry plain data, so an
+  "always equal" object is not even serialisable.
+* Inside the sandbox a small trusted harness (``_HARNESS``) forks the candidate per program or
+  per stdio case. The candidate never holds the harness's result channel (the sandbox's stdout):
+  its own stdout/stdin are separate pipes, and the harness makes itself non-dumpable so the
+  candidate cannot reopen its descriptors through ``/proc`` or ptrace it.
+* The result must carry a per-run random nonce, which the harness reads from its stdin only
+  after it has SIGKILLed every candidate process, so no candidate code ever runs while the nonce
+  exists. Anything else on the channel (a forged frame, extra bytes) makes the run a failure.
+* stdio output is compared whole (trailing whitespace on lines and at the end ignored), never
+  by prefix; a non-zero exit is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Mapping, Sequence
+
+from thinkgym.verifiers.base import Grade, register_grader
+from thinkgym.verifiers.sandbox import Limits, get_sandbox
+
+__all__ = ["grade_program", "grade_programs", "extract_code", "validate_tests", "values_equal", "DEFAULT_LIMITS"]
+
+DEFAULT_LIMITS = Limits()
+#: Room left for the harness to report before the sandbox's wall clock kills it.
+_REPORT_MARGIN_S = 1.5
+_START = b"\x02"
+
+# The trusted harness. It runs as the sandbox's first process; nothing the candidate does can
+# make it write a result the grader would accept, because the nonce is read only after every
+# candidate process is dead. Kept dependency-free (stdlib only, runs under ``python -I -S``).
+_HARNESS = r'''
+import os, sys, json, time, signal, selectors, ctypes
+os.write(1, b"\x02")
+# Non-dumpable: processes of the same uid can no longer open /proc/<pid>/fd|mem or ptrace us.
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+PID = os.getpid()
+
+def read_exact(fd, n):
+    buf = bytearray()
+    while len(buf) < n:
+        b = os.read(fd, n - len(buf))
+        if not b:
+            raise EOFError("short read")
+        buf += b
+    return bytes(buf)
+
+def read_line(fd):
+    buf = bytearray()
+    while True:
+        b = os.read(fd, 1)
+        if not b or b == b"\n":
+            return bytes(buf)
+        buf += b
+
+# Exact-length reads: the nonce that follows the job must stay in the pipe, not in our memory.
+job = json.loads(read_exact(0, int(read_line(0))))
+t_end = time.monotonic() + job["budget_s"]
+CASE_S, OUT_CAP = job["case_s"], job["out_cap"]
+
+def kill_all():
+    # Every process of the sandbox uid except us: candidates, their daemons and orphans.
+    # A process with SIGKILL pending never runs user code again, so after this no candidate
+    # code can execute; then wait until /proc shows only the namespace init and us.
+    for _ in range(200):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        left = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, PID)]
+        if not left:
+            return
+        time.sleep(0.002)
+
+def child_setup(keep):
+    # Runs in the forked child before any candidate code: drop the harness's channel.
+    import fcntl
+    base = max(list(keep) + list(keep.values())) + 1
+    high = {dst: fcntl.fcntl(src, fcntl.F_DUPFD, base) for dst, src in keep.items()}
+    for dst, src in high.items():
+        os.dup2(src, dst)
+    os.closerange(max(keep) + 1, 4096)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+def run_candidate(src):
+    import types, builtins
+    mod = types.ModuleType("__main__")
+    mod.__file__ = "/tmp/solution.py"
+    mod.__builtins__ = builtins
+    sys.modules["__main__"] = mod
+    sys.argv = ["solution.py"]
+    exec(compile(src, "solution.py", "exec"), mod.__dict__)
+    return mod
+
+def finish(code):
+    # What the interpreter does at exit: join non-daemon threads, atexit, flush.
+    try:
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+        import atexit
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except BaseException:
+            pass
+    os._exit(code)
+
+def exit_code(e):
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code & 0xFF
+    try:
+        print(e.code, file=sys.stderr)
+    except BaseException:
+        pass
+    return 1
+
+def short_exc(e):
+    return (type(e).__name__ + ": " + str(e))[:300]
+
+def pump(pid, r_out, w_in, data, deadline):
+    """Feed stdin, read stdout with a cap, until EOF + exit, the deadline or the cap."""
+    sel = selectors.DefaultSelector()
+    out = bytearray()
+    status = None
+    if data:
+        os.set_blocking(w_in, False)
+        sel.register(w_in, selectors.EVENT_WRITE)
+    else:
+        os.close(w_in)
+        w_in = -1
+    sel.register(r_out, selectors.EVENT_READ)
+    pos = 0
+    eof = False
+    rc = None
+    while not eof:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            status = "timeout"
+            break
+        ready = sel.select(min(left, 0.05))
+        if not ready and rc is None:
+            # The program may have exited while a daemon it left holds the pipe open: what
+            # it wrote before exiting is already in the pipe, later writes do not count.
+            wp, st = os.waitpid(pid, os.WNOHANG)
+            if wp:
+                rc = os.waitstatus_to_exitcode(st)
+                os.set_blocking(r_out, False)
+                try:
+                    while len(out) <= OUT_CAP:
+                        b = os.read(r_out, 65536)
+                        if not b:
+                            break
+                        out += b
+                except BlockingIOError:
+                    pass
+                if len(out) > OUT_CAP:
+                    status = "output_limit"
+                break
+        for key, _ in ready:
+            if key.fd == w_in:
+                try:
+                    pos += os.write(w_in, data[pos:pos + 65536])
+                except OSError:
+                    pos = len(data)
+                if pos >= len(data):
+                    sel.unregister(w_in)
+                    os.close(w_in)
+                    w_in = -1
+            else:
+                b = os.read(r_out, 65536)
+                if not b:
+                    eof = True
+                    break
+                out += b
+                if len(out) > OUT_CAP:
+                    status = "output_limit"
+                    eof = True
+                    break
+    sel.close()
+    for fd in (w_in, r_out):
+        if fd >= 0:
+            os.close(fd)
+    return bytes(out[:OUT_CAP]), status, rc
+
+def wait_exit(pid, deadline):
+    while True:
+        wp, st = os.waitpid(pid, os.WNOHANG)
+        if wp:
+            return os.waitstatus_to_exitcode(st)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.001)
+
+def run_stdio(src, stdin_text):
+    r_in, w_in = os.pipe()
+    r_out, w_out = os.pipe()
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child_setup({0: r_in, 1: w_out, 2: 2})
+        except BaseException:
+            os._exit(127)
+        code = 0
+        try:
+            run_candidate(src)
+        except SystemExit as e:
+            code = exit_code(e)
+        except BaseException:
+            try:
+                import traceback
+                traceback.print_exc()
+            except BaseException:
+                pass
+            code = 1
+        finish(code)
+    os.close(r_in)
+    os.close(w_out)
+    deadline = min(t0 + CASE_S, t_end)
+    out, status, rc = pump(pid, r_out, w_in, stdin_text.encode(), deadline)
+    if rc is None:
+        rc = wait_exit(pid, deadline if status is None else 0)
+    if rc is None and status is None:
+        status = "timeout"
+    kill_all()
+    res = {"status": status or ("ok" if rc == 0 else "runtime_error"), "returncode": rc,
+           "stdout": out.decode("utf-8", "replace"), "time_s": round(time.monotonic() - t0, 4)}
+    return res
+
+class Worker:
+    """One forked candidate process that defines the function and answers calls."""
+
+    def __init__(self, src, entry):
+        r_req, self.w_req = os.pipe()
+        self.r_resp, w_resp = os.pipe()
+        devnull = os.open("/dev/null", os.O_RDWR)
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                child_setup({0: devnull, 1: devnull, 2: 2, 3: r_req, 4: w_resp})
+                call_loop(src, entry)
+            finally:
+                os._exit(1)
+        os.close(r_req)
+        os.close(w_resp)
+        os.close(devnull)
+        self.buf = bytearray()
+
+    def send(self, obj):
+        data = json.dumps(obj).encode()
+        try:
+            os.write(self.w_req, b"%d\n" % len(data) + data)
+            return True
+        except OSError:
+            return False
+
+    def recv(self, deadline):
+        """One length-prefixed reply, or (None, why)."""
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                try:
+                    n = int(self.buf[:nl])
+                except ValueError:
+                    return None, "malformed reply"
+                if n > OUT_CAP:
+                    return None, "output_limit"
+                if len(self.buf) >= nl + 1 + n:
+                    msg = bytes(self.buf[nl + 1:nl + 1 + n])
+                    del self.buf[:nl + 1 + n]
+                    return msg, None
+            if len(self.buf) > OUT_CAP + 32:
+                return None, "output_limit"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None, "timeout"
+            sel = selectors.DefaultSelector()
+            sel.register(self.r_resp, selectors.EVENT_READ)
+            ready = sel.select(left)
+            sel.close()
+            if not ready:
+                return None, "timeout"
+            b = os.read(self.r_resp, 1 << 16)
+            if not b:
+                return None, "crash"
+            self.buf += b
+
+    def stop(self):
+        for fd in (self.w_req, self.r_resp):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        kill_all()
+        try:
+            rc = wait_exit(self.pid, time.monotonic())
+        except ChildProcessError:
+            rc = None
+        return rc
+
+def call_loop(src, entry):
+    def reply(obj):
+        data = json.dumps(obj).encode()
+        os.write(4, b"%d\n" % len(data) + data)
+
+    try:
+        mod = run_candidate(src)
+        cls_name, _, meth = entry.rpartition(".")
+        target = mod.__dict__[cls_name] if cls_name else None
+        if not cls_name and entry not in mod.__dict__:
+            raise NameError("entry point %r is not defined" % entry)
+        if cls_name and not hasattr(target, meth):
+            raise NameError("entry point %r is not defined" % entry)
+    except SystemExit as e:
+        reply({"load_error": "program exited while loading (code %r)" % (e.code,)})
+        finish(1)
+    except BaseException as e:
+        reply({"load_error": short_exc(e)})
+        finish(1)
+    reply({"ready": True})
+    while True:
+        hdr = read_line(3)
+        if not hdr:
+            finish(0)
+        args = json.loads(read_exact(3, int(hdr)))
+        try:
+            fn = getattr(target(), meth) if cls_name else mod.__dict__[entry]
+            value = fn(*args)
+            try:
+                text = json.dumps(value, allow_nan=True)
+            except (TypeError, ValueError) as e:
+                reply({"error": "return value is not JSON-serialisable: " + short_exc(e)})
+                continue
+            data = b'{"ok": ' + text.encode("utf-8", "surrogatepass") + b"}"
+            os.write(4, b"%d\n" % len(data) + data)
+        except SystemExit as e:
+            reply({"error": "exited during the call (code %r)" % (e.code,)})
+            finish(1)
+        except BaseException as e:
+            reply({"error": short_exc(e)})
+
+def run_function(src, entry, inputs):
+    results = []
+    w = None
+    load_error = None
+    for args in inputs:
+        if load_error is not None:
+            results.append({"status": "load_error", "error": load_error})
+            continue
+        if time.monotonic() >= t_end:
+            results.append({"status": "not_run", "error": "run out of wall-clock budget"})
+            continue
+        t0 = time.monotonic()
+        if w is None:
+            w = Worker(src, entry)
+            msg, why = w.recv(min(t0 + CASE_S, t_end))
+            if msg is None or b'"load_error"' in msg[:16] or b'"ready"' not in msg[:16]:
+                try:
+                    load_error = json.loads(msg)["load_error"] if msg else "program failed to load: " + why
+                except Exception:
+                    load_error = "program failed to load"
+                w.stop()
+                w = None
+                results.append({"status": "load_error", "error": load_error})
+                continue
+        w.send(args)
+        msg, why = w.recv(min(t0 + CASE_S, t_end))
+        dt = round(time.monotonic() - t0, 4)
+        if msg is None:
+            rc = w.stop()
+            w = None
+            results.append({"status": why, "returncode": rc, "time_s": dt})
+        else:
+            # Untrusted bytes from the candidate: passed on verbatim, judged by the grader.
+            results.append({"status": "reply", "reply": msg.decode("utf-8", "replace"), "time_s": dt})
+    if w is not None:
+        w.stop()
+    return results
+
+try:
+    if job["mode"] == "stdio":
+        cases = []
+        for text in job["inputs"]:
+            if time.monotonic() >= t_end:
+                cases.append({"status": "not_run", "error": "run out of wall-clock budget"})
+            else:
+                cases.append(run_stdio(job["program"], text))
+    else:
+        cases = run_function(job["program"], job["entry_point"], job["inputs"])
+    payload = {"cases": cases}
+except Exception as e:
+    payload = {"harness_error": short_exc(e)}
+kill_all()
+nonce = read_exact(0, 32)
+data = json.dumps(payload).encode()
+os.write(1, nonce + b" %d\n" % len(data) + data)
+'''
+
+
+def validate_tests(tests: Any) -> dict:
+    """Check a test spec against the schema; returns it as a dict or raises ``ValueError``."""
+    if isinstance(tests, str):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"code tests are not valid JSON: {e}") from e
+    if not isinstance(tests, Mapping):
+        raise ValueError(f"code tests must be a dict, got {type(tests).__name__}")
+    kind = tests.get("type")
+    cases = tests.get("cases")
+    if kind not in ("function", "stdio"):
+        raise ValueError(f"code tests 'type' must be 'function' or 'stdio', got {kind!r}")
+    if not isinstance(cases, list) or not cases:
+        raise ValueError("code tests need a non-empty 'cases' list")
+    for i, c in enumerate(cases):
+        if not isinstance(c, Mapping):
+            raise ValueError(f"case {i}: must be a dict")
+        need = ("args", "expected") if kind == "function" else ("stdin", "expected_stdout")
+        for k in need:
+            if k not in c:
+                raise ValueError(f"case {i}: missing field {k!r} (a {kind} case needs {need})")
+        if kind == "function" and not isinstance(c["args"], list):
+            raise ValueError(f"case {i}: 'args' must be a list")
+        if kind == "stdio" and not (isinstance(c["stdin"], str) and isinstance(c["expected_stdout"], str)):
+            raise ValueError(f"case {i}: 'stdin' and 'expected_stdout' must be strings")
+    if kind == "function":
+        ep = tests.get("entry_point")
+        if not isinstance(ep, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", ep):
+            raise ValueError(f"function tests need an 'entry_point' identifier (or Class.method), got {ep!r}")
+    # Round-trip through JSON so inputs and expected values are plain data on both sides.
+    return json.loads(json.dumps(tests))
+
+
+def values_equal(got: Any, expected: Any, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
+    """Structural equality of JSON values; floats within tolerance, bool is not a number."""
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return type(got) is type(expected) and got == expected
+    if isinstance(expected, (int, float)) and isinstance(got, (int, float)):
+        if isinstance(expected, int) and isinstance(got, int):
+            return got == expected
+        if math.isnan(expected) or math.isnan(got):
+            return math.isnan(expected) and math.isnan(got)
+        return math.isclose(got, expected, rel_tol=rel_tol, abs_tol=abs_tol)
+    if isinstance(expected, list):
+        return isinstance(got, list) and len(got) == len(expected) and all(
+            values_equal(g, e, rel_tol, abs_tol) for g, e in zip(got, expected)
+        )
+    if isinstance(expected, dict):
+        return isinstance(got, dict) and got.keys() == expected.keys() and all(
+            values_equal(got[k], expected[k], rel_tol, abs_tol) for k in expected
+        )
+    return type(got) is type(expected) and got == expected
+
+
+def _norm_stdout(s: str) -> str:
+    lines = s.replace("\r\n", "\n").split("\n")
+    return "\n".join(line.rstrip() for line in lines).rstrip()
+
+
+def _as_limits(limits: Limits | Mapping[str, Any] | None) -> Limits:
+    if limits is None:
+        return DEFAULT_LIMITS
+    if isinstance(limits, Limits):
+        return limits
+    return DEFAULT_LIMITS.replace(**dict(limits))
+
+
+def _judge_case(kind: str, case: Mapping, res: Mapping) -> dict:
+    status = res.get("status")
+    out: dict[str, Any] = {"passed": False, "status": status}
+    if "time_s" in res:
+        out["time_s"] = res["time_s"]
+    if kind == "function":
+        if status != "reply":
+            out["error"] = res.get("error") or status
+            return out
+        try:
+            reply = json.loads(res["reply"])
+        except (ValueError, RecursionError) as e:
+            out.update(status="bad_reply", error=f"unreadable return value: {type(e).__name__}")
+            return out
+        if not isinstance(reply, dict) or not ({"ok"} == reply.keys() or "error" in reply):
+            out.update(status="bad_reply", error="malformed reply")
+            return out
+        if "error" in reply:
+            out.update(status="exception", error=str(reply["error"])[:300])
+            return out
+        out["status"] = "ok"
+        out["passed"] = values_equal(reply["ok"], case["expected"])
+        if not out["passed"]:
+            out["status"] = "wrong_answer"
+            out["got"] = json.dumps(reply["ok"])[:200]
+        return out
+    if status != "ok":
+        out["error"] = res.get("error") or status
+        if "returncode" in res:
+            out["returncode"] = res["returncode"]
+        return out
+    got = res.get("stdout", "")
+    out["passed"] = _norm_stdout(got) == _norm_stdout(case["expected_stdout"])
+    if not out["passed"]:
+        out["status"] = "wrong_answer"
+        out["got"] = got[:200]
+    return out
+
+
+def grade_program(
+    program: str,
+    tests: Mapping | str,
+    *,
+    backend: str = "local",
+    partial_credit: bool = False,
+    limits: Limits | Mapping[str, Any] | None = None,
+) -> Grade:
+    """Run ``program`` against ``tests`` in the sandbox and grade it here.
+
+    Score: 1.0 when every case passes, else 0.0, or the fraction passed with ``partial_credit``.
+    ``Grade.details["cases"]`` has one entry per case; ``components["pass_frac"]`` the fraction.
+    A sandbox failure (not the program's) is an infrastructure error: ``score=None``.
+    """
+    tests = validate_tests(tests)
+    lim = _as_limits(limits)
+    kind = tests["type"]
+    cases = tests["cases"]
+    job = {
+        "mode": kind,
+        "program": program,
+        "entry_point": tests.get("entry_point"),
+        "inputs": [c["args"] for c in cases] if kind == "function" else [c["stdin"] for c in cases],
+        "case_s": lim.case_s,
+        "budget_s": max(lim.wall_s - _REPORT_MARGIN_S, 0.1),
+        "out_cap": min(lim.stdout_bytes // 2, 16 << 20),
+    }
+    nonce = secrets.token_hex(16).encode()
+    body = json.dumps(job).encode()
+    sandbox = get_sandbox(backend)
+    run = sandbox.run([sandbox.python, "-I", "-S", "-c", _HARNESS], b"%d\n" % len(body) + body + nonce, lim)
+    if run.error is not None:
+        return Grade.error(f"sandbox error: {run.error}", details={"stderr": run.stderr[-2000:].decode("utf-8", "replace")})
+    if not run.stdout.startswith(_START):
+        return Grade.error(
+            f"sandbox error: harness did not start (exit {run.returncode})",
+            details={"stderr": run.stderr[-2000:].decode("utf-8", "replace")},
+        )
+    stderr_tail = run.stderr[-2000:].decode("utf-8", "replace")
+    frame = run.stdout[len(_START):]
+    payload = None
+    why = ""
+    head, sep, rest = frame.partition(b"\n")
+    if run.timed_out:
+        why = "wall-clock limit: run killed"
+    elif not sep or not head.startswith(nonce + b" "):
+        why = "no valid harness result (run killed or result channel tampered with)"
+    else:
+        try:
+            n = int(head[len(nonce) + 1 :])
+        except ValueError:
+            n = -1
+        if n != len(rest):
+            why = "result frame has the wrong length (result channel tampered with)"
+        else:
+            payload = json.loads(rest)
+    if payload is None or "harness_error" in payload:
+        why = why or f"harness error: {payload['harness_error']}"
+        return Grade(0.0, reason=why, components={"pass_frac": 0.0},
+                     details={"cases": [], "stderr": stderr_tail, "returncode": run.returncode})
+    results = [_judge_case(kind, c, r) for c, r in zip(cases, payload["cases"])]
+    n_pass = sum(r["passed"] for r in results)
+    frac = n_pass / len(cases)
+    score = frac if partial_credit else float(n_pass == len(cases))
+    first_fail = next((f"case {i}: {r['status']}" + (f" ({r['error']})" if r.get("error") else "")
+                       for i, r in enumerate(results) if not r["passed"]), "")
+    reason = f"{n_pass}/{len(cases)} cases passed" + (f"; first failure {first_fail}" if first_fail else "")
+    return Grade(score, reason=reason, components={"pass_frac": frac},
+                 details={"cases": results, "stderr": stderr_tail, "backend": sandbox.name})
+
+
+def grade_programs(
+    items: Iterable[tuple[str, Mapping | str]], *, workers: int | None = None, **kw: Any
+) -> list[Grade]:
+    """Grade many (program, tests) pairs in parallel; the sandbox bounds real concurrency."""
+    items = list(items)
+    sandbox = get_sandbox(kw.get("backend", "local"))
+    n = workers or getattr(sandbox, "max_parallel", 2)
+    with ThreadPoolExecutor(max_workers=n) as ex:
+        return list(ex.map(lambda it: grade_program(it[0], it[1], **kw), items))
+
+
+_FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.DOTALL | re.MULTILINE)
+_PY_LANGS = {"python", "py", "python3", "py3"}
+
+
+def extract_code(completion: str, *, final_only: bool = True, allow_untagged: bool = True) -> str | None:
+    """The last fenced Python block of the final section (after the last ``</think>``).
+
+    Falls back to the last untagged fence when no block is tagged Python. ``None``: no code.
+    """
+    from thinkgym.verifiers.extract import ExtractConfig, final_section
+
+    text = final_section(completion, ExtractConfig(final_section_only=final_only))
+    if text is None:
+        return None
+    blocks = [(m.group(2).lower(), m.group(3)) for m in _FENCE_RE.finditer(text)]
+    py = [b for lang, b in blocks if lang in _PY_LANGS]
+    if py:
+        return py[-1]
+    untagged = [b for lang, b in blocks if not lang]
+    return untagged[-1] if (allow_untagged and untagged) else None
+
+
+@register_grader("code", version="1")
+def grade_code(completion: str, gold: Any, **meta: Any) -> Grade:
+    """Run the completion's last fenced Python block against code tests in a sandbox."""
+    partial = meta.get("partial_credit", False)
+    backend = meta.get("backend", "local")
+    limits = meta.get("limits")
+    tests = validate_tests(gold)  # malformed gold is the caller's bug: raised, becomes score=None
+    program = extract_code(completion, final_only=meta.get("final_section_only", True))
+    if program is None or not program.strip():
+        return Grade(0.0, reason="no fenced python code block in the final section", components={"pass_frac": 0.0})
+    g = grade_program(program, tests, backend=backend, partial_credit=bool(partial), limits=limits)
+    g.extracted = program
+    return g

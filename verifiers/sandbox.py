@@ -1,0 +1,419 @@
+"""Run untrusted programs in an isolated, resource-limited sandbox.
+
+Two backends share one interface, :class:`Sandbox`: ``run(argv, stdin, limits) -> RunResult``.
+
+* :class:`LocalSandbox` (default, no daemon): bubblewrap namespaces. Every run gets fresh PID,
+  network (not even the host's loopback), IPC and UTS namespaces, a read-only view of only the
+  interpreter and system libraries (no project files, no home, no datasets), an empty
+  size-limited tmpfs as scratch and ``HOME``, and a clean environment. The program runs as a
+  non-root uid with rlimits on CPU, address space, file size, open files and processes.
+  Root ignores ``RLIMIT_NPROC``, so as root each concurrent run claims its own uid (a slot,
+  locked across processes with ``flock``) and, where the pids cgroup is writable, a cgroup with
+  ``pids.max``; as a normal user bubblewrap makes a user namespace, in which ``RLIMIT_NPROC``
+  counts only that sandbox's processes. When the run ends or times out, the namespace's init
+  dies, which kills every process in it (daemons, double forks, SIGTERM-ignorers), and the
+  cgroup is swept until empty. The scratch tmpfs vanishes with the namespace, so nothing persists.
+* :class:`~thinkgym.verifiers.docker_sandbox.DockerSandbox`: the same interface on the Docker engine.
+
+Output is read concurrently with a cap, so a flood neither blocks the program nor exhausts memory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Protocol, Sequence
+
+__all__ = ["Limits", "RunResult", "Sandbox", "SandboxUnavailable", "LocalSandbox", "get_sandbox"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sandboxed run. Defaults let honest contest programs pass."""
+
+    #: Wall-clock budget of the whole run (all test cases), seconds.
+    wall_s: float = 30.0
+    #: Wall-clock budget of one test case, seconds (enforced by the code harness).
+    case_s: float = 6.0
+    #: CPU seconds per process (RLIMIT_CPU).
+    cpu_s: int = 10
+    #: Address space per process, MiB (RLIMIT_AS; Docker: the container's memory limit).
+    memory_mb: int = 2048
+    #: Processes + threads in the sandbox (cgroup pids.max and/or RLIMIT_NPROC).
+    nproc: int = 64
+    #: Largest file the program may write, MiB (RLIMIT_FSIZE).
+    fsize_mb: int = 64
+    #: Open file descriptors per process (RLIMIT_NOFILE).
+    nofile: int = 256
+    #: Captured stdout cap, bytes; the run is killed when it is exceeded.
+    stdout_bytes: int = 64 << 20
+    #: Captured stderr cap, bytes; the rest is read and dropped.
+    stderr_bytes: int = 64 << 10
+    #: Size of the scratch tmpfs (cwd, HOME, /tmp), MiB.
+    scratch_mb: int = 64
+
+    def replace(self, **kw: object) -> "Limits":
+        unknown = set(kw) - set(self.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown sandbox limit(s) {sorted(unknown)}; known: {sorted(self.__dataclass_fields__)}")
+        return replace(self, **kw)  # type: ignore[arg-type]
+
+
+@dataclass
+class RunResult:
+    """What came out of one run. ``error`` is set only when the sandbox itself failed."""
+
+    returncode: int | None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    timed_out: bool = False
+    elapsed_s: float = 0.0
+    error: str | None = None
+    info: dict = field(default_factory=dict)
+
+
+class SandboxUnavailable(RuntimeError):
+    """The backend cannot run here (missing binary, no engine, no image)."""
+
+
+class Sandbox(Protocol):
+    name: str
+    #: Path of a Python interpreter inside the sandbox (stdlib only, no site-packages).
+    python: str
+
+    def run(self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None) -> RunResult: ...
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Output pump shared by the backends that talk to a local process.
+
+
+def pump(
+    proc: subprocess.Popen, stdin: bytes, limits: Limits, deadline: float, kill: "callable"
+) -> RunResult:
+    """Feed ``stdin`` and drain stdout/stderr concurrently until exit, cap or deadline."""
+    sel = selectors.DefaultSelector()
+    out, err = bytearray(), bytearray()
+    out_trunc = err_trunc = timed_out = False
+    if proc.stdin is not None:
+        if stdin:
+            os.set_blocking(proc.stdin.fileno(), False)
+            sel.register(proc.stdin, selectors.EVENT_WRITE)
+        else:
+            proc.stdin.close()
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    view = memoryview(stdin)
+    pos = 0
+    open_readers = 2
+    killed = False
+    while open_readers:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        for key, _ in sel.select(min(left, 1.0)):
+            if key.fileobj is proc.stdin:
+                try:
+                    pos += os.write(proc.stdin.fileno(), view[pos : pos + 65536])
+                except (BrokenPipeError, OSError):
+                    pos = len(view)
+                if pos >= len(view):
+                    sel.unregister(proc.stdin)
+                    proc.stdin.close()
+                continue
+            chunk = os.read(key.fileobj.fileno(), 1 << 16)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                open_readers -= 1
+                continue
+            if key.data == "out":
+                room = limits.stdout_bytes - len(out)
+                out += chunk[: max(room, 0)]
+                if len(chunk) > room:
+                    # Our own harness never writes this much; a flood means a broken or
+                    # hostile run, so stop it instead of reading it to the end.
+                    out_trunc = True
+                    kill()
+                    killed = True
+            else:
+                room = limits.stderr_bytes - len(err)
+                if room > 0:
+                    err += chunk[:room]
+                if len(chunk) > room:
+                    err_trunc = True
+        if killed:
+            break
+    sel.close()
+    if timed_out or killed:
+        kill()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None and not f.closed:
+            f.close()
+    try:
+        rc = proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+        kill()
+        rc = proc.wait()
+    return RunResult(rc, bytes(out), bytes(err), out_trunc, err_trunc, timed_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local backend.
+
+_UID_BASE = int(os.environ.get("THINKGYM_SANDBOX_UID_BASE", "2000100000"))
+_N_UIDS = 256
+_SLOT_DIR = os.path.join(tempfile.gettempdir(), f"thinkgym-sandbox-slots-{os.geteuid()}")
+
+
+def _base_python() -> tuple[str, str]:
+    """The real interpreter behind this (possibly venv) Python, and its install prefix."""
+    exe = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    return exe, os.path.realpath(sys.base_prefix)
+
+
+class _PidsCgroup:
+    """A writable pids cgroup per slot (cgroup v1 ``pids`` or v2), if the OS lets us make one."""
+
+    def __init__(self) -> None:
+        self.root: str | None = None
+        self.v2 = False
+        for base, v2 in (("/sys/fs/cgroup/pids", False), ("/sys/fs/cgroup", True)):
+            if v2 and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+                continue
+            if not os.path.isdir(base):
+                continue
+            try:
+                if v2:
+                    with open("/sys/fs/cgroup/cgroup.controllers") as f:
+                        if "pids" not in f.read().split():
+                            continue
+                root = os.path.join(base, "thinkgym-sandbox")
+                os.makedirs(root, exist_ok=True)
+                if v2:
+                    with open(os.path.join(root, "cgroup.subtree_control"), "w") as f:
+                        f.write("+pids")
+                probe = os.path.join(root, "probe")
+                os.makedirs(probe, exist_ok=True)
+                with open(os.path.join(probe, "pids.max"), "w") as f:
+                    f.write("8")
+                os.rmdir(probe)
+                self.root, self.v2 = root, v2
+                return
+            except OSError:
+                continue
+
+    def slot(self, i: int, nproc: int) -> str | None:
+        if self.root is None:
+            return None
+        path = os.path.join(self.root, f"slot-{i}")
+        try:
+            os.makedirs(path, exist_ok=True)
+            with open(os.path.join(path, "pids.max"), "w") as f:
+                f.write(str(nproc))
+            return path
+        except OSError:
+            return None
+
+    @staticmethod
+    def sweep(path: str, timeout: float = 5.0) -> int:
+        """SIGKILL every process left in the cgroup until it is empty; returns how many were found."""
+        found = 0
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    pids = [int(p) for p in f.read().split()]
+            except OSError:
+                return found
+            if not pids:
+                return found
+            found += len(pids)
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > end:
+                raise RuntimeError(f"processes {pids} survive in {path}")
+            time.sleep(0.005)
+
+
+class _Slots:
+    """Bounded parallelism; as root each slot is also a distinct uid, claimed across processes."""
+
+    def __init__(self, n: int, per_uid: bool) -> None:
+        self._sem = threading.BoundedSemaphore(n)
+        self._lock = threading.Lock()
+        self._per_uid = per_uid
+        self._held: dict[int, int] = {}
+        if per_uid:
+            os.makedirs(_SLOT_DIR, mode=0o700, exist_ok=True)
+
+    def acquire(self) -> int:
+        self._sem.acquire()
+        if not self._per_uid:
+            return 0
+        with self._lock:
+            for i in range(_N_UIDS):
+                if i in self._held:
+                    continue
+                fd = os.open(os.path.join(_SLOT_DIR, f"{i}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self._held[i] = fd
+                return i
+        self._sem.release()
+        raise RuntimeError(f"all {_N_UIDS} sandbox uids are in use")
+
+    def release(self, i: int) -> None:
+        if self._per_uid:
+            with self._lock:
+                fd = self._held.pop(i)
+            os.close(fd)
+        self._sem.release()
+
+
+class LocalSandbox:
+    """bubblewrap + rlimits (+ pids cgroup as root). See the module docstring."""
+
+    name = "local"
+
+    def __init__(self, max_parallel: int | None = None, ro_binds: Sequence[str] = ()) -> None:
+        self.bwrap = shutil.which("bwrap")
+        self.prlimit = shutil.which("prlimit")
+        self.setpriv = shutil.which("setpriv")
+        missing = [n for n, p in (("bwrap", self.bwrap), ("prlimit", self.prlimit)) if p is None]
+        self.root = os.geteuid() == 0
+        if self.root and self.setpriv is None:
+            missing.append("setpriv")
+        if missing:
+            raise SandboxUnavailable(
+                f"local sandbox needs {', '.join(missing)} (Debian/Ubuntu: apt-get install bubblewrap util-linux)"
+            )
+        self.python, prefix = _base_python()
+        self.max_parallel = max_parallel or os.cpu_count() or 1
+        self._slots = _Slots(self.max_parallel, per_uid=self.root)
+        self._cgroup = _PidsCgroup() if self.root else None
+        self._prefix_args = self._static_args([prefix, *ro_binds])
+
+    def _static_args(self, binds: Sequence[str]) -> list[str]:
+        """The bwrap arguments that do not change between runs (computed once)."""
+        a = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
+             "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
+        if self.root:
+            # Privileged bwrap keeps only what setpriv needs to drop to the slot uid.
+            a += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+                  "--cap-add", "CAP_SETPCAP"]
+        else:
+            a += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+        a += ["--ro-bind", "/usr", "/usr"]
+        for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+            if os.path.islink(d):
+                a += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                a += ["--ro-bind", d, d]
+        made = {"/", "/usr", "/tmp"}
+        for b in binds:
+            b = os.path.realpath(b)
+            if b == "/usr" or b.startswith("/usr/"):
+                continue
+            parts = b.strip("/").split("/")
+            for k in range(1, len(parts)):
+                anc = "/" + "/".join(parts[:k])
+                if anc not in made:
+                    # Parents default to the host's mode (e.g. 0700 /root), which the
+                    # sandbox uid could not traverse.
+                    a += ["--perms", "0755", "--dir", anc]
+                    made.add(anc)
+            a += ["--ro-bind", b, b]
+        a += ["--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp", "--clearenv",
+              "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--setenv", "PATH", "/usr/bin:/bin",
+              "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
+        return a
+
+    def command(self, argv: Sequence[str], limits: Limits, slot: int) -> tuple[list[str], str | None]:
+        cmd = list(self._prefix_args)
+        cmd += ["--perms", "1777", "--size", str(limits.scratch_mb << 20), "--tmpfs", "/tmp"]
+        mb = 1 << 20
+        cmd += ["--", self.prlimit, f"--cpu={limits.cpu_s}", f"--as={limits.memory_mb * mb}",
+                f"--fsize={limits.fsize_mb * mb}", f"--nofile={limits.nofile}", "--core=0",
+                f"--nproc={limits.nproc}"]
+        cg = None
+        if self.root:
+            uid = _UID_BASE + slot
+            cmd += [self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                    "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+            cg = self._cgroup.slot(slot, limits.nproc + 4) if self._cgroup else None
+        cmd += list(argv)
+        if cg:
+            # Join the cgroup before bwrap forks, so nothing in the sandbox starts outside it.
+            cmd = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg, *cmd]
+        return cmd, cg
+
+    def run(self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None) -> RunResult:
+        limits = limits or Limits()
+        slot = self._slots.acquire()
+        t0 = time.monotonic()
+        try:
+            cmd, cg = self.command(argv, limits, slot)
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env={}, close_fds=True)
+
+            def kill() -> None:
+                # The outer bwrap takes the namespace's init with it (PR_SET_PDEATHSIG), and
+                # the kernel then kills every process left in the PID namespace.
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
+
+            res = pump(proc, stdin, limits, t0 + limits.wall_s, kill)
+            if cg:
+                res.info["swept"] = _PidsCgroup.sweep(cg)
+        finally:
+            self._slots.release(slot)
+        res.elapsed_s = time.monotonic() - t0
+        if res.returncode == 1 and res.stderr.startswith(b"bwrap:"):
+            res.error = res.stderr.decode(errors="replace").strip()
+        return res
+
+    def close(self) -> None:
+        pass
+
+
+_DEFAULT: dict[str, Sandbox] = {}
+_DEFAULT_LOCK = threading.Lock()
+
+
+def get_sandbox(backend: str = "local") -> Sandbox:
+    """A process-wide shared sandbox per backend name (``local`` or ``docker``)."""
+    with _DEFAULT_LOCK:
+        sb = _DEFAULT.get(backend)
+        if sb is None:
+            if backend == "local":
+                sb = LocalSandbox()
+            elif backend == "docker":
+                from thinkgym.verifiers.docker_sandbox import DockerSandbox
+
+                sb = DockerSandbox()
+            else:
+                raise ValueError(f"unknown sandbox backend {backend!r}; use 'local' or 'docker'")
+            _DEFAULT[backend] = sb
+        return sb
