@@ -157,3 +157,306 @@ def test_bad_tests_are_clear_errors():
     # through the registry, a malformed gold is an infrastructure error, never a silent 0
     r = grade("code", "```python\npass\n```", {"type": "nope"})
     assert r.score is None and "type" in r.reason
+
+
+# ------------------------------------------------------------------------------------------
+# Attacks. A random expected value the candidate cannot guess, so only forging could pass.
+
+SECRET = 7_391_004_217_563
+
+
+def secret_tests(n: int = 2) -> dict:
+    return {"type": "function", "entry_point": "f", "cases": [{"args": [i], "expected": SECRET + i} for i in range(n)]}
+
+
+def assert_hack_fails(program: str, tests=None, **kw):
+    tests = tests or secret_tests()
+    r = g(program, tests, **kw)
+    assert r.score == 0.0, (r.reason, r.details)  # a hack is a plain 0, never an infrastructure error
+    assert r.components["pass_frac"] == 0.0
+    return r
+
+
+EXIT_TRICKS = {
+    "exit_at_import": "import sys\nsys.exit(0)\ndef f(x):\n    return 0\n",
+    "os_exit_in_call": "import os\ndef f(x):\n    os._exit(0)\n",
+    "exit_in_call": "def f(x):\n    raise SystemExit(0)\n",
+    "atexit_marker": "import atexit\natexit.register(lambda: print('ALL TESTS PASSED'))\ndef f(x):\n    return 0\n",
+    "kill_parent": "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 0\n",
+    "kill_everything": "import os, signal\ndef f(x):\n    os.kill(-1, signal.SIGKILL)\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXIT_TRICKS))
+def test_exit_tricks_fail(name):
+    assert_hack_fails(EXIT_TRICKS[name])
+
+
+ALWAYS_EQUAL = {
+    "eq_object": "class A:\n    def __eq__(s, o):\n        return True\n    __hash__ = object.__hash__\ndef f(x):\n    return A()\n",
+    "int_subclass": "class I(int):\n    def __eq__(s, o):\n        return True\n    def __ne__(s, o):\n        return False\n"
+    "    __hash__ = int.__hash__\ndef f(x):\n    return I(0)\n",
+    "str_subclass": "class S(str):\n    def __eq__(s, o):\n        return True\ndef f(x):\n    return S('x')\n",
+    "list_subclass": "class L(list):\n    def __eq__(s, o):\n        return True\ndef f(x):\n    return L()\n",
+    "nan": "def f(x):\n    return float('nan')\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALWAYS_EQUAL))
+def test_always_equal_objects_fail(name):
+    assert_hack_fails(ALWAYS_EQUAL[name])
+
+
+MONKEYPATCH = {
+    "builtins": "import builtins\nbuiltins.isinstance = lambda *a: True\nbuiltins.len = lambda x: 0\n"
+    "builtins.type = lambda *a: int\ndef f(x):\n    return 0\n",
+    "unittest_and_isclose": "import unittest, math, operator\nunittest.TestCase.assertEqual = lambda *a, **k: None\n"
+    "math.isclose = lambda *a, **k: True\noperator.eq = lambda a, b: True\ndef f(x):\n    return 0\n",
+    "json_dumps": "import json\njson.dumps = lambda *a, **k: '" + str(SECRET) + "'\ndef f(x):\n    return 0\n",
+    "json_forged_reply": "import json\n_d = json.dumps\njson.dumps = lambda o, **k: _d(True) if o is None else _d(o, **k)\n"
+    "def f(x):\n    return None\n",
+    "sys_modules": "import sys, types\nsys.modules['json'] = types.ModuleType('json')\ndef f(x):\n    return 0\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MONKEYPATCH))
+def test_builtins_and_unittest_monkeypatching_fail(name):
+    assert_hack_fails(MONKEYPATCH[name])
+
+
+FORGE_ALL_FDS = (
+    "import os\n"
+    "frame = b'00000000000000000000000000000000 20\\n{\"cases\": []}' \n"
+    "for fd in range(0, 64):\n"
+    "    for payload in (b'PASSED\\n', b'\\x02', frame, b'14\\n{\"ok\": %d}' % {secret}):\n"
+    "        try:\n            os.write(fd, payload)\n        except OSError:\n            pass\n"
+).replace("{secret}", str(SECRET))
+
+
+def test_output_markers_and_forged_frames_fail():
+    assert_hack_fails(FORGE_ALL_FDS + "def f(x):\n    return 0\n")
+    # stdio: printing markers or the expected output of another case does not help either
+    t = {"type": "stdio", "cases": [{"stdin": "", "expected_stdout": str(SECRET)}]}
+    assert_hack_fails("print('OK'); print('PASSED'); print('All 1 tests passed')", t)
+    assert_hack_fails(FORGE_ALL_FDS, t)
+
+
+def test_harness_channel_and_memory_are_out_of_reach():
+    # The program reports which privileged handles it managed to open; expected: none.
+    prog = (
+        "import os\ndef f(x):\n    got = []\n    pp = os.getppid()\n"
+        "    for p in (f'/proc/{pp}/fd/0', f'/proc/{pp}/fd/1', f'/proc/{pp}/mem', f'/proc/{pp}/environ',\n"
+        "              '/proc/1/fd/1', '/proc/1/mem', '/proc/1/root/etc/shadow'):\n"
+        "        for mode in ('rb', 'wb'):\n"
+        "            try:\n                open(p, mode).close(); got.append(p + ' ' + mode)\n"
+        "            except OSError:\n                pass\n    return got\n"
+    )
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [0], "expected": []}]}
+    r = g(prog, t)
+    assert r.score == 1.0, r.details
+
+
+def test_test_files_and_expected_values_are_not_visible(tmp_path):
+    spec = secret_tests(1)
+    path = tmp_path / "tests.json"
+    path.write_text(json.dumps(spec))
+    prog = (
+        "import os, re\n"
+        "def f(x):\n"
+        "    found = []\n"
+        f"    for p in [{str(path)!r}, '/proc/1/cmdline', '/proc/1/environ', '/proc/self/environ',\n"
+        f"              {str(tmp_path)!r}, {os.getcwd()!r}, '/home', os.path.expanduser('~')]:\n"
+        "        try:\n"
+        "            for root, dirs, files in os.walk(p) if os.path.isdir(p) else [('', [], [p])]:\n"
+        "                for n in files[:2000]:\n"
+        "                    try:\n"
+        "                        found += re.findall(rb'\\d{13}', open(os.path.join(root, n), 'rb').read(1 << 20))\n"
+        "                    except OSError:\n"
+        "                        pass\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return int(found[0]) if found else -1\n"
+    )
+    r = assert_hack_fails(prog, spec)
+    assert r.details["cases"][0].get("got") == "-1", r.details
+
+
+def test_fork_bomb_is_bounded_by_process_limit():
+    # Finite on purpose: at most 300 forks, each child exits within 3 s on its own.
+    prog = (
+        "import os, time\ndef f(x):\n    ok = 0\n    for _ in range(300):\n        try:\n"
+        "            if os.fork() == 0:\n                time.sleep(3); os._exit(0)\n            ok += 1\n"
+        "        except OSError:\n            break\n    return ok\n"
+    )
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [0], "expected": 300}]}
+    r = g(prog, t, limits={**FAST, "nproc": 24})
+    assert r.score == 0.0
+    assert int(r.details["cases"][0]["got"]) < 24
+
+
+def test_memory_and_disk_bombs_are_bounded():
+    # 1.5 GB allocation under a 256 MiB address-space limit (bounded even if the limit failed).
+    mem = "def f(x):\n    b = bytearray(1500 * 1024 * 1024)\n    return len(b)\n"
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [0], "expected": 1500 * 1024 * 1024}]}
+    r = assert_hack_fails(mem, t, limits={**FAST, "memory_mb": 256})
+    assert "MemoryError" in r.details["cases"][0]["error"]
+    # At most 200 MB written into a 16 MiB scratch tmpfs.
+    disk = (
+        "def f(x):\n    with open('big', 'wb') as fh:\n        for _ in range(200):\n"
+        "            fh.write(b'0' * (1 << 20))\n    return 1\n"
+    )
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [0], "expected": 1}]}
+    r = assert_hack_fails(disk, t, limits={**FAST, "scratch_mb": 16})
+    assert "Error" in r.details["cases"][0]["error"]
+
+
+def test_stdout_and_stderr_floods_are_capped_and_fast():
+    # Bounded floods: at most 4 GiB each, cut off long before that.
+    t = {"type": "stdio", "cases": [{"stdin": "", "expected_stdout": "x"}]}
+    t0 = time.monotonic()
+    r = assert_hack_fails("import sys\nfor _ in range(4096):\n    sys.stdout.write('y' * (1 << 20))\n", t,
+                          limits={**FAST, "stdout_bytes": 8 << 20})
+    assert r.details["cases"][0]["status"] == "output_limit"
+    r = assert_hack_fails("import sys\nfor _ in range(4096):\n    sys.stderr.write('z' * (1 << 20))\n", t)
+    assert len(r.details["stderr"]) <= 2000
+    # Function mode: prints go nowhere, and the call still returns.
+    ok = g("def f(x):\n    for _ in range(200):\n        print('y' * (1 << 20))\n    return x\n",
+           {"type": "function", "entry_point": "f", "cases": [{"args": [1], "expected": 1}]})
+    assert ok.score == 1.0
+    assert time.monotonic() - t0 < 30
+
+
+def test_sleeping_forever_and_ignoring_signals_time_out():
+    t0 = time.monotonic()
+    sleeper = "import time\ndef f(x):\n    time.sleep(60)\n"  # finite: ends by itself after 60 s
+    r = assert_hack_fails(sleeper, limits={"case_s": 1.0, "wall_s": 10})
+    assert [c["status"] for c in r.details["cases"]] == ["timeout", "timeout"]
+    stubborn = (
+        "import signal, time\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU):\n"
+        "    signal.signal(s, signal.SIG_IGN)\n"
+        "def f(x):\n    end = time.time() + 60\n    while time.time() < end:\n        pass\n"
+    )
+    assert_hack_fails(stubborn, limits={"case_s": 1.0, "wall_s": 10})
+    # A stdio program that never exits is stopped by the whole-run wall clock too.
+    t = {"type": "stdio", "cases": [{"stdin": "", "expected_stdout": "1"}] * 3}
+    r = assert_hack_fails("import time\nprint(1, flush=True)\ntime.sleep(60)\n", t, limits={"case_s": 1.0, "wall_s": 2.5})
+    assert time.monotonic() - t0 < 20
+
+
+def _host_processes_with(marker: bytes) -> list[int]:
+    found = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    if marker in f.read():
+                        found.append(int(p))
+            except OSError:
+                pass
+    return found
+
+
+def test_daemons_and_threads_do_not_outlive_the_run():
+    marker = b"4242.25"
+    # A double-forked, setsid'ed daemon (a `sleep` that ends by itself) plus a non-daemon thread.
+    prog = (
+        "import os, threading, time\n"
+        "def f(x):\n"
+        "    if os.fork() == 0:\n        os.setsid()\n        if os.fork() == 0:\n"
+        "            os.execv('/usr/bin/sleep', ['sleep', '4242.25'])\n        os._exit(0)\n"
+        "    threading.Thread(target=time.sleep, args=(30,)).start()\n"
+        "    return x\n"
+    )
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [1], "expected": 1}]}
+    try:
+        r = g(prog, t)
+        assert r.score == 1.0, r.details  # daemons are not a failure in themselves...
+        assert _host_processes_with(marker) == []  # ...but nothing survives the run
+        st = {"type": "stdio", "cases": [{"stdin": "", "expected_stdout": "ok"}]}
+        r = g("import os\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/usr/bin/sleep', ['sleep', '4242.25'])\n"
+              "print('ok')\n", st)
+        assert r.score == 1.0, r.details
+        assert _host_processes_with(marker) == []
+    finally:
+        for p in _host_processes_with(marker):  # only if the sandbox failed
+            os.kill(p, 9)
+
+
+def test_network_is_unreachable_even_on_loopback():
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    port = srv.getsockname()[1]
+    accepted = []
+    stop = threading.Event()
+
+    def accept_loop():
+        while not stop.is_set():
+            try:
+                accepted.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    th = threading.Thread(target=accept_loop, daemon=True)
+    th.start()
+    prog = (
+        "import socket\ndef f(port):\n    out = []\n"
+        "    for fam, host in ((socket.AF_INET, '127.0.0.1'), (socket.AF_INET6, '::1')):\n"
+        "        try:\n            s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(1)\n"
+        "            s.connect((host, port)); s.sendall(b'leak'); out.append('connected ' + host)\n"
+        "        except OSError as e:\n            out.append('blocked')\n"
+        "    try:\n        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('8.8.8.8', 53))\n"
+        "        out.append('udp sent')\n    except OSError:\n        out.append('blocked')\n"
+        "    return out\n"
+    )
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [port], "expected": ["blocked"] * 3}]}
+    try:
+        r = g(prog, t)
+        time.sleep(0.3)
+        assert accepted == []
+        assert r.score == 1.0, r.details  # the program itself saw every attempt fail
+    finally:
+        stop.set()
+        th.join(2)
+        srv.close()
+        for c in accepted:
+            c.close()
+
+
+def test_writes_outside_scratch_fail_and_nothing_persists_between_runs():
+    import sys
+    import sysconfig
+
+    targets = [
+        sysconfig.get_paths()["stdlib"] + "/sitecustomize.py",
+        sysconfig.get_paths()["purelib"] + "/evil.pth",
+        sys.base_prefix + "/thinkgym_evil",
+        "/usr/lib/thinkgym_evil",
+        "/etc/thinkgym_evil",
+        "/thinkgym_evil",
+        "/dev/shm/thinkgym_evil",
+    ]
+    prog = (
+        "import os\ndef f(paths):\n    wrote = []\n    for p in paths:\n        try:\n"
+        "            with open(p, 'w') as fh:\n                fh.write('import os; os._exit(0)')\n"
+        "            wrote.append(p)\n        except OSError:\n            pass\n    return wrote\n"
+    )
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [targets], "expected": []}]}
+    r = g(prog, t)
+    assert r.score == 1.0, r.details
+    assert not any(os.path.exists(p) for p in targets)
+    # run 1 plants files in every writable place it has; run 2 looks for them
+    plant = (
+        "import os\ndef f(x):\n"
+        "    for p in ('/tmp/planted', os.path.expanduser('~/.planted'), 'planted', '/var/tmp/planted'):\n"
+        "        try:\n            open(p, 'w').write('1')\n        except OSError:\n            pass\n    return 1\n"
+    )
+    look = (
+        "import os\ndef f(x):\n"
+        "    return [p for p in ('/tmp/planted', os.path.expanduser('~/.planted'), 'planted', '/var/tmp/planted')\n"
+        "            if os.path.exists(p)]\n"
+    )
+    assert g(plant, {"type": "function", "entry_point": "f", "cases": [{"args": [0], "expected": 1}]}).score == 1.0
+    r = g(look, {"type": "function", "entry_point": "f", "cases": [{"args": [0], "expected": []}]})
+    assert r.score == 1.0, r.details
