@@ -85,7 +85,7 @@ def check_format(completion: str, cfg: FormatConfig = DEFAULT_FORMAT) -> Grade:
     check("answer", n_answers >= 1 and tags_ok, "no well-formed answer (\\boxed{} or <answer>) after </think>")
     check("single_answer", cfg.allow_multiple_answers or n_answers <= 1, "more than one answer")
     if a_close:
-        tail = final[a_close[-1][2] :]
+        tail = text[a_close[-1][2] :]
     elif boxes:
         last = final.rfind(boxes[-1] + "}")
         tail = final[last + len(boxes[-1]) + 1 :] if last >= 0 else ""
