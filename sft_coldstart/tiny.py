@@ -52,6 +52,31 @@ class TinyConfig:
     max_position_embeddings: int = 1024
     seed: int = 0
 
+    def validate(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not divisible by num_key_value_heads {self.num_key_value_heads}"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+def task_corpus(tasks: Iterable[str], items: int = 2000, seed: int = 0) -> list[str]:
+    """Question + worked-solution text of the first ``items`` items of each task source, so the
+    tokenizer's merges fit the text the model will see."""
+    from thinkgym.tasks import make_task
+
+    out = []
+    for name in tasks:
+        src = make_task(name, seed=seed)
+        for i in range(min(items, len(src))):
+            it = src[i]
+            out.append(f"{it['question']}\n{it['metadata'].get('solution', '')}\n{it['answer']}")
+    return out
+
 
 def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512):
     """Train a byte-level BPE tokenizer (digits split one per token) on ``corpus``."""
@@ -99,6 +124,7 @@ def build_tiny_model(
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     cfg = config or TinyConfig()
+    cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(corpus, cfg.vocab_size)

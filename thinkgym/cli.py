@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Order is the order of `thinkgym --help`.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["thinkgym.sft_coldstart.cli"]
 
 
 @app.callback()

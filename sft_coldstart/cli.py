@@ -1,0 +1,95 @@
+"""``thinkgym sft`` and ``thinkgym tiny-model``. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sft")(sft)
+    app.command("tiny-model")(tiny_model)
+
+
+def sft(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML file with SFTConfig fields (see examples/sft-*.yaml)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override max_steps (optimizer steps)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Override output_dir (run directory)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Override model: an HF model directory, or 'tiny'."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output_dir."),
+    set_: list[str] = typer.Option([], "--set", help="Override any config field: --set learning_rate=3e-4 (repeatable)."),
+) -> None:
+    """Cold-start SFT: chat-template data, assistant-only loss, packing, DeepSpeed, HF checkpoint out.
+
+    Writes OUTPUT_DIR/final (HF model that vLLM and transformers load), OUTPUT_DIR/best (lowest eval
+    loss), resumable checkpoints, TensorBoard logs, metrics.jsonl and loss.png.
+    """
+    import yaml
+
+    from thinkgym.config import ConfigError, load_config
+    from thinkgym.sft_coldstart.train import SFTConfig, train
+
+    overrides: dict = {"max_steps": max_steps, "output_dir": str(output_dir) if output_dir else None, "model": model}
+    if resume:
+        overrides["resume"] = True
+    for kv in set_:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set expects KEY=VALUE, got {kv!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        cfg = load_config(SFTConfig, config, overrides)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    from thinkgym.sft_coldstart.data import DataError
+
+    try:
+        res = train(cfg)
+    except DataError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    keys = ("final", "best", "steps", "best_eval_loss", "tokens_per_s", "seconds")
+    typer.echo(json.dumps({k: res[k] for k in keys}, indent=1))
+
+
+def tiny_model(
+    out: Path = typer.Option(..., "--out", help="Directory to write the model and tokenizer to."),
+    hidden_size: int = typer.Option(128, "--hidden-size", help="Hidden size."),
+    layers: int = typer.Option(4, "--layers", help="Number of transformer layers."),
+    heads: int = typer.Option(4, "--heads", help="Attention heads."),
+    kv_heads: int = typer.Option(2, "--kv-heads", help="Key/value heads (grouped-query attention)."),
+    intermediate_size: int = typer.Option(384, "--intermediate-size", help="MLP width."),
+    vocab_size: int = typer.Option(512, "--vocab-size", help="Target BPE vocabulary size."),
+    max_positions: int = typer.Option(1024, "--max-positions", help="Max sequence length."),
+    task: list[str] = typer.Option([], "--task", help="Train the tokenizer on this task source's text too (repeatable)."),
+    corpus_items: int = typer.Option(2000, "--corpus-items", help="Items per --task for the tokenizer corpus."),
+    seed: int = typer.Option(0, "--seed", help="Weight init seed."),
+) -> None:
+    """Build a tiny random-init Qwen2 model + BPE tokenizer (chat template, <think>/<answer> tokens).
+
+    Nothing is downloaded; the result loads with AutoModelForCausalLM and vLLM like any HF model.
+    """
+    from thinkgym.sft_coldstart.tiny import TinyConfig, build_tiny_model, task_corpus
+
+    cfg = TinyConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                     num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                     max_position_embeddings=max_positions, seed=seed)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    corpus = task_corpus(task, corpus_items) if task else None
+    path = build_tiny_model(out, cfg, corpus)
+    cfgj = json.loads((path / "config.json").read_text())
+    import math
+
+    import safetensors
+
+    with safetensors.safe_open(str(path / "model.safetensors"), "np") as f:
+        n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    typer.echo(f"wrote {path}: Qwen2, {cfgj['num_hidden_layers']} layers, hidden {cfgj['hidden_size']}, "
+               f"vocab {cfgj['vocab_size']}, {n:,} parameters")

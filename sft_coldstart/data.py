@@ -1,0 +1,289 @@
+"""SFT data: conversations from task sources or chat datasets, rendered with the model's chat
+template, with labels on assistant tokens only.
+
+A conversation is a list of ``{"role": str, "content": str}`` messages. An example is
+``{"input_ids": [...], "labels": [...]}`` where ``labels[t]`` is ``input_ids[t]`` on assistant
+tokens and ``-100`` everywhere else (system, user, tool / env feedback, role headers).
+
+Assistant tokens come from the template's ``{% generation %}`` markers when it has them
+(``return_assistant_tokens_mask``); otherwise from incremental prefix rendering: the text of
+``messages[:i]`` + generation prompt is a prefix of the text of ``messages[:i+1]``, so the
+assistant turn is the character span between the two, mapped to tokens by offsets. That works
+for any template that renders a conversation as the concatenation of its turns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant", "tool", "env", "ipython", "function", "developer")
+
+#: Default instruction for task-source conversations; the env and eval prompts use the same
+#: completion format (`<think>…</think>` then `<answer>…</answer>`).
+DEFAULT_SYSTEM_PROMPT = (
+    "Think step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
+)
+
+Message = dict[str, str]
+Conversation = list[Message]
+
+
+class DataError(ValueError):
+    """A dataset row is malformed; the message names the file, line and field."""
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_conversation(conv: Any, where: str) -> Conversation:
+    """Check ``conv`` is a list of role/content messages with at least one assistant turn."""
+    if not isinstance(conv, list) or not conv:
+        raise DataError(f"{where}: field 'messages': expected a non-empty list of messages, got {_short(conv)}")
+    out: Conversation = []
+    for j, m in enumerate(conv):
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: field 'messages[{j}]': expected an object with role and content, got {_short(m)}")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise DataError(f"{where}: field 'messages[{j}].role': expected one of {list(ROLES)}, got {_short(role)}")
+        if not isinstance(content, str):
+            raise DataError(f"{where}: field 'messages[{j}].content': expected a string, got {_short(content)}")
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        raise DataError(f"{where}: field 'messages': no assistant turn, nothing to train on")
+    return out
+
+
+def _short(x: Any) -> str:
+    s = repr(x)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def row_to_conversation(row: Any, where: str, messages_field: str = "messages") -> Conversation:
+    """A dataset row -> conversation. Accepts ``{messages_field: [...]}``, ``{prompt, completion}``
+    (strings or message lists) and ``{question, solution}``."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {_short(row)}")
+    if messages_field in row:
+        return validate_conversation(row[messages_field], where)
+    if "prompt" in row and "completion" in row:
+        p, c = row["prompt"], row["completion"]
+        prompt = [{"role": "user", "content": p}] if isinstance(p, str) else p
+        completion = [{"role": "assistant", "content": c}] if isinstance(c, str) else c
+        if not isinstance(prompt, list) or not isinstance(completion, list):
+            raise DataError(f"{where}: fields 'prompt'/'completion': expected strings or message lists")
+        return validate_conversation(prompt + completion, where)
+    if "question" in row and "solution" in row:
+        return validate_conversation(
+            [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["solution"]}], where
+        )
+    raise DataError(
+        f"{where}: field {messages_field!r} missing (also accepted: 'prompt'+'completion', 'question'+'solution'); "
+        f"row has keys {sorted(row)}"
+    )
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def load_jsonl(path: str | Path, messages_field: str = "messages") -> list[Conversation]:
+    """Read a JSONL file of chat rows; a bad row raises :class:`DataError` naming file, line, field."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found")
+    convs = []
+    with p.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{p}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            convs.append(row_to_conversation(row, where, messages_field))
+    if not convs:
+        raise DataError(f"{p}: no rows")
+    return convs
+
+
+def load_hf(spec: str, split: str = "train", messages_field: str = "messages") -> list[Conversation]:
+    """Load a local HF dataset: a ``save_to_disk`` folder or any ``load_dataset`` path/name."""
+    import datasets
+
+    p = Path(spec)
+    if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
+        ds = datasets.load_from_disk(str(p))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split]
+    else:
+        ds = datasets.load_dataset(spec, split=split)
+    return [row_to_conversation(row, f"{spec}[{split}] row {i}", messages_field) for i, row in enumerate(ds)]
+
+
+def load_source(spec: str, messages_field: str = "messages") -> list[Conversation]:
+    """``path.jsonl`` -> :func:`load_jsonl`; ``hf:NAME_OR_DIR[:SPLIT]`` -> :func:`load_hf`."""
+    if spec.startswith("hf:"):
+        name, _, split = spec[3:].partition(":")
+        return load_hf(name, split or "train", messages_field)
+    return load_jsonl(spec, messages_field)
+
+
+def task_conversations(
+    name: str,
+    start: int,
+    count: int,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+) -> list[Conversation]:
+    """Items ``start .. start+count-1`` of task source ``name`` as (system, user, assistant)
+    conversations whose assistant turn is the item's worked solution."""
+    from thinkgym.tasks import make_task
+
+    src = make_task(name, seed=seed, **(params or {}))
+    convs = []
+    for i in range(start, start + count):
+        item = src[i]
+        sol = item["metadata"].get("solution")
+        if not isinstance(sol, str) or not sol:
+            raise DataError(f"task {name!r} item {i}: field 'metadata.solution' missing; this source has no worked solutions")
+        convs.append(item_conversation(item["question"], sol, system_prompt))
+    return convs
+
+
+def item_conversation(question: str, solution: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> Conversation:
+    conv = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return conv + [{"role": "user", "content": question}, {"role": "assistant", "content": solution}]
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def render(tokenizer: Any, conv: Conversation, max_length: int | None = None, method: str = "auto") -> dict[str, list[int]]:
+    """Tokenize ``conv`` with the chat template; labels are -100 except on assistant tokens.
+
+    ``method``: ``"generation"`` (template markers), ``"prefix"`` (incremental prefix rendering)
+    or ``"auto"`` (markers when the template has them, else prefix).
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError("tokenizer has no chat_template; set one (e.g. tokenizer.chat_template = ...) before SFT")
+    if method == "auto":
+        method = "generation" if "{% generation %}" in tokenizer.chat_template or "{%- generation %}" in tokenizer.chat_template else "prefix"
+    if method == "generation":
+        enc = tokenizer.apply_chat_template(
+            conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = list(enc["input_ids"])
+        mask = list(enc["assistant_masks"])
+        labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+    elif method == "prefix":
+        ids, labels = _render_by_prefix(tokenizer, conv)
+    else:
+        raise ValueError(f"unknown render method {method!r}")
+    if max_length is not None and len(ids) > max_length:
+        ids, labels = ids[:max_length], labels[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+def _render_by_prefix(tokenizer: Any, conv: Conversation) -> tuple[list[int], list[int]]:
+    def text(msgs: Conversation, gen: bool) -> str:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    full = text(conv, False)
+    spans = []
+    for i, m in enumerate(conv):
+        if m["role"] != "assistant":
+            continue
+        before, through = text(conv[:i], True), text(conv[: i + 1], False)
+        if not full.startswith(before) or not full.startswith(through):
+            raise DataError(
+                f"chat template is not prefix-stable at message {i} (a later turn changes how earlier turns render); "
+                "use a template with {% generation %} markers"
+            )
+        start, end = len(before), len(through)
+        # Train the content and the end-of-turn token, not the template's trailing separators.
+        at = full.find(m["content"], start, end)
+        if at >= 0:
+            stop = at + len(m["content"])
+            eos = tokenizer.eos_token or ""
+            if eos and full.startswith(eos, stop):
+                stop += len(eos)
+            start, end = at, stop
+        spans.append((start, end))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [IGNORE_INDEX] * len(ids)
+    for k, (a, b) in enumerate(enc["offset_mapping"]):
+        if b > a and any(s <= a and b <= e for s, e in spans):
+            labels[k] = ids[k]
+    return ids, labels
+
+
+def pretrain_example(tokenizer: Any, text: str, max_length: int | None = None) -> dict[str, list[int]]:
+    """Plain next-token example: every token is trained; ends with the eos token."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if max_length is not None:
+        ids = ids[:max_length]
+    return {"input_ids": ids, "labels": list(ids)}
+
+
+def build_examples(
+    tokenizer: Any,
+    convs: Iterable[Conversation],
+    max_length: int,
+    overlong: str = "drop",
+    method: str = "auto",
+) -> tuple[list[dict[str, list[int]]], int]:
+    """Render conversations; returns ``(examples, n_dropped)``. Overlong rows are dropped or
+    truncated (``overlong``); rows left with no trainable token are dropped."""
+    out, dropped = [], 0
+    for conv in convs:
+        ex = render(tokenizer, conv, None, method)
+        if len(ex["input_ids"]) > max_length:
+            if overlong == "drop":
+                dropped += 1
+                continue
+            ex = {k: v[:max_length] for k, v in ex.items()}
+        if all(t == IGNORE_INDEX for t in ex["labels"][1:]):
+            dropped += 1
+            continue
+        out.append(ex)
+    return out, dropped
+
+
+def trainable_text(tokenizer: Any, example: dict[str, list[int]]) -> list[str]:
+    """Decode each contiguous run of trainable tokens (for inspection and tests)."""
+    runs: list[list[int]] = []
+    prev = False
+    for t, lab in zip(example["input_ids"], example["labels"]):
+        on = lab != IGNORE_INDEX
+        if on and not prev:
+            runs.append([])
+        if on:
+            runs[-1].append(t)
+        prev = on
+    return [tokenizer.decode(r) for r in runs]
+
+
+def iter_task_text(name: str, start: int, count: int, seed: int = 0, params: dict[str, Any] | None = None) -> Iterator[str]:
+    """Plain text (question + worked solution) of task items, for tokenizer training and pretraining."""
+    from thinkgym.tasks import make_task
+
+    src = make_task(name, seed=seed, **(params or {}))
+    for i in range(start, start + count):
+        item = src[i]
+        yield f"{item['question']}\n{item['metadata'].get('solution', '')}"
+
+
+def split_holdout(convs: Sequence[Conversation], fraction: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
+    """Deterministic shuffle-free split: every k-th row goes to the held-out set."""
+    if fraction <= 0 or len(convs) < 2:
+        return list(convs), []
+    k = max(2, round(1 / fraction))
+    train = [c for i, c in enumerate(convs) if (i + seed) % k]
+    held = [c for i, c in enumerate(convs) if not (i + seed) % k]
+    return train, held

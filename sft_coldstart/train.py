@@ -1,0 +1,526 @@
+"""Cold-start SFT on DeepSpeed, one file top to bottom.
+
+    thinkgym sft --config examples/sft-tiny-cpu.yaml                  # one process (CPU: gloo)
+    deepspeed --num_gpus 8 -m thinkgym.sft_coldstart.train examples/sft-gpu-qwen.yaml
+    torchrun --nproc_per_node 2 -m thinkgym.sft_coldstart.train examples/sft-tiny-cpu.yaml
+
+Data: task sources' worked solutions and/or chat datasets, rendered with the model's chat
+template, loss on assistant tokens only, packed into rows with per-example position ids
+(see packing.py). Optimizer: torch AdamW inside a DeepSpeed engine (ZeRO stage from the
+config), cosine schedule with warm-up. Every ``save_every`` steps a DeepSpeed checkpoint
+(model, optimizer, scheduler, RNG, data cursor) allows an exact resume; every ``eval_every``
+steps the held-out loss is measured and the best model is saved as an HF checkpoint. At the
+end the final HF checkpoint (safetensors + tokenizer + chat template, LoRA merged), TensorBoard
+logs, ``metrics.jsonl`` and ``loss.png`` are written under ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from thinkgym.sft_coldstart.data import DEFAULT_SYSTEM_PROMPT
+
+
+@dataclass
+class SFTConfig:
+    """Everything one SFT run needs. Load from YAML with ``load_config(SFTConfig, path)``."""
+
+    # --- model
+    model: str = "tiny"  #: HF model directory (or a name in the local HF cache); "tiny" builds the tiny model kit
+    output_dir: str = "runs/sft"  #: run directory: final/, best/, checkpoints/, tb/, metrics.jsonl, loss.png
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  #: training precision (float32 on CPU)
+    attn_implementation: str = "sdpa"  #: "sdpa", "eager" or "flash_attention_2" (varlen packing on GPU)
+    gradient_checkpointing: bool = False  #: trade compute for activation memory
+    # --- data
+    tasks: list[str] = field(default_factory=list)  #: task sources whose worked solutions are the traces
+    task_params: dict = field(default_factory=dict)  #: per-task knobs: {task_name: {param: value}}
+    task_seed: int = 0  #: seed of the task sources (use another seed for held-out accuracy evals)
+    train_examples: int = 2000  #: traced items per task for training (indices after the eval block)
+    eval_examples: int = 100  #: items per task held out for the eval loss (indices 0 .. eval_examples-1)
+    datasets: list[str] = field(default_factory=list)  #: chat data: "file.jsonl" or "hf:NAME_OR_DIR[:SPLIT]"
+    messages_field: str = "messages"  #: field of a dataset row holding the messages
+    eval_fraction: float = 0.05  #: share of dataset rows held out for the eval loss
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  #: system turn of task conversations (None: no system turn)
+    max_length: int = 1024  #: max tokens per example
+    overlong: Literal["drop", "truncate"] = "drop"  #: what to do with longer examples
+    render_method: Literal["auto", "generation", "prefix"] = "auto"  #: assistant mask: template markers or prefix rendering
+    # --- batching
+    packing: bool = True  #: pack examples into rows (per-example positions, no cross-attention)
+    pack_length: int = 2048  #: tokens per packed row (>= max_length)
+    micro_batch_size: int = 1  #: rows per micro-batch per process (packed rows, or examples if not packing)
+    gradient_accumulation_steps: int = 1  #: micro-batches per optimizer step
+    # --- optimization
+    max_steps: int = 0  #: optimizer steps; 0 = derive from epochs
+    epochs: float = 1.0  #: passes over the training data when max_steps is 0
+    learning_rate: float = 1e-4  #: peak learning rate
+    min_lr_ratio: float = 0.1  #: cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int = 0  #: linear warm-up steps (overrides warmup_ratio when > 0)
+    warmup_ratio: float = 0.03  #: warm-up as a share of max_steps
+    weight_decay: float = 0.0  #: AdamW weight decay
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  #: AdamW betas
+    adam_eps: float = 1e-8  #: AdamW epsilon
+    max_grad_norm: float = 1.0  #: gradient clipping (0 = off)
+    zero_stage: int = 2  #: DeepSpeed ZeRO stage 0-3
+    # --- what trains
+    freeze_embeddings: bool = False  #: freeze input embeddings (and lm_head when tied)
+    freeze_lm_head: bool = False  #: freeze the output projection
+    lora_r: int = 0  #: LoRA rank; 0 = full fine-tuning
+    lora_alpha: int = 16  #: LoRA scaling numerator
+    lora_dropout: float = 0.0  #: LoRA dropout
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )  #: module names LoRA wraps
+    # --- optional next-token pretraining on generated task text before SFT
+    pretrain_steps: int = 0  #: 0 = off; else steps of plain next-token training (all tokens) first
+    pretrain_examples: int = 4000  #: task items per task for pretraining text (indices after the SFT ones)
+    pretrain_learning_rate: float = 1e-3  #: peak learning rate of the pretraining stage
+    # --- eval, checkpoints, logging
+    eval_every: int = 50  #: steps between eval-loss measurements (0 = only at the end)
+    save_every: int = 0  #: steps between resumable DeepSpeed checkpoints (0 = none, except on early stop)
+    keep_checkpoints: int = 2  #: resumable checkpoints kept on disk
+    save_best: bool = True  #: keep the lowest-eval-loss model as an HF checkpoint in best/
+    resume: bool = False  #: continue from the latest checkpoint in output_dir/checkpoints
+    stop_after_steps: int = 0  #: stop (and checkpoint) after this many steps without changing the schedule
+    max_time_s: float = 0.0  #: stop (and checkpoint) after this many seconds of training (0 = no limit)
+    seed: int = 0  #: seed of data order, LoRA init and dropout
+    progress: bool = True  #: rich progress bar
+    tensorboard: bool = True  #: write TensorBoard logs to output_dir/tb
+    plot: bool = True  #: write output_dir/loss.png at the end
+    stage: Literal["sft", "pretrain"] = "sft"  #: "pretrain" trains every token of plain task text
+
+    def validate(self) -> None:
+        if not self.tasks and not self.datasets:
+            raise ValueError("no data: set tasks and/or datasets")
+        if self.packing and self.pack_length < self.max_length:
+            raise ValueError(f"pack_length ({self.pack_length}) must be >= max_length ({self.max_length})")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
+        if self.lora_r and self.zero_stage == 3:
+            raise ValueError("LoRA with ZeRO-3 is not supported (merging needs whole weights); use zero_stage 2")
+        for name in ("micro_batch_size", "gradient_accumulation_steps", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+
+def _dist_env_defaults() -> None:
+    """Single-process runs need the rendezvous variables a launcher would set."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+def _ensure_tiny(cfg: SFTConfig, out: Path) -> Path:
+    """Build the tiny model (tokenizer trained on the configured tasks' text) once per run dir."""
+    from thinkgym.sft_coldstart.tiny import build_tiny_model, task_corpus
+
+    path = out / "tiny-init"
+    if not (path / "config.json").exists():
+        # Every rank may get here; each builds privately and the first rename wins.
+        tmp = out / f"tiny-init.tmp{os.environ.get('RANK', '0')}"
+        build_tiny_model(tmp, corpus=task_corpus(cfg.tasks, 2000, cfg.task_seed) if cfg.tasks else None)
+        try:
+            tmp.rename(path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _build_data(cfg: SFTConfig, tok: Any) -> tuple[list, list, int]:
+    from thinkgym.sft_coldstart import data as D
+
+    train_convs, eval_convs, train_text, eval_text = [], [], [], []
+    for name in cfg.tasks:
+        params = cfg.task_params.get(name, {})
+        if cfg.stage == "pretrain":
+            start = cfg.eval_examples + cfg.train_examples
+            train_text += list(D.iter_task_text(name, start, cfg.pretrain_examples, cfg.task_seed, params))
+            eval_text += list(D.iter_task_text(name, 0, cfg.eval_examples, cfg.task_seed, params))
+            continue
+        eval_convs += D.task_conversations(name, 0, cfg.eval_examples, cfg.task_seed, params, cfg.system_prompt)
+        train_convs += D.task_conversations(name, cfg.eval_examples, cfg.train_examples, cfg.task_seed, params, cfg.system_prompt)
+    for spec in cfg.datasets:
+        tr, ev = D.split_holdout(D.load_source(spec, cfg.messages_field), cfg.eval_fraction, cfg.seed)
+        if cfg.stage == "pretrain":
+            train_text += ["\n".join(m["content"] for m in c) for c in tr]
+            eval_text += ["\n".join(m["content"] for m in c) for c in ev]
+        else:
+            train_convs, eval_convs = train_convs + tr, eval_convs + ev
+    if cfg.stage == "pretrain":
+        return ([D.pretrain_example(tok, t, cfg.max_length) for t in train_text],
+                [D.pretrain_example(tok, t, cfg.max_length) for t in eval_text], 0)
+    train, dropped = D.build_examples(tok, train_convs, cfg.max_length, cfg.overlong, cfg.render_method)
+    evals, _ = D.build_examples(tok, eval_convs, cfg.max_length, cfg.overlong, cfg.render_method)
+    if not train:
+        raise D.DataError(f"no training examples left (dropped {dropped} longer than max_length={cfg.max_length})")
+    return train, evals, dropped
+
+
+def _epoch_micro_batches(cfg: SFTConfig, examples: list, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """The micro-batches (lists of bins or example indices) this rank runs in ``epoch``; a pure
+    function of (data, seed, epoch), which is what makes the data cursor resumable."""
+    from thinkgym.sft_coldstart.packing import pack_examples
+
+    if cfg.packing:
+        units = pack_examples(examples, cfg.pack_length, seed=cfg.seed * 1_000_003 + epoch)
+    else:
+        order = list(range(len(examples)))
+        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
+        units = [[i] for i in order]
+    mbs = [units[i : i + cfg.micro_batch_size] for i in range(0, len(units), cfg.micro_batch_size)]
+    per_rank = len(mbs) // world
+    return mbs[rank * per_rank : (rank + 1) * per_rank]
+
+
+def _collate(cfg: SFTConfig, examples: list, mb: list[list[int]], pad_id: int) -> dict:
+    from thinkgym.sft_coldstart.packing import collate_packed, collate_padded
+
+    if cfg.packing:
+        return collate_packed(examples, mb, pad_id)
+    return collate_padded(examples, [u[0] for u in mb], pad_id)
+
+
+def _lr_lambda(cfg: SFTConfig, total: int):
+    warm = cfg.warmup_steps or int(cfg.warmup_ratio * total)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+def save_hf(engine: Any, tok: Any, out: Path, cfg: SFTConfig) -> Path:
+    """Write an HF checkpoint (safetensors, tokenizer, chat template) that transformers and vLLM load."""
+    import copy
+
+    import torch.distributed as dist
+
+    state = engine._zero3_consolidated_16bit_state_dict() if cfg.zero_stage == 3 else None  # collective
+    if dist.get_rank() != 0:
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = engine.module
+    if cfg.lora_r:
+        model = copy.deepcopy(model).merge_and_unload()  # the running model keeps its adapters
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # readers never see a half-written checkpoint
+    return out
+
+
+@dataclass
+class _Curve:
+    train: list = field(default_factory=list)  # (step, loss)
+    eval: list = field(default_factory=list)  # (step, loss)
+
+
+def _plot(curve: _Curve, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if curve.train:
+        ax.plot(*zip(*curve.train), label="train", lw=1)
+    if curve.eval:
+        ax.plot(*zip(*curve.eval), "o-", label="eval", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train(cfg: SFTConfig) -> dict[str, Any]:
+    """Run SFT (or pretraining, then SFT) and return a summary with checkpoint paths and losses."""
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    if cfg.model in ("", "tiny"):
+        cfg = dataclasses.replace(cfg, model=str(_ensure_tiny(cfg, out)))
+    if cfg.stage == "sft" and cfg.pretrain_steps > 0:
+        pre = out / "pretrain"
+        if not (pre / "final" / "config.json").exists():
+            train(dataclasses.replace(
+                cfg, stage="pretrain", output_dir=str(pre), max_steps=cfg.pretrain_steps, pretrain_steps=0,
+                learning_rate=cfg.pretrain_learning_rate, lora_r=0, save_best=False, plot=cfg.plot,
+            ))
+        cfg = dataclasses.replace(cfg, model=str(pre / "final"), pretrain_steps=0)
+
+    _dist_env_defaults()
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thinkgym.sft_coldstart.packing import model_inputs, token_loss
+
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=None if torch.cuda.is_available() else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    main = rank == 0
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # Data first: a bad row fails before the model loads.
+    tok = AutoTokenizer.from_pretrained(cfg.model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    train_ex, eval_ex, dropped = _build_data(cfg, tok)
+    n_micro = len(_epoch_micro_batches(cfg, train_ex, 0, rank, world))
+    if n_micro < 1:
+        raise ValueError(f"{len(train_ex)} examples make no micro-batch for {world} process(es)")
+    steps_per_epoch = max(1, n_micro // cfg.gradient_accumulation_steps)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+    # Model: loaded in float32; DeepSpeed casts to bf16/fp16 and keeps fp32 master weights.
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)  # tied lm_head shares this tensor
+    if cfg.freeze_lm_head and model.get_output_embeddings() is not None:
+        model.get_output_embeddings().weight.requires_grad_(False)
+    if cfg.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM",
+        ))
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_train, n_all = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    ds_config = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "gradient_clipping": cfg.max_grad_norm,
+        "zero_optimization": {"stage": cfg.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+        "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        "fp16": {"enabled": cfg.dtype == "float16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    device = engine.device
+
+    # Resume: weights, optimizer, scheduler from DeepSpeed; RNG and data cursor from client state.
+    ckpt_dir = out / "checkpoints"
+    step, micro_cursor, best_eval, tokens_seen = 0, 0, float("inf"), 0
+    if cfg.resume and (ckpt_dir / "latest").exists():
+        path, client = engine.load_checkpoint(str(ckpt_dir))
+        if path is None:
+            raise RuntimeError(f"could not load checkpoint from {ckpt_dir}")
+        step, micro_cursor = client["step"], client["micro_cursor"]
+        best_eval, tokens_seen = client["best_eval"], client["tokens_seen"]
+        _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
+    elif main and out.exists() and not cfg.resume:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+    def checkpoint() -> None:
+        rng = [None] * world
+        dist.all_gather_object(rng, _rng_state())
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={
+            "step": step, "micro_cursor": micro_cursor, "best_eval": best_eval, "tokens_seen": tokens_seen, "rng": rng,
+        })
+        if main:  # prune old ones
+            tags = sorted((p for p in ckpt_dir.glob("step-*") if p.is_dir()), key=lambda p: int(p.name[5:]))
+            for p in tags[: -cfg.keep_checkpoints]:
+                shutil.rmtree(p, ignore_errors=True)
+
+    @torch.no_grad()
+    def evaluate() -> float | None:
+        if not eval_ex:
+            return None
+        from thinkgym.sft_coldstart.packing import collate_packed, pack_examples
+
+        engine.eval()
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+        bins = pack_examples(eval_ex, max(cfg.pack_length, max(len(e["input_ids"]) for e in eval_ex)), seed=None)
+        for b in bins[rank::world]:
+            batch = {k: v.to(device) for k, v in collate_packed(eval_ex, [b], tok.pad_token_id).items()}
+            logits = engine(**model_inputs(batch)).logits
+            loss_sum += torch.tensor([token_loss(logits, batch["targets"]).item(), (batch["targets"] != -100).sum().item()],
+                                     dtype=torch.float64, device=device)
+        dist.all_reduce(loss_sum)
+        engine.train()
+        return (loss_sum[0] / loss_sum[1].clamp(min=1)).item()
+
+    writer = None
+    if main and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"))
+    metrics_f = open(out / "metrics.jsonl", "a") if main else None
+    curve = _Curve()
+
+    def log(rec: dict) -> None:
+        if not main:
+            return
+        metrics_f.write(json.dumps(rec) + "\n")
+        metrics_f.flush()
+        if writer:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    writer.add_scalar(k, v, rec["step"])
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(f"[bold]{cfg.stage}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:,.0f} tok/s"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not (main and cfg.progress))
+    if main:
+        print(f"[{cfg.stage}] {len(train_ex)} train / {len(eval_ex)} eval examples ({dropped} dropped), "
+              f"{n_train:,}/{n_all:,} trainable params, {total} steps, {steps_per_epoch} steps/epoch, "
+              f"ZeRO-{cfg.zero_stage}, {world} process(es), {'packed' if cfg.packing else 'padded'}", file=sys.stderr)
+
+    # ------------------------------------------------------------------ loop
+    engine.train()
+    t0, stop_reason, start_step, tokens0 = time.perf_counter(), "done", step, tokens_seen
+    epoch_cache: dict[int, list] = {}
+    with bar:
+        task = bar.add_task("train", total=total, completed=step, loss=float("nan"), tps=0.0)
+        while step < total:
+            if cfg.stop_after_steps and step - start_step >= cfg.stop_after_steps:
+                stop_reason = "stop_after_steps"
+                break
+            if cfg.max_time_s and time.perf_counter() - t0 >= cfg.max_time_s:
+                stop_reason = "max_time_s"
+                break
+            # Fetch this step's micro-batches first so the loss can be normalized by the
+            # number of trainable tokens in the whole step (a true per-token mean).
+            batches = []
+            for _ in range(cfg.gradient_accumulation_steps):
+                epoch, idx = divmod(micro_cursor, n_micro)
+                if epoch not in epoch_cache:
+                    epoch_cache = {epoch: _epoch_micro_batches(cfg, train_ex, epoch, rank, world)}
+                batches.append(_collate(cfg, train_ex, epoch_cache[epoch][idx], tok.pad_token_id))
+                micro_cursor += 1
+            n_tgt = sum(int((b["targets"] != -100).sum()) for b in batches)
+            n_tok = sum(int(b.get("attention_mask", b["input_ids"] != tok.pad_token_id).sum()) for b in batches)
+            ts = time.perf_counter()
+            loss_sum = 0.0
+            for b in batches:
+                b = {k: v.to(device) for k, v in b.items()}
+                logits = engine(**model_inputs(b)).logits
+                loss = token_loss(logits, b["targets"]) / max(1, n_tgt)
+                engine.backward(loss, scale_wrt_gas=False)
+                engine.step()
+                loss_sum += loss.item()
+            step += 1
+            tokens_seen += n_tok * world
+            dt = time.perf_counter() - ts
+            gn = engine.get_global_grad_norm()
+            rec = {"step": step, "train/loss": loss_sum, "train/lr": scheduler.get_last_lr()[0],
+                   "train/tokens_per_s": n_tok * world / dt, "train/tokens": tokens_seen,
+                   "train/grad_norm": float(gn) if gn is not None else None}
+            curve.train.append((step, loss_sum))
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
+                ev = evaluate()
+                if ev is not None:
+                    rec["eval/loss"] = ev
+                    curve.eval.append((step, ev))
+                    if ev < best_eval:
+                        best_eval = ev
+                        if cfg.save_best:
+                            save_hf(engine, tok, out / "best", cfg)
+            log(rec)
+            bar.update(task, completed=step, loss=loss_sum, tps=rec["train/tokens_per_s"])
+            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                checkpoint()
+
+    elapsed = time.perf_counter() - t0
+    if stop_reason != "done" or cfg.save_every:
+        checkpoint()
+    final = save_hf(engine, tok, out / "final", cfg) if stop_reason == "done" else None
+    result = {
+        "stage": cfg.stage, "stop_reason": stop_reason, "steps": step, "total_steps": total,
+        "final": str(final) if final else None,
+        "best": str(out / "best") if cfg.save_best and (out / "best").exists() else None,
+        "best_eval_loss": best_eval if best_eval < float("inf") else None,
+        "train_loss": [l for _, l in curve.train], "eval_loss": [l for _, l in curve.eval],
+        "tokens": tokens_seen, "seconds": elapsed,
+        "tokens_per_s": ((tokens_seen - tokens0) / elapsed) if elapsed > 0 and step > start_step else 0.0,
+        "train_examples": len(train_ex), "eval_examples": len(eval_ex), "trainable_params": n_train,
+    }
+    if main:
+        metrics_f.close()
+        if writer:
+            writer.close()
+        if cfg.plot and curve.train:
+            _plot(curve, out / "loss.png", f"{cfg.stage}: {Path(cfg.model).name}")
+        (out / "result.json").write_text(json.dumps({k: v for k, v in result.items() if "loss" not in k or k == "best_eval_loss"}, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m thinkgym.sft_coldstart.train CONFIG.yaml [key=value ...]`` (for launchers)."""
+    from thinkgym.config import load_config
+
+    args = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--local_rank")]
+    if not args:
+        raise SystemExit("usage: python -m thinkgym.sft_coldstart.train CONFIG.yaml [key=value ...]")
+    overrides = dict(a.split("=", 1) for a in args[1:])
+    import yaml
+
+    cfg = load_config(SFTConfig, args[0], {k: yaml.safe_load(v) for k, v in overrides.items()})
+    res = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: res[k] for k in ("final", "best", "steps", "best_eval_loss", "tokens_per_s")}))
+
+
+if __name__ == "__main__":
+    main()

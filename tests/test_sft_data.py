@@ -1,0 +1,190 @@
+"""SFT data and packing: assistant-only labels, dataset errors, packed == unpacked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from thinkgym.sft_coldstart.data import (
+    IGNORE_INDEX,
+    DataError,
+    build_examples,
+    load_jsonl,
+    render,
+    trainable_text,
+)
+
+MULTI = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "What is 2 + 3?"},
+    {"role": "assistant", "content": "<think>2 + 3 = 5</think>\n<answer>5</answer>"},
+    {"role": "user", "content": "Add 10."},
+    {"role": "assistant", "content": "<think>5 + 10 = 15</think>\n<answer>15</answer>"},
+    {"role": "tool", "content": "checker: 15 is correct"},
+    {"role": "assistant", "content": "<answer>15</answer>"},
+]
+
+# ChatML without {% generation %} markers, like most hub templates: exercises the fallback.
+PLAIN_CHATML = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.mark.parametrize("method", ["generation", "prefix"])
+def test_trainable_tokens_are_exactly_the_assistant_turns(tok, method):
+    ex = render(tok, MULTI, method=method)
+    want = [m["content"] + "<|im_end|>" for m in MULTI if m["role"] == "assistant"]
+    assert trainable_text(tok, ex) == want
+    # Everything else is masked: the decoded non-trainable text holds all prompt turns and headers.
+    masked = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab == IGNORE_INDEX])
+    for m in MULTI:
+        if m["role"] != "assistant":
+            assert m["content"] in masked
+    assert masked.count("<|im_start|>assistant") == 3
+    # Labels equal input ids where trainable.
+    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(ex["input_ids"], ex["labels"]))
+
+
+def test_prefix_fallback_on_template_without_generation_markers(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = PLAIN_CHATML
+    ex = render(tok, MULTI)  # auto -> prefix
+    assert trainable_text(tok, ex) == [m["content"] + "<|im_end|>" for m in MULTI if m["role"] == "assistant"]
+    # Same token ids as the template-marker path of the original tokenizer.
+    tok2 = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ex2 = render(tok2, MULTI, method="generation")
+    assert ex == ex2
+
+
+def test_jsonl_errors_name_file_line_and_field(tmp_path):
+    p = tmp_path / "chat.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad_role = {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]}
+    p.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n" + json.dumps(bad_role) + "\n")
+    with pytest.raises(DataError, match=r"chat\.jsonl:3: field 'messages\[1\]\.role'"):
+        load_jsonl(p)
+    p.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"chat\.jsonl:2: not valid JSON"):
+        load_jsonl(p)
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}) + "\n")
+    with pytest.raises(DataError, match=r":1: field 'messages\[0\]\.content': expected a string"):
+        load_jsonl(p)
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
+    with pytest.raises(DataError, match="no assistant turn"):
+        load_jsonl(p)
+    p.write_text(json.dumps({"text": "x"}) + "\n")
+    with pytest.raises(DataError, match=r":1: field 'messages' missing"):
+        load_jsonl(p)
+    # prompt/completion rows are accepted
+    p.write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n" + json.dumps(good) + "\n")
+    assert [len(c) for c in load_jsonl(p)] == [2, 2]
+
+
+def test_overlong_rows_dropped_or_truncated(tok):
+    convs = [MULTI, MULTI[:3]]
+    n_full = len(render(tok, MULTI)["input_ids"])
+    short = len(render(tok, MULTI[:3])["input_ids"])
+    ex, dropped = build_examples(tok, convs, max_length=short)
+    assert dropped == 1 and len(ex) == 1
+    ex, dropped = build_examples(tok, convs, max_length=short, overlong="truncate")
+    assert dropped == 0 and [len(e["input_ids"]) for e in ex] == [short, short] and short < n_full
+
+
+def test_task_source_worked_solutions(tok):
+    from thinkgym.tasks import TASKS
+
+    if "arithmetic" not in TASKS.names():
+        pytest.skip("arithmetic task source not available")
+    from thinkgym.sft_coldstart.data import task_conversations
+
+    convs = task_conversations("arithmetic", 0, 5, seed=3)
+    assert convs == task_conversations("arithmetic", 0, 5, seed=3)  # pure function of (seed, i)
+    for conv in convs:
+        assert [m["role"] for m in conv] == ["system", "user", "assistant"]
+        ex = render(tok, conv)
+        (trained,) = trainable_text(tok, ex)
+        assert trained == conv[2]["content"] + "<|im_end|>"
+        assert trained.startswith("<think>") and "</think>\n<answer>" in trained
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def _random_examples(n, vocab, seed=0):
+    import random
+
+    r = random.Random(seed)
+    out = []
+    for _ in range(n):
+        L = r.randint(3, 40)
+        ids = [r.randrange(10, vocab) for _ in range(L)]
+        k = r.randint(1, L - 1)
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * k + ids[k:]})
+    return out
+
+
+@pytest.mark.parametrize("explicit_mask", [False, True])
+def test_packed_batch_equals_unpacked(tiny_model_dir, explicit_mask):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from thinkgym.sft_coldstart.packing import collate_packed, collate_padded, model_inputs, pack_examples, token_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    exs = _random_examples(12, model.config.vocab_size)
+    bins = pack_examples(exs, pack_length=128, seed=1)
+    assert sorted(i for b in bins for i in b) == list(range(12))
+    assert all(sum(len(exs[i]["input_ids"]) for i in b) <= 128 for b in bins)
+    packed = collate_packed(exs, bins, pad_id=0, pad_to=130)  # padding segment at the end of each row
+    with torch.no_grad():
+        logits = model(**model_inputs(packed, explicit_mask)).logits
+        packed_loss = token_loss(logits, packed["targets"]) / (packed["targets"] != IGNORE_INDEX).sum()
+        total, count, worst = 0.0, 0, 0.0
+        for r, b in enumerate(bins):
+            off = 0
+            for i in b:
+                one = collate_padded(exs, [i], pad_id=0)
+                lo = model(**model_inputs(one)).logits
+                total += token_loss(lo, one["targets"]).item()
+                count += int((one["targets"] != IGNORE_INDEX).sum())
+                n = len(exs[i]["input_ids"])
+                worst = max(worst, (lo[0] - logits[r, off : off + n]).abs().max().item())
+                off += n
+    assert abs(packed_loss.item() - total / count) < 1e-5
+    assert worst < 1e-4
+
+
+def test_packing_blocks_cross_attention(tiny_model_dir):
+    """Changing one example must not change the logits of the example packed after it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from thinkgym.sft_coldstart.packing import collate_packed, model_inputs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    a, b = _random_examples(2, model.config.vocab_size, seed=5)
+    a2 = {"input_ids": [(t + 7) % model.config.vocab_size for t in a["input_ids"]], "labels": a["labels"]}
+    n = len(a["input_ids"])
+    with torch.no_grad():
+        l1 = model(**model_inputs(collate_packed([a, b], [[0, 1]], 0))).logits[0, n:]
+        l2 = model(**model_inputs(collate_packed([a2, b], [[0, 1]], 0))).logits[0, n:]
+        # Control: without per-example positions/segments, the change does leak.
+        ids = torch.tensor([a["input_ids"] + b["input_ids"]])
+        ids2 = torch.tensor([a2["input_ids"] + b["input_ids"]])
+        c1 = model(input_ids=ids, use_cache=False).logits[0, n:]
+        c2 = model(input_ids=ids2, use_cache=False).logits[0, n:]
+    assert torch.allclose(l1, l2, atol=1e-5)
+    assert not torch.allclose(c1, c2, atol=1e-3)

@@ -1,0 +1,222 @@
+"""The SFT trainer on real DeepSpeed (ZeRO, gloo, one CPU process): learning, HF checkpoint,
+exact resume, LoRA merge, frozen embeddings, CLI, and (slow) vLLM loading and two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _child_env():
+    # The in-process runs set the rendezvous variables of a one-process group in os.environ;
+    # a child must pick its own.
+    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "LOCAL_WORLD_SIZE")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def _chat_rows(n, seed=0):
+    r = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = r.randint(0, 20), r.randint(0, 20)
+        rows.append({"messages": [
+            {"role": "user", "content": f"What is {a} + {b}?"},
+            {"role": "assistant", "content": f"<think>{a} + {b} = {a + b}</think>\n<answer>{a + b}</answer>"},
+        ]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("sft-data") / "add.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in _chat_rows(240)))
+    return p
+
+
+def _cfg(model, data, out, **kw):
+    from thinkgym.sft_coldstart.train import SFTConfig
+
+    base = dict(model=str(model), output_dir=str(out), datasets=[str(data)], eval_fraction=0.1, max_length=64,
+                pack_length=256, micro_batch_size=1, gradient_accumulation_steps=2, max_steps=6,
+                learning_rate=3e-3, warmup_steps=1, eval_every=3, progress=False, tensorboard=False, plot=False)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def _losses(out):
+    return [json.loads(l)["train/loss"] for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def test_zero2_run_lowers_loss_and_saves_hf_checkpoint(tiny_model_dir, data_file, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thinkgym.sft_coldstart.train import train
+
+    out = tmp_path / "run"
+    res = train(_cfg(tiny_model_dir, data_file, out, max_steps=10, zero_stage=2, tensorboard=True, plot=True))
+    assert res["steps"] == 10 and res["stop_reason"] == "done"
+    assert res["train_loss"][-1] < res["train_loss"][0] - 1.0, res["train_loss"]
+    assert res["eval_loss"][-1] < res["eval_loss"][0]
+    assert (out / "loss.png").stat().st_size > 1000 and any((out / "tb").iterdir())
+    final = Path(res["final"])
+    assert (final / "model.safetensors").exists() and (final / "chat_template.jinja").exists()
+    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(final)
+    assert tok.chat_template and tok.convert_tokens_to_ids("<think>") != tok.unk_token_id
+    # The saved weights are the trained ones: held-out loss from the reloaded model matches the log.
+    from thinkgym.sft_coldstart.data import build_examples, load_jsonl, split_holdout
+    from thinkgym.sft_coldstart.packing import collate_packed, model_inputs, pack_examples, token_loss
+
+    _, held = split_holdout(load_jsonl(data_file), 0.1, 0)
+    ex, _ = build_examples(tok, held, 64)
+    bins = pack_examples(ex, 1024, seed=None)
+    with torch.no_grad():
+        s = n = 0.0
+        for b in bins:
+            batch = collate_packed(ex, [b], tok.pad_token_id)
+            s += token_loss(model(**model_inputs(batch)).logits, batch["targets"]).item()
+            n += int((batch["targets"] != -100).sum())
+    assert abs(s / n - res["eval_loss"][-1]) < 1e-4
+    # best/ holds the lowest-eval checkpoint
+    assert res["best"] and Path(res["best"], "model.safetensors").exists()
+
+
+def test_exact_resume(tiny_model_dir, data_file, tmp_path):
+    import torch
+
+    from thinkgym.sft_coldstart.train import train
+
+    straight = train(_cfg(tiny_model_dir, data_file, tmp_path / "a", save_every=0))
+    first = train(_cfg(tiny_model_dir, data_file, tmp_path / "b", stop_after_steps=3))
+    assert first["stop_reason"] == "stop_after_steps" and first["final"] is None
+    second = train(_cfg(tiny_model_dir, data_file, tmp_path / "b", resume=True))
+    assert second["steps"] == 6
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")  # bit-identical on CPU
+    wa, wb = _weights(straight["final"]), _weights(second["final"])
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_lora_saves_merged_model_and_frozen_embeddings_stay(tiny_model_dir, data_file, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from thinkgym.sft_coldstart.train import train
+
+    res = train(_cfg(tiny_model_dir, data_file, tmp_path / "lora", lora_r=4, lora_alpha=8, max_steps=4,
+                     learning_rate=1e-2, eval_every=0, save_best=False))
+    w0, w1 = _weights(tiny_model_dir), _weights(res["final"])
+    assert w0.keys() == w1.keys()  # merged: plain model, no lora_A/lora_B/base_layer keys
+    changed = [k for k in w0 if not torch.equal(w0[k], w1[k])]
+    assert changed and all(any(m in k for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+                           for k in changed)
+    assert res["trainable_params"] < sum(v.numel() for v in w0.values()) / 5
+    AutoModelForCausalLM.from_pretrained(res["final"])
+
+    res = train(_cfg(tiny_model_dir, data_file, tmp_path / "frozen", freeze_embeddings=True, max_steps=3,
+                     eval_every=0, save_best=False, zero_stage=1))
+    w2 = _weights(res["final"])
+    assert torch.equal(w0["model.embed_tokens.weight"], w2["model.embed_tokens.weight"])
+    assert not torch.equal(w0["model.layers.0.mlp.up_proj.weight"], w2["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_cli_sft_with_example_config(tmp_path):
+    from thinkgym.tasks import TASKS
+
+    if "arithmetic" not in TASKS.names():
+        pytest.skip("the example config trains on the arithmetic task source")
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinkgym.cli", "sft", "--config", str(ROOT / "examples/sft-tiny-cpu.yaml"),
+         "--max-steps", "3", "--output-dir", str(out), "--set", "train_examples=40", "--set", "eval_examples=8",
+         "--set", "eval_every=0", "--set", "progress=false"],
+        capture_output=True, text=True, timeout=400, cwd=ROOT, env=_child_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert res["steps"] == 3 and Path(res["final"], "model.safetensors").exists()
+    assert (out / "tiny-init" / "tokenizer.json").exists()  # `model: tiny` built the kit
+    assert len(_losses(out)) == 3 and (out / "loss.png").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "thinkgym.cli", "sft", "--config", str(ROOT / "examples/sft-tiny-cpu.yaml"),
+         "--set", "learning_rat=1"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=_child_env(),
+    )
+    assert bad.returncode == 2 and "learning_rate" in bad.stderr  # "did you mean"
+
+
+def test_cli_tiny_model(tmp_path):
+    from transformers import AutoConfig
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinkgym.cli", "tiny-model", "--out", str(tmp_path / "m"), "--hidden-size", "64",
+         "--layers", "2", "--heads", "2", "--kv-heads", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env=_child_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = AutoConfig.from_pretrained(tmp_path / "m")
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads) == (64, 2, 1)
+    assert "parameters" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "thinkgym.cli", "tiny-model", "--out", str(tmp_path / "x"),
+                          "--hidden-size", "65"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env=_child_env())
+    assert bad.returncode != 0 and "divisible" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_loads_sft_checkpoint(tiny_model_dir, data_file, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    from thinkgym.sft_coldstart.train import train
+
+    res = train(_cfg(tiny_model_dir, data_file, tmp_path / "v", max_steps=4, eval_every=0, save_best=False))
+    tok = AutoTokenizer.from_pretrained(res["final"])
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    llm = LLM(res["final"], dtype="float32", max_model_len=256, seed=0, enforce_eager=True)
+    got = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=12))[0].outputs[0].token_ids
+    hf = AutoModelForCausalLM.from_pretrained(res["final"], dtype=torch.float32)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    want = hf.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert list(got) == want[: len(got)]
+
+
+@pytest.mark.slow
+def test_two_process_torchrun(tiny_model_dir, data_file, tmp_path):
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": str(tiny_model_dir), "output_dir": str(tmp_path / "ddp"), "datasets": [str(data_file)],
+        "max_length": 64, "pack_length": 128, "max_steps": 4, "eval_every": 2, "zero_stage": 2,
+        "learning_rate": 3e-3, "progress": False, "tensorboard": False, "plot": False,
+    }))
+    env = _child_env()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+         "-m", "thinkgym.sft_coldstart.train", str(cfg)],
+        capture_output=True, text=True, timeout=500, cwd=ROOT, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert res["steps"] == 4 and Path(res["final"], "model.safetensors").exists()
+    losses = _losses(tmp_path / "ddp")
+    assert losses[-1] < losses[0]
