@@ -1,0 +1,215 @@
+"""DeepSpeed plumbing for the learner: process group, engines, weight gathering, collectives
+and checkpoints (HF weights + DeepSpeed optimizer/scheduler + per-rank RNG and data cursor).
+
+Kept out of ``train.py`` so the loop reads top to bottom; nothing here knows about RL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+# ------------------------------------------------------------------------------------------
+# DeepSpeed engines
+# ------------------------------------------------------------------------------------------
+
+
+def setup_distributed() -> tuple[int, int, Any]:
+    """Init torch.distributed (gloo on CPU, nccl on GPU); single process needs no launcher."""
+    import deepspeed
+    import torch
+
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        os.environ.setdefault(k, v)
+    if "MASTER_PORT" not in os.environ:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+
+
+def make_skippable_adamw():
+    import torch
+
+    class SkippableAdamW(torch.optim.AdamW):
+        """AdamW whose next step can be skipped (non-finite loss) under any ZeRO stage."""
+
+        skip_next = False
+
+        def step(self, closure=None):  # type: ignore[override]
+            if self.skip_next:
+                return None
+            return super().step(closure)
+
+    return SkippableAdamW
+
+
+def build_engine(model: Any, cfg: Any, lr: float | None, micro_per_minibatch: int) -> tuple[Any, Any]:
+    """Wrap ``model`` in a DeepSpeed engine; ``lr=None`` builds an inference-only engine."""
+    import deepspeed
+    import torch
+
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": micro_per_minibatch,
+        "steps_per_print": 10**9,
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": cfg.dtype == "bf16"},
+        "wall_clock_breakdown": False,
+    }
+    if lr is None:  # reference model: no optimiser; shard it only if the policy is sharded
+        ds["zero_optimization"] = {"stage": 3 if cfg.zero_stage == 3 else 0}
+        engine, *_ = deepspeed.initialize(model=model, config=ds)
+        engine.eval()
+        return engine, None
+    ds["zero_optimization"] = {"stage": cfg.zero_stage}
+    if cfg.max_grad_norm > 0:
+        ds["gradient_clipping"] = cfg.max_grad_norm
+    opt = make_skippable_adamw()(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    warm = max(cfg.warmup_steps, 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds)
+    return engine, opt
+
+
+def full_state_dict(engine: Any, cfg: Any) -> dict[str, Any]:
+    """HF-named full weights on every rank (gathered under ZeRO-3), detached CPU copies."""
+    import deepspeed
+
+    module = engine.module
+    if cfg.zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def all_ranks(ok: bool) -> bool:
+    """True only if ``ok`` on every rank (so every rank takes the same branch)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([0 if ok else 1], dtype=torch.int32)
+    if torch.cuda.is_available():
+        t = t.cuda()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return int(t.item()) == 0
+
+
+def all_mean(xs: list[float]) -> float:
+    """Mean over every rank's values."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([sum(xs), float(len(xs))], dtype=torch.float64)
+    if torch.cuda.is_available():
+        t = t.cuda()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return float(t[0] / t[1]) if t[1] > 0 else float("nan")
+
+
+def reduce_rows(local: dict[str, list[float]]) -> dict[str, float]:
+    """Mean of each metric over every rank's values (keys may differ between ranks)."""
+    import torch.distributed as dist
+
+    parts = [local]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+    keys = sorted({k for p in parts for k in p})
+    out = {}
+    for k in keys:
+        vals = [v for p in parts for v in p.get(k, []) if v is not None and not math.isnan(v)]
+        out[k] = sum(vals) / len(vals) if vals else float("nan")
+    return out
+
+
+def weight_hashes(engine: Any, cfg: Any) -> list[str]:
+    """sha256 of every rank's full weights, gathered to all ranks (one entry per rank)."""
+    import hashlib
+
+    import torch
+    import torch.distributed as dist
+
+    h = hashlib.sha256()
+    for k, v in sorted(full_state_dict(engine, cfg).items()):
+        h.update(k.encode())
+        h.update(v.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    mine = h.hexdigest()
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [mine]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(out: Path, step: int, engines: dict[str, Any], tok: Any, cfg: Any,
+                    state: dict[str, Any], rank: int) -> Path:
+    """HF model + DeepSpeed states + per-rank RNG/cursor; ``latest`` is written last (atomic)."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    ck = out / "checkpoints" / f"step_{step:06d}"
+    ck.mkdir(parents=True, exist_ok=True)
+    sd = full_state_dict(engines["policy"], cfg)
+    if rank == 0:
+        engines["policy"].module.save_pretrained(ck / "hf", state_dict=sd, safe_serialization=True)
+        tok.save_pretrained(ck / "hf")
+    for tag, eng in engines.items():
+        if eng is not None and tag != "ref":
+            eng.save_checkpoint(str(ck / "ds"), tag=tag)
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+           "cursor": state["cursor"], "eval_cursor": state.get("eval_cursor", 0)}
+    torch.save(rng, ck / f"rank{rank}_state.pt")
+    dist.barrier()
+    if rank == 0:
+        meta = {k: v for k, v in state.items() if k not in ("cursor",)}
+        (ck / "trainer_state.json").write_text(json.dumps({**meta, "step": step, "config": asdict(cfg)}))
+        tmp = out / "checkpoints" / "latest.tmp"
+        tmp.write_text(ck.name)
+        os.replace(tmp, out / "checkpoints" / "latest")
+        old = sorted(p for p in (out / "checkpoints").glob("step_*") if p != ck)
+        for p in old[: max(0, len(old) - cfg.keep_checkpoints + 1)]:
+            shutil.rmtree(p, ignore_errors=True)
+    dist.barrier()
+    return ck
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    p = out / "checkpoints" / "latest"
+    return (out / "checkpoints" / p.read_text().strip()) if p.is_file() else None
+
+
+def load_rank_state(ck: Path, rank: int) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    s = torch.load(ck / f"rank{rank}_state.pt", weights_only=False)
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if s.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(s["cuda"])
+    return s

@@ -1,0 +1,73 @@
+"""Observability for the learner: JSONL metrics, TensorBoard scalars, a rich progress bar and
+the final curves PNG. Rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class Monitor:
+    """Rank-0 sink for per-step metrics (JSONL + TensorBoard + rich progress bar)."""
+
+    SHOWN = ("reward", "accuracy", "kl", "entropy", "tokens_per_s", "t_generate", "t_grade", "t_learn", "t_sync")
+
+    def __init__(self, cfg: Any, out: Path, history: list[dict[str, Any]], start: int) -> None:
+        self.cfg, self.out = cfg, out
+        # Rewrite the log from the checkpoint's history so a resumed run has no duplicate steps.
+        with open(out / "metrics.jsonl", "w") as f:
+            for row in history:
+                f.write(json.dumps(row) + "\n")
+        self.tb = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+        self.progress = None
+        if cfg.progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("[bold]grpo"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), TextColumn("{task.description}"))
+            self.task = self.progress.add_task("", total=cfg.max_steps, completed=start)
+            self.progress.start()
+
+    def log(self, row: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
+                    self.tb.add_scalar(k, v, row["step"])
+        if self.progress is not None:
+            desc = " ".join(f"{k.replace('t_', '')}={row[k]:.3g}" for k in self.SHOWN if k in row)
+            self.progress.update(self.task, completed=row["step"], description=desc)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """PNG with reward, held-out accuracy, response length and KL against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, key, title in zip(axes.flat, ["reward", "eval_accuracy", "response_len", "kl"],
+                              ["train reward", "held-out accuracy", "response length (tokens)", "KL to reference"]):
+        pts = [(r["step"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,589 @@
+"""The thinkgym learner: GRPO / PPO with verifiable rewards, vLLM rollouts and DeepSpeed updates.
+
+One step, top to bottom (``train`` below):
+
+1. **Collect.** Every rank takes its own prompts (index ``rank + world * k``), samples
+   ``group_size`` completions per prompt with the sampler (vLLM by default) and grades them
+   in the envs. **Dynamic sampling** (DAPO): groups whose rewards are all equal carry no
+   learning signal and are replaced by fresh prompts, at most ``max_sampling_tries`` rounds;
+   after that, leftovers fill the batch (their advantage is 0), so every rank trains on the
+   same number of sequences.
+2. **Score.** Grader infrastructure errors (``reward=None``) are counted, get advantage 0 and
+   no loss. Optional DAPO overlong shaping adds a soft length penalty; optional overlong
+   filtering masks truncated completions out of the loss.
+3. **Advantages**, one estimator chosen by ``advantage``: ``grpo`` (group mean-centred, divided
+   by the group std if ``std_normalize``; Dr. GRPO sets it false), ``rloo`` (leave-one-out
+   baseline), ``gae`` (PPO: a critic and token-level GAE). KL to the reference policy is a loss
+   term (GRPO) or, with ``kl_in_reward``, a penalty on the reward (classic PPO).
+4. **Learn.** ``ppo_epochs`` passes over the batch in ``minibatches`` optimiser steps each; loss
+   = clipped surrogate (separate low/high clip, DAPO clip-higher) x truncated importance weight
+   (learner vs sampler logprobs) + ``kl_coef`` x KL - ``entropy_coef`` x entropy, aggregated
+   ``token_mean`` (DAPO), ``seq_mean`` (GRPO) or ``constant`` (Dr. GRPO) over the minibatch.
+   A non-finite loss skips the update (loudly); ``max_bad_steps`` in a row stops the run.
+5. **Sync** the new weights into the sampler, log metrics, evaluate and checkpoint.
+
+Single process works as is (the distributed env defaults are filled in); for several
+processes use ``deepspeed --num_gpus N -m thinkgym.grpo.train --config ...`` or ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from thinkgym.config import ConfigError, load_config
+from thinkgym.grpo.engine import (
+    all_mean,
+    all_ranks,
+    build_engine,
+    full_state_dict,
+    latest_checkpoint,
+    load_rank_state,
+    reduce_rows,
+    save_checkpoint,
+    setup_distributed,
+    weight_hashes,
+)
+from thinkgym.grpo.monitor import Monitor, plot_curves
+
+
+@dataclass
+class GRPOConfig:
+    """Every knob of the learner. YAML keys are these field names."""
+
+    model: str = ""  #: HF model directory (from_pretrained) to start from
+    output_dir: str = "runs/grpo"  #: checkpoints, metrics.jsonl, TensorBoard and curves.png go here
+    seed: int = 0  #: seeds sampling, data order and torch
+    envs: list[str] = field(default_factory=lambda: ["thinkgym/Arithmetic-v0"])  #: env ids, mixed round-robin by prompt index
+    env_kwargs: dict = field(default_factory=dict)  #: kwargs passed to every env constructor
+    eval_env_kwargs: dict = field(default_factory=dict)  #: extra kwargs for the held-out eval envs (e.g. another seed)
+    max_steps: int = 100  #: RL steps (one batch of rollouts each)
+    prompts_per_step: int = 8  #: prompts per step per rank
+    group_size: int = 8  #: completions per prompt (G)
+    max_turns: int = 1  #: turn limit for multi-turn envs
+    # -- sampling
+    sampler_backend: Literal["vllm", "vllm-server", "hf"] = "vllm"  #: rollout backend
+    sampler_kwargs: dict = field(default_factory=dict)  #: extra kwargs for make_sampler (e.g. gpu_memory_utilization)
+    temperature: float = 1.0  #: sampling temperature (the learner uses the same one for its logprobs)
+    top_p: float = 1.0  #: nucleus mass
+    max_tokens: int = 128  #: generation budget per completion
+    stop: list[str] = field(default_factory=list)  #: stop strings
+    think_budget: int | None = None  #: tokens allowed inside <think> (None = no budget)
+    answer_budget: int = 32  #: tokens after a forced </think>
+    budget_mode: Literal["force", "truncate"] = "force"  #: what happens when the think budget runs out
+    dynamic_sampling: bool = True  #: DAPO: drop groups with identical rewards and refill
+    max_sampling_tries: int = 3  #: rounds of refilling before leftovers fill the batch
+    # -- rewards and advantages
+    advantage: Literal["grpo", "rloo", "gae"] = "grpo"  #: advantage estimator (gae = PPO with a critic)
+    std_normalize: bool = True  #: divide group advantages by the group std (false = Dr. GRPO)
+    overlong_buffer: int = 0  #: DAPO soft overlong penalty over the last N tokens of max_tokens (0 = off)
+    overlong_penalty: float = 1.0  #: penalty at max_tokens
+    mask_truncated: bool = False  #: DAPO overlong filtering: no loss on completions cut by max_tokens
+    gamma: float = 1.0  #: GAE discount
+    lam: float = 0.95  #: GAE lambda
+    # -- loss
+    clip_low: float = 0.2  #: PPO ratio clip below 1
+    clip_high: float = 0.28  #: PPO ratio clip above 1 (DAPO clip-higher when > clip_low)
+    dual_clip: float | None = None  #: dual-clip bound for negative advantages (> 1), None = off
+    aggregation: Literal["token_mean", "seq_mean", "constant"] = "token_mean"  #: loss reduction
+    kl_coef: float = 0.0  #: KL-to-reference weight (0 = no reference model)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  #: per-token KL estimator
+    kl_in_reward: bool = False  #: put the KL in the reward instead of the loss
+    entropy_coef: float = 0.0  #: entropy bonus weight
+    tis_cap: float | None = 2.0  #: cap of the truncated importance weight pi_learner/pi_sampler (None = off)
+    value_clip: float | None = 0.2  #: PPO value clip (gae only)
+    vf_lr: float = 1e-5  #: critic learning rate (gae only)
+    # -- optimisation
+    lr: float = 1e-6  #: policy learning rate
+    warmup_steps: int = 0  #: linear warmup, in optimiser steps
+    weight_decay: float = 0.0  #: AdamW weight decay
+    max_grad_norm: float = 1.0  #: gradient clipping (0 = off)
+    ppo_epochs: int = 1  #: passes over each batch
+    minibatches: int = 1  #: optimiser steps per epoch
+    micro_batch_size: int = 8  #: sequences per forward/backward (gradient accumulation below that)
+    zero_stage: int = 2  #: DeepSpeed ZeRO stage (0-3)
+    dtype: Literal["fp32", "bf16"] = "fp32"  #: training precision (fp32 on CPU)
+    gradient_checkpointing: bool = False  #: recompute activations to save memory
+    # -- bookkeeping
+    save_every: int = 50  #: checkpoint every N steps (and on SIGTERM and at the end)
+    keep_checkpoints: int = 2  #: how many checkpoints to keep
+    eval_every: int = 0  #: held-out eval every N steps (0 = only at the end if eval_prompts > 0)
+    eval_prompts: int = 0  #: held-out prompts per eval (greedy, one sample each)
+    max_bad_steps: int = 3  #: stop after this many non-finite losses in a row
+    debug_nan_steps: list[int] = field(default_factory=list)  #: fault injection for tests: force NaN loss at these steps
+    progress: bool = True  #: rich progress bar on rank 0
+    tensorboard: bool = True  #: write TensorBoard scalars
+
+    def validate(self) -> None:
+        pos = ["max_steps", "prompts_per_step", "group_size", "max_tokens", "ppo_epochs", "minibatches",
+               "micro_batch_size", "max_sampling_tries", "max_turns", "keep_checkpoints", "save_every"]
+        for k in pos:
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if not self.model:
+            raise ValueError("model is required (an HF model directory)")
+        if not self.envs:
+            raise ValueError("envs must list at least one env id")
+        n = self.prompts_per_step * self.group_size
+        if n % self.minibatches or (n // self.minibatches) % self.micro_batch_size:
+            raise ValueError(
+                f"prompts_per_step*group_size={n} must split into minibatches={self.minibatches} "
+                f"of a multiple of micro_batch_size={self.micro_batch_size}")
+        if self.group_size < 2 and self.advantage != "gae":
+            raise ValueError(f"advantage={self.advantage!r} needs group_size >= 2")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ValueError("clip_low must be in [0, 1) and clip_high >= 0")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1, got {self.dual_clip}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.lr <= 0 or self.kl_coef < 0 or self.temperature <= 0:
+            raise ValueError("lr and temperature must be > 0 and kl_coef >= 0")
+        if self.overlong_buffer < 0 or self.overlong_buffer > self.max_tokens:
+            raise ValueError(f"overlong_buffer must be in [0, max_tokens], got {self.overlong_buffer}")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ValueError("tis_cap must be > 0 or null")
+        if self.kl_in_reward and self.kl_coef == 0:
+            raise ValueError("kl_in_reward needs kl_coef > 0")
+
+
+def check_config(cfg: GRPOConfig) -> None:
+    """Checks that need the filesystem / registries, still before any model loads."""
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError(f"model: {cfg.model!r} is not an HF model directory (no config.json)")
+    import gymnasium as gym
+
+    from thinkgym.envs import register_envs
+
+    register_envs()
+    for env_id in cfg.envs:
+        if env_id not in gym.registry:
+            known = sorted(k for k in gym.registry if k.startswith("thinkgym/"))
+            raise ConfigError(f"envs: unknown env id {env_id!r}; registered: {known}")
+
+
+# ------------------------------------------------------------------------------------------
+# Batches and forward passes
+# ------------------------------------------------------------------------------------------
+
+
+def collate(episodes: list[Any], pad_id: int, device: Any) -> dict[str, Any]:
+    """Right-pad episodes into tensors, shifted so position t scores token t+1. (n, T-1)"""
+    import torch
+
+    T = max(len(e.input_ids) for e in episodes)
+    ids = torch.full((len(episodes), T), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(episodes), T, dtype=torch.long)
+    mask = torch.zeros(len(episodes), T)
+    slp = torch.zeros(len(episodes), T)
+    for i, e in enumerate(episodes):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        attn[i, :n] = 1
+        mask[i, :n] = torch.tensor(e.loss_mask, dtype=torch.float32)
+        slp[i, :n] = torch.tensor(e.old_logprobs, dtype=torch.float32)
+    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "labels": ids[:, 1:].to(device),
+            "mask": mask[:, 1:].to(device), "sampler_lp": slp[:, 1:].to(device)}
+
+
+def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool = False) -> tuple[Any, Any]:
+    """Token logprobs (n, T-1) of the batch under ``engine``, and entropies if asked."""
+    from thinkgym.grpo import core
+
+    logits = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+    logits = logits.float() / temperature
+    lp = core.token_logprobs(logits, b["labels"])
+    return lp, (core.entropy_from_logits(logits) if entropy else None)
+
+
+def take(full: dict[str, Any], idx: Any) -> tuple[dict[str, Any], int]:
+    """Rows ``idx`` of a collated batch, trimmed to their longest sequence. -> (batch, T-1)"""
+    n = int(full["attention_mask"][idx].sum(1).max())
+    b = {k: v[idx, : (n if k in ("input_ids", "attention_mask") else n - 1)] for k, v in full.items()}
+    return b, n - 1
+
+
+def value_forward(engine: Any, b: dict[str, Any]) -> Any:
+    """Critic values at each position, aligned with the shifted labels. (n, T-1)"""
+    return engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1, 0].float()
+
+
+# ------------------------------------------------------------------------------------------
+# Rollouts
+# ------------------------------------------------------------------------------------------
+
+
+def make_envs(cfg: GRPOConfig, eval_split: bool = False) -> list[Any]:
+    import gymnasium as gym
+
+    kw = {**cfg.env_kwargs, **(cfg.eval_env_kwargs if eval_split else {})}
+    return [gym.make(env_id, **kw) for env_id in cfg.envs]
+
+
+def sampling_config(cfg: GRPOConfig, seed: int, n: int, greedy: bool = False) -> Any:
+    from thinkgym.sampler.types import SamplingConfig
+
+    return SamplingConfig(n=n, temperature=0.0 if greedy else cfg.temperature, top_p=cfg.top_p,
+                          max_tokens=cfg.max_tokens, seed=seed, stop=list(cfg.stop),
+                          think_budget=cfg.think_budget, answer_budget=cfg.answer_budget,
+                          budget_mode=cfg.budget_mode, logprobs=True)
+
+
+def collect_groups(cfg: GRPOConfig, envs: list[Any], sampler: Any, state: dict[str, Any], step: int,
+                   rank: int, world: int) -> tuple[list[list[Any]], dict[str, float]]:
+    """``prompts_per_step`` groups for this rank, with DAPO dynamic sampling."""
+    import torch
+
+    from thinkgym.grpo import core
+    from thinkgym.sampler.rollout import collect_rollouts
+
+    keep: list[list[Any]] = []
+    spare: list[list[Any]] = []
+    stats = {"sampling_rounds": 0.0, "groups_dropped": 0.0, "gen_time": 0.0, "grade_time": 0.0}
+    for attempt in range(cfg.max_sampling_tries if cfg.dynamic_sampling else 1):
+        need = cfg.prompts_per_step - len(keep)
+        if need <= 0:
+            break
+        local = range(state["cursor"], state["cursor"] + need)
+        state["cursor"] += need
+        # Training indices count up from 0 and wrap before the held-out ones at the top.
+        indices = [(rank + world * k) % (state["n_items"] - cfg.eval_prompts) for k in local]
+        seed = (cfg.seed * 1_000_003 + step * 7919 + attempt * 104_729 + rank * 15_485_863) % (2**31 - 1)
+        batch = collect_rollouts(envs, sampler, indices=indices, group_size=cfg.group_size,
+                                 cfg=sampling_config(cfg, seed, cfg.group_size), max_turns=cfg.max_turns)
+        stats["sampling_rounds"] += 1
+        for k in ("gen_time", "grade_time"):
+            stats[k] += float(batch.metrics.get(k, 0.0)) if hasattr(batch, "metrics") else 0.0
+        groups: dict[int, list[Any]] = {}
+        for e in batch.episodes:
+            groups.setdefault(e.group_id, []).append(e)
+        for g in groups.values():
+            r = core.rewards_tensor([e.reward for e in g])
+            flat = core.degenerate_groups(r, torch.zeros(len(g), dtype=torch.long))
+            if cfg.dynamic_sampling and bool(flat[0]):
+                spare.append(g)
+                stats["groups_dropped"] += 1
+            else:
+                keep.append(g)
+    keep = (keep + spare)[: cfg.prompts_per_step]
+    return keep, stats
+
+
+def evaluate(cfg: GRPOConfig, envs: list[Any], sampler: Any, state: dict[str, Any], rank: int, world: int) -> float:
+    """Greedy held-out accuracy on ``eval_prompts`` fixed prompts (the same ones every time)."""
+    from thinkgym.sampler.rollout import collect_rollouts
+
+    # The last eval_prompts items of the source: never trained on (see collect_groups).
+    mine = [i for i in range(cfg.eval_prompts) if i % world == rank]
+    indices = [state["n_items"] - 1 - i for i in mine]
+    batch = collect_rollouts(envs, sampler, indices=indices, group_size=1,
+                             cfg=sampling_config(cfg, cfg.seed, 1, greedy=True), max_turns=cfg.max_turns)
+    return all_mean([is_correct(e) for e in batch.episodes])
+
+
+def is_correct(e: Any) -> float:
+    comps = (e.grade or {}).get("components") or {}
+    for k in ("correct", "answer", "accuracy"):
+        if comps.get(k) is not None:
+            return float(comps[k] >= 1.0)
+    return float(e.reward is not None and e.reward >= 1.0)
+
+
+
+
+# ------------------------------------------------------------------------------------------
+# Advantage estimators: (cfg, rewards (N,), group ids (N,), mask (N,T), values, kl (N,T))
+#   -> advantages (N,T), returns (N,T) or None. Pick one with ``advantage:`` in the config.
+# ------------------------------------------------------------------------------------------
+
+
+def grpo_estimator(cfg: GRPOConfig, rewards: Any, gids: Any, mask: Any, values: Any, kl: Any) -> tuple[Any, Any]:
+    from thinkgym.grpo import core
+
+    if cfg.kl_in_reward:
+        rewards = rewards - cfg.kl_coef * core.masked_sum(kl, mask, dim=1)
+    adv = core.group_advantages(rewards, gids, std_normalize=cfg.std_normalize)  # (N,)
+    return adv[:, None] * mask, None
+
+
+def rloo_estimator(cfg: GRPOConfig, rewards: Any, gids: Any, mask: Any, values: Any, kl: Any) -> tuple[Any, Any]:
+    from thinkgym.grpo import core
+
+    if cfg.kl_in_reward:
+        rewards = rewards - cfg.kl_coef * core.masked_sum(kl, mask, dim=1)
+    return core.rloo_advantages(rewards, gids)[:, None] * mask, None
+
+
+def gae_estimator(cfg: GRPOConfig, rewards: Any, gids: Any, mask: Any, values: Any, kl: Any) -> tuple[Any, Any]:
+    from thinkgym.grpo import core
+
+    tok_r = core.token_level_rewards(rewards, mask)  # (N,T)
+    if cfg.kl_in_reward:
+        tok_r = core.kl_penalized_rewards(tok_r, kl, cfg.kl_coef, mask)
+    adv, returns = core.gae(tok_r, values, mask, cfg.gamma, cfg.lam)
+    return core.masked_whiten(adv, mask), returns
+
+
+ESTIMATORS = {"grpo": grpo_estimator, "rloo": rloo_estimator, "gae": gae_estimator}
+
+
+# ------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------
+
+
+def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns ``{"history": [...], "stopped": reason, "checkpoint": dir}``.
+
+    ``on_step(step, policy_engine, sampler, row)`` runs after each step's weight sync and metrics
+    (extensions and tests: e.g. check that the sampler now serves the learner's weights).
+    """
+    check_config(cfg)  # before anything heavy
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    from thinkgym.grpo import core
+    from thinkgym.sampler import make_sampler
+
+    rank, world, device = setup_distributed()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ck = latest_checkpoint(out) if resume else None
+    if resume and ck is None and rank == 0:
+        print(f"[thinkgym] --resume: no checkpoint in {out}/checkpoints, starting from {cfg.model}")
+    dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    tok = AutoTokenizer.from_pretrained(cfg.model)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    # Engines. Each rank holds a full sampler and its own share of prompts (colocated).
+    n_seq = cfg.prompts_per_step * cfg.group_size
+    micro_per_mb = n_seq // cfg.minibatches // cfg.micro_batch_size
+    policy = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    policy_eng, opt = build_engine(policy, cfg, cfg.lr, micro_per_mb)
+    ref_eng = None
+    if cfg.kl_coef > 0:
+        ref_eng, _ = build_engine(AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype), cfg, None, 1)
+    critic_eng = critic_opt = None
+    if cfg.advantage == "gae":
+        critic = AutoModelForTokenClassification.from_pretrained(cfg.model, num_labels=1, dtype=dtype)
+        critic_eng, critic_opt = build_engine(critic, cfg, cfg.vf_lr, micro_per_mb)
+    engines = {"policy": policy_eng, "critic": critic_eng}
+
+    state: dict[str, Any] = {"step": 0, "cursor": 0, "history": [], "bad_streak": 0, "n_items": 0}
+    if ck is not None:
+        for tag, eng in engines.items():
+            if eng is not None:
+                eng.load_checkpoint(str(ck / "ds"), tag=tag)
+        meta = json.loads((ck / "trainer_state.json").read_text())
+        state.update({k: meta[k] for k in ("step", "history", "bad_streak")})
+    sampler = make_sampler(cfg.sampler_backend, str(ck / "hf") if ck else cfg.model, **cfg.sampler_kwargs)
+    envs, eval_envs = make_envs(cfg), (make_envs(cfg, eval_split=True) if cfg.eval_prompts else [])
+    state["n_items"] = min(len(e.unwrapped.source) for e in envs + eval_envs)
+    if state["n_items"] <= cfg.eval_prompts:
+        raise ConfigError(f"eval_prompts={cfg.eval_prompts} leaves no training items (task size {state['n_items']})")
+    # Seed (or restore) RNGs last: building the sampler reseeds torch's global generator.
+    if ck is not None:
+        state["cursor"] = load_rank_state(ck, rank)["cursor"]
+    else:
+        torch.manual_seed(cfg.seed + rank)
+        random.seed(cfg.seed + rank)
+        np.random.seed(cfg.seed + rank)
+
+    stop = {"sigterm": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+    monitor = Monitor(cfg, out, state["history"], state["step"]) if rank == 0 else None
+    last_ck, stopped = ck, "max_steps"
+    agg_kw = {"mode": cfg.aggregation, "constant": cfg.max_tokens}
+
+    for step in range(state["step"] + 1, cfg.max_steps + 1):
+        # ---- 1. collect (with dynamic sampling) -------------------------------------------
+        t0 = time.perf_counter()
+        groups, sstats = collect_groups(cfg, envs, sampler, state, step, rank, world)
+        episodes = [e for g in groups for e in g]
+        gids = torch.tensor([i for i, g in enumerate(groups) for _ in g])  # (N,)
+        t_collect = time.perf_counter() - t0
+
+        # ---- 2. rewards: infra errors, overlong shaping / filtering -------------------------
+        t1 = time.perf_counter()
+        raw = core.rewards_tensor([e.reward for e in episodes])  # (N,) NaN = grader error
+        lengths = torch.tensor([e.completion_len for e in episodes])
+        rewards = raw.clone()
+        if cfg.overlong_buffer > 0:
+            rewards = rewards + core.overlong_penalty(lengths, cfg.max_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
+        seq_w = (~torch.isnan(raw)).float()  # (N,)
+        if cfg.mask_truncated:
+            seq_w = seq_w * core.truncation_mask([e.finish_reason for e in episodes])
+        full = collate(episodes, pad_id, device)  # (N, T) tensors
+        mask = full["mask"] * seq_w.to(device)[:, None]  # (N, T)
+
+        # ---- 3. old / reference logprobs, values, advantages (no grad) ----------------------
+        old_lp, ref_lp, values = (torch.zeros_like(mask) for _ in range(3))
+        chunks = [torch.arange(i, min(i + cfg.micro_batch_size, n_seq)) for i in range(0, n_seq, cfg.micro_batch_size)]
+        with torch.no_grad():
+            for idx in chunks:
+                b, t = take(full, idx)
+                old_lp[idx, :t] = policy_forward(policy_eng, b, cfg.temperature)[0]
+                if ref_eng is not None:
+                    ref_lp[idx, :t] = policy_forward(ref_eng, b, cfg.temperature)[0]
+                if critic_eng is not None:
+                    values[idx, :t] = value_forward(critic_eng, b)
+        kl_tok = core.kl_estimate(old_lp, ref_lp, cfg.kl_estimator) if ref_eng is not None else torch.zeros_like(mask)
+        adv, returns = ESTIMATORS[cfg.advantage](cfg, rewards.to(device), gids.to(device), mask, values, kl_tok)
+
+        # ---- 4. learn: ppo_epochs x minibatches, micro-batch accumulation -------------------
+        logs: dict[str, list[float]] = {}
+        bad = False
+        mb_size = n_seq // cfg.minibatches
+        for _epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(n_seq)
+            for j in range(cfg.minibatches):
+                mb = perm[j * mb_size:(j + 1) * mb_size]
+                norm = {"num_tokens": float(mask[mb].sum()), "num_seqs": float(len(mb))}
+                for idx in mb.split(cfg.micro_batch_size):
+                    b, t = take(full, idx)
+                    m, a, old = mask[idx, :t], adv[idx, :t], old_lp[idx, :t]
+                    lp, ent = policy_forward(policy_eng, b, cfg.temperature, entropy=True)
+                    pg, clipped = core.clipped_surrogate(lp, old, a, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+                    if cfg.tis_cap is not None:
+                        pg = pg * core.truncated_is_weights(old, b["sampler_lp"], cfg.tis_cap)
+                    loss = core.aggregate(pg, m, **agg_kw, **norm)
+                    if ref_eng is not None and not cfg.kl_in_reward:
+                        kl = core.kl_estimate(lp, ref_lp[idx, :t], cfg.kl_estimator)
+                        loss = loss + cfg.kl_coef * core.aggregate(kl, m, **agg_kw, **norm)
+                    if cfg.entropy_coef:
+                        loss = loss - cfg.entropy_coef * core.aggregate(ent, m, **agg_kw, **norm)
+                    if step in cfg.debug_nan_steps:
+                        loss = loss * float("nan")
+                    bad = bad or not all_ranks(bool(torch.isfinite(loss)))
+                    policy_eng.backward(loss, scale_wrt_gas=False)  # we normalise over the minibatch
+                    opt.skip_next = bad  # a non-finite loss anywhere in this step skips its updates
+                    policy_eng.step()
+                    for k, v in (("loss", loss), ("clipfrac", core.masked_mean(clipped, m)),
+                                 ("entropy", core.masked_mean(ent.detach(), m)),
+                                 ("ratio", core.masked_mean(torch.exp(lp.detach() - old), m))):
+                        logs.setdefault(k, []).append(float(v))
+                    if critic_eng is not None:
+                        v_new = value_forward(critic_eng, b)
+                        vl = core.aggregate(core.clipped_value_loss(v_new, values[idx, :t], returns[idx, :t], cfg.value_clip),
+                                            m, **agg_kw, **norm)
+                        critic_eng.backward(vl, scale_wrt_gas=False)
+                        critic_opt.skip_next = bad or not all_ranks(bool(torch.isfinite(vl)))
+                        critic_eng.step()
+                        logs.setdefault("value_loss", []).append(float(vl))
+        t_learn = time.perf_counter() - t1
+
+        # ---- 5. sync weights to the sampler ------------------------------------------------
+        t2 = time.perf_counter()
+        if not bad:
+            sampler.update_weights(full_state_dict(policy_eng, cfg))
+        t_sync = time.perf_counter() - t2
+
+        # ---- metrics -----------------------------------------------------------------------
+        valid = [e for e in episodes if e.reward is not None]
+        logs.update({
+            "reward": [float(e.reward) for e in valid], "accuracy": [is_correct(e) for e in valid],
+            "response_len": [float(e.completion_len) for e in episodes],
+            "truncated": [float(e.finish_reason == "length") for e in episodes],
+            "kl": [float(core.masked_mean(kl_tok, mask))] if ref_eng is not None else [],
+            "grader_errors": [float(len(episodes) - len(valid))],
+            "groups_dropped": [sstats["groups_dropped"]], "sampling_rounds": [sstats["sampling_rounds"]],
+            "tokens_per_s": [float(full["attention_mask"].sum()) * cfg.ppo_epochs / max(t_learn, 1e-9)],
+            "t_generate": [t_collect - sstats["grade_time"]], "t_grade": [sstats["grade_time"]],
+            "t_learn": [t_learn], "t_sync": [t_sync],
+        })
+        for e in valid:  # per-grader / per-component reward breakdown
+            for name, val in ((e.grade or {}).get("components") or {}).items():
+                if isinstance(val, (int, float)):
+                    logs.setdefault(f"reward/{name}", []).append(float(val))
+        row = {"step": step, **reduce_rows(logs), "grader_errors_total": 0.0}
+        row["grader_errors"] = row["grader_errors"] * world  # mean over ranks -> total per step
+        row["grader_errors_total"] = row["grader_errors"] + (state["history"][-1]["grader_errors_total"] if state["history"] else 0.0)
+        row["skipped"] = float(bad)
+        state["bad_streak"] = state["bad_streak"] + 1 if bad else 0
+        if bad and rank == 0:
+            print(f"\n[thinkgym] WARNING: non-finite loss at step {step}: update skipped "
+                  f"({state['bad_streak']}/{cfg.max_bad_steps} in a row)", flush=True)
+        if cfg.eval_prompts and (step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0)):
+            row["eval_accuracy"] = evaluate(cfg, eval_envs, sampler, state, rank, world)
+        state["history"].append(row)
+        state["step"] = step
+        if monitor is not None:
+            monitor.log(row)
+        if on_step is not None:
+            on_step(step, policy_eng, sampler, row)
+
+        # ---- checkpoint / stop -------------------------------------------------------------
+        if state["bad_streak"] >= cfg.max_bad_steps:
+            stopped = f"{cfg.max_bad_steps} non-finite losses in a row"
+            break
+        sigterm = not all_ranks(not stop["sigterm"])
+        if state["bad_streak"] == 0 and (step % cfg.save_every == 0 or step == cfg.max_steps or sigterm):
+            last_ck = save_checkpoint(out, step, engines, tok, cfg, state, rank)
+        if sigterm:
+            stopped = "SIGTERM"
+            break
+
+    hashes = weight_hashes(policy_eng, cfg)  # data parallelism must leave every rank's copy identical
+    if monitor is not None:
+        monitor.close()
+        plot_curves(state["history"], out / "curves.png")
+        (out / "summary.json").write_text(json.dumps({
+            "stopped": stopped, "steps": state["step"], "checkpoint": str(last_ck) if last_ck else None,
+            "world_size": world, "rank_weight_hashes": hashes,
+            "final": state["history"][-1] if state["history"] else {}}))
+        if stopped != "max_steps":
+            print(f"[thinkgym] stopped: {stopped}; last good checkpoint: {last_ck}", flush=True)
+    sampler.close()
+    return {"history": state["history"], "stopped": stopped, "checkpoint": last_ck}
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["kl_coef=0.01", "envs=[a, b]"]`` -> overrides (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for kv in items:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {kv!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m thinkgym.grpo.train --config X.yaml ...``: the same flags as ``thinkgym train``."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description="thinkgym GRPO/PPO learner")
+    p.add_argument("--config", required=True)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--output-dir")
+    p.add_argument("--model")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--set", action="append", default=[], dest="sets")
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(GRPOConfig, a.config, {"max_steps": a.max_steps, "output_dir": a.output_dir,
+                                                 "model": a.model, **parse_sets(a.sets)})
+        check_config(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    res = train(cfg, resume=a.resume)
+    raise SystemExit(0 if res["stopped"] in ("max_steps", "SIGTERM") else 1)
+
+
+if __name__ == "__main__":
+    main()
