@@ -90,7 +90,7 @@ class ContaminationReport:
         lines = [head]
         for e, t, g in self.contaminated[:examples]:
             lines.append(f"  eval #{e} ~ train #{t}: {g!r}")
-        if len(self.contaminated) > examples:
+        if examples and len(self.contaminated) > examples:
             lines.append(f"  ... and {len(self.contaminated) - examples} more")
         return "\n".join(lines)
 

@@ -1,0 +1,40 @@
+"""``thinkgym envs``: list the registered Gymnasium env ids."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("envs")
+    def envs_cmd(
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    ) -> None:
+        """List env ids usable with `gymnasium.make` (built-in, plugin envs, and one per plugin task).
+
+        Example: `import thinkgym.envs, gymnasium; env = gymnasium.make("thinkgym/Countdown-v0")`;
+        `obs, info = env.reset(options={"index": 0})`; `env.step(completion_text)`.
+        """
+        from thinkgym.envs.registration import ENVS, list_envs
+
+        envs = list_envs()
+        rows = []
+        for env_id, desc in envs.items():
+            info = ENVS.get(env_id)
+            rows.append({"id": env_id, "kind": info.entry_point.rsplit(":", 1)[-1], "task": info.task,
+                         "description": desc, "origin": ENVS.origin(env_id)})
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="thinkgym envs (gymnasium ids)")
+        for col in ("id", "kind", "task", "description"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            desc = r["description"] + ("" if r["origin"] == "thinkgym" else f" [{r['origin']}]")
+            t.add_row(r["id"], r["kind"], r["task"] or "", desc)
+        Console(width=160).print(t)

@@ -1,0 +1,308 @@
+"""Gymnasium environments over task sources and graders.
+
+The observation is the rendered user prompt (text) and the action is the model's completion
+(text). ``info`` carries the chat messages, the item and the grade breakdown, so a rollout
+collector can work from chat messages while Gymnasium tooling sees plain strings.
+
+* :class:`SingleTurnEnv`: one completion, graded, episode over.
+* :class:`MultiTurnEnv`: a wrong answer gets feedback (the grader's reason, e.g. failing tests)
+  and another try; ends on success (terminated) or after ``max_turns`` (truncated).
+* :class:`ToolEnv`: the model may call a calculator with ``<tool>EXPR</tool>`` and gets
+  ``<result>VALUE</result>`` back; ends when it gives an ``<answer>`` or at the turn limit.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Callable, SupportsFloat
+
+import gymnasium as gym
+from gymnasium.error import ResetNeeded
+
+from thinkgym.envs.calculator import calculate
+from thinkgym.envs.spaces import TextSpace
+from thinkgym.tasks import Item, TaskSource, make_task
+from thinkgym.verifiers import Grade, GraderSpec, get_grader
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful problem solver. First think through the problem step by step inside "
+    "<think> </think>. Then give only the final answer inside <answer> </answer>."
+)
+
+TOOL_SYSTEM_PROMPT = (
+    "You are a careful problem solver with a calculator. Think step by step inside <think> </think>. "
+    "To use the calculator, end your message with <tool>EXPRESSION</tool> (numbers, + - * / // % ** "
+    "and parentheses); the result comes back as <result>VALUE</result>. When you are sure, give only "
+    "the final answer inside <answer> </answer>."
+)
+
+MAX_TEXT = 1 << 20  # characters; bounds both prompts and completions
+
+
+def _grade_info(g: Grade) -> dict[str, Any]:
+    # Wall time is left out of the transition so that a seeded step is reproducible
+    # (Gymnasium's checker compares infos); it stays available as ``env.last_grade.elapsed_s``.
+    d = g.to_dict()
+    d.pop("elapsed_s", None)
+    return d
+
+
+class TaskEnv(gym.Env[str, str]):
+    """Shared reset/grading logic; subclasses define what a step does."""
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(
+        self,
+        task: str | TaskSource,
+        *,
+        task_params: dict[str, Any] | None = None,
+        grader: str | None = None,
+        grader_kwargs: dict[str, Any] | None = None,
+        seed: int = 0,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        size: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if isinstance(task, TaskSource):
+            if task_params or size is not None:
+                raise ValueError("task_params/size apply to a task name, not to a TaskSource instance")
+            self.source = task
+        elif isinstance(task, str):
+            self.source = make_task(task, seed=seed, size=size, **(task_params or {}))
+        else:
+            raise TypeError(f"task must be a registered task name or a TaskSource, got {type(task).__name__}")
+        if len(self.source) == 0:
+            raise ValueError(f"task {self.source.name!r} has no items")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.task_name = self.source.name or type(self.source).__name__
+        self.grader_name = grader
+        # Fail at construction on an unknown grader, not mid-rollout.
+        get_grader(grader or self.source.grader)
+        self.grader_kwargs = dict(grader_kwargs or {})
+        self.system_prompt = system_prompt
+        self.render_mode = render_mode
+        self.observation_space = TextSpace(MAX_TEXT)
+        self.action_space = TextSpace(MAX_TEXT)
+        self.last_grade: Grade | None = None
+        self._item: Item | None = None
+        self._index = -1
+        self._messages: list[dict[str, str]] = []
+        self._turn = 0
+        self._done = False
+
+    # -- reset -------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"index"})
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; known: ['index']")
+        n = len(self.source)
+        if "index" in options:
+            i = options["index"]
+            if isinstance(i, bool) or not isinstance(i, int):
+                try:
+                    i = int(i)  # numpy integers
+                except (TypeError, ValueError):
+                    raise TypeError(f"options['index'] must be an int, got {options['index']!r}") from None
+            if not 0 <= i < n:
+                raise IndexError(f"options['index'] = {i} out of range for task {self.task_name!r} (size {n})")
+        else:
+            i = int(self.np_random.integers(n))
+        self._item = self.source[i]
+        self._index = i
+        self._turn = 0
+        self._done = False
+        self.last_grade = None
+        self._messages = []
+        if self.system_prompt:
+            self._messages.append({"role": "system", "content": self.system_prompt})
+        prompt = self.render_prompt(self._item)
+        self._messages.append({"role": "user", "content": prompt})
+        info = {
+            "messages": copy.deepcopy(self._messages),
+            "item": copy.deepcopy(self._item),
+            "index": i,
+            "task": self.task_name,
+        }
+        return prompt, info
+
+    def render_prompt(self, item: Item) -> str:
+        """The user message for ``item`` (the question as is)."""
+        return item["question"]
+
+    # -- grading -----------------------------------------------------------------------------
+    @property
+    def grader(self) -> GraderSpec:
+        assert self._item is not None
+        name = self.grader_name or self._item["metadata"].get("grader") or self.source.grader
+        return get_grader(name)
+
+    def grade(self, completion: str) -> Grade:
+        assert self._item is not None
+        kwargs = {**self._item["metadata"].get("grader_kwargs", {}), **self.grader_kwargs}
+        return self.grader(completion, self._item["answer"], **kwargs)
+
+    # -- step --------------------------------------------------------------------------------
+    def _begin_step(self, action: Any) -> None:
+        if self._item is None:
+            raise ResetNeeded("call reset() before step()")
+        if self._done:
+            raise ResetNeeded("the episode is over; call reset() before step()")
+        if not isinstance(action, str):
+            raise TypeError(f"action must be the completion text (str), got {type(action).__name__}")
+        self._turn += 1
+        self._messages.append({"role": "assistant", "content": action})
+
+    def _finish_step(
+        self, g: Grade, feedback: str | None, terminated: bool, truncated: bool
+    ) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        self.last_grade = g
+        self._done = terminated or truncated
+        if feedback is not None and not self._done:
+            self._messages.append({"role": "user", "content": feedback})
+        obs = "" if self._done else (feedback or "")
+        info = {
+            "grade": _grade_info(g),
+            "infra_error": g.score is None,
+            "messages": copy.deepcopy(self._messages),
+            "feedback": None if self._done else feedback,
+            "turn": self._turn,
+        }
+        reward = 0.0 if g.score is None else float(g.score)
+        return obs, reward, terminated, truncated, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in self._messages)
+
+
+class SingleTurnEnv(TaskEnv):
+    """One prompt, one completion, one grade."""
+
+    def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        self._begin_step(action)
+        return self._finish_step(self.grade(action), None, True, False)
+
+
+def _failing_cases(g: Grade, item: Item, limit: int = 2) -> list[str]:
+    """Lines describing the first failing code test cases (input, expected, what happened)."""
+    cases = g.details.get("cases") if isinstance(g.details, dict) else None
+    tests = item.get("answer")
+    if not isinstance(cases, list) or not isinstance(tests, dict) or not isinstance(tests.get("cases"), list):
+        return []
+    out = []
+    for i, (res, case) in enumerate(zip(cases, tests["cases"])):
+        if not isinstance(res, dict) or res.get("passed"):
+            continue
+        if tests.get("type") == "function":
+            args = ", ".join(repr(a) for a in case.get("args", []))
+            line = f"{tests.get('entry_point')}({args}) should return {case.get('expected')!r}"
+            got = res.get("got") or res.get("error") or res.get("status")
+        else:
+            line = f"for input {case.get('stdin')!r} the output should be {case.get('expected_stdout')!r}"
+            got = res.get("error") or res.get("status")
+        out.append(f"Test {i} failed: {line}; got: {str(got)[:300]}")
+        if len(out) >= limit:
+            break
+    return out
+
+
+def default_feedback(g: Grade, item: Item) -> str:
+    """What a wrong attempt is told: the grader's reason and, for code, the failing tests."""
+    if g.score is None:
+        return "The answer could not be checked this time. Please try again."
+    parts = [f"That is not correct yet (score {g.score:.2f})."]
+    if g.reason:
+        parts.append(f"Reason: {g.reason}.")
+    parts += _failing_cases(g, item)
+    parts.append("Try again: think inside <think> </think>, then give your final answer.")
+    return "\n".join(parts)
+
+
+class MultiTurnEnv(TaskEnv):
+    """Retry with feedback until the answer is right or ``max_turns`` attempts were made.
+
+    Each step's reward is that attempt's score. ``success_score`` is the score that ends the
+    episode as solved (1.0: fully right; lower it for partial-credit graders).
+    """
+
+    def __init__(
+        self,
+        task: str | TaskSource,
+        *,
+        max_turns: int = 3,
+        success_score: float = 1.0,
+        feedback_fn: Callable[[Grade, Item], str] = default_feedback,
+        **kwargs: Any,
+    ) -> None:
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        super().__init__(task, **kwargs)
+        self.max_turns = max_turns
+        self.success_score = success_score
+        self.feedback_fn = feedback_fn
+
+    def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        self._begin_step(action)
+        g = self.grade(action)
+        if g.score is not None and g.score >= self.success_score:
+            return self._finish_step(g, None, True, False)
+        if self._turn >= self.max_turns:
+            return self._finish_step(g, None, False, True)
+        assert self._item is not None
+        return self._finish_step(g, self.feedback_fn(g, self._item), False, False)
+
+
+_TOOL_RE = re.compile(r"<tool>(.*?)</tool>", re.DOTALL)
+_ANSWER_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
+
+
+class ToolEnv(TaskEnv):
+    """Calculator tool use: ``<tool>EXPR</tool>`` gets ``<result>VALUE</result>``; ``<answer>`` ends it.
+
+    Tool calls are read from the text after the last ``</think>`` (the whole text if there is
+    none). Tool turns are not graded for correctness: their reward is 0 and their grade says so.
+    """
+
+    def __init__(
+        self,
+        task: str | TaskSource,
+        *,
+        max_turns: int = 4,
+        max_calls_per_turn: int = 4,
+        tool: Callable[[str], str] = calculate,
+        system_prompt: str | None = TOOL_SYSTEM_PROMPT,
+        **kwargs: Any,
+    ) -> None:
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        super().__init__(task, system_prompt=system_prompt, **kwargs)
+        self.max_turns = max_turns
+        self.max_calls_per_turn = max_calls_per_turn
+        self.tool = tool
+
+    def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        self._begin_step(action)
+        close = action.rfind("</think>")
+        section = action[close + len("</think>") :] if close >= 0 else action
+        if _ANSWER_OPEN_RE.search(section) or "\\boxed" in section:
+            return self._finish_step(self.grade(action), None, True, False)
+        calls = _TOOL_RE.findall(section)
+        fp = self.grader.fingerprint
+        if calls:
+            results = [f"<result>{self.tool(c)}</result>" for c in calls[: self.max_calls_per_turn]]
+            if len(calls) > self.max_calls_per_turn:
+                results.append(f"(only the first {self.max_calls_per_turn} tool calls were run)")
+            feedback = "\n".join(results)
+            g = Grade(0.0, reason="tool call; no final answer yet", grader=fp, details={"tool_calls": len(calls)})
+        else:
+            feedback = "No <tool> call and no <answer> found. Call the calculator with <tool>EXPR</tool> or give your final answer inside <answer> </answer>."
+            g = Grade(0.0, reason="neither a tool call nor an answer", grader=fp)
+        if self._turn >= self.max_turns:
+            return self._finish_step(g, None, False, True)
+        return self._finish_step(g, feedback, False, False)

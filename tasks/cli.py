@@ -1,0 +1,159 @@
+"""``thinkgym tasks``, ``thinkgym sample-tasks`` and ``thinkgym contamination``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    """``["n_operands=3", "ops=+-"]`` -> ``{"n_operands": 3, "ops": "+-"}`` (values parsed as JSON when they can be)."""
+    out: dict[str, Any] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint="--param")
+        k, v = p.split("=", 1)
+        k = k.strip()
+        if not k:
+            raise typer.BadParameter(f"empty key in {p!r}", param_hint="--param")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def open_source(spec: str, seed: int = 0, params: dict[str, Any] | None = None, size: int | None = None):
+    """A task source from a registered name, a ``.jsonl`` file, or a local HF dataset folder/file."""
+    from thinkgym.tasks import TASKS, make_task
+
+    params = dict(params or {})
+    if spec in TASKS:
+        return make_task(spec, seed=seed, size=size, **params)
+    path = Path(spec)
+    if path.suffix == ".jsonl" and path.is_file():
+        return make_task("jsonl", seed=seed, size=size, path=str(path), **params)
+    if path.exists():
+        return make_task("hf_dataset", seed=seed, size=size, path=str(path), **params)
+    raise typer.BadParameter(f"{spec!r} is neither a registered task ({', '.join(TASKS.names())}) nor an existing file or folder")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("tasks")
+    def tasks_cmd(
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    ) -> None:
+        """List task sources (built-in and plugins) with their default grader and knobs.
+
+        Use a name with `thinkgym sample-tasks NAME`, in an env (`SingleTurnEnv(NAME)`), or in a
+        training config.
+        """
+        from thinkgym.tasks import TASKS
+
+        rows = []
+        for name in TASKS.names():
+            cls = TASKS.get(name)
+            knobs = ", ".join(f"{k}={v!r}" for k, v in getattr(cls, "defaults", {}).items())
+            rows.append({"name": name, "grader": cls.grader, "description": cls.description,
+                         "params": knobs, "origin": TASKS.origin(name)})
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="thinkgym task sources")
+        for col in ("name", "grader", "description", "params"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            desc = r["description"] + ("" if r["origin"] == "thinkgym" or not r["origin"].startswith("plugin") else f" [{r['origin']}]")
+            t.add_row(r["name"], r["grader"], desc, r["params"])
+        Console(width=160).print(t)
+
+    @app.command("sample-tasks")
+    def sample_tasks_cmd(
+        task: str = typer.Argument(..., help="Task name (see `thinkgym tasks`), a .jsonl file, or a local HF dataset."),
+        n: int = typer.Option(5, "-n", "--n", min=1, help="How many items to print."),
+        seed: int = typer.Option(0, "--seed", help="Task seed: (seed, index) identifies an item."),
+        start: int = typer.Option(0, "--start", min=0, help="First index."),
+        param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Task knob KEY=VALUE (JSON values), repeatable."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON item per line (question, answer, metadata)."),
+    ) -> None:
+        """Print items of a task source, including the worked solution.
+
+        Example: `thinkgym sample-tasks arithmetic -n 3 --param n_operands=4 --param ops='+-*/'`
+        """
+        try:
+            src = open_source(task, seed=seed, params=parse_params(param))
+        except typer.BadParameter:
+            raise
+        except (TypeError, ValueError, KeyError, FileNotFoundError) as e:
+            _fail(str(e))
+        end = min(start + n, len(src))
+        for i in range(start, end):
+            it = src[i]
+            if as_json:
+                typer.echo(json.dumps({"index": i, **it}, ensure_ascii=False))
+                continue
+            md = dict(it["metadata"])
+            sol = md.pop("solution", None)
+            ans = it["answer"] if isinstance(it["answer"], str) else json.dumps(it["answer"], ensure_ascii=False)
+            typer.echo(f"=== {src.name or task} seed={seed} index={i} ===")
+            typer.echo(f"question: {it['question']}")
+            typer.echo(f"answer: {ans}")
+            typer.echo(f"metadata: {json.dumps(md, ensure_ascii=False)}")
+            if sol:
+                typer.echo(f"solution:\n{sol}")
+            typer.echo("")
+
+    @app.command("contamination")
+    def contamination_cmd(
+        train: str = typer.Option(..., "--train", help="Training data: task name, .jsonl file, or local HF dataset."),
+        eval_: str = typer.Option(..., "--eval", help="Evaluation data: task name, .jsonl file, or local HF dataset."),
+        train_seed: int = typer.Option(0, "--train-seed", help="Seed of a procedural training source."),
+        eval_seed: int = typer.Option(1, "--eval-seed", help="Seed of a procedural evaluation source."),
+        train_limit: int = typer.Option(10_000, "--train-limit", min=1, help="Use the first N training items."),
+        eval_limit: int = typer.Option(1_000, "--eval-limit", min=1, help="Use the first N evaluation items."),
+        n: int = typer.Option(13, "--n", min=1, help="n-gram length in words (after normalization)."),
+        threshold: float = typer.Option(0.0, "--threshold", min=0.0, max=1.0, help="Highest allowed contaminated fraction of eval items."),
+        show: int = typer.Option(20, "--show", min=0, help="How many overlapping items to list."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Report n-gram overlap between a training and an evaluation source.
+
+        Text is lower-cased, punctuation becomes spaces, and an eval item counts as contaminated
+        when one of its n-grams occurs in any training item (texts shorter than n words are
+        compared whole). Exits with status 1 when the contaminated fraction is above --threshold.
+        """
+        from thinkgym.tasks.contamination import contamination_report
+
+        try:
+            tr = open_source(train, seed=train_seed)
+            ev = open_source(eval_, seed=eval_seed)
+        except (TypeError, ValueError, KeyError, FileNotFoundError) as e:
+            _fail(str(e))
+        tr_items = [tr[i] for i in range(min(train_limit, len(tr)))]
+        ev_items = [ev[i] for i in range(min(eval_limit, len(ev)))]
+        report = contamination_report(tr_items, ev_items, n=n)
+        over = report.rate > threshold
+        if as_json:
+            typer.echo(json.dumps({**report.to_dict(), "threshold": threshold, "passed": not over}))
+        else:
+            typer.echo(report.summary(examples=0))
+            for e, t, g in report.contaminated[:show]:
+                typer.echo(f"  eval #{e}: {ev_items[e]['question'][:100]!r}")
+                typer.echo(f"    train #{t}: {tr_items[t]['question'][:100]!r}")
+                typer.echo(f"    shared: {g!r}")
+            if len(report.contaminated) > show:
+                typer.echo(f"  ... {len(report.contaminated) - show} more (use --show)")
+            typer.echo(("FAIL" if over else "OK") + f": rate {report.rate:.2%} vs threshold {threshold:.2%}")
+        if over:
+            raise typer.Exit(1)
