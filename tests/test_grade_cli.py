@@ -1,0 +1,125 @@
+"""``thinkgym grade``: parallel grading of JSONL files; exit 0 on wrong answers, 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from thinkgym.verifiers.cli import register
+
+
+@pytest.fixture(scope="module")
+def app():
+    a = typer.Typer()
+    register(a)
+
+    @a.command("noop")  # a second command keeps typer from collapsing the app into `grade`
+    def _noop() -> None:
+        pass
+
+    return a
+
+
+def _write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+MATH_ROWS = [
+    {"id": "a", "completion": "<think>t</think>\\boxed{\\frac{1}{2}}", "gold": "0.5"},
+    {"id": "b", "completion": "<think>t</think>\\boxed{3}", "gold": 4},
+    {"id": "c", "completion": "<think>t</think>\\boxed{9^{9^{9^9}}}", "gold": "1"},
+    {"id": "d", "completion": "<think>\\boxed{2}</think>", "gold": [2]},
+    {"id": "e", "completion": "<think>t</think>\\boxed{2, 3}", "gold": ["3", "2"]},
+]
+
+
+def test_math_file_graded_in_order_with_summary(app, tmp_path):
+    inp = _write(tmp_path / "rows.jsonl", MATH_ROWS)
+    out = tmp_path / "out" / "graded.jsonl"
+    t0 = time.monotonic()
+    r = CliRunner().invoke(app, ["grade", "--grader", "math", "--input", str(inp), "--output", str(out),
+                                 "--workers", "2", "--timeout", "1.5", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert time.monotonic() - t0 < 60
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["id"] for x in rows] == ["a", "b", "c", "d", "e"]
+    assert [x["score"] for x in rows] == [1.0, 0.0, None, 0.0, 1.0]
+    assert rows[0]["extracted"] == "\\frac{1}{2}" and rows[0]["error"] is None and rows[0]["elapsed_s"] >= 0
+    assert "timed out" in rows[2]["error"] and rows[2]["grader"] == "math@1"
+    assert rows[1]["gold"] == 4 and rows[1]["completion"] == MATH_ROWS[1]["completion"]  # input kept
+    assert "graded 5 rows with math: 2 right, 2 wrong, 0 partial, 1 errors" in r.output
+    assert not (tmp_path / "out" / "graded.jsonl.partial").exists()
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([MATH_ROWS[0], "{not json", MATH_ROWS[1]], "rows.jsonl:2: invalid JSON"),
+        ([MATH_ROWS[0], {"id": 1, "completion": "x"}], "rows.jsonl:2: missing field 'gold'"),
+        ([{"id": 1, "gold": "1"}], "rows.jsonl:1: missing field 'completion'"),
+        ([{"id": 1, "completion": 5, "gold": "1"}], "rows.jsonl:1: field 'completion' has type int"),
+        ([{"id": 1, "completion": "x", "gold": None}], "rows.jsonl:1: field 'gold' has type NoneType"),
+        (["[1, 2]"], "rows.jsonl:1: a row must be a JSON object"),
+    ],
+)
+def test_bad_input_names_file_line_and_field(app, tmp_path, lines, message):
+    inp = _write(tmp_path / "rows.jsonl", lines)
+    out = tmp_path / "graded.jsonl"
+    r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(out), "-q"])
+    assert r.exit_code == 2
+    assert message in r.output
+    assert not out.exists()
+
+
+def test_unknown_grader_and_missing_file(app, tmp_path):
+    inp = _write(tmp_path / "rows.jsonl", MATH_ROWS[:1])
+    r = CliRunner().invoke(app, ["grade", "-g", "nope", "-i", str(inp), "-o", str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 2 and "unknown grader 'nope'" in r.output
+    r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(tmp_path / "absent.jsonl"), "-o", str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 2 and "absent.jsonl: no such file" in r.output
+
+
+def test_format_rows_need_no_gold(app, tmp_path):
+    inp = _write(tmp_path / "rows.jsonl", [{"completion": "<think>a</think>\\boxed{1}"}, {"completion": "no tags"}])
+    out = tmp_path / "o.jsonl"
+    r = CliRunner().invoke(app, ["grade", "-g", "format", "-i", str(inp), "-o", str(out), "-q", "-w", "1"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["score"] for x in rows] == [1.0, 0.0] and [x["id"] for x in rows] == [1, 2]
+
+
+@pytest.mark.sandbox
+def test_code_rows_use_the_code_grader(app, tmp_path):
+    tests = {"type": "function", "entry_point": "add", "cases": [{"args": [1, 2], "expected": 3}, {"args": [2, 2], "expected": 4}]}
+    rows = [
+        {"id": "ok", "program": "def add(a, b):\n    return a + b\n", "tests": tests},
+        {"id": "bad", "program": "def add(a, b):\n    return 3\n", "tests": tests},
+    ]
+    inp = _write(tmp_path / "code.jsonl", rows)
+    out = tmp_path / "o.jsonl"
+    r = CliRunner().invoke(app, ["grade", "-g", "code", "-i", str(inp), "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["score"] for x in got] == [1.0, 0.0] and got[0]["elapsed_s"] > 0
+    bad = _write(tmp_path / "bad.jsonl", [{"id": 1, "program": "x = 1"}])
+    r = CliRunner().invoke(app, ["grade", "-g", "code", "-i", str(bad), "-o", str(out), "-q"])
+    assert r.exit_code == 2 and "bad.jsonl:1: missing field 'tests'" in r.output
+
+
+def test_real_entry_point(tmp_path):
+    inp = _write(tmp_path / "rows.jsonl", MATH_ROWS[:2])
+    out = tmp_path / "o.jsonl"
+    p = subprocess.run([sys.executable, "-m", "thinkgym.cli", "grade", "--grader", "math", "--input", str(inp),
+                        "--output", str(out), "--workers", "1"],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="120"))
+    assert p.returncode == 0, p.stderr
+    assert "1 right, 1 wrong" in p.stdout
+    assert len(out.read_text().splitlines()) == 2
