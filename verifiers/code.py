@@ -74,10 +74,23 @@ job = json.loads(read_exact(0, int(read_line(0))))
 t_end = time.monotonic() + job["budget_s"]
 CASE_S, OUT_CAP = job["case_s"], job["out_cap"]
 
+UID = os.getuid()
+
+def owned(p):
+    # /proc/<pid> of a non-dumpable process is owned by root, so ask status for the real uid.
+    try:
+        with open("/proc/" + p + "/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1]) == UID
+    except (OSError, ValueError):
+        pass
+    return False
+
 def kill_all():
     # Every process of the sandbox uid except us: candidates, their daemons and orphans.
     # A process with SIGKILL pending never runs user code again, so after this no candidate
-    # code can execute; then wait until /proc shows only the namespace init and us.
+    # code can execute; then wait until no other process of our uid is left.
     for _ in range(200):
         try:
             os.kill(-1, signal.SIGKILL)
@@ -89,8 +102,7 @@ def kill_all():
                     break
             except ChildProcessError:
                 break
-        left = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, PID)]
-        if not left:
+        if not [p for p in os.listdir("/proc") if p.isdigit() and int(p) != PID and owned(p)]:
             return
         time.sleep(0.002)
 
