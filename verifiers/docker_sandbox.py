@@ -32,10 +32,12 @@ __all__ = ["DockerSandbox", "DEFAULT_IMAGE"]
 DEFAULT_IMAGE = os.environ.get("THINKGYM_SANDBOX_IMAGE", "thinkgym-sandbox:1")
 _UID_BASE = 10001
 _LABEL = "org.thinkgym.sandbox.owner"
-# Kill whatever an earlier run left behind (same uid), empty the scratch, then run.
+# Kill whatever an earlier run left behind (same uid), empty every writable place (scratch,
+# POSIX shared memory and message queues, SysV IPC), then run.
 _RESET = (
-    'kill -9 -1 2>/dev/null; chmod -R u+rwX /tmp 2>/dev/null; '
-    'find /tmp -mindepth 1 -delete 2>/dev/null; cd /tmp && exec "$@"'
+    'kill -9 -1 2>/dev/null; chmod -R u+rwX /tmp /dev/shm 2>/dev/null; '
+    'find /tmp /dev/shm /dev/mqueue -mindepth 1 -delete 2>/dev/null; ipcrm -a 2>/dev/null; '
+    'cd /tmp && exec "$@"'
 )
 
 
