@@ -17,9 +17,15 @@ def register(app: typer.Typer) -> None:
         Example: `import thinkgym.envs, gymnasium; env = gymnasium.make("thinkgym/Countdown-v0")`;
         `obs, info = env.reset(options={"index": 0})`; `env.step(completion_text)`.
         """
-        from thinkgym.envs.registration import ENVS, list_envs
+        from thinkgym._registry import RegistryError
 
-        envs = list_envs()
+        try:
+            from thinkgym.envs.registration import ENVS, list_envs
+
+            envs = list_envs()
+        except RegistryError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
         rows = []
         for env_id, desc in envs.items():
             info = ENVS.get(env_id)

@@ -6,7 +6,7 @@ Plugins extend the list in two ways:
 * entry-point group ``thinkgym.envs``: each entry is an :class:`EnvInfo` (or a zero-argument
   hook marked ``__thinkgym_register__ = True`` that calls ``ENVS.add`` itself);
 * any task source added through the ``thinkgym.tasks`` group gets a single-turn env
-  ``thinkgym/<CamelName>-v0`` automatically, unless a plugin env already serves that task.
+  ``thinkgym/<CamelName>-v0`` automatically (unless the plugin registers that id itself).
 
 Two providers of one id are an error, never a silent override.
 """
@@ -71,23 +71,24 @@ def _collect() -> list[EnvInfo]:
     for info in BUILTIN_ENVS:
         ENVS.add(info.id, info, origin="thinkgym")
     ENVS.load_plugins()
-    served = {ENVS.get(n).task for n in ENVS.names()}
+    for n in ENVS.names():
+        info = ENVS.get(n)
+        if not isinstance(info, EnvInfo) or info.id != n:
+            raise RegistryError(f"env entry {n!r} ({ENVS.origin(n)}) must be an EnvInfo with id {n!r}, got {info!r}")
     for name in TASKS.names():
         origin = TASKS.origin(name)
-        if not origin.startswith("plugin ") or name in served:
+        if not origin.startswith("plugin "):
             continue
-        cls = TASKS.get(name)
         env_id = env_id_for_task(name)
-        if env_id in ENVS and ENVS.get(env_id).task != name:
+        if env_id in ENVS:
+            if ENVS.get(env_id).task == name:
+                continue  # the plugin registered this id itself
             raise RegistryError(
                 f"env {env_id!r} for plugin task {name!r} ({origin}) clashes with {ENVS.origin(env_id)}"
             )
+        cls = TASKS.get(name)
         ENVS.add(env_id, EnvInfo(env_id, _SINGLE, {"task": name}, cls.description or f"Plugin task {name}."), origin=origin)
-    out = [ENVS.get(n) for n in ENVS.names()]
-    for info in out:
-        if not isinstance(info, EnvInfo):
-            raise RegistryError(f"env entry {info!r} is not an EnvInfo")
-    return out
+    return [ENVS.get(n) for n in ENVS.names()]
 
 
 def register_envs() -> None:

@@ -56,10 +56,15 @@ def register(app: typer.Typer) -> None:
         Use a name with `thinkgym sample-tasks NAME`, in an env (`SingleTurnEnv(NAME)`), or in a
         training config.
         """
+        from thinkgym._registry import RegistryError
         from thinkgym.tasks import TASKS
 
+        try:
+            names = TASKS.names()
+        except RegistryError as e:
+            _fail(str(e))
         rows = []
-        for name in TASKS.names():
+        for name in names:
             cls = TASKS.get(name)
             knobs = ", ".join(f"{k}={v!r}" for k, v in getattr(cls, "defaults", {}).items())
             rows.append({"name": name, "grader": cls.grader, "description": cls.description,
@@ -97,6 +102,8 @@ def register(app: typer.Typer) -> None:
             raise
         except (TypeError, ValueError, KeyError, FileNotFoundError) as e:
             _fail(str(e))
+        if start >= len(src):
+            _fail(f"--start {start} is past the end of {task!r} (size {len(src)})")
         end = min(start + n, len(src))
         for i in range(start, end):
             it = src[i]

@@ -1,0 +1,113 @@
+"""`thinkgym tasks`, `envs`, `sample-tasks` and `contamination`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from thinkgym.cli import app
+from thinkgym.tasks import make_task
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_tasks_lists_builtins_with_graders():
+    r = invoke("tasks")
+    assert r.exit_code == 0, r.output
+    for name in ("arithmetic", "countdown", "word_problems", "latex_math", "code", "format", "jsonl", "hf_dataset"):
+        assert name in r.output
+    rows = {t["name"]: t for t in json.loads(invoke("tasks", "--json").output)}
+    assert rows["countdown"]["grader"] == "countdown" and rows["code"]["grader"] == "code"
+    assert "n_operands" in rows["arithmetic"]["params"]
+
+
+def test_envs_lists_ids():
+    r = invoke("envs", "--json")
+    assert r.exit_code == 0, r.output
+    rows = {e["id"]: e for e in json.loads(r.output)}
+    assert rows["thinkgym/CodeRetry-v0"]["kind"] == "MultiTurnEnv"
+    assert rows["thinkgym/CalculatorTool-v0"]["kind"] == "ToolEnv"
+    assert rows["thinkgym/Countdown-v0"]["task"] == "countdown"
+    assert "thinkgym/Arithmetic-v0" in invoke("envs").output
+
+
+def test_sample_tasks_text_json_params_and_seed():
+    r = invoke("sample-tasks", "arithmetic", "-n", "2", "--seed", "4", "--start", "10", "--param", "n_operands=3")
+    assert r.exit_code == 0, r.output
+    src = make_task("arithmetic", seed=4, n_operands=3)
+    assert f"question: {src[10]['question']}" in r.output and f"question: {src[11]['question']}" in r.output
+    assert "index=12" not in r.output and "solution:\n<think>" in r.output
+    r = invoke("sample-tasks", "countdown", "-n", "3", "--json", "-p", "exactly_once=true", "-p", "n_numbers=[4,4]")
+    lines = [json.loads(x) for x in r.output.strip().splitlines()]
+    assert [x["index"] for x in lines] == [0, 1, 2]
+    assert all(len(x["answer"]["numbers"]) == 4 and x["metadata"]["grader_kwargs"] == {"exactly_once": True} for x in lines)
+    assert lines[0]["question"] == make_task("countdown", exactly_once=True, n_numbers=[4, 4])[0]["question"]
+
+
+def test_sample_tasks_from_jsonl_and_errors(tmp_path):
+    p = tmp_path / "mine.jsonl"
+    p.write_text(json.dumps({"question": "2+2?", "answer": "4"}) + "\n")
+    r = invoke("sample-tasks", str(p))
+    assert r.exit_code == 0 and "question: 2+2?" in r.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok", "answer": 1}\n{"question": "no answer"}\n')
+    r = invoke("sample-tasks", str(bad))
+    assert r.exit_code == 2 and "bad.jsonl:2: missing field 'answer'" in r.output
+    r = invoke("sample-tasks", "nonexistent_task")
+    assert r.exit_code == 2 and "neither a registered task" in r.output
+    r = invoke("sample-tasks", "arithmetic", "--param", "n_operands=1")
+    assert r.exit_code == 2 and "n_operands must be >= 2" in r.output
+    r = invoke("sample-tasks", "arithmetic", "--param", "oops")
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
+
+
+def test_contamination_command_exit_codes(tmp_path):
+    r = invoke("contamination", "--train", "countdown", "--eval", "countdown", "--train-limit", "300",
+               "--eval-limit", "50", "--train-seed", "0", "--eval-seed", "0", "--show", "2")
+    assert r.exit_code == 1, r.output
+    assert "50 of 50 eval items (100.00%)" in r.output and "eval #0:" in r.output and "FAIL" in r.output
+    # Different seeds of arithmetic barely overlap; a 10% threshold passes.
+    r = invoke("contamination", "--train", "arithmetic", "--eval", "arithmetic", "--train-limit", "500",
+               "--eval-limit", "100", "--threshold", "0.1", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["passed"] and rep["eval_items"] == 100 and rep["train_items"] == 500 and rep["rate"] <= 0.1
+    # Files work on either side; a leaked eval question is listed.
+    train = tmp_path / "train.jsonl"
+    ev = make_task("word_problems", seed=9, size=20)
+    rows = [{"question": make_task("word_problems", seed=1)[i]["question"], "answer": "0"} for i in range(30)]
+    rows.append({"question": ev[5]["question"], "answer": ev[5]["answer"]})
+    train.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    r = invoke("contamination", "--train", str(train), "--eval", "word_problems", "--eval-seed", "9",
+               "--eval-limit", "20", "--json")
+    rep = json.loads(r.output)
+    assert [5, 30] in [c[:2] for c in rep["contaminated"]]
+    assert r.exit_code == 1
+
+
+@pytest.mark.parametrize("cmd", ["tasks", "envs", "sample-tasks", "contamination"])
+def test_help_is_useful(cmd):
+    r = invoke(cmd, "--help")
+    assert r.exit_code == 0
+    assert len(r.output) > 300 and "Usage" in r.output
+    if cmd == "sample-tasks":
+        assert "--param" in r.output and "Example" in r.output
+    if cmd == "contamination":
+        assert "--threshold" in r.output and "--train-limit" in r.output
+
+
+def test_installed_script_runs():
+    exe = Path(sys.executable).parent / "thinkgym"
+    r = subprocess.run([str(exe), "sample-tasks", "latex_math", "-n", "1", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    item = json.loads(r.stdout)
+    assert item == {"index": 0, **make_task("latex_math")[0]}

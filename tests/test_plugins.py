@@ -1,0 +1,126 @@
+"""Plugins: a real package from tests/plugin_pkg, installed with pip, found through entry points.
+
+The package is installed into a temporary target folder (not the shared venv) and used from
+subprocesses with that folder on PYTHONPATH, so the test leaves the environment untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PLUGIN_SRC = Path(__file__).parent / "plugin_pkg"
+THINKGYM = Path(sys.executable).parent / "thinkgym"
+
+pytestmark = pytest.mark.slow
+
+
+def _pip_install(src: Path, target: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(target), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("plugin")
+    src = tmp / "src"
+    shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
+    target = tmp / "site"
+    _pip_install(src, target)
+    assert list(target.glob("thinkgym_plugin_demo-*.dist-info/entry_points.txt"))
+    return target
+
+
+def _run(args: list[str], site: Path, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_plugin_shows_up_in_cli_listings(plugin_site):
+    r = _run([str(THINKGYM), "tasks", "--json"], plugin_site)
+    assert r.returncode == 0, r.stderr
+    tasks = {t["name"]: t for t in json.loads(r.stdout)}
+    assert tasks["letter_shift"]["grader"] == "exact_text"
+    assert tasks["letter_shift"]["origin"].startswith("plugin thinkgym-plugin-demo")
+    assert "arithmetic" in tasks
+    r = _run([str(THINKGYM), "envs", "--json"], plugin_site)
+    assert r.returncode == 0, r.stderr
+    envs = {e["id"]: e for e in json.loads(r.stdout)}
+    assert envs["thinkgym/LetterShift-v0"]["task"] == "letter_shift"  # automatic env for a plugin task
+    assert envs["demo/LetterShiftRetry-v0"]["kind"] == "MultiTurnEnv"  # env from the plugin's envs group
+    r = _run([str(THINKGYM), "tasks"], plugin_site)
+    assert r.returncode == 0 and "letter_shift" in r.stdout and "exact_text" in r.stdout
+    r = _run([str(THINKGYM), "sample-tasks", "letter_shift", "-n", "1", "--param", "max_shift=1"], plugin_site)
+    assert r.returncode == 0 and "Shift each letter" in r.stdout and "by 1 places" in r.stdout
+
+
+def test_plugin_task_grader_and_envs_usable_via_gymnasium(plugin_site):
+    code = r"""
+import json
+import gymnasium as gym
+from gymnasium.utils.env_checker import check_env
+import thinkgym.envs
+from thinkgym.verifiers import grade, list_graders
+
+assert "exact_text" in list_graders()
+env = gym.make("thinkgym/LetterShift-v0")
+check_env(env.unwrapped)
+obs, info = env.reset(options={"index": 0})
+item = info["item"]
+ok = env.step(item["metadata"]["solution"])[1]
+env.reset(options={"index": 0})
+bad = env.step("<think>x</think><answer>zzz</answer>")[1]
+retry = gym.make("demo/LetterShiftRetry-v0")
+_, rinfo = retry.reset(options={"index": 1})
+_, r1, t1, tr1, _ = retry.step("<think>x</think><answer>nope</answer>")
+_, r2, t2, tr2, _ = retry.step(rinfo["item"]["metadata"]["solution"])
+print(json.dumps({"q": obs, "ok": ok, "bad": bad, "retry": [r1, t1, tr1, r2, t2, tr2],
+                  "direct": grade("exact_text", "<answer>abc</answer>", "abc").score}))
+"""
+    r = _run([sys.executable, "-c", code], plugin_site)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["q"].startswith("Shift each letter of")
+    assert out["ok"] == 1.0 and out["bad"] == 0.0 and out["direct"] == 1.0
+    assert out["retry"] == [0.0, False, False, 1.0, True, False]
+
+
+def test_name_clash_is_a_clear_error(plugin_site, tmp_path):
+    # A second plugin that claims the built-in task name "arithmetic" and the grader "math".
+    pkg = tmp_path / "clash"
+    (pkg / "thinkgym_clash").mkdir(parents=True)
+    (pkg / "thinkgym_clash" / "__init__.py").write_text(
+        "from thinkgym.tasks.arithmetic import Countdown as Impostor\n"
+        "def grade_math(completion, gold, **meta):\n    raise AssertionError('never used')\n"
+    )
+    (pkg / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "thinkgym-clash"\nversion = "0.0.1"\n'
+        '[project.entry-points."thinkgym.tasks"]\narithmetic = "thinkgym_clash:Impostor"\n'
+        '[project.entry-points."thinkgym.graders"]\nmath = "thinkgym_clash:grade_math"\n'
+        '[tool.setuptools]\npackages = ["thinkgym_clash"]\n'
+    )
+    site = tmp_path / "site"
+    _pip_install(pkg, site)
+    # Every entry point that loads the task registry refuses: the CLI (thinkgym.envs registers
+    # plugin envs on import, so the clash surfaces as soon as the command table is built) ...
+    r = _run([str(THINKGYM), "tasks"], site)
+    assert r.returncode != 0
+    assert "task source 'arithmetic' is registered twice" in r.stderr.splitlines()[-1]
+    assert "by thinkgym.tasks.arithmetic and by plugin thinkgym-clash" in r.stderr
+    # ... the task registry itself, and the grader registry.
+    r = _run([sys.executable, "-c", "from thinkgym.tasks import TASKS\nTASKS.names()\n"], site)
+    assert r.returncode != 0 and "task source 'arithmetic' is registered twice" in r.stderr
+    code = "from thinkgym.verifiers import list_graders\nlist_graders()\n"
+    r = _run([sys.executable, "-c", code], site)
+    assert r.returncode != 0 and "grader 'math' is registered twice" in r.stderr
