@@ -19,6 +19,8 @@ if [[ $DEV -eq 1 ]] && command -v apt-get >/dev/null; then
   # bubblewrap: the local code sandbox; docker.io: the Docker sandbox backend and its tests.
   need=()
   command -v bwrap >/dev/null || need+=(bubblewrap)
+  # prlimit/setpriv (rlimits and the non-root sandbox uid) and ipcrm come with util-linux.
+  { command -v prlimit && command -v setpriv && command -v ipcrm; } >/dev/null || need+=(util-linux)
   command -v dockerd >/dev/null || need+=(docker.io)
   if [[ ${#need[@]} -gt 0 ]]; then
     $SUDO apt-get update -q && $SUDO apt-get install -y -q "${need[@]}" || echo "warning: could not install ${need[*]}"
