@@ -21,10 +21,11 @@ from typing import Any, Iterable, Iterator, Sequence
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool", "env", "ipython", "function", "developer")
 
-#: Default instruction for task-source conversations; the env and eval prompts use the same
-#: completion format (`<think>…</think>` then `<answer>…</answer>`).
+#: System turn of task-source conversations: the same text as the envs' default system prompt,
+#: so the SFT policy sees at RL and eval time exactly the prompt it was trained on.
 DEFAULT_SYSTEM_PROMPT = (
-    "Think step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
+    "You are a careful problem solver. First think through the problem step by step inside "
+    "<think> </think>. Then give only the final answer inside <answer> </answer>."
 )
 
 Message = dict[str, str]

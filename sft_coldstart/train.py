@@ -390,11 +390,14 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         engine.eval()
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
         bins = pack_examples(eval_ex, max(cfg.pack_length, max(len(e["input_ids"]) for e in eval_ex)), seed=None)
-        for b in bins[rank::world]:
-            batch = {k: v.to(device) for k, v in collate_packed(eval_ex, [b], tok.pad_token_id).items()}
+        # Every rank runs the same number of forwards (ZeRO-3 gathers weights collectively).
+        for j in range(math.ceil(len(bins) / world)):
+            k = rank + j * world
+            batch = {n: v.to(device) for n, v in collate_packed(eval_ex, [bins[k % len(bins)]], tok.pad_token_id).items()}
             logits = engine(**model_inputs(batch)).logits
-            loss_sum += torch.tensor([token_loss(logits, batch["targets"]).item(), (batch["targets"] != -100).sum().item()],
-                                     dtype=torch.float64, device=device)
+            if k < len(bins):
+                loss_sum += torch.tensor([token_loss(logits, batch["targets"]).item(), (batch["targets"] != -100).sum().item()],
+                                         dtype=torch.float64, device=device)
         dist.all_reduce(loss_sum)
         engine.train()
         return (loss_sum[0] / loss_sum[1].clamp(min=1)).item()

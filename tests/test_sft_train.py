@@ -145,7 +145,7 @@ def test_cli_sft_with_example_config(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "thinkgym.cli", "sft", "--config", str(ROOT / "examples/sft-tiny-cpu.yaml"),
          "--max-steps", "3", "--output-dir", str(out), "--set", "train_examples=40", "--set", "eval_examples=8",
-         "--set", "eval_every=0", "--set", "progress=false"],
+         "--set", "eval_every=0", "--set", "progress=false", "--set", "pretrain_steps=2", "--set", "pretrain_examples=16"],
         capture_output=True, text=True, timeout=400, cwd=ROOT, env=_child_env(),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -153,6 +153,11 @@ def test_cli_sft_with_example_config(tmp_path):
     assert res["steps"] == 3 and Path(res["final"], "model.safetensors").exists()
     assert (out / "tiny-init" / "tokenizer.json").exists()  # `model: tiny` built the kit
     assert len(_losses(out)) == 3 and (out / "loss.png").exists()
+    # the optional next-token pretraining stage ran first and SFT started from its output
+    assert len(_losses(out / "pretrain")) == 2 and (out / "pretrain" / "final" / "model.safetensors").exists()
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == str(out / "pretrain" / "final")
     bad = subprocess.run(
         [sys.executable, "-m", "thinkgym.cli", "sft", "--config", str(ROOT / "examples/sft-tiny-cpu.yaml"),
          "--set", "learning_rat=1"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=_child_env(),
@@ -197,6 +202,20 @@ def test_vllm_loads_sft_checkpoint(tiny_model_dir, data_file, tmp_path):
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
     want = hf.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
     assert list(got) == want[: len(got)]
+
+
+@pytest.mark.slow
+def test_zero3_run_saves_consolidated_checkpoint(tiny_model_dir, data_file, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from thinkgym.sft_coldstart.train import train
+
+    res = train(_cfg(tiny_model_dir, data_file, tmp_path / "z3", zero_stage=3, max_steps=4, eval_every=2))
+    assert res["train_loss"][-1] < res["train_loss"][0]
+    w0, w1 = _weights(tiny_model_dir), _weights(res["final"])
+    assert all(w0[k].shape == w1[k].shape for k in w0) and not torch.equal(w0["model.norm.weight"], w1["model.norm.weight"])
+    AutoModelForCausalLM.from_pretrained(res["final"])
 
 
 @pytest.mark.slow
