@@ -77,6 +77,11 @@ class FormatTask(TaskSource):
 
     def generate(self, i: int, rng: random.Random) -> Item:
         kind = rng.choice(self.params["puzzles"] or sorted(PUZZLES))
-        q, steps, ans = PUZZLES[kind](rng, rng.choice(WORDS))
+        # Half real words, half random letter strings: keeps items distinct across seeds.
+        if rng.random() < 0.5:
+            word = rng.choice(WORDS)
+        else:
+            word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(4, 9)))
+        q, steps, ans = PUZZLES[kind](rng, word)
         return {"question": q, "answer": ans,
                 "metadata": {"puzzle": kind, "difficulty": 0, "solution": format_solution(steps, ans)}}

@@ -66,31 +66,52 @@ def _fraction_sum(rng: random.Random, hi: int) -> tuple[str, list[str], str, str
         v = x / y
         steps = [f"Dividing by \\frac{{{c}}}{{{d}}} is multiplying by \\frac{{{d}}}{{{c}}}: \\frac{{{a * d}}}{{{b * c}}}."]
     steps.append(f"In lowest terms this is {tex_frac(v)}.")
-    q = f"Compute $\\frac{{{a}}}{{{b}}} {op} \\frac{{{c}}}{{{d}}}$ and write the result as a fraction in lowest terms."
+    q = f"Compute $\\frac{{{a}}}{{{b}}} {op} \\frac{{{c}}}{{{d}}}$ in lowest terms."
     return q, steps, tex_frac(v), "fraction"
 
 
+_SQUAREFREE = [k for k in range(2, 60) if all(k % (d * d) for d in range(2, 8))]
+
+
 def _radical(rng: random.Random, hi: int) -> tuple[str, list[str], str, str]:
-    m = rng.choice([2, 3, 5, 6, 7, 10, 11, 13, 14, 15])
-    k1, k2 = rng.randint(2, 2 + hi // 3), rng.randint(1, 2 + hi // 3)
-    if rng.random() < 0.5:
-        n = k1 * k1 * m
+    m = rng.choice(_SQUAREFREE[:12])
+    form = rng.random()
+    if form < 0.2:
+        k = rng.randint(2, 2 + hi)
+        n = k * k * m
         q = f"Simplify $\\sqrt{{{n}}}$."
-        steps = [f"{n} = {k1 * k1} \\cdot {m} and {k1 * k1} = {k1}^2 is the largest square factor.",
-                 f"So \\sqrt{{{n}}} = {k1}\\sqrt{{{m}}}."]
-        return q, steps, tex_radical(k1, m), "radical"
+        steps = [f"{n} = {k * k} \\cdot {m} and {k * k} = {k}^2 is the largest square factor.",
+                 f"So \\sqrt{{{n}}} = {k}\\sqrt{{{m}}}."]
+        return q, steps, tex_radical(k, m), "radical"
+    if form < 0.4:
+        a = rng.randint(1, 6 * hi)
+        m = rng.choice(_SQUAREFREE)
+        c = Fraction(a, m)
+        num = tex_radical(c.numerator, m)
+        ans = num if c.denominator == 1 else f"\\frac{{{num}}}{{{c.denominator}}}"
+        q = f"Rationalize the denominator of $\\frac{{{a}}}{{\\sqrt{{{m}}}}}$."
+        steps = [f"Multiply top and bottom by \\sqrt{{{m}}}: \\frac{{{a}\\sqrt{{{m}}}}}{{{m}}}.",
+                 f"Reduce {a}/{m} to {tex_frac(c)}: the result is {ans}."]
+        return q, steps, ans, "radical"
+    k1, k2 = rng.randint(1, 2 + hi), rng.randint(1, 2 + hi)
+    if k1 == k2 == 1:
+        k1 = 2
+    c1, c2 = rng.randint(1, 5), rng.randint(1, 5)
     n1, n2 = k1 * k1 * m, k2 * k2 * m
     sign = rng.choice(["+", "-"])
-    coef = k1 + k2 if sign == "+" else k1 - k2
-    q = f"Simplify $\\sqrt{{{n1}}} {sign} \\sqrt{{{n2}}}$."
-    steps = [f"\\sqrt{{{n1}}} = {tex_radical(k1, m)} and \\sqrt{{{n2}}} = {tex_radical(k2, m)}.",
-             f"Combine like radicals: ({k1} {sign} {k2})\\sqrt{{{m}}} = {tex_radical(coef, m) if coef else '0'}."]
-    return q, steps, (tex_radical(coef, m) if coef else "0"), "radical"
+    coef = c1 * k1 + c2 * k2 if sign == "+" else c1 * k1 - c2 * k2
+    t1 = f"{c1 if c1 > 1 else ''}\\sqrt{{{n1}}}"
+    t2 = f"{c2 if c2 > 1 else ''}\\sqrt{{{n2}}}"
+    ans = tex_radical(coef, m) if coef else "0"
+    q = f"Simplify ${t1} {sign} {t2}$."
+    steps = [f"{t1} = {tex_radical(c1 * k1, m)} and {t2} = {tex_radical(c2 * k2, m)}.",
+             f"Combine like radicals: ({c1 * k1} {sign} {c2 * k2})\\sqrt{{{m}}} = {ans}."]
+    return q, steps, ans, "radical"
 
 
 def _linear_inequality(rng: random.Random, hi: int) -> tuple[str, list[str], str, str]:
     a = rng.choice([k for k in range(-9, 10) if k not in (0,)])
-    b, c = rng.randint(-hi, hi), rng.randint(-hi, hi)
+    b, c = rng.randint(-3 * hi, 3 * hi), rng.randint(-3 * hi, 3 * hi)
     rel = rng.choice(["<", "\\le", ">", "\\ge"])
     r = Fraction(c - b, a)
     flip = {"<": ">", "\\le": "\\ge", ">": "<", "\\ge": "\\le"}
@@ -105,37 +126,40 @@ def _linear_inequality(rng: random.Random, hi: int) -> tuple[str, list[str], str
     ans = {"<": f"(-\\infty, {rt})", "\\le": f"(-\\infty, {rt}]", ">": f"({rt}, \\infty)",
            "\\ge": f"[{rt}, \\infty)"}[rel2]
     steps.append(f"In interval notation: {ans}.")
-    q = f"Solve ${_lin(a, b)} {rel} {c}$. Give the answer in interval notation."
+    q = f"Solve ${_lin(a, b)} {rel} {c}$; give the interval."
     return q, steps, ans, "interval"
 
 
 def _abs_inequality(rng: random.Random, hi: int) -> tuple[str, list[str], str, str]:
-    h, r = rng.randint(-hi, hi), rng.randint(1, hi)
+    a = rng.choice([1, 1, 2, 3, 4, 5])
+    b, r = rng.randint(-2 * hi, 2 * hi), rng.randint(1, 2 * hi)
     rel = rng.choice(["<", "\\le", ">", "\\ge"])
-    inner = _lin(1, -h)
-    lo_, hi_ = h - r, h + r
+    inner = _lin(a, -b)
+    lo_, hi_ = Fraction(b - r, a), Fraction(b + r, a)
+    lt, ht = tex_frac(lo_), tex_frac(hi_)
+    div = "" if a == 1 else f", then divide by {a}"
     if rel in ("<", "\\le"):
         br = ("(", ")") if rel == "<" else ("[", "]")
-        ans = f"{br[0]}{lo_}, {hi_}{br[1]}"
+        ans = f"{br[0]}{lt}, {ht}{br[1]}"
         steps = [f"|{inner}| {rel} {r} means -{r} {rel} {inner} {rel} {r}.",
-                 f"Add {h}: {lo_} {rel} x {rel} {hi_}." if h >= 0 else f"Subtract {-h}: {lo_} {rel} x {rel} {hi_}."]
+                 f"Add {b}{div}: {lt} {rel} x {rel} {ht}." if b >= 0 else f"Subtract {-b}{div}: {lt} {rel} x {rel} {ht}."]
     else:
         br = ("(", ")") if rel == ">" else ("[", "]")
-        ans = f"(-\\infty, {lo_}{br[1]} \\cup {br[0]}{hi_}, \\infty)"
-        lt = "<" if rel == ">" else "\\le"
-        steps = [f"|{inner}| {rel} {r} means {inner} {lt} -{r} or {inner} {rel} {r}.",
-                 f"So x {lt} {lo_} or x {rel} {hi_}."]
+        ans = f"(-\\infty, {lt}{br[1]} \\cup {br[0]}{ht}, \\infty)"
+        lrel = "<" if rel == ">" else "\\le"
+        steps = [f"|{inner}| {rel} {r} means {inner} {lrel} -{r} or {inner} {rel} {r}.",
+                 f"Solving each: x {lrel} {lt} or x {rel} {ht}."]
     steps.append(f"In interval notation: {ans}.")
-    q = f"Find all real $x$ with $|{inner}| {rel} {r}$. Write the solution set in interval notation."
+    q = f"Solve $|{inner}| {rel} {r}$ in interval notation."
     return q, steps, ans, "interval"
 
 
 def _quadratic_roots(rng: random.Random, hi: int) -> tuple[str, list[str], str, str]:
-    p = rng.randint(1, 4)
-    q_ = rng.randint(-hi, hi)
-    r = rng.randint(-hi, hi)
+    p = rng.randint(1, 6)
+    q_ = rng.randint(-3 * hi, 3 * hi)
+    r = rng.randint(-3 * hi, 3 * hi)
     while Fraction(q_, p) == r:
-        r = rng.randint(-hi, hi)
+        r = rng.randint(-3 * hi, 3 * hi)
     # (p x - q)(x - r) = p x^2 - (p r + q) x + q r
     A, B, C = p, -(p * r + q_), q_ * r
     poly = ("x^2" if A == 1 else f"{A}x^2")
@@ -151,26 +175,28 @@ def _quadratic_roots(rng: random.Random, hi: int) -> tuple[str, list[str], str, 
     steps = [f"Factor: {poly} = ({f1})({f2}).",
              f"Set each factor to zero: x = {tex_frac(Fraction(q_, p))} or x = {r}.",
              f"The solution set is {ans}."]
-    q = f"Find the set of all real solutions of ${poly} = 0$."
+    q = f"Find the solution set of ${poly} = 0$."
     return q, steps, ans, "set"
 
 
 def _irrational_roots(rng: random.Random, hi: int) -> tuple[str, list[str], str, str]:
-    h = rng.randint(-hi, hi)
-    m = rng.choice([2, 3, 5, 6, 7, 10, 11])
-    # (x - h)^2 = m  ->  x^2 - 2h x + h^2 - m = 0
-    B, C = -2 * h, h * h - m
-    poly = "x^2"
+    h = rng.randint(-2 * hi, 2 * hi)
+    m = rng.choice(_SQUAREFREE)
+    a = rng.choice([1, 1, 2, 3, 4, 5])
+    # a (x - h)^2 = a m  ->  a x^2 - 2ah x + a (h^2 - m) = 0
+    B, C = -2 * a * h, a * (h * h - m)
+    poly = "x^2" if a == 1 else f"{a}x^2"
     if B:
         poly += f" + {B}x" if B > 0 else f" - {-B}x"
     if C:
         poly += f" + {C}" if C > 0 else f" - {-C}"
     hs = "" if h == 0 else f"{h} "
     ans = f"\\{{{hs}- \\sqrt{{{m}}}, {hs}+ \\sqrt{{{m}}}\\}}" if h else f"\\{{-\\sqrt{{{m}}}, \\sqrt{{{m}}}\\}}"
-    steps = [f"Complete the square: {poly} = 0 becomes (x {'-' if h >= 0 else '+'} {abs(h)})^2 = {m}.",
+    steps = ([f"Divide by {a}: x^2 {'-' if h >= 0 else '+'} {abs(2 * h)}x {'+' if h * h - m >= 0 else '-'} {abs(h * h - m)} = 0."] if a > 1 else []) + [
+             f"Complete the square: (x {'-' if h >= 0 else '+'} {abs(h)})^2 = {m}.",
              f"So x = {h} \\pm \\sqrt{{{m}}}.",
              f"The solution set is {ans}."]
-    q = f"Solve ${poly} = 0$ over the reals and give the solution set."
+    q = f"Give the real solution set of ${poly} = 0$."
     return q, steps, ans, "set"
 
 
@@ -190,7 +216,7 @@ class LatexMath(TaskSource):
 
     description = "MATH-style algebra with LaTeX answers: fractions, radicals, intervals, solution sets."
     grader = "math"
-    defaults = {"kinds": None, "max_value": 12}
+    defaults = {"kinds": None, "max_value": 20}
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         p = super().validate_params(params)
