@@ -1,0 +1,193 @@
+"""Backend-independent sampling logic: request fan-out, thinking budget, completion assembly.
+
+A backend implements one primitive, :meth:`BaseSampler._sample`, which runs a flat list of
+single-sample requests (prompt ids, max tokens, seed, stop strings) in one batch. Everything
+else — the ``n`` fan-out with per-sample seeds, budget forcing in two phases, finish reasons,
+sampled-token masks — lives here, so every backend behaves the same.
+
+Thinking budget, in two phases:
+
+1. Sample at most ``min(think_budget, max_tokens)`` tokens.
+2. A completion that stopped (EOS or a stop string) is done. One that used its whole phase-1
+   budget and already closed ``</think>`` continues normally up to ``max_tokens``. One that
+   did not close it is budget-exhausted: ``truncate`` ends it with finish_reason
+   ``think_budget``; ``force`` appends ``</think>`` (inserted, ``sampled_mask=False``) and
+   lets the model answer within ``answer_budget`` tokens.
+
+Phase 2 runs as one batched call over every completion that needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thinkgym.sampler.types import (
+    THINK_CLOSE,
+    Completion,
+    SamplingConfig,
+    check_prompts,
+    request_seed,
+)
+
+
+@dataclass
+class SampleRequest:
+    """One single-sample generation request, as a backend sees it."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    seed: int | None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RawSample:
+    """What a backend returns for one request: sampled tokens only."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" | "length"
+
+
+class BaseSampler:
+    """Shared ``generate`` on top of a backend's batched :meth:`_sample`."""
+
+    tokenizer: Any
+    backend: str = "base"
+
+    def _sample(self, requests: list[SampleRequest], cfg: SamplingConfig) -> list[RawSample]:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int | None:
+        return len(self.tokenizer) if self.tokenizer is not None else None
+
+    # -- public API ---------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[Completion]]:
+        """Sample ``cfg.n`` completions per tokenized prompt (see the module docstring)."""
+        if not isinstance(cfg, SamplingConfig):
+            raise TypeError(f"cfg must be a SamplingConfig, got {type(cfg).__name__}")
+        cfg.validate()
+        prompts = check_prompts(prompts, self.vocab_size)
+        if not prompts:
+            return []
+        keys = [(i, j) for i in range(len(prompts)) for j in range(cfg.n)]
+        budget = cfg.think_budget
+        phase1_max = cfg.max_tokens if budget is None else max(1, min(budget, cfg.max_tokens))
+        if budget == 0:
+            phase1_max = 0
+        reqs = [SampleRequest(prompts[i], phase1_max, request_seed(cfg, i, j, 0), list(cfg.stop)) for i, j in keys]
+        if phase1_max > 0:
+            raws = self._sample(reqs, cfg)
+        else:
+            raws = [RawSample([], [], "length") for _ in reqs]
+
+        # Per (i, j): token ids, logprobs, mask, forced ids, finish reason.
+        state: list[dict[str, Any]] = [
+            {"ids": list(r.token_ids), "lps": list(r.logprobs), "mask": [True] * len(r.token_ids),
+             "forced": [], "finish": r.finish_reason}
+            for r in raws
+        ]
+        if budget is not None:
+            close_ids = self._think_close_ids()
+            cont: list[tuple[int, SampleRequest]] = []
+            for k, ((i, j), st) in enumerate(zip(keys, state)):
+                if st["finish"] != "length":
+                    continue
+                closed = self._think_closed(st["ids"])
+                if closed:
+                    left = cfg.max_tokens - len(st["ids"])
+                    if left > 0:
+                        cont.append((k, SampleRequest(prompts[i] + st["ids"], left, request_seed(cfg, i, j, 1), list(cfg.stop))))
+                elif phase1_max < budget:
+                    pass  # max_tokens ran out before the budget: a plain length finish
+                elif cfg.budget_mode == "truncate":
+                    st["finish"] = "think_budget"
+                else:
+                    st["forced"] = list(close_ids)
+                    st["ids"] += close_ids
+                    st["lps"] += [0.0] * len(close_ids)
+                    st["mask"] += [False] * len(close_ids)
+                    cont.append((k, SampleRequest(prompts[i] + st["ids"], cfg.answer_budget, request_seed(cfg, i, j, 1), list(cfg.stop))))
+            if cont:
+                more = self._sample([r for _, r in cont], cfg)
+                for (k, _), r in zip(cont, more):
+                    st = state[k]
+                    st["ids"] += r.token_ids
+                    st["lps"] += r.logprobs
+                    st["mask"] += [True] * len(r.token_ids)
+                    st["finish"] = r.finish_reason
+
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for (i, _j), st in zip(keys, state):
+            out[i].append(
+                Completion(
+                    prompt_ids=list(prompts[i]),
+                    token_ids=st["ids"],
+                    logprobs=st["lps"] if cfg.logprobs else [],
+                    text=self.decode(st["ids"]),
+                    finish_reason=st["finish"] if st["finish"] in ("stop", "length", "think_budget") else "stop",
+                    sampled_mask=st["mask"],
+                    forced_ids=st["forced"],
+                    think_tokens=self._think_tokens(st["ids"], st["mask"]),
+                )
+            )
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def close(self) -> None:  # pragma: no cover - overridden where there is something to free
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- thinking-block helpers -----------------------------------------------------------
+
+    def _think_close_ids(self) -> list[int]:
+        return list(self.tokenizer.encode(THINK_CLOSE, add_special_tokens=False))
+
+    def _think_closed(self, ids: list[int]) -> bool:
+        return THINK_CLOSE in self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _think_tokens(self, ids: list[int], mask: list[bool]) -> int | None:
+        """Sampled tokens before the first ``</think>``; None if there is none."""
+        close = self._think_close_ids()
+        if len(close) == 1:
+            try:
+                end = ids.index(close[0])
+            except ValueError:
+                return None
+        else:
+            if not self._think_closed(ids):
+                return None
+            lo, hi = 0, len(ids)  # smallest prefix whose text contains the close marker
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._think_closed(ids[: mid + 1]):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            end = lo + 1 - len(close)
+        return sum(mask[: max(end, 0)])
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read every ``*.safetensors`` file of an HF checkpoint dir into one state dict."""
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{path}: no HF checkpoint (*.safetensors) found")
+    from safetensors.torch import load_file
+
+    sd: dict[str, Any] = {}
+    for f in files:
+        sd.update(load_file(str(f)))
+    return sd

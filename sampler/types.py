@@ -1,0 +1,185 @@
+"""Sampler data types and protocol, shared by the vLLM, vLLM-server and HF backends.
+
+Light module: no torch or vLLM at import time, so the learner and the CLI can import it freely.
+
+Logprob convention (all backends): ``Completion.logprobs[t]`` is the sampler's log-probability
+of the sampled token under the *processed* distribution, ``log_softmax(logits / temperature)``
+(before top-p / top-k truncation in the HF backend; vLLM uses ``logprobs_mode=
+"processed_logprobs"``, which renormalizes over the nucleus, so with ``top_p < 1`` the two differ
+on purpose-truncated tails). With ``temperature=1, top_p=1`` both equal the model's plain
+``log_softmax(logits)``, which is what a teacher-forced learner forward computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "think_budget"]
+BudgetMode = Literal["force", "truncate"]
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+@dataclass
+class SamplingConfig:
+    """How to sample a group of completions per prompt."""
+
+    n: int = 1
+    """Completions per prompt (the GRPO group size)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_tokens: int = 256
+    """Cap on model-sampled tokens per completion (per turn in multi-turn rollouts)."""
+    seed: int | None = 0
+    """Base seed: the same seed, prompts and weights give the same tokens. None = unseeded."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings (kept in the output, e.g. ``</answer>``)."""
+    think_budget: int | None = None
+    """Max sampled tokens before ``</think>``; None = no thinking budget."""
+    answer_budget: int = 64
+    """In ``force`` mode: tokens allowed after the forced ``</think>``."""
+    budget_mode: BudgetMode = "force"
+    """``force``: close the think block with ``</think>`` and let the model answer within
+    ``answer_budget``; ``truncate``: end the completion (finish_reason ``think_budget``)."""
+    logprobs: bool = True
+    """Return the sampled tokens' logprobs."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be a positive integer, got {self.n!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if self.think_budget is not None and (not isinstance(self.think_budget, int) or self.think_budget < 0):
+            raise ValueError(f"think_budget must be None or an integer >= 0, got {self.think_budget!r}")
+        if not isinstance(self.answer_budget, int) or self.answer_budget < 1:
+            raise ValueError(f"answer_budget must be a positive integer, got {self.answer_budget!r}")
+        if self.budget_mode not in ("force", "truncate"):
+            raise ValueError(f"budget_mode must be 'force' or 'truncate', got {self.budget_mode!r}")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Completion:
+    """One sampled completion of one prompt.
+
+    ``token_ids`` holds every completion token, including tokens the sampler inserted itself
+    (the forced ``</think>`` of budget forcing). ``sampled_mask[t]`` is False for inserted
+    tokens: they were not sampled by the model and must be masked out of the policy loss.
+    ``logprobs[t]`` is 0.0 at inserted positions.
+    """
+
+    prompt_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: FinishReason
+    sampled_mask: list[bool] = field(default_factory=list)
+    forced_ids: list[int] = field(default_factory=list)
+    """Token ids inserted by budget forcing (empty if none)."""
+    think_tokens: int | None = None
+    """Sampled tokens before ``</think>`` (None if the completion never closed a think block)."""
+
+    def __post_init__(self) -> None:
+        if not self.sampled_mask:
+            self.sampled_mask = [True] * len(self.token_ids)
+        if len(self.sampled_mask) != len(self.token_ids):
+            raise ValueError("sampled_mask must have one entry per completion token")
+        if self.logprobs and len(self.logprobs) != len(self.token_ids):
+            raise ValueError(
+                f"logprobs has {len(self.logprobs)} entries for {len(self.token_ids)} completion tokens"
+            )
+
+    @property
+    def num_sampled(self) -> int:
+        """Model-sampled tokens (the completion length the learner trains on)."""
+        return sum(self.sampled_mask)
+
+    @property
+    def forced(self) -> bool:
+        return bool(self.forced_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_ids": self.prompt_ids,
+            "token_ids": self.token_ids,
+            "logprobs": self.logprobs,
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "sampled_mask": self.sampled_mask,
+            "forced_ids": self.forced_ids,
+            "think_tokens": self.think_tokens,
+        }
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A text generator that returns token ids and logprobs and can take new weights."""
+
+    tokenizer: Any
+
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[Completion]]:
+        """Sample ``cfg.n`` completions for each tokenized prompt, in prompt order."""
+        ...
+
+    def update_weights(self, weights: Any) -> None:
+        """Load new weights: a ``{name: tensor}`` state dict (HF names) or an HF checkpoint dir."""
+        ...
+
+    def close(self) -> None:
+        """Free the engine (processes, memory)."""
+        ...
+
+
+def check_prompts(prompts: Any, vocab_size: int | None = None) -> list[list[int]]:
+    """Validate a batch of tokenized prompts; raise a clear error on bad input."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (list, tuple)):
+        raise TypeError("prompts must be a list of token-id lists (tokenize text first)")
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str) or not isinstance(p, (list, tuple)):
+            raise TypeError(f"prompt {i} must be a list of token ids, got {type(p).__name__}")
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        ids = [int(t) for t in p]
+        if vocab_size is not None and any(t < 0 or t >= vocab_size for t in ids):
+            raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {vocab_size})")
+        out.append(ids)
+    return out
+
+
+def request_seed(cfg: SamplingConfig, prompt_index: int, sample_index: int = 0, phase: int = 0) -> int | None:
+    """A per-request seed derived from the base seed, stable across runs and backends."""
+    if cfg.seed is None:
+        return None
+    # Simple mixing keeps seeds small (vLLM and torch take 63-bit ints) and distinct per request.
+    return (cfg.seed * 1_000_003 + prompt_index * 10_007 + sample_index * 101 + phase) % (2**31 - 1)
+
+
+def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]], **template_kwargs: Any) -> list[int]:
+    """Render chat ``messages`` with the tokenizer's chat template (generation prompt on)
+    and return token ids. ``template_kwargs`` go to the template (e.g. ``enable_thinking``)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template; pass token ids or set tokenizer.chat_template")
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
+    # The template already contains every special token; don't let the tokenizer add a BOS.
+    return list(tokenizer.encode(text, add_special_tokens=False))

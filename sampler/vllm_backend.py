@@ -1,0 +1,179 @@
+"""In-process vLLM sampler (``vllm.LLM``): the default rollout backend.
+
+Weight sync goes through vLLM's in-place reload (``Worker.reload_weights``) followed by a
+prefix-cache reset, which is mandatory: cached KV blocks were computed with the old weights.
+With the in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) a state dict is handed to
+the worker as a weights iterator: no file is written (~0.04 s for the tiny model). With a
+multiprocess engine the weights go through a temporary safetensors dir that the worker reads.
+A checkpoint dir is read here and sent the same way, so a tied ``lm_head`` can be filled in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from thinkgym.sampler.base import BaseSampler, RawSample, SampleRequest, load_checkpoint
+from thinkgym.sampler.types import SamplingConfig
+
+log = logging.getLogger("thinkgym.sampler")
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+class VLLMSampler(BaseSampler):
+    """Sample with an in-process ``vllm.LLM``.
+
+    ``logprobs_mode="processed_logprobs"`` is set so returned logprobs are those of the
+    distribution actually sampled from (after temperature), as the learner's ratio needs.
+    """
+
+    backend = "vllm"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        dtype: str = "float32",
+        max_model_len: int = 2048,
+        gpu_memory_utilization: float = 0.5,
+        seed: int = 0,
+        enforce_eager: bool = True,
+        **engine_kwargs: Any,
+    ) -> None:
+        model_path = Path(model_path)
+        if not (model_path / "config.json").is_file():
+            raise FileNotFoundError(f"{model_path}: not an HF model directory (no config.json)")
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.model_path = str(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
+        engine_kwargs.setdefault("enable_prefix_caching", True)
+        self.llm = LLM(
+            model=self.model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            enforce_eager=enforce_eager,
+            **engine_kwargs,
+        )
+        self.max_model_len = max_model_len
+        import json
+
+        cfg = json.loads((model_path / "config.json").read_text())
+        self._tied = bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))
+        self._closed = False
+
+    # -- generation -----------------------------------------------------------------------
+
+    def _sample(self, requests: list[SampleRequest], cfg: SamplingConfig) -> list[RawSample]:
+        from vllm import SamplingParams
+
+        for r in requests:
+            if len(r.prompt_ids) >= self.max_model_len:
+                raise ValueError(
+                    f"prompt of {len(r.prompt_ids)} tokens does not fit max_model_len={self.max_model_len}"
+                )
+        params = [
+            SamplingParams(
+                n=1,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+                # Leave room in the context window instead of failing the whole batch.
+                max_tokens=min(r.max_tokens, self.max_model_len - len(r.prompt_ids)),
+                seed=r.seed,
+                stop=r.stop or None,
+                include_stop_str_in_output=True,
+                logprobs=0 if cfg.logprobs else None,
+                skip_special_tokens=True,
+            )
+            for r in requests
+        ]
+        prompts = [{"prompt_token_ids": r.prompt_ids} for r in requests]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        raws = []
+        for o in outs:
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            lps: list[float] = []
+            if cfg.logprobs and c.logprobs is not None:
+                lps = [float(pos[t].logprob) for pos, t in zip(c.logprobs, ids)]
+            raws.append(RawSample(ids, lps, _finish(c.finish_reason)))
+        return raws
+
+    # -- weights ---------------------------------------------------------------------------
+
+    def update_weights(self, weights: Mapping[str, Any] | str | Path) -> None:
+        """Load new weights (HF parameter names, or an HF checkpoint dir) in place, then
+        reset the prefix cache."""
+        if isinstance(weights, (str, Path)):
+            weights = load_checkpoint(weights)
+        if not isinstance(weights, Mapping):
+            raise TypeError(f"update_weights takes a state dict or a checkpoint dir, got {type(weights).__name__}")
+        items = _cpu_items(weights)
+        if self._tied:
+            # vLLM's in-place reload does not keep a tied lm_head in step with the embedding
+            # (0.32: the reloaded embedding gets fresh storage), so the head is always sent
+            # explicitly. HF checkpoints of tied models omit it; a state dict may carry it.
+            d = dict(items)
+            if "model.embed_tokens.weight" in d:
+                d["lm_head.weight"] = d["model.embed_tokens.weight"]
+            items = list(d.items())
+        if _in_process():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+        else:
+            # Across processes, a checkpoint on local disk is the portable path.
+            with tempfile.TemporaryDirectory(prefix="thinkgym-weights-") as d:
+                _save_hf_dir(items, self.model_path, d)
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": d})
+        if not self.llm.reset_prefix_cache():
+            log.warning("vLLM did not reset the prefix cache (requests still running?)")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # noqa: BLE001 - best effort at teardown
+                pass
+            self.llm = None
+        import gc
+
+        gc.collect()
+
+
+def _in_process() -> bool:
+    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0"
+
+
+def _cpu_items(state_dict: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    import torch
+
+    items = []
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+        items.append((k, v.detach().to("cpu").contiguous()))
+    return items
+
+
+def _save_hf_dir(items: list[tuple[str, Any]], config_from: str, out: str) -> None:
+    """Write ``items`` as an HF checkpoint dir (safetensors + config) vLLM can load."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    # Tied weights share storage; safetensors refuses shared tensors, so clone them.
+    save_file({k: v.clone() for k, v in items}, str(Path(out) / "model.safetensors"))
+    shutil.copy(Path(config_from) / "config.json", Path(out) / "config.json")
