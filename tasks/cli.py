@@ -34,11 +34,20 @@ def open_source(spec: str, seed: int = 0, params: dict[str, Any] | None = None, 
     if spec in TASKS:
         return make_task(spec, seed=seed, size=size, **params)
     path = Path(spec)
+    if "/" in spec and not path.exists():
+        # An env id: sample the task behind it, with the env's task knobs.
+        from thinkgym.envs.registration import ENVS
+
+        if spec in ENVS and ENVS.get(spec).task:
+            info = ENVS.get(spec)
+            return make_task(info.task, seed=seed, size=size, **{**info.kwargs.get("task_params", {}), **params})
     if path.suffix == ".jsonl" and path.is_file():
         return make_task("jsonl", seed=seed, size=size, path=str(path), **params)
     if path.exists():
         return make_task("hf_dataset", seed=seed, size=size, path=str(path), **params)
-    raise typer.BadParameter(f"{spec!r} is neither a registered task ({', '.join(TASKS.names())}) nor an existing file or folder")
+    raise typer.BadParameter(
+        f"{spec!r} is neither a registered task ({', '.join(TASKS.names())}), an env id, nor an existing file or folder"
+    )
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -85,7 +94,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sample-tasks")
     def sample_tasks_cmd(
-        task: str = typer.Argument(..., help="Task name (see `thinkgym tasks`), a .jsonl file, or a local HF dataset."),
+        task: str = typer.Argument(..., help="Task name (see `thinkgym tasks`), an env id (see `thinkgym envs`), a .jsonl file, or a local HF dataset."),
         n: int = typer.Option(5, "-n", "--n", min=1, help="How many items to print."),
         seed: int = typer.Option(0, "--seed", help="Task seed: (seed, index) identifies an item."),
         start: int = typer.Option(0, "--start", min=0, help="First index."),

@@ -63,9 +63,21 @@ def _text_of(x: Any) -> str:
     raise TypeError(f"contamination: expected a str or an item with a 'question', got {type(x).__name__}")
 
 
+#: A task source longer than this is refused (procedural sources default to a million items);
+#: build it with ``size=N`` or pass an explicit iterable of items.
+MAX_SOURCE_ITEMS = 200_000
+
+
 def _texts(src: Any) -> Iterable[str]:
+    from thinkgym.tasks.base import TaskSource
+
     if isinstance(src, str):
         raise TypeError("contamination: pass a task source or an iterable of items/strings, not a single str")
+    if isinstance(src, TaskSource) and len(src) > MAX_SOURCE_ITEMS:
+        raise ValueError(
+            f"contamination: task source {src!r} has {len(src)} items; build it with size=N "
+            f"(N <= {MAX_SOURCE_ITEMS}) or pass an iterable of items"
+        )
     for x in src:
         yield _text_of(x)
 

@@ -51,6 +51,10 @@ def test_sample_tasks_text_json_params_and_seed():
     assert [x["index"] for x in lines] == [0, 1, 2]
     assert all(len(x["answer"]["numbers"]) == 4 and x["metadata"]["grader_kwargs"] == {"exactly_once": True} for x in lines)
     assert lines[0]["question"] == make_task("countdown", exactly_once=True, n_numbers=[4, 4])[0]["question"]
+    # An env id samples its task with the env's knobs.
+    r = invoke("sample-tasks", "thinkgym/CalculatorTool-v0", "-n", "1", "--json")
+    item = json.loads(r.output)
+    assert item["question"] == make_task("arithmetic", n_operands=[3, 5], max_value=1000)[0]["question"]
 
 
 def test_sample_tasks_from_jsonl_and_errors(tmp_path):

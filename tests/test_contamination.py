@@ -58,6 +58,8 @@ def test_items_and_sources_accepted():
         contamination_report("abc", ["abc"])
     with pytest.raises(TypeError, match="expected a str or an item"):
         contamination_report([1], ["abc"])
+    with pytest.raises(ValueError, match="build it with size=N"):
+        contamination_report(make_task("arithmetic"), ["abc"])  # a million items by default
 
 
 def test_check_contamination_threshold_error_and_warn(caplog):
