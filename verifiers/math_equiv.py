@@ -16,6 +16,7 @@ Decimals are exact: ``0.33`` is 33/100, never 1/3, and ``6.28`` is not ``2\\pi``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ class MathConfig:
     percent_either_scale: bool = True
     #: Accept ``x = 3`` (a single variable assigned) for gold ``3``.
     allow_assignment: bool = True
+    #: Run the sympy step in a pool worker under ``timeout_s``. ``False`` runs it inline with no
+    #: budget: only for trusted inputs and single-core benchmarks.
+    isolate: bool = True
 
 
 DEFAULT_MATH = MathConfig()
@@ -230,6 +234,57 @@ def _letter(s: str) -> str | None:
 # --------------------------------------------------------------------------- sympy (worker side)
 
 
+_FAST_NUMBERS = False
+
+
+def _install_fast_numbers() -> None:
+    """Build number literals without ``sympy.Number(str)``.
+
+    latex2sympy2_extended turns every numeric token into ``sympy.Number(text)``, which goes through
+    ``sympify``'s expression parser and costs ~10 ms per literal, most of the parse time of a
+    short answer. Plain integers and decimals are built directly (decimals as exact rationals,
+    which is what the comparison wants anyway); anything else keeps the library's path.
+    """
+    global _FAST_NUMBERS
+    if _FAST_NUMBERS:
+        return
+    _FAST_NUMBERS = True
+    try:
+        import sympy
+        from latex2sympy2_extended import latex2sympy2 as l2s
+    except ImportError:  # pragma: no cover
+        return
+    int_re, dec_re = re.compile(r"\d{1,4000}"), re.compile(r"\d{0,2000}\.\d{1,2000}|\d{1,2000}\.")
+
+    def fast(text: str) -> Any:
+        t = text.replace(",", "")
+        if int_re.fullmatch(t):
+            return sympy.Integer(int(t))
+        if dec_re.fullmatch(t):
+            return sympy.Rational(t.rstrip(".") if t.endswith(".") else t)
+        return None
+
+    cls = getattr(l2s, "_Latex2Sympy", None)
+    orig_method = getattr(cls, "parse_number", None)
+    orig_func = getattr(l2s, "convert_number", None)
+    if orig_method is not None:
+
+        def parse_number(self: Any, text: str) -> Any:
+            v = fast(text)
+            return v if v is not None else orig_method(self, text)
+
+        cls.parse_number = parse_number
+    if orig_func is not None:
+
+        def convert_number(number: str) -> Any:
+            if "," in number and number.startswith("0"):
+                return orig_func(number)  # the library reads "0,5" as a decimal comma
+            v = fast(number.replace(" ", ""))
+            return v if v is not None else orig_func(number)
+
+        l2s.convert_number = convert_number
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse_sympy(s: str) -> Any:
     from latex2sympy2_extended import NormalizationConfig, latex2sympy
@@ -237,6 +292,7 @@ def _parse_sympy(s: str) -> Any:
 
     norm = NormalizationConfig(basic_latex=True, units=True, malformed_operators=True, nits=True, boxed="none", equations=False)
     conv = ConversionConfig(interpret_as_mixed_fractions=True, lowercase_symbols=False)
+    _install_fast_numbers()
     return _exact(latex2sympy(s, normalization_config=norm, conversion_config=conv))
 
 
@@ -251,14 +307,55 @@ def _exact(expr: Any) -> Any:
     return expr
 
 
+def _clearly_nonzero(v: Any) -> bool:
+    """A 30-digit evaluation far from zero proves a constant non-zero (evalf tracks precision)."""
+    import sympy
+
+    try:
+        x = sympy.N(v, 30)
+    except Exception:  # noqa: BLE001
+        return False
+    return bool(x.is_number and x.is_finite and x.is_real is not None and abs(complex(x)) > 1e-20)
+
+
 def _expr_equal(a: Any, b: Any) -> bool:
+    import random
+
     import sympy
 
     if a == b:
         return True
     try:
-        d = sympy.simplify(a - b)
+        d = a - b
     except Exception:  # noqa: BLE001 - sympy raises many types on odd input
+        return False
+    if d == 0:
+        return True
+    if getattr(d, "is_Rational", False):
+        return False  # exact non-zero difference, however tiny (2^-99 vs 2^-98)
+    syms = getattr(d, "free_symbols", None)
+    # Cheap refutation before simplify: a clearly non-zero value (at random points if symbolic)
+    # proves the expressions differ; only agreement needs the expensive proof.
+    if not syms:
+        if _clearly_nonzero(d):
+            return False
+    else:
+        rng = random.Random(0)
+        for _ in range(2):
+            pt = {x: sympy.Rational(rng.randint(11, 97), rng.randint(3, 13)) for x in syms}
+            try:
+                if _clearly_nonzero(d.xreplace(pt)):
+                    return False
+            except Exception:  # noqa: BLE001
+                break
+        try:
+            if sympy.expand(d) == 0:
+                return True
+        except Exception:  # noqa: BLE001
+            return False
+    try:
+        d = sympy.simplify(d)
+    except Exception:  # noqa: BLE001
         return False
     if d == 0:
         return True
@@ -375,6 +472,16 @@ def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool 
         return _numbers_equal(np_, ng, cfg)
     if ng is not None and re.fullmatch(r"[A-Za-z ]+", p):
         return False  # a word is never a number
+    if "\\cup" in p and "\\cup" in g:
+        # Same intervals in any order is the same union; otherwise let sympy decide (a union can
+        # be written with different pieces, e.g. (0,1]\cup(1,2) = (0,2)).
+        up, ug = _split_cup(p), _split_cup(g)
+        if up and ug and len(up) == len(ug):
+            try:
+                if _match_unordered(up, ug, lambda x, y: answers_equal(x, y, cfg)):
+                    return True
+            except _Undecided:
+                pass
     wp, wg = _wrapped(p), _wrapped(g)
     if wp and wg and "," in wp[1] + wg[1] and not (_is_thousands(wp[1]) or _is_thousands(wg[1])):
         pp, gp = split_top(wp[1]), split_top(wg[1])
@@ -394,6 +501,11 @@ def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool 
     return _sympy_checked(p, g, cfg)
 
 
+def _split_cup(s: str) -> list[str] | None:
+    parts = [x.strip() for x in s.split("\\cup")]
+    return parts if all(_wrapped(x) for x in parts) else None
+
+
 def _canon_int(s: str) -> str:
     neg = s.startswith("-")
     d = s.lstrip("+-").lstrip("0") or "0"
@@ -403,7 +515,7 @@ def _canon_int(s: str) -> str:
 def _sympy_checked(p: str, g: str, cfg: MathConfig) -> bool | None:
     from thinkgym.verifiers import pool
 
-    if pool.in_worker():
+    if pool.in_worker() or not cfg.isolate:
         return sympy_equal(p, g)
     res = pool.default_pool().call("thinkgym.verifiers.math_equiv:sympy_equal", p, g, timeout=cfg.timeout_s)
     return res.value if res.ok else None
@@ -492,6 +604,5 @@ def grade_math(completion: str, gold: Any, **meta: Any) -> Grade:
     """Exact math equivalence of the boxed/<answer> answer after </think> (sympy, budgeted)."""
     cfg = meta.get("math_config") or DEFAULT_MATH
     if "timeout_s" in meta:
-        cfg = MathConfig(extract=cfg.extract, timeout_s=float(meta["timeout_s"]),
-                         percent_either_scale=cfg.percent_either_scale, allow_assignment=cfg.allow_assignment)
+        cfg = dataclasses.replace(cfg, timeout_s=float(meta["timeout_s"]))
     return grade_math_with(completion, gold, cfg)

@@ -271,6 +271,7 @@ class GraderPool:
         self._closed = False
         self._lock = threading.Lock()
         self._procs: dict[int, _Worker] = {}
+        self._ready = threading.Condition(self._lock)
         self._threads = [
             threading.Thread(target=self._slot, args=(i,), name=f"grader-slot-{i}", daemon=True)
             for i in range(self.workers)
@@ -287,6 +288,7 @@ class GraderPool:
             return None
         with self._lock:
             self._procs[i] = w
+            self._ready.notify_all()
         return w
 
     def _slot(self, i: int) -> None:
@@ -399,6 +401,17 @@ class GraderPool:
         """Asyncio variant of :meth:`grade_many`; the event loop is never blocked."""
         futs = self._submit_rows(grader, rows, timeout)
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futs)))
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every slot has a live worker (start-up is not part of any item's budget)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while sum(w.proc.poll() is None for w in self._procs.values()) < self.workers:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._ready.wait(left if left is not None else 1.0)
+            return True
 
     def pids(self) -> list[int]:
         with self._lock:
