@@ -250,6 +250,22 @@ ROWS: list[tuple[object, str, float]] = [
     ("3", "\\boxed{3}", RIGHT),  # no think block at all: the whole text is final
     ("3", B("$3$"), RIGHT),
     ("3", T("x = 3"), RIGHT),
+    # --- reward-hacking probes
+    ("3", "<think>t</think><answer>I think \\boxed{3}</answer> \\boxed{4}", WRONG),
+    ("3", "<think>t</think>\\boxed{3}</think>", WRONG),  # a stray </think> after the answer empties the final section
+    ("3", "<think>t</think>\\boxed{3, 3, 3}", RIGHT),  # the same value repeated is one value
+    ("3", "<think>t</think>\\boxed{3 \\lor 4}", WRONG),
+    ("3", "<think>t</think>\\boxed{3 \\text{ or } 4}", WRONG),
+    ("3", B("\\pm 3"), WRONG),  # two values for a single answer
+    ("3", B("x"), WRONG),  # a free variable is not a wildcard
+    ("3", B("\\infty"), WRONG),
+    ("3", B("0/0"), WRONG),
+    ("3", B("3 = 3"), WRONG),
+    ("C", T("A B C D"), WRONG),
+    ("C", T("A, B, C, D, E"), WRONG),
+    ("C", "<think>t</think><answer>C</answer><answer>D</answer>", WRONG),
+    ("7", "<think>t</think>\\boxed{\\boxed{7}}", RIGHT),
+    ("7", "<think>t</think>" + "\\boxed{7}" * 50, RIGHT),  # spam of one value is harmless
     # --- garbage never equals anything
     ("3", B("\\frac{"), WRONG),
     ("3", B("}}{{"), WRONG),
@@ -288,6 +304,19 @@ def test_grade_carries_extracted_answer_and_fingerprint():
 def test_bad_gold_type_is_infrastructure_error_not_zero():
     g = grade("math", B("1"), {"not": "a number"})
     assert g.score is None and "gold must be" in g.reason
+
+
+def test_import_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time; t = time.perf_counter(); import thinkgym.verifiers; dt = time.perf_counter() - t; "
+        "heavy = [m for m in ('torch', 'vllm', 'transformers', 'sympy', 'latex2sympy2_extended') if m in sys.modules]; "
+        "print(heavy, dt)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.startswith("[] "), out
 
 
 def test_answers_equal_direct():
