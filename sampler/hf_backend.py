@@ -1,0 +1,155 @@
+"""HF ``transformers`` sampler: the fallback backend (no vLLM needed).
+
+A batched decode loop with a KV cache over left-padded prompts. Each request has its own
+``torch.Generator`` seeded from the request seed, so a completion depends only on its prompt,
+seed and the weights, not on what else is in the batch. Logprobs follow vLLM's
+``processed_logprobs``: ``log_softmax`` of the temperature-scaled, top-k/top-p-filtered logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from thinkgym.sampler.base import BaseSampler, RawSample, SampleRequest, load_checkpoint
+from thinkgym.sampler.types import SamplingConfig
+
+
+class HFSampler(BaseSampler):
+    """Sample with a ``transformers`` causal LM (a path or an already-built model)."""
+
+    backend = "hf"
+
+    def __init__(
+        self,
+        model_path_or_model: Any,
+        tokenizer: Any = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_batch_size: int = 64,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if isinstance(model_path_or_model, (str, Path)):
+            path = Path(model_path_or_model)
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(f"{path}: not an HF model directory (no config.json)")
+            self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(path))
+        else:
+            if tokenizer is None:
+                raise ValueError("HFSampler(model, tokenizer): a tokenizer is required with a model object")
+            self.model = model_path_or_model
+            self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.model.to(self.device).eval()
+        self.max_batch_size = max_batch_size
+        eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
+
+    @property
+    def vocab_size(self) -> int | None:
+        return max(len(self.tokenizer), self.model.config.vocab_size)
+
+    def _sample(self, requests: list[SampleRequest], cfg: SamplingConfig) -> list[RawSample]:
+        out: list[RawSample] = []
+        for s in range(0, len(requests), self.max_batch_size):
+            out += self._sample_batch(requests[s : s + self.max_batch_size], cfg)
+        return out
+
+    def _sample_batch(self, reqs: list[SampleRequest], cfg: SamplingConfig) -> list[RawSample]:
+        import torch
+
+        B = len(reqs)
+        dev = self.device
+        L = max(len(r.prompt_ids) for r in reqs)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for b, r in enumerate(reqs):
+            ids[b, L - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[b, L - len(r.prompt_ids) :] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        gens = []
+        for r in reqs:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(r.seed if r.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+            gens.append(g)
+        toks: list[list[int]] = [[] for _ in reqs]
+        lps: list[list[float]] = [[] for _ in reqs]
+        finish: list[str | None] = [None] * B
+        stop_tail = max((len(s) for r in reqs for s in r.stop), default=0) + 8
+        with torch.no_grad():
+            o = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            past = o.past_key_values
+            logits = o.logits[:, -1, :].float().cpu()
+            for _step in range(max(r.max_tokens for r in reqs)):
+                nxt = torch.full((B,), self.pad_id, dtype=torch.long)
+                for b, r in enumerate(reqs):
+                    if finish[b] is not None:
+                        continue
+                    tok, lp = _pick(logits[b], cfg, gens[b])
+                    toks[b].append(tok)
+                    lps[b].append(lp)
+                    nxt[b] = tok
+                    if tok in self.eos_ids:
+                        finish[b] = "stop"
+                    elif r.stop and any(s in self.tokenizer.decode(toks[b][-stop_tail:]) for s in r.stop):
+                        finish[b] = "stop"
+                    elif len(toks[b]) >= r.max_tokens:
+                        finish[b] = "length"
+                if all(f is not None for f in finish):
+                    break
+                alive = torch.tensor([f is None for f in finish], dtype=torch.long).to(dev)
+                mask = torch.cat([mask, alive[:, None]], dim=1)
+                pos = pos[:, -1:] + 1
+                o = self.model(
+                    input_ids=nxt[:, None].to(dev), attention_mask=mask, position_ids=pos,
+                    past_key_values=past, use_cache=True,
+                )
+                past = o.past_key_values
+                logits = o.logits[:, -1, :].float().cpu()
+        return [RawSample(t, lp, f or "length") for t, lp, f in zip(toks, lps, finish)]
+
+    def update_weights(self, weights: Mapping[str, Any] | str | Path) -> None:
+        """Load a state dict (HF names) or an HF checkpoint dir into the model."""
+        if isinstance(weights, (str, Path)):
+            sd = load_checkpoint(weights)
+        elif isinstance(weights, Mapping):
+            sd = dict(weights)
+        else:
+            raise TypeError(f"update_weights takes a state dict or a checkpoint dir, got {type(weights).__name__}")
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+        if set(missing) - tied or unexpected:
+            raise KeyError(f"weights do not match the model: missing {sorted(set(missing) - tied)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _pick(logits: Any, cfg: SamplingConfig, gen: Any) -> tuple[int, float]:
+    """Sample one token from a row of logits; return (token, processed logprob)."""
+    import torch
+
+    if cfg.greedy:
+        lp = torch.log_softmax(logits, -1)
+        t = int(torch.argmax(logits))
+        return t, float(lp[t])
+    x = logits / cfg.temperature
+    if cfg.top_k and cfg.top_k > 0:
+        kth = torch.topk(x, min(cfg.top_k, x.numel())).values[-1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sx, si = torch.sort(x, descending=True)
+        cum = torch.softmax(sx, -1).cumsum(-1)
+        drop = cum - torch.softmax(sx, -1) > cfg.top_p  # keep the token that crosses top_p
+        x = x.masked_fill(torch.zeros_like(drop).scatter(0, si, drop), float("-inf"))
+    lp = torch.log_softmax(x, -1)
+    t = int(torch.multinomial(lp.exp(), 1, generator=gen))
+    return t, float(lp[t])
