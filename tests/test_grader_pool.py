@@ -163,9 +163,12 @@ def test_async_grading_does_not_block_the_loop(pool):
     assert ticks >= 10  # the loop kept running while a worker burned its budget
 
 
-def test_unknown_grader_fails_in_caller(pool):
+def test_unknown_grader_and_unpicklable_meta_fail_in_caller(pool):
     with pytest.raises(KeyError, match="unknown grader 'nope'"):
         pool.grade_many("nope", [("a", "b")])
+    with pytest.raises(Exception, match="pickle"):
+        pool.submit_grade("math", B("1"), "1", hook=lambda: None)
+    assert pool.grade_many("math", [(B("1"), "1")])[0].score == 1.0  # nothing got stuck
 
 
 _TOKENS = list("0123456789+-*/^_{}()[]=,.!% xyz") + [

@@ -185,8 +185,7 @@ class _Worker:
             self.kill()
             raise RuntimeError("grader worker did not start")
 
-    def send(self, obj: Any) -> None:
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    def send(self, data: bytes) -> None:
         try:
             self.proc.stdin.write(_HEADER.pack(len(data)) + data)  # type: ignore[union-attr]
             self.proc.stdin.flush()  # type: ignore[union-attr]
@@ -246,6 +245,7 @@ class _Job:
     on_timeout: Callable[[str, float], Any]
     on_error: Callable[[str, float], Any]
     on_ok: Callable[[Any, float], Any]
+    payload: bytes = b""
 
 
 class GraderPool:
@@ -303,13 +303,14 @@ class GraderPool:
                     job.future.set_result(job.on_error("grader worker could not start", 0.0))
                     continue
             t0 = time.monotonic()
+            died = ""
             try:
-                w.send(job.request)
+                w.send(job.payload)
                 msg = w.recv(t0 + job.timeout_s)
             except _WorkerDied as e:
                 msg, died = None, str(e)
-            else:
-                died = ""
+            except Exception as e:  # noqa: BLE001 - e.g. a result the parent cannot unpickle
+                msg = ("err", f"bad reply from worker: {type(e).__name__}: {e}", time.monotonic() - t0)
             elapsed = time.monotonic() - t0
             if msg is None:
                 w.kill()
@@ -334,6 +335,8 @@ class GraderPool:
     def _submit(self, job: _Job) -> Future:
         if self._closed:
             raise RuntimeError("pool is closed")
+        # Serialise here so an unpicklable argument fails in the caller, not in a slot thread.
+        job.payload = pickle.dumps(job.request, protocol=pickle.HIGHEST_PROTOCOL)
         self._jobs.put(job)
         return job.future
 
