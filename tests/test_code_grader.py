@@ -349,7 +349,7 @@ def _host_processes_with(marker: bytes) -> list[int]:
         if p.isdigit():
             try:
                 with open(f"/proc/{p}/cmdline", "rb") as f:
-                    if marker in f.read():
+                    if f.read() == b"sleep\0" + marker + b"\0":
                         found.append(int(p))
             except OSError:
                 pass
@@ -460,3 +460,14 @@ def test_writes_outside_scratch_fail_and_nothing_persists_between_runs():
     assert g(plant, {"type": "function", "entry_point": "f", "cases": [{"args": [0], "expected": 1}]}).score == 1.0
     r = g(look, {"type": "function", "entry_point": "f", "cases": [{"args": [0], "expected": []}]})
     assert r.score == 1.0, r.details
+
+
+def test_any_text_survives_the_result_channel():
+    text = 'tab\tquote" back\\slash \x01\x1f é 漢字 \u2028 end'
+    t = {"type": "stdio", "cases": [{"stdin": text, "expected_stdout": text}]}
+    assert g("import sys\nsys.stdout.write(sys.stdin.read())\n", t).score == 1.0
+    # a lone surrogate in an exception message must not break the harness's report
+    r = g("def f(x):\n    raise ValueError('\\ud800 bad')\n", secret_tests(1))
+    assert r.score == 0.0 and r.details["cases"][0]["status"] == "exception"
+    ft = {"type": "function", "entry_point": "f", "cases": [{"args": [text], "expected": [text, {"k": text}]}]}
+    assert g("def f(s):\n    return [s, {'k': s}]\n", ft).score == 1.0

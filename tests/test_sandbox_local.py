@@ -97,7 +97,7 @@ def test_wall_timeout_kills_the_whole_tree(sb):
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
-                if marker.encode() in open(f"/proc/{p}/cmdline", "rb").read():
+                if open(f"/proc/{p}/cmdline", "rb").read() == b"sleep\0" + marker.encode() + b"\0":
                     survivors.append(int(p))
             except OSError:
                 pass

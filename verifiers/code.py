@@ -26,6 +26,7 @@ Why the candidate cannot game the verdict:
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import re
 import secrets
@@ -46,7 +47,7 @@ _START = b"\x02"
 # make it write a result the grader would accept, because the nonce is read only after every
 # candidate process is dead. Kept dependency-free (stdlib only, runs under ``python -I -S``).
 _HARNESS = r'''
-import os, sys, json, time, signal, selectors, ctypes
+import os, sys, time, signal, select, marshal, ctypes
 os.write(1, b"\x02")
 # Non-dumpable: processes of the same uid can no longer open /proc/<pid>/fd|mem or ptrace us.
 ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
@@ -70,7 +71,7 @@ def read_line(fd):
         buf += b
 
 # Exact-length reads: the nonce that follows the job must stay in the pipe, not in our memory.
-job = json.loads(read_exact(0, int(read_line(0))))
+job = marshal.loads(read_exact(0, int(read_line(0))))
 t_end = time.monotonic() + job["budget_s"]
 CASE_S, OUT_CAP = job["case_s"], job["out_cap"]
 
@@ -153,21 +154,42 @@ def exit_code(e):
         pass
     return 1
 
+READY = b'{"ready": true}'
+# A minimal JSON encoder for our own report (importing json costs more than the rest of the start).
+ESC = {i: "\\u%04x" % i for i in list(range(32)) + list(range(0xD800, 0xE000))}
+ESC[ord('"')] = '\\"'
+ESC[ord("\\")] = "\\\\"
+
+def jenc(o):
+    if o is None:
+        return "null"
+    if o is True:
+        return "true"
+    if o is False:
+        return "false"
+    if isinstance(o, (int, float)):
+        return repr(o)
+    if isinstance(o, str):
+        return '"' + o.translate(ESC) + '"'
+    if isinstance(o, dict):
+        return "{" + ",".join(jenc(str(k)) + ":" + jenc(v) for k, v in o.items()) + "}"
+    return "[" + ",".join(jenc(v) for v in o) + "]"
+
 def short_exc(e):
     return (type(e).__name__ + ": " + str(e))[:300]
 
 def pump(pid, r_out, w_in, data, deadline):
     """Feed stdin, read stdout with a cap, until EOF + exit, the deadline or the cap."""
-    sel = selectors.DefaultSelector()
+    sel = select.poll()
     out = bytearray()
     status = None
     if data:
         os.set_blocking(w_in, False)
-        sel.register(w_in, selectors.EVENT_WRITE)
+        sel.register(w_in, select.POLLOUT)
     else:
         os.close(w_in)
         w_in = -1
-    sel.register(r_out, selectors.EVENT_READ)
+    sel.register(r_out, select.POLLIN)
     pos = 0
     eof = False
     rc = None
@@ -176,7 +198,7 @@ def pump(pid, r_out, w_in, data, deadline):
         if left <= 0:
             status = "timeout"
             break
-        ready = sel.select(min(left, 0.05))
+        ready = sel.poll(min(left, 0.05) * 1000)
         if not ready and rc is None:
             # The program may have exited while a daemon it left holds the pipe open: what
             # it wrote before exiting is already in the pipe, later writes do not count.
@@ -195,8 +217,8 @@ def pump(pid, r_out, w_in, data, deadline):
                 if len(out) > OUT_CAP:
                     status = "output_limit"
                 break
-        for key, _ in ready:
-            if key.fd == w_in:
+        for fd, _ in ready:
+            if fd == w_in:
                 try:
                     pos += os.write(w_in, data[pos:pos + 65536])
                 except OSError:
@@ -215,7 +237,6 @@ def pump(pid, r_out, w_in, data, deadline):
                     status = "output_limit"
                     eof = True
                     break
-    sel.close()
     for fd in (w_in, r_out):
         if fd >= 0:
             os.close(fd)
@@ -286,7 +307,7 @@ class Worker:
         self.buf = bytearray()
 
     def send(self, obj):
-        data = json.dumps(obj).encode()
+        data = marshal.dumps(obj)
         try:
             os.write(self.w_req, b"%d\n" % len(data) + data)
             return True
@@ -313,11 +334,9 @@ class Worker:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None, "timeout"
-            sel = selectors.DefaultSelector()
-            sel.register(self.r_resp, selectors.EVENT_READ)
-            ready = sel.select(left)
-            sel.close()
-            if not ready:
+            sel = select.poll()
+            sel.register(self.r_resp, select.POLLIN)
+            if not sel.poll(left * 1000):
                 return None, "timeout"
             b = os.read(self.r_resp, 1 << 16)
             if not b:
@@ -338,6 +357,8 @@ class Worker:
         return rc
 
 def call_loop(src, entry):
+    import json
+
     def reply(obj):
         data = json.dumps(obj).encode()
         os.write(4, b"%d\n" % len(data) + data)
@@ -361,7 +382,7 @@ def call_loop(src, entry):
         hdr = read_line(3)
         if not hdr:
             finish(0)
-        args = json.loads(read_exact(3, int(hdr)))
+        args = marshal.loads(read_exact(3, int(hdr)))
         try:
             fn = getattr(target(), meth) if cls_name else mod.__dict__[entry]
             value = fn(*args)
@@ -393,11 +414,9 @@ def run_function(src, entry, inputs):
         if w is None:
             w = Worker(src, entry)
             msg, why = w.recv(min(t0 + CASE_S, t_end))
-            if msg is None or b'"load_error"' in msg[:16] or b'"ready"' not in msg[:16]:
-                try:
-                    load_error = json.loads(msg)["load_error"] if msg else "program failed to load: " + why
-                except Exception:
-                    load_error = "program failed to load"
+            if msg != READY:
+                # Whatever came back is the candidate's; the grader decodes it.
+                load_error = msg.decode("utf-8", "replace")[:400] if msg else "program failed to load: " + why
                 w.stop()
                 w = None
                 results.append({"status": "load_error", "error": load_error})
@@ -431,7 +450,7 @@ except Exception as e:
     payload = {"harness_error": short_exc(e)}
 kill_all()
 nonce = read_exact(0, 32)
-data = json.dumps(payload).encode()
+data = jenc(payload).encode()
 os.write(1, nonce + b" %d\n" % len(data) + data)
 '''
 
@@ -512,6 +531,11 @@ def _judge_case(kind: str, case: Mapping, res: Mapping) -> dict:
     if kind == "function":
         if status != "reply":
             out["error"] = res.get("error") or status
+            if status == "load_error":
+                try:  # the candidate's own report of why it did not load
+                    out["error"] = str(json.loads(out["error"])["load_error"])[:300]
+                except (ValueError, TypeError, KeyError, RecursionError):
+                    pass
             return out
         try:
             reply = json.loads(res["reply"])
@@ -571,9 +595,10 @@ def grade_program(
         "out_cap": min(lim.stdout_bytes // 2, 16 << 20),
     }
     nonce = secrets.token_hex(16).encode()
-    body = json.dumps(job).encode()
+    body = marshal.dumps(job)
     sandbox = get_sandbox(backend)
-    run = sandbox.run([sandbox.python, "-I", "-S", "-c", _HARNESS], b"%d\n" % len(body) + body + nonce, lim)
+    # warm: the harness reads its job before doing anything, so it can be started ahead of time.
+    run = sandbox.run([sandbox.python, "-I", "-S", "-c", _HARNESS], b"%d\n" % len(body) + body + nonce, lim, warm=True)
     if run.error is not None:
         return Grade.error(f"sandbox error: {run.error}", details={"stderr": run.stderr[-2000:].decode("utf-8", "replace")})
     if not run.stdout.startswith(_START):

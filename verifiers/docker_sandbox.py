@@ -150,7 +150,10 @@ class DockerSandbox:
 
     # -- one run -----------------------------------------------------------------------------
 
-    def run(self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None) -> RunResult:
+    def run(
+        self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None, *, warm: bool = False
+    ) -> RunResult:
+        # ``warm`` needs no action: the containers themselves are the warm part here.
         lim = limits or Limits()
         if self._closed:
             raise RuntimeError("DockerSandbox is closed")

@@ -20,6 +20,7 @@ Output is read concurrently with a cap, so a flood neither blocks the program no
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import selectors
@@ -92,7 +93,12 @@ class Sandbox(Protocol):
     #: Path of a Python interpreter inside the sandbox (stdlib only, no site-packages).
     python: str
 
-    def run(self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None) -> RunResult: ...
+    def run(
+        self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None, *, warm: bool = False
+    ) -> RunResult:
+        """Run ``argv`` with ``stdin``. ``warm=True`` promises that the program does nothing
+        before reading its stdin (like the code harness), so it may be started ahead of time."""
+        ...
 
     def close(self) -> None: ...
 
@@ -252,22 +258,22 @@ class _PidsCgroup:
             time.sleep(0.005)
 
 
-class _Slots:
-    """Bounded parallelism; as root each slot is also a distinct uid, claimed across processes."""
+class _Uids:
+    """Sandbox uids, one per live sandbox, claimed with ``flock`` so other processes skip them."""
 
-    def __init__(self, n: int, per_uid: bool) -> None:
-        self._sem = threading.BoundedSemaphore(n)
+    def __init__(self, enabled: bool) -> None:
         self._lock = threading.Lock()
-        self._per_uid = per_uid
+        self._enabled = enabled
         self._held: dict[int, int] = {}
-        if per_uid:
+        self._n = 0
+        if enabled:
             os.makedirs(_SLOT_DIR, mode=0o700, exist_ok=True)
 
     def acquire(self) -> int:
-        self._sem.acquire()
-        if not self._per_uid:
-            return 0
         with self._lock:
+            if not self._enabled:
+                self._n += 1
+                return self._n
             for i in range(_N_UIDS):
                 if i in self._held:
                     continue
@@ -279,15 +285,20 @@ class _Slots:
                     continue
                 self._held[i] = fd
                 return i
-        self._sem.release()
         raise RuntimeError(f"all {_N_UIDS} sandbox uids are in use")
 
     def release(self, i: int) -> None:
-        if self._per_uid:
+        if self._enabled:
             with self._lock:
                 fd = self._held.pop(i)
             os.close(fd)
-        self._sem.release()
+
+
+@dataclass
+class _Started:
+    proc: subprocess.Popen
+    slot: int
+    cgroup: str | None
 
 
 class LocalSandbox:
@@ -295,7 +306,7 @@ class LocalSandbox:
 
     name = "local"
 
-    def __init__(self, max_parallel: int | None = None, ro_binds: Sequence[str] = ()) -> None:
+    def __init__(self, max_parallel: int | None = None, ro_binds: Sequence[str] = (), spares: int | None = None) -> None:
         self.bwrap = shutil.which("bwrap")
         self.prlimit = shutil.which("prlimit")
         self.setpriv = shutil.which("setpriv")
@@ -309,9 +320,17 @@ class LocalSandbox:
             )
         self.python, prefix = _base_python()
         self.max_parallel = max_parallel or os.cpu_count() or 1
-        self._slots = _Slots(self.max_parallel, per_uid=self.root)
+        # Sandboxes started ahead of need: a fresh namespace + interpreter per run is the
+        # expensive part, so it is paid while the previous run executes. Each serves one run.
+        self.spares = self.max_parallel if spares is None else spares
+        self._sem = threading.BoundedSemaphore(self.max_parallel)
+        self._uids = _Uids(enabled=self.root)
         self._cgroup = _PidsCgroup() if self.root else None
         self._prefix_args = self._static_args([prefix, *ro_binds])
+        self._spare: dict[tuple, list[_Started]] = {}
+        self._spare_lock = threading.Lock()
+        self._closed = False
+        atexit.register(self.close)
 
     def _static_args(self, binds: Sequence[str]) -> list[str]:
         """The bwrap arguments that do not change between runs (computed once)."""
@@ -367,35 +386,100 @@ class LocalSandbox:
             cmd = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg, *cmd]
         return cmd, cg
 
-    def run(self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None) -> RunResult:
-        limits = limits or Limits()
-        slot = self._slots.acquire()
-        t0 = time.monotonic()
+    def _start(self, argv: Sequence[str], limits: Limits) -> _Started:
+        slot = self._uids.acquire()
         try:
             cmd, cg = self.command(argv, limits, slot)
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env={}, close_fds=True)
+        except BaseException:
+            self._uids.release(slot)
+            raise
+        return _Started(proc, slot, cg)
+
+    def _finish(self, st: _Started) -> int:
+        """Kill what is left of a started sandbox, reap it, free its uid; returns processes swept."""
+        swept = 0
+        try:
+            if st.proc.poll() is None:
+                st.proc.kill()
+            for f in (st.proc.stdin, st.proc.stdout, st.proc.stderr):
+                if f is not None and not f.closed:
+                    f.close()
+            st.proc.wait()
+            if st.cgroup:
+                swept = _PidsCgroup.sweep(st.cgroup)
+        finally:
+            self._uids.release(st.slot)
+        return swept
+
+    def _take(self, argv: Sequence[str], limits: Limits) -> _Started:
+        key = (tuple(argv), limits)
+        with self._spare_lock:
+            pool = self._spare.pop(key, [])
+            # Keep spares for the most recent configurations only.
+            stale = [k for k in self._spare if k != key][: max(len(self._spare) - 1, 0)]
+            dropped = [st for k in stale for st in self._spare.pop(k)]
+            self._spare[key] = pool
+            st = pool.pop(0) if pool else None
+        for d in dropped:
+            self._finish(d)
+        if st is not None and st.proc.poll() is not None:  # died while waiting: start afresh
+            self._finish(st)
+            st = None
+        if st is None:
+            st = self._start(argv, limits)
+        while not self._closed:
+            with self._spare_lock:
+                if len(self._spare.get(key, ())) >= self.spares:
+                    break
+            new = self._start(argv, limits)
+            with self._spare_lock:
+                self._spare.setdefault(key, []).append(new)
+        return st
+
+    def run(
+        self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None, *, warm: bool = False
+    ) -> RunResult:
+        limits = limits or Limits()
+        if self._closed:
+            raise RuntimeError("LocalSandbox is closed")
+        self._sem.acquire()
+        t0 = time.monotonic()
+        try:
+            st = self._take(argv, limits) if warm and self.spares > 0 else self._start(argv, limits)
 
             def kill() -> None:
                 # The outer bwrap takes the namespace's init with it (PR_SET_PDEATHSIG), and
                 # the kernel then kills every process left in the PID namespace.
                 try:
-                    proc.kill()
+                    st.proc.kill()
                 except ProcessLookupError:
                     pass
 
-            res = pump(proc, stdin, limits, t0 + limits.wall_s, kill)
-            if cg:
-                res.info["swept"] = _PidsCgroup.sweep(cg)
+            try:
+                res = pump(st.proc, stdin, limits, t0 + limits.wall_s, kill)
+            finally:
+                swept = self._finish(st)
+            res.info["swept"] = swept
         finally:
-            self._slots.release(slot)
+            self._sem.release()
         res.elapsed_s = time.monotonic() - t0
         if res.returncode == 1 and res.stderr.startswith(b"bwrap:"):
             res.error = res.stderr.decode(errors="replace").strip()
         return res
 
     def close(self) -> None:
-        pass
+        """Stop the pre-started sandboxes."""
+        self._closed = True
+        with self._spare_lock:
+            spares = [st for pool in self._spare.values() for st in pool]
+            self._spare.clear()
+        for st in spares:
+            try:
+                self._finish(st)
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
 
 
 _DEFAULT: dict[str, Sandbox] = {}
