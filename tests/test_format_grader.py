@@ -52,5 +52,9 @@ def test_config_knobs():
     assert 0.0 < part.score < 1.0 and part.components["think_nonempty"] == 0.0
 
 
+def test_config_from_dict():
+    assert grade("format", "reason</think>\\boxed{3}", None, format_config={"think_in_prompt": True}).score == 1.0
+
+
 def test_format_ignores_correctness():
     assert grade("format", "<think>r</think>\\boxed{wrong}", "3").score == 1.0

@@ -301,6 +301,14 @@ def test_grade_carries_extracted_answer_and_fingerprint():
     assert g.score == 0.0 and "no answer channel" in g.reason
 
 
+def test_config_from_plain_dicts():
+    two_boxes = "<think>t</think>\\boxed{4} \\boxed{3}"
+    assert grade("math", two_boxes, "3").score == 0.0
+    assert grade("math", two_boxes, "3", math_config={"extract": {"last_only": True}}).score == 1.0
+    g = grade("math", B("1"), "1", math_config={"no_such_knob": 1})
+    assert g.score is None and "no_such_knob" in g.reason  # a config typo is loud, not a silent 0
+
+
 def test_bad_gold_type_is_infrastructure_error_not_zero():
     g = grade("math", B("1"), {"not": "a number"})
     assert g.score is None and "gold must be" in g.reason

@@ -103,4 +103,6 @@ def check_format(completion: str, cfg: FormatConfig = DEFAULT_FORMAT) -> Grade:
 def grade_format(completion: str, gold: Any = None, **meta: Any) -> Grade:
     """<think>…</think> then exactly one answer and nothing after it (gold is ignored)."""
     cfg = meta.get("format_config") or DEFAULT_FORMAT
+    if isinstance(cfg, dict):  # from YAML / JSON
+        cfg = FormatConfig(**cfg)
     return check_format(completion, cfg)

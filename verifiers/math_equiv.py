@@ -603,6 +603,9 @@ def grade_math_with(completion: str, gold: Any, cfg: MathConfig = DEFAULT_MATH) 
 def grade_math(completion: str, gold: Any, **meta: Any) -> Grade:
     """Exact math equivalence of the boxed/<answer> answer after </think> (sympy, budgeted)."""
     cfg = meta.get("math_config") or DEFAULT_MATH
+    if isinstance(cfg, dict):  # from YAML / JSON: {"timeout_s": 3, "extract": {"last_only": true}}
+        ex = cfg.get("extract")
+        cfg = MathConfig(**{**cfg, **({"extract": ExtractConfig(**ex)} if isinstance(ex, dict) else {})})
     if "timeout_s" in meta:
         cfg = dataclasses.replace(cfg, timeout_s=float(meta["timeout_s"]))
     return grade_math_with(completion, gold, cfg)
