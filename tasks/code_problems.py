@@ -44,110 +44,150 @@ def _lists(rng: random.Random, k: int, lo: int = -50, hi: int = 50) -> list[list
     return out
 
 
+def _pick(rng: random.Random, *options: str) -> str:
+    """One phrasing of a statement; paraphrases keep items of one template textually distinct."""
+    return rng.choice(options)
+
+
+def _arg(rng: random.Random) -> str:
+    return rng.choice(["xs", "nums", "values", "arr", "data", "items"])
+
+
 def _p_add_k(rng: random.Random) -> Problem:
-    k = rng.choice([v for v in range(-9, 13) if v])
-    name = rng.choice(["shift_all", "add_offset", "bump", "offset_list"])
+    k = rng.choice([v for v in range(-15, 21) if v])
+    name = rng.choice(["shift_all", "add_offset", "bump", "offset_list", "plus_k", "shifted"])
+    a = _arg(rng)
     return Problem(
         "function",
-        f"Write a function `{name}(xs)` that takes a list of integers and returns a new list with {k} added to every element.",
-        f"def {name}(xs):\n    return [x + {k} for x in xs]\n",
+        _pick(rng,
+              f"Write a function `{name}({a})` that takes a list of integers `{a}` and returns a new list with {k} added to every element.",
+              f"Implement `{name}({a})`: given the integer list `{a}`, return a new list where {k} is added to each number.",
+              f"`{name}({a})` must return a fresh list: every integer of `{a}` plus {k}, in the same order."),
+        f"def {name}({a}):\n    return [x + {k} for x in {a}]\n",
         [f"Build a new list, adding {k} to each element; an empty list gives an empty list."],
         _lists(rng, 5), name)
 
 
 def _p_count_div(rng: random.Random) -> Problem:
-    k = rng.randint(2, 9)
-    name = rng.choice(["count_multiples", "num_divisible", "multiples_of_k"])
+    k = rng.randint(2, 12)
+    name = rng.choice(["count_multiples", "num_divisible", "multiples_of_k", "count_div", "how_many_divisible"])
+    a = _arg(rng)
     return Problem(
         "function",
-        f"Write a function `{name}(xs)` that returns how many integers in the list `xs` are divisible by {k} (zero and negative multiples count).",
-        f"def {name}(xs):\n    return sum(1 for x in xs if x % {k} == 0)\n",
+        _pick(rng,
+              f"Write a function `{name}({a})` that returns how many integers in the list `{a}` are divisible by {k} (zero and negative multiples count).",
+              f"Implement `{name}({a})`: count the elements of `{a}` that are multiples of {k}, counting 0 and negative multiples too.",
+              f"`{name}({a})` takes a list of integers and returns the number of them divisible by {k} (0 and negatives included)."),
+        f"def {name}({a}):\n    return sum(1 for x in {a} if x % {k} == 0)\n",
         [f"Python's % gives x % {k} == 0 exactly for multiples of {k}, negatives included.",
          "Count those elements."],
         _lists(rng, 5), name)
 
 
 def _p_prefix(rng: random.Random) -> Problem:
-    name = rng.choice(["running_total", "prefix_sums", "cumulative"])
-    start = rng.randint(0, 5)
+    name = rng.choice(["running_total", "prefix_sums", "cumulative", "scan_sum", "partial_sums"])
+    start = rng.randint(-10, 25)
+    a = _arg(rng)
     return Problem(
         "function",
-        f"Write a function `{name}(xs)` returning the list of running totals of `xs`, starting from an initial total of {start} (the i-th output is {start} plus the sum of the first i+1 elements).",
-        f"def {name}(xs):\n    out, t = [], {start}\n    for x in xs:\n        t += x\n        out.append(t)\n    return out\n",
+        _pick(rng,
+              f"Write a function `{name}({a})` returning the list of running totals of `{a}`, starting from an initial total of {start} (output i is {start} plus the sum of the first i+1 elements).",
+              f"Implement `{name}({a})`: start a total at {start}, add the elements of `{a}` one by one, and return the list of totals after each addition.",
+              f"`{name}({a})` returns running sums of the integer list `{a}`, where the running sum begins at {start} before the first element."),
+        f"def {name}({a}):\n    out, t = [], {start}\n    for x in {a}:\n        t += x\n        out.append(t)\n    return out\n",
         [f"Keep a running total that starts at {start}.", "Add each element and record the total after it."],
         _lists(rng, 5), name)
 
 
 def _p_vowels(rng: random.Random) -> Problem:
-    letters = "".join(sorted(rng.sample("aeiouy", rng.randint(2, 4))))
-    name = rng.choice(["count_letters", "letter_count", "tally"])
+    letters = "".join(sorted(rng.sample("aeioustrnly", rng.randint(2, 5))))
+    name = rng.choice(["count_letters", "letter_count", "tally", "count_chars", "char_hits"])
+    a = rng.choice(["s", "text", "word", "line"])
+    shown = ", ".join(letters)
     inputs = [[""]] + [[" ".join(rng.sample(WORDS, rng.randint(1, 4))).title() if rng.random() < 0.5
                         else " ".join(rng.sample(WORDS, rng.randint(1, 4)))] for _ in range(4)]
     return Problem(
         "function",
-        f"Write a function `{name}(s)` that returns how many characters of the string `s` are one of the letters {', '.join(letters)}, ignoring case.",
-        f"def {name}(s):\n    return sum(1 for c in s.lower() if c in {letters!r})\n",
+        _pick(rng,
+              f"Write a function `{name}({a})` that returns how many characters of the string `{a}` are one of the letters {shown}, ignoring case.",
+              f"Implement `{name}({a})`: count the characters of `{a}` that are among {shown} (upper or lower case both count).",
+              f"`{name}({a})` returns the number of positions in `{a}` holding {shown} in any case."),
+        f"def {name}({a}):\n    return sum(1 for c in {a}.lower() if c in {letters!r})\n",
         ["Lower-case the string so case does not matter.", f"Count characters that are in {letters!r}."],
         inputs, name)
 
 
 def _p_second_largest(rng: random.Random) -> Problem:
-    name = rng.choice(["second_largest", "runner_up", "second_max"])
-    default = rng.choice([-1, 0, None])
+    name = rng.choice(["second_largest", "runner_up", "second_max", "next_biggest"])
+    default = rng.choice([-1, 0, None, -100, 999])
+    a = _arg(rng)
     inputs = [[[5]], [[3, 3]]] + [[_ints(rng, rng.randint(2, 8), -20, 20)] for _ in range(3)]
     return Problem(
         "function",
-        f"Write a function `{name}(xs)` that returns the second largest distinct value in `xs`, or {default!r} if there are fewer than two distinct values.",
-        f"def {name}(xs):\n    vals = sorted(set(xs))\n    return vals[-2] if len(vals) >= 2 else {default!r}\n",
+        _pick(rng,
+              f"Write a function `{name}({a})` that returns the second largest distinct value in `{a}`, or {default!r} if there are fewer than two distinct values.",
+              f"Implement `{name}({a})`: among the distinct integers of `{a}`, return the second biggest; return {default!r} when `{a}` has under two distinct values.",
+              f"`{name}({a})` gives the runner-up distinct value of the list `{a}` ({default!r} if fewer than two distinct values exist)."),
+        f"def {name}({a}):\n    vals = sorted(set({a}))\n    return vals[-2] if len(vals) >= 2 else {default!r}\n",
         ["Remove duplicates with a set and sort.", f"Return the second from the end, or {default!r} if fewer than two remain."],
         inputs, name)
 
 
 def _p_fizz(rng: random.Random) -> Problem:
-    a, b = rng.sample([2, 3, 4, 5, 7], 2)
-    wa, wb = rng.sample(["Fizz", "Buzz", "Zap", "Pow", "Bing", "Zoom"], 2)
-    name = rng.choice(["fizzbuzz", "say_numbers", "word_game"])
+    a, b = rng.sample([2, 3, 4, 5, 6, 7, 11], 2)
+    wa, wb = rng.sample(["Fizz", "Buzz", "Zap", "Pow", "Bing", "Zoom", "Bop", "Whiz"], 2)
+    name = rng.choice(["fizzbuzz", "say_numbers", "word_game", "chant", "count_off"])
     return Problem(
         "function",
-        f"Write a function `{name}(n)` that returns a list of strings for 1..n: \"{wa}{wb}\" for multiples of both {a} and {b}, \"{wa}\" for multiples of {a}, \"{wb}\" for multiples of {b}, otherwise the number itself as a string.",
+        _pick(rng,
+              f"Write a function `{name}(n)` that returns a list of strings for 1..n: \"{wa}{wb}\" for multiples of both {a} and {b}, \"{wa}\" for multiples of {a}, \"{wb}\" for multiples of {b}, otherwise the number itself as a string.",
+              f"Implement `{name}(n)`: for i from 1 to n, emit \"{wa}\" if {a} divides i, \"{wb}\" if {b} divides i, \"{wa}{wb}\" if both do, else str(i); return the list."),
         f"def {name}(n):\n    out = []\n    for i in range(1, n + 1):\n        s = ({wa!r} if i % {a} == 0 else '') + ({wb!r} if i % {b} == 0 else '')\n        out.append(s or str(i))\n    return out\n",
         [f"For each i, append {wa!r} if {a} divides i and {wb!r} if {b} divides i.", "Fall back to str(i) when neither applies."],
         [[0], [1]] + [[rng.randint(5, 30)] for _ in range(3)], name)
 
 
 def _p_digit_sum(rng: random.Random) -> Problem:
-    base = rng.choice([2, 3, 5, 7, 8, 10, 16])
-    name = rng.choice(["digit_sum", "sum_of_digits", "base_digit_sum"])
+    base = rng.choice([2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 16])
+    name = rng.choice(["digit_sum", "sum_of_digits", "base_digit_sum", "digits_total"])
     return Problem(
         "function",
-        f"Write a function `{name}(n)` that returns the sum of the digits of the non-negative integer `n` written in base {base}.",
+        _pick(rng,
+              f"Write a function `{name}(n)` that returns the sum of the digits of the non-negative integer `n` written in base {base}.",
+              f"Implement `{name}(n)`: write n >= 0 in base {base} and return the sum of its base-{base} digits.",
+              f"`{name}(n)` adds up the base-{base} digits of a non-negative integer n and returns the total."),
         f"def {name}(n):\n    s = 0\n    while n:\n        s += n % {base}\n        n //= {base}\n    return s\n",
         [f"Repeatedly take n % {base} (the last base-{base} digit) and divide n by {base}."],
         [[0]] + [[rng.randint(1, 10**rng.randint(1, 6))] for _ in range(4)], name)
 
 
 def _p_collatz(rng: random.Random) -> Problem:
-    m = rng.choice([3, 5]) if rng.random() < 0.2 else 3
-    c = 1
-    name = rng.choice(["collatz_steps", "steps_to_one", "hailstone_len"])
-    cap = rng.randint(50, 200)
+    m = rng.choice([3, 3, 3, 5, 7])
+    c = rng.choice([1, 1, 3])
+    name = rng.choice(["collatz_steps", "steps_to_one", "hailstone_len", "orbit_length"])
+    cap = rng.randint(30, 200)
     return Problem(
         "function",
-        f"Write a function `{name}(n)` for a positive integer n: repeatedly replace n by n // 2 if n is even or {m} * n + {c} if odd, and return the number of replacements until n == 1, but stop counting at {cap} (return {cap} if 1 is not reached within {cap} steps).",
+        _pick(rng,
+              f"Write a function `{name}(n)` for a positive integer n: repeatedly replace n by n // 2 if n is even or {m} * n + {c} if odd, and return the number of replacements until n == 1, but stop counting at {cap} (return {cap} if 1 is not reached within {cap} steps).",
+              f"Implement `{name}(n)`: while n != 1 and fewer than {cap} steps were made, set n to n // 2 when even, else to {m} * n + {c}; return the number of steps made."),
         f"def {name}(n):\n    steps = 0\n    while n != 1 and steps < {cap}:\n        n = n // 2 if n % 2 == 0 else {m} * n + {c}\n        steps += 1\n    return steps\n",
         ["Loop while n != 1, applying the rule and counting steps.", f"Stop early at {cap} steps."],
         [[1]] + [[rng.randint(2, 60)] for _ in range(4)], name)
 
 
 def _p_stdio_sum_over(rng: random.Random) -> Problem:
-    k = rng.randint(-5, 20)
+    k = rng.randint(-20, 30)
     inputs = []
     for _ in range(4):
         xs = _ints(rng, rng.randint(1, 8), -30, 40)
         inputs.append(f"{len(xs)}\n{' '.join(map(str, xs))}\n")
     return Problem(
         "stdio",
-        f"Read an integer n, then a line of n integers from standard input. Print the sum of those integers that are strictly greater than {k} (print 0 if there are none).",
+        _pick(rng,
+              f"Read an integer n, then a line of n integers from standard input. Print the sum of those integers that are strictly greater than {k} (print 0 if there are none).",
+              f"Input: n on the first line, then n integers on the second. Output the total of the integers above {k} (0 if none exceed {k}).",
+              f"Program: read n and then n space-separated integers; print the sum of every integer > {k}, or 0 when no integer is > {k}."),
         f"n = int(input())\nxs = list(map(int, input().split()))[:n]\nprint(sum(x for x in xs if x > {k}))\n",
         ["Read n and the numbers.", f"Sum the ones greater than {k} and print it."],
         inputs)
@@ -160,18 +200,23 @@ def _p_stdio_words(rng: random.Random) -> Problem:
     key = "(-len(w), w)" if rev else "(len(w), w)"
     return Problem(
         "stdio",
-        f"Read one line of space-separated lowercase words. Print the words on one line separated by single spaces, sorted by length ({order}), breaking ties alphabetically.",
+        _pick(rng,
+              f"Read one line of space-separated lowercase words. Print the words on one line separated by single spaces, sorted by length ({order}), breaking ties alphabetically.",
+              f"Input: a line of lowercase words. Output them on one line, single-spaced, ordered {order} by length and alphabetically among equal lengths."),
         f"words = input().split()\nprint(' '.join(sorted(words, key=lambda w: {key})))\n",
         [f"Split the line and sort with key {key}.", "Join with single spaces."],
         inputs)
 
 
 def _p_stdio_powmod(rng: random.Random) -> Problem:
-    m = rng.choice([7, 13, 97, 101, 1000, 10**9 + 7])
+    m = rng.choice([7, 11, 13, 17, 97, 101, 997, 1000, 10007, 65537, 10**9 + 7, 998244353])
     inputs = [f"{rng.randint(0, 10**4)} {rng.randint(0, 10**6)}\n" for _ in range(4)]
     return Problem(
         "stdio",
-        f"Read two non-negative integers a and b on one line. Print a to the power b, modulo {m}.",
+        _pick(rng,
+              f"Read two non-negative integers a and b on one line. Print a to the power b, modulo {m}.",
+              f"Input: a b (non-negative integers). Output (a ** b) mod {m}.",
+              f"Given a and b on one input line, print the remainder of a^b divided by {m}."),
         f"a, b = map(int, input().split())\nprint(pow(a, b, {m}))\n",
         [f"Use fast modular exponentiation: pow(a, b, {m}) (never compute a**b in full)."],
         inputs)
@@ -239,10 +284,11 @@ class CodeProblems(TaskSource):
         tests = _run_reference(p)
         shown = tests["cases"][1]
         if p.kind == "function":
-            example = f"For example, `{p.entry_point}({', '.join(map(repr, shown['args']))})` returns `{shown['expected']!r}`."
+            example = f"Example: `{p.entry_point}({', '.join(map(repr, shown['args']))})` returns `{shown['expected']!r}`."
         else:
-            example = f"For example, for input {shown['stdin']!r} the output is {shown['expected_stdout']!r}."
-        q = f"{p.statement} {example} Put your Python solution in a ```python code block."
+            example = f"Example: input {shown['stdin']!r} gives output {shown['expected_stdout']!r}."
+        # Example first and a short instruction last: the fixed text between variable parts stays short.
+        q = f"{example} {p.statement} Answer with a ```python block."
         answer_block = f"\n```python\n{p.code}```\n"
         return {
             "question": q,
