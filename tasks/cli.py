@@ -138,6 +138,8 @@ def register(app: typer.Typer) -> None:
         eval_seed: int = typer.Option(1, "--eval-seed", help="Seed of a procedural evaluation source."),
         train_limit: int = typer.Option(10_000, "--train-limit", min=1, help="Use the first N training items."),
         eval_limit: int = typer.Option(1_000, "--eval-limit", min=1, help="Use the first N evaluation items."),
+        train_param: Optional[list[str]] = typer.Option(None, "--train-param", help="Training source knob KEY=VALUE (e.g. question_field=problem), repeatable."),
+        eval_param: Optional[list[str]] = typer.Option(None, "--eval-param", help="Evaluation source knob KEY=VALUE, repeatable."),
         n: int = typer.Option(13, "--n", min=1, help="n-gram length in words (after normalization)."),
         threshold: float = typer.Option(0.0, "--threshold", min=0.0, max=1.0, help="Highest allowed contaminated fraction of eval items."),
         show: int = typer.Option(20, "--show", min=0, help="How many overlapping items to list."),
@@ -152,8 +154,8 @@ def register(app: typer.Typer) -> None:
         from thinkgym.tasks.contamination import contamination_report
 
         try:
-            tr = open_source(train, seed=train_seed)
-            ev = open_source(eval_, seed=eval_seed)
+            tr = open_source(train, seed=train_seed, params=parse_params(train_param))
+            ev = open_source(eval_, seed=eval_seed, params=parse_params(eval_param))
         except (TypeError, ValueError, KeyError, FileNotFoundError) as e:
             _fail(str(e))
         tr_items = [tr[i] for i in range(min(train_limit, len(tr)))]

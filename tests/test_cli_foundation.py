@@ -96,6 +96,13 @@ def test_contamination_command_exit_codes(tmp_path):
     rep = json.loads(r.output)
     assert [5, 30] in [c[:2] for c in rep["contaminated"]]
     assert r.exit_code == 1
+    # Source knobs: a file with other field names, and a task restricted to some templates.
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"problem": ev[5]["question"], "solution": "x"}) + "\n")
+    r = invoke("contamination", "--train", str(other), "--train-param", "question_field=problem",
+               "--train-param", "answer_field=solution", "--eval", "word_problems", "--eval-seed", "9",
+               "--eval-limit", "20", "--eval-param", "difficulty=[0,2]", "--json")
+    assert r.exit_code == 1 and [5, 0] in [c[:2] for c in json.loads(r.output)["contaminated"]]
 
 
 @pytest.mark.parametrize("cmd", ["tasks", "envs", "sample-tasks", "contamination"])
