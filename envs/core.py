@@ -40,12 +40,21 @@ TOOL_SYSTEM_PROMPT = (
 MAX_TEXT = 1 << 20  # characters; bounds both prompts and completions
 
 
+_TIMING_KEYS = frozenset({"elapsed_s", "time_s"})
+
+
+def _drop_timings(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _drop_timings(v) for k, v in x.items() if k not in _TIMING_KEYS}
+    if isinstance(x, list):
+        return [_drop_timings(v) for v in x]
+    return x
+
+
 def _grade_info(g: Grade) -> dict[str, Any]:
-    # Wall time is left out of the transition so that a seeded step is reproducible
-    # (Gymnasium's checker compares infos); it stays available as ``env.last_grade.elapsed_s``.
-    d = g.to_dict()
-    d.pop("elapsed_s", None)
-    return d
+    # Wall-clock timings are left out of the transition so that a seeded step is reproducible
+    # (Gymnasium's checker compares infos); they stay available on ``env.last_grade``.
+    return _drop_timings(g.to_dict())
 
 
 class TaskEnv(gym.Env[str, str]):

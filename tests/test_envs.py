@@ -174,11 +174,17 @@ def test_code_retry_feedback_shows_failing_test():
     item = info["item"]
     ep = item["answer"]["entry_point"]
     bad = f"<think>x</think>\n<answer>\n```python\ndef {ep}(xs):\n    return xs\n```\n</answer>"
-    obs, r, term, trunc, info = env.step(bad)
+    first = env.step(bad)
+    obs, r, term, trunc, info = first
     assert r == 0.0 and not term and not trunc, info["grade"]
     assert "Test 1 failed" in obs and f"{ep}(" in obs and "should return" in obs
     obs, r, term, trunc, info = env.step(item["metadata"]["solution"])
     assert r == 1.0 and term, info["grade"]
+    # Same seed, same actions: the same transition, timings of the sandbox runs aside.
+    env.reset(options={"index": 0})
+    again = env.step(bad)
+    assert again[4]["grade"] == first[4]["grade"] and again[0] == first[0]
+    assert "time_s" in env.unwrapped.last_grade.details["cases"][0]  # kept on the Grade itself
 
 
 def test_tool_env_calculator_round_trip():
