@@ -145,3 +145,23 @@ def test_bad_configuration_is_a_clear_error():
         Limits().replace(wall=3)
     with pytest.raises(ValueError, match="unknown sandbox backend"):
         get_sandbox("vm")
+
+
+def test_seccomp_blocks_new_namespaces_but_not_threads_or_subprocesses(sb):
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the seccomp filter is built for x86-64 only")
+    r = sb.run(["/usr/bin/unshare", "-Ur", "true"])
+    assert r.returncode != 0 and b"Operation not permitted" in r.stderr
+    code = (
+        "import threading, subprocess, os, ctypes\nout = []\n"
+        "t = threading.Thread(target=out.append, args=(1,)); t.start(); t.join()\n"
+        "out.append(subprocess.run(['/bin/echo', 'sub'], capture_output=True).stdout.strip().decode())\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "out.append(libc.unshare(0x10000000))  # CLONE_NEWUSER\n"
+        "out.append(libc.mount(b'x', b'/tmp', b'tmpfs', 0, None))\n"
+        "print(out)\n"
+    )
+    r = py(sb, code)
+    assert r.stdout.strip() == b"[1, 'sub', -1, -1]", r.stderr

@@ -185,10 +185,69 @@ _N_UIDS = 256
 _SLOT_DIR = os.path.join(tempfile.gettempdir(), f"thinkgym-sandbox-slots-{os.geteuid()}")
 
 
+def _cap(name: str, value: int) -> int:
+    """``value``, lowered to this process's hard limit (inside the sandbox it cannot be raised)."""
+    import resource
+
+    hard = resource.getrlimit(getattr(resource, "RLIMIT_" + name))[1]
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)
+
+
 def _base_python() -> tuple[str, str]:
     """The real interpreter behind this (possibly venv) Python, and its install prefix."""
     exe = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
     return exe, os.path.realpath(sys.base_prefix)
+
+
+# seccomp: syscalls a solution never needs and that widen the kernel's attack surface (new
+# namespaces, mounts, tracing, keyrings, BPF, io_uring, modules). x86-64 only; elsewhere the
+# namespaces and limits still apply, without this filter.
+_X86_64_BLOCKED = {
+    "unshare": 272, "setns": 308, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161,
+    "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kexec_load": 246,
+    "kexec_file_load": 320, "init_module": 175, "finit_module": 313, "delete_module": 176, "bpf": 321,
+    "perf_event_open": 298, "userfaultfd": 323, "keyctl": 250, "add_key": 248, "request_key": 249,
+    "open_by_handle_at": 304, "name_to_handle_at": 303, "open_tree": 428, "move_mount": 429,
+    "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
+    "swapon": 167, "swapoff": 168, "reboot": 169, "acct": 163, "iopl": 172, "ioperm": 173,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "syslog": 103,
+}
+_CLONE, _CLONE3 = 56, 435
+_CLONE_NS_FLAGS = 0x7E020000  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
+
+
+def seccomp_program() -> bytes | None:
+    """A classic-BPF seccomp filter (as bwrap's ``--add-seccomp-fd`` reads it), or None."""
+    import platform
+    import struct
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, kill = 0x7FFF0000, 0x80000000
+    eperm, enosys = 0x00050000 | 1, 0x00050000 | 38
+    blocked = sorted(_X86_64_BLOCKED.values())
+    # Layout: header(4) | blocked checks | clone3 | clone | ld args0 | jset | ALLOW | EPERM | ENOSYS
+    n_head = 5
+    i_clone3 = n_head + len(blocked)
+    i_clone, i_arg, i_jset = i_clone3 + 1, i_clone3 + 2, i_clone3 + 3
+    i_allow, i_eperm, i_enosys = i_jset + 1, i_jset + 2, i_jset + 3
+    prog = [
+        (ld, 0, 0, 4),                       # 0: arch
+        (jeq, 1, 0, 0xC000003E),             # 1: AUDIT_ARCH_X86_64?
+        (ret, 0, 0, kill),                   # 2: other ABIs (i386 via int 0x80): kill
+        (ld, 0, 0, 0),                       # 3: syscall nr
+        (jge, i_eperm - 5, 0, 0x40000000),   # 4: x32 ABI
+    ]
+    for k, nr in enumerate(blocked):
+        i = n_head + k
+        prog.append((jeq, i_eperm - i - 1, 0, nr))
+    prog.append((jeq, i_enosys - i_clone3 - 1, 0, _CLONE3))  # no clone3: libc falls back to clone
+    prog.append((jeq, 0, i_allow - i_clone - 1, _CLONE))
+    prog.append((ld, 0, 0, 16))  # clone flags (low 32 bits of args[0])
+    prog.append((jset, i_eperm - i_jset - 1, i_allow - i_jset - 1, _CLONE_NS_FLAGS))
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm), (ret, 0, 0, enosys)]
+    return b"".join(struct.pack("<HBBI", *ins) for ins in prog)
 
 
 class _PidsCgroup:
@@ -306,7 +365,10 @@ class LocalSandbox:
 
     name = "local"
 
-    def __init__(self, max_parallel: int | None = None, ro_binds: Sequence[str] = (), spares: int | None = None) -> None:
+    def __init__(
+        self, max_parallel: int | None = None, ro_binds: Sequence[str] = (), spares: int | None = None,
+        seccomp: bool = True,
+    ) -> None:
         self.bwrap = shutil.which("bwrap")
         self.prlimit = shutil.which("prlimit")
         self.setpriv = shutil.which("setpriv")
@@ -327,6 +389,7 @@ class LocalSandbox:
         self._uids = _Uids(enabled=self.root)
         self._cgroup = _PidsCgroup() if self.root else None
         self._prefix_args = self._static_args([prefix, *ro_binds])
+        self._seccomp = seccomp_program() if seccomp else None
         self._spare: dict[tuple, list[_Started]] = {}
         self._spare_lock = threading.Lock()
         self._closed = False
@@ -371,9 +434,9 @@ class LocalSandbox:
         cmd = list(self._prefix_args)
         cmd += ["--perms", "1777", "--size", str(limits.scratch_mb << 20), "--tmpfs", "/tmp"]
         mb = 1 << 20
-        cmd += ["--", self.prlimit, f"--cpu={limits.cpu_s}", f"--as={limits.memory_mb * mb}",
-                f"--fsize={limits.fsize_mb * mb}", f"--nofile={limits.nofile}", "--core=0",
-                f"--nproc={limits.nproc}"]
+        cmd += ["--", self.prlimit, f"--cpu={_cap('CPU', limits.cpu_s)}", f"--as={_cap('AS', limits.memory_mb * mb)}",
+                f"--fsize={_cap('FSIZE', limits.fsize_mb * mb)}", f"--nofile={_cap('NOFILE', limits.nofile)}",
+                "--core=0", f"--nproc={_cap('NPROC', limits.nproc)}"]
         cg = None
         if self.root:
             uid = _UID_BASE + slot
@@ -388,13 +451,25 @@ class LocalSandbox:
 
     def _start(self, argv: Sequence[str], limits: Limits) -> _Started:
         slot = self._uids.acquire()
+        fd = -1
         try:
             cmd, cg = self.command(argv, limits, slot)
+            pass_fds: tuple[int, ...] = ()
+            if self._seccomp is not None:
+                fd = os.memfd_create("thinkgym-seccomp", 0)
+                os.write(fd, self._seccomp)
+                os.lseek(fd, 0, os.SEEK_SET)
+                pass_fds = (fd,)
+                i = cmd.index(self.bwrap) + 1
+                cmd[i:i] = ["--add-seccomp-fd", str(fd)]
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env={}, close_fds=True)
+                                    stderr=subprocess.PIPE, env={}, close_fds=True, pass_fds=pass_fds)
         except BaseException:
             self._uids.release(slot)
             raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
         return _Started(proc, slot, cg)
 
     def _finish(self, st: _Started) -> int:
