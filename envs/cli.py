@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
             envs = list_envs()
         except RegistryError as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         rows = []
         for env_id, desc in envs.items():
             info = ENVS.get(env_id)

@@ -243,7 +243,7 @@ def _run_reference(p: Problem) -> dict[str, Any]:
         lines = iter(stdin.splitlines())
         buf = io.StringIO()
         with redirect_stdout(buf):
-            exec(compile(p.code, "<reference stdio>", "exec"), {"input": lambda *_: next(lines)})  # noqa: S102
+            exec(compile(p.code, "<reference stdio>", "exec"), {"input": lambda *_, _lines=lines: next(_lines)})  # noqa: S102
         cases.append({"stdin": stdin, "expected_stdout": buf.getvalue()})
     return {"type": "stdio", "cases": cases}
 

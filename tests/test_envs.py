@@ -157,7 +157,7 @@ def test_multi_turn_countdown_feedback_success_and_truncation():
     assert (obs, r, term, trunc) == ("", 1.0, True, False) and info["turn"] == 2
     # Three wrong answers: truncated at the turn limit, no trailing feedback turn.
     env.reset(options={"index": 2})
-    for k in range(3):
+    for _ in range(3):
         obs, r, term, trunc, info = env.step(wrong)
     assert (obs, term, trunc, info["turn"], info["feedback"]) == ("", False, True, 3, None)
     assert info["messages"][-1]["role"] == "assistant" and len(info["messages"]) == 2 + 3 + 2
