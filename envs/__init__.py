@@ -14,7 +14,7 @@ from thinkgym.envs.core import (
     ToolEnv,
     default_feedback,
 )
-from thinkgym.envs.registration import ENVS, EnvInfo, env_id_for_task, list_envs, register_envs
+from thinkgym.envs.registration import ENVS, EnvInfo, env_id_for_task, list_envs, register_envs, task_source_for_env
 from thinkgym.envs.spaces import TextSpace
 
 register_envs()
@@ -33,4 +33,5 @@ __all__ = [
     "env_id_for_task",
     "list_envs",
     "register_envs",
+    "task_source_for_env",
 ]

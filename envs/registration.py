@@ -104,6 +104,21 @@ def register_envs() -> None:
         gymnasium.register(id=info.id, entry_point=info.entry_point, kwargs=dict(info.kwargs))
 
 
+def task_source_for_env(env_id: str, *, seed: int = 0, size: int | None = None) -> Any:
+    """The task source behind a registered env id, built with the env's task knobs.
+
+    Train and eval entry points use it to run the contamination gate on the envs they use.
+    """
+    from thinkgym.tasks import make_task
+
+    if env_id not in ENVS:
+        raise RegistryError(f"unknown env {env_id!r}; known: {', '.join(ENVS.names())}")
+    info = ENVS.get(env_id)
+    if info.task is None:
+        raise ValueError(f"env {env_id!r} is not backed by a registered task name")
+    return make_task(info.task, seed=seed, size=size, **info.kwargs.get("task_params", {}))
+
+
 def list_envs() -> dict[str, str]:
     """Env ids with their one-line descriptions (built-in, plugin, and plugin tasks)."""
     return {info.id: info.description for info in _collect()}

@@ -36,11 +36,13 @@ def open_source(spec: str, seed: int = 0, params: dict[str, Any] | None = None, 
     path = Path(spec)
     if "/" in spec and not path.exists():
         # An env id: sample the task behind it, with the env's task knobs.
-        from thinkgym.envs.registration import ENVS
+        from thinkgym.envs.registration import ENVS, task_source_for_env
 
         if spec in ENVS and ENVS.get(spec).task:
-            info = ENVS.get(spec)
-            return make_task(info.task, seed=seed, size=size, **{**info.kwargs.get("task_params", {}), **params})
+            if params:
+                info = ENVS.get(spec)
+                return make_task(info.task, seed=seed, size=size, **{**info.kwargs.get("task_params", {}), **params})
+            return task_source_for_env(spec, seed=seed, size=size)
     if path.suffix == ".jsonl" and path.is_file():
         return make_task("jsonl", seed=seed, size=size, path=str(path), **params)
     if path.exists():

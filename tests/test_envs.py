@@ -237,6 +237,20 @@ def test_vector_envs_sync_and_make_vec():
     venv.close()
 
 
+def test_task_source_for_env_and_contamination_gate():
+    from thinkgym.envs import task_source_for_env
+    from thinkgym.tasks.contamination import check_contamination
+
+    src = task_source_for_env("thinkgym/CalculatorTool-v0", seed=2, size=100)
+    assert src.params["max_value"] == 1000 and len(src) == 100
+    assert src[3] == make_task("arithmetic", seed=2, n_operands=[3, 5], max_value=1000)[3]
+    train = task_source_for_env("thinkgym/Countdown-v0", seed=0, size=2000)
+    rep = check_contamination(train, task_source_for_env("thinkgym/Countdown-v0", seed=1, size=200), threshold=0.05)
+    assert rep.rate <= 0.05
+    with pytest.raises(KeyError, match="unknown env"):
+        task_source_for_env("thinkgym/Nope-v0")
+
+
 def test_env_kwargs_via_make_and_render():
     env = gym.make("thinkgym/Arithmetic-v0", seed=9, task_params={"n_operands": 2, "max_value": 9}, render_mode="ansi")
     obs, info = env.reset(options={"index": 0})

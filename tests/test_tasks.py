@@ -324,3 +324,30 @@ def test_same_items_across_processes_and_hash_seeds():
     here = {n: [make_task(n, seed=3, **({"max_value": 50} if n == "arithmetic" else {}))[i] for i in (0, 17, 999_999)]
             for n in sorted(PROCEDURAL)}
     assert json.loads(outs[0]) == json.loads(json.dumps(here))
+
+
+@pytest.mark.parametrize("name", ["arithmetic", "countdown", "word_problems", "latex_math", "format"])
+def test_worked_solutions_get_full_reward(name):
+    """Cold-start traces must be right by the task's own grader and well-formed by the format grader."""
+    from thinkgym.verifiers import grade
+
+    s = make_task(name, seed=21)
+    for i in range(25):
+        it = s[i]
+        sol, md = it["metadata"]["solution"], it["metadata"]
+        g = grade(md["grader"], sol, it["answer"], **md.get("grader_kwargs", {}))
+        assert g.score == 1.0, (it, g)
+        f = grade("format", sol, None)
+        assert f.score == 1.0, (sol, f)
+
+
+@pytest.mark.sandbox
+def test_code_solutions_pass_the_code_grader():
+    from thinkgym.verifiers import grade
+
+    s = make_task("code", seed=21)
+    for i in range(12):
+        it = s[i]
+        g = grade("code", it["metadata"]["solution"], it["answer"])
+        assert g.score == 1.0, (it["question"], g.reason)
+        assert grade("format", it["metadata"]["solution"], None).score == 1.0
