@@ -137,12 +137,21 @@ def _clean(s: str) -> str:
     return s
 
 
+_INEQUALITY_RE = re.compile(r"<|>|\\(?:le|ge|leq|geq|lt|gt|leqslant|geqslant)(?![a-zA-Z])|≤|≥")
+
+
 def split_alternatives(answer: str) -> list[str] | None:
-    """``["41", "42"]`` for ``"41 or 42"``; ``None`` when the answer does not hedge."""
+    """``["41", "42"]`` for ``"41 or 42"``; ``None`` when the answer does not hedge.
+
+    Inequalities joined by "or" (``x < 1 \\text{ or } x > 3``) describe one set, not a hedge.
+    """
     if not _ALTERNATIVES_RE.search(answer):
         return None
     parts = [p.strip(" ,;") for p in _ALTERNATIVES_RE.split(answer)]
-    return [p for p in parts if p] or None
+    parts = [p for p in parts if p]
+    if len(parts) > 1 and all(_INEQUALITY_RE.search(p) for p in parts):
+        return None
+    return parts or None
 
 
 def extract(text: str, cfg: ExtractConfig = DEFAULT_EXTRACT) -> Extraction:

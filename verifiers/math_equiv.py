@@ -65,7 +65,14 @@ _TEXT_CMD = r"\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox|operatorname)"
 _TRAILING_UNIT = re.compile(r"(?<=[\d}).])\s*(?:" + _TEXT_CMD + r"\{[^{}]*\}\s*)+$")
 _WHOLE_TEXT = re.compile(r"^" + _TEXT_CMD + r"\{([^{}]*)\}$")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b")
-_ASSIGN = re.compile(r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(?!=)(.+)$", re.DOTALL)
+# "x = 3", "x_1 = 3", "f(x) = 2x", "x \\in [1, 2]": a single named thing on the left.
+_ASSIGN = re.compile(
+    r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\([A-Za-z, ]*\))?\s*(?:=|\\in(?![a-zA-Z]))\s*(?!=)(.+)$", re.DOTALL
+)
+# "5 dollars", "12 apples": a number followed by plain words (LaTeX-free units).
+_TRAILING_WORDS = re.compile(r"^([+-]?[\d.,]*\d(?:\\?%)?)\s+(?:[A-Za-z]{2,}\.?\s*)+$")
+_FUNCTION_WORDS = {"sin", "cos", "tan", "log", "ln", "exp", "pi", "sqrt", "mod", "or", "and"}
+_WORD = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
 _DOLLAR = re.compile(r"^\\\$\s*|\\\$$")
 
 
@@ -287,6 +294,20 @@ def _install_fast_numbers() -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _parse_sympy(s: str) -> Any:
+    from thinkgym.verifiers.extract import _ALTERNATIVES_RE
+
+    parts = [x.strip(" ,;") for x in _ALTERNATIVES_RE.split(s)]
+    if len(parts) > 1:  # "x < 1 or x > 3": the union of the sets the inequalities describe
+        import sympy
+
+        sets = [_as_set(_parse_one(x)) for x in parts if x]
+        if not all(isinstance(x, sympy.Set) for x in sets):
+            raise ValueError("alternatives that are not all inequalities")
+        return sympy.Union(*sets)
+    return _parse_one(s)
+
+
+def _parse_one(s: str) -> Any:
     from latex2sympy2_extended import NormalizationConfig, latex2sympy
     from latex2sympy2_extended.latex2sympy2 import ConversionConfig
 
@@ -364,6 +385,19 @@ def _expr_equal(a: Any, b: Any) -> bool:
     return bool(getattr(d, "is_number", False)) and d.equals(0) is True
 
 
+def _as_set(x: Any) -> Any:
+    """``x > 2`` -> ``(2, oo)``: an inequality in one variable is the set it describes."""
+    import sympy
+
+    is_ineq = isinstance(x, sympy.core.relational.Relational) and not isinstance(x, (sympy.Equality, sympy.Unequality))
+    if (is_ineq or isinstance(x, (sympy.And, sympy.Or))) and len(x.free_symbols) == 1:
+        try:
+            return x.as_set()
+        except Exception:  # noqa: BLE001 - not solvable: leave it alone
+            return x
+    return x
+
+
 def _sym_equal(a: Any, b: Any) -> bool:
     import sympy
     from sympy.sets.sets import FiniteSet
@@ -382,6 +416,7 @@ def _sym_equal(a: Any, b: Any) -> bool:
         return _sym_equal(next(iter(a)), b)
     if isinstance(b, FiniteSet) and len(b) == 1 and not isinstance(a, sympy.Set):
         return _sym_equal(a, next(iter(b)))
+    a, b = _as_set(a), _as_set(b)
     if isinstance(a, sympy.Set) or isinstance(b, sympy.Set):
         if not (isinstance(a, sympy.Set) and isinstance(b, sympy.Set)):
             return False
@@ -455,12 +490,21 @@ def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool 
         return False
     if p == g:
         return True
-    if cfg.allow_assignment and "=" not in g:
-        m = _ASSIGN.match(p)
-        if m:
-            p = m.group(1).strip()
-            if p == g:
-                return True
+    if cfg.allow_assignment:
+        mp, mg = _ASSIGN.match(p), _ASSIGN.match(g)
+        if mp and not mg and "=" not in g:
+            p = mp.group(1).strip()
+        elif mg and not mp and "=" not in p:
+            g = mg.group(1).strip()  # gold "f(x) = 2x", answer "2x"
+        if p == g:
+            return True
+    m = _TRAILING_WORDS.match(p)
+    if m and not (set(p[m.end(1):].lower().replace(".", " ").split()) & _FUNCTION_WORDS):
+        p = m.group(1)
+    if _WORD.fullmatch(g):
+        # A word answer ("Yes", "even"): compare as text. As sympy it would be a product of
+        # one-letter symbols, and "no" would equal "on".
+        return p.lower() == g.lower()
     lg = _letter(g)
     if lg is not None and not re.fullmatch(r"[a-z]", g):  # multiple choice gold "B" / "(B)"
         return _letter(p) == lg
