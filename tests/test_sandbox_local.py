@@ -165,3 +165,21 @@ def test_seccomp_blocks_new_namespaces_but_not_threads_or_subprocesses(sb):
     )
     r = py(sb, code)
     assert r.stdout.strip() == b"[1, 'sub', -1, -1]", r.stderr
+
+
+def test_binds_are_read_only_even_where_permissions_allow_writing():
+    import pathlib
+    import tempfile
+
+    # Outside /tmp: the sandbox's own scratch tmpfs covers /tmp.
+    d = pathlib.Path(tempfile.mkdtemp(prefix="thinkgym-ro-", dir="/var/tmp"))
+    try:
+        os.chmod(d, 0o777)  # the sandbox uid could write here if the mount allowed it
+        sb2 = LocalSandbox(ro_binds=[str(d)], spares=0)
+        r = sb2.run([sb2.python, "-I", "-S", "-c", f"import os\ntry:\n    open({str(d / 'x')!r}, 'w')\n"
+                     "except OSError as e:\n    print(e.errno)\nelse:\n    print('WROTE')\n"
+                     f"print(os.listdir({str(d)!r}))"])
+        assert r.stdout.split() == [b"30", b"[]"], r.stdout + r.stderr  # EROFS
+        assert not (d / "x").exists()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
