@@ -19,7 +19,7 @@ Phase 2 runs as one batched call over every completion that needs it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +66,34 @@ class BaseSampler:
 
     # -- public API ---------------------------------------------------------------------
 
-    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[Completion]]:
-        """Sample ``cfg.n`` completions per tokenized prompt (see the module docstring)."""
+    def generate(
+        self, prompts: list[list[int]], cfg: SamplingConfig, seeds: list[int | None] | None = None
+    ) -> list[list[Completion]]:
+        """Sample ``cfg.n`` completions per tokenized prompt (see the module docstring).
+
+        ``seeds`` (optional, one per prompt) replaces ``cfg.seed`` as each prompt's base seed, so
+        a prompt's samples don't depend on its position in the batch.
+        """
         if not isinstance(cfg, SamplingConfig):
             raise TypeError(f"cfg must be a SamplingConfig, got {type(cfg).__name__}")
         cfg.validate()
         prompts = check_prompts(prompts, self.vocab_size)
         if not prompts:
             return []
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+
+        def rseed(i: int, j: int, phase: int) -> int | None:
+            if seeds is None:
+                return request_seed(cfg, i, j, phase)
+            return request_seed(replace(cfg, seed=seeds[i]), 0, j, phase)
+
         keys = [(i, j) for i in range(len(prompts)) for j in range(cfg.n)]
         budget = cfg.think_budget
         phase1_max = cfg.max_tokens if budget is None else max(1, min(budget, cfg.max_tokens))
         if budget == 0:
             phase1_max = 0
-        reqs = [SampleRequest(prompts[i], phase1_max, request_seed(cfg, i, j, 0), list(cfg.stop)) for i, j in keys]
+        reqs = [SampleRequest(prompts[i], phase1_max, rseed(i, j, 0), list(cfg.stop)) for i, j in keys]
         if phase1_max > 0:
             raws = self._sample(reqs, cfg)
         else:
@@ -101,7 +115,7 @@ class BaseSampler:
                 if closed:
                     left = cfg.max_tokens - len(st["ids"])
                     if left > 0:
-                        cont.append((k, SampleRequest(prompts[i] + st["ids"], left, request_seed(cfg, i, j, 1), list(cfg.stop))))
+                        cont.append((k, SampleRequest(prompts[i] + st["ids"], left, rseed(i, j, 1), list(cfg.stop))))
                 elif phase1_max < budget:
                     pass  # max_tokens ran out before the budget: a plain length finish
                 elif cfg.budget_mode == "truncate":
@@ -111,7 +125,7 @@ class BaseSampler:
                     st["ids"] += close_ids
                     st["lps"] += [0.0] * len(close_ids)
                     st["mask"] += [False] * len(close_ids)
-                    cont.append((k, SampleRequest(prompts[i] + st["ids"], cfg.answer_budget, request_seed(cfg, i, j, 1), list(cfg.stop))))
+                    cont.append((k, SampleRequest(prompts[i] + st["ids"], cfg.answer_budget, rseed(i, j, 1), list(cfg.stop))))
             if cont:
                 more = self._sample([r for _, r in cont], cfg)
                 for (k, _), r in zip(cont, more):
