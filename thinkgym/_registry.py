@@ -68,8 +68,9 @@ class Registry(Generic[T]):
             self.add(ep.name, obj, origin=f"plugin {dist} ({ep.value})")
 
     def get(self, name: str) -> T:
-        if name not in self._items:
-            self.load_plugins()
+        # Always load plugins first, so a plugin that claims a built-in name is an error
+        # on every lookup, not only when the registry happens to be listed.
+        self.load_plugins()
         try:
             return self._items[name]
         except KeyError:

@@ -10,6 +10,8 @@ import importlib
 
 import typer
 
+from thinkgym._registry import RegistryError
+
 app = typer.Typer(
     name="thinkgym",
     help="RLVR gym for reasoning: tasks, graders, Gymnasium envs, vLLM rollouts, SFT and GRPO.",
@@ -19,7 +21,7 @@ app = typer.Typer(
 )
 
 # Order is the order of `thinkgym --help`.
-COMMAND_MODULES: list[str] = ["thinkgym.sft_coldstart.cli", "thinkgym.tasks.cli", "thinkgym.envs.cli", "thinkgym.grpo.cli", "thinkgym.verifiers.cli"]
+COMMAND_MODULES: list[str] = ["thinkgym.sft_coldstart.cli", "thinkgym.tasks.cli", "thinkgym.envs.cli", "thinkgym.grpo.cli", "thinkgym.verifiers.cli", "thinkgym.sampler.cli"]
 
 
 @app.callback()
@@ -33,12 +35,27 @@ def _root(
         raise typer.Exit()
 
 
-for _mod in COMMAND_MODULES:
-    importlib.import_module(_mod).register(app)
+def _load_commands() -> RegistryError | None:
+    try:
+        for mod in COMMAND_MODULES:
+            importlib.import_module(mod).register(app)
+    except RegistryError as e:
+        return e
+    return None
+
+
+_LOAD_ERROR = _load_commands()
 
 
 def main() -> None:
-    app()
+    # A clashing or broken plugin is reported as one clear line, not a traceback.
+    try:
+        if _LOAD_ERROR is not None:
+            raise _LOAD_ERROR
+        app()
+    except RegistryError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
