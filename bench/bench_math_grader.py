@@ -65,6 +65,8 @@ def make_rows(n: int, seed: int) -> list[tuple[str, object, str, bool]]:
         "union reordered": lambda: (lambda a, b: (f"(-\\infty, {a}) \\cup ({b}, \\infty)", f"({b}, \\infty) \\cup (-\\infty, {a})"))(rng.randint(-9, 0), rng.randint(1, 9)),
         "bmatrix vs pmatrix": lambda: (lambda m: (f"\\begin{{pmatrix}}{m[0]}&{m[1]}\\\\{m[2]}&{m[3]}\\end{{pmatrix}}", f"\\begin{{bmatrix}}{m[0]}&{m[1]}\\\\{m[2]}&{m[3]}\\end{{bmatrix}}"))([rng.randint(0, 9) for _ in range(4)]),
         "polynomial": lambda: (lambda a: (f"x^2+{2 * a}x+{a * a}", f"(x+{a})^2"))(rng.randint(1, 9)),
+        "inequality->interval": lambda: (lambda a: (f"[{a}, \\infty)", f"x \\geq {a}"))(rng.randint(-9, 9)),
+        "function value": lambda: (lambda k: (f"f(x) = {k}x", f"{k}x"))(rng.randint(2, 9)),
         "percent sign": lambda: (lambda k: (str(k), f"{k}\\%"))(rng.randint(1, 99)),
     }
     neq: dict[str, callable] = {

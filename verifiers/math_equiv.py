@@ -390,6 +390,16 @@ def _as_set(x: Any) -> Any:
     import sympy
 
     is_ineq = isinstance(x, sympy.core.relational.Relational) and not isinstance(x, (sympy.Equality, sympy.Unequality))
+    if is_ineq:
+        # "x >= 3" / "3 < x": build the interval directly; as_set() would run the inequality solver.
+        lhs, rhs, op = x.lhs, x.rhs, x.rel_op
+        if lhs.is_number and isinstance(rhs, sympy.Symbol):
+            lhs, rhs, op = rhs, lhs, {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
+        if isinstance(lhs, sympy.Symbol) and rhs.is_number and rhs.is_real:
+            return {
+                "<": sympy.Interval.open(-sympy.oo, rhs), "<=": sympy.Interval(-sympy.oo, rhs),
+                ">": sympy.Interval.open(rhs, sympy.oo), ">=": sympy.Interval(rhs, sympy.oo),
+            }[op]
     if (is_ineq or isinstance(x, (sympy.And, sympy.Or))) and len(x.free_symbols) == 1:
         try:
             return x.as_set()
