@@ -39,7 +39,7 @@ class VLLMSampler(BaseSampler):
         self,
         model_path: str | Path,
         dtype: str = "float32",
-        max_model_len: int = 2048,
+        max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.5,
         seed: int = 0,
         enforce_eager: bool = True,
@@ -53,6 +53,13 @@ class VLLMSampler(BaseSampler):
 
         self.model_path = str(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        import json
+
+        cfg = json.loads((model_path / "config.json").read_text())
+        limit = cfg.get("max_position_embeddings")
+        if max_model_len is not None and limit and max_model_len > limit:
+            log.warning("max_model_len %d > the model's max_position_embeddings %d; using %d", max_model_len, limit, limit)
+            max_model_len = int(limit)
         engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         engine_kwargs.setdefault("enable_prefix_caching", True)
         self.llm = LLM(
@@ -64,10 +71,7 @@ class VLLMSampler(BaseSampler):
             enforce_eager=enforce_eager,
             **engine_kwargs,
         )
-        self.max_model_len = max_model_len
-        import json
-
-        cfg = json.loads((model_path / "config.json").read_text())
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self._tied = bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))
         self._closed = False
 

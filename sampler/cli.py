@@ -1,0 +1,60 @@
+"""``thinkgym eval``: pass@k / maj@k / reward / format stats of a model on an env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_cmd(
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="HF model dir (weights + tokenizer)."),
+        env: Optional[str] = typer.Option(None, "--env", help="Env id, e.g. thinkgym/Arithmetic-v0 (see `thinkgym envs`)."),
+        output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Writes samples.jsonl and summary.json here."),
+        n: Optional[int] = typer.Option(None, "--n", "-n", min=1, help="Samples per problem [8]."),
+        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Number of problems [64]."),
+        backend: Optional[str] = typer.Option(None, "--backend", help="vllm (default) | hf | vllm-server."),
+        base_url: Optional[str] = typer.Option(None, "--base-url", help="vllm-server: e.g. http://127.0.0.1:8000."),
+        temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="[1.0]; 0 = greedy."),
+        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Sampled tokens per turn [512]."),
+        think_budget: Optional[int] = typer.Option(None, "--think-budget", min=0, help="Cap on thinking tokens."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed [0]."),
+        train_task: Optional[str] = typer.Option(None, "--train-task", help="Training task/env/file: refuse (or warn) on n-gram overlap with the eval items."),
+        contamination: Optional[str] = typer.Option(None, "--contamination", help="On overlap: error (default) | warn."),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with EvalConfig fields; flags override it."),
+    ) -> None:
+        """Sample N completions per problem and report pass@k, maj@k, mean reward, format rate.
+
+        Example: `thinkgym eval --model out/sft --env thinkgym/Arithmetic-v0 --n 8 --limit 64 -o eval/`
+        """
+        from thinkgym.config import ConfigError, load_config
+        from thinkgym.sampler.eval import EvalConfig, evaluate, print_summary
+
+        overrides = dict(
+            model=model, env=env, output_dir=str(output_dir) if output_dir else None, n=n, limit=limit,
+            backend=backend, base_url=base_url, temperature=temperature, max_tokens=max_tokens,
+            think_budget=think_budget, seed=seed, train_task=train_task, contamination=contamination,
+        )
+        try:
+            cfg = load_config(EvalConfig, config, overrides)
+        except ConfigError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        if cfg.model and not (Path(cfg.model) / "config.json").is_file():
+            typer.echo(f"error: {cfg.model}: not an HF model directory (no config.json)", err=True)
+            raise typer.Exit(2)
+        from thinkgym.tasks.contamination import ContaminationError
+
+        try:
+            summary = evaluate(cfg)
+        except ContaminationError as e:
+            typer.echo(f"error: refusing to evaluate: {e}", err=True)
+            raise typer.Exit(3) from None
+        except (ValueError, KeyError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        print_summary(summary)
+        typer.echo(f"wrote {Path(cfg.output_dir) / 'summary.json'} and samples.jsonl")
