@@ -66,8 +66,10 @@ def test_container_is_locked_down(dsb):
 
 
 def test_honest_programs_pass(dsb):
-    assert dg("def add(a, b):\n    return a + b\n", cg.ADD).score == 1.0
-    assert dg("import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit(0)\n", cg.SUM_STDIO).score == 1.0
+    r = dg("def add(a, b):\n    return a + b\n", cg.ADD, limits=None)
+    assert r.score == 1.0, r.details
+    r = dg("import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit(0)\n", cg.SUM_STDIO, limits=None)
+    assert r.score == 1.0, r.details
     for name, prog in sorted(cg.HONEST_HEAVY.items()):
         r = grade_program(prog, cg.ADD, backend="docker")
         assert r.score == 1.0, (name, r.details)

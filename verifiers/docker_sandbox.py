@@ -78,6 +78,7 @@ class DockerSandbox:
             self.python = "/opt/python/" + os.path.relpath(exe, prefix)
             self._env["LD_LIBRARY_PATH"] = "/opt/python/lib"
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._remove_orphans()
         self._pools: dict[tuple, queue.SimpleQueue] = {}
         self._sem = threading.BoundedSemaphore(self.max_parallel)
         self._lock = threading.Lock()
@@ -87,6 +88,16 @@ class DockerSandbox:
         atexit.register(self.close)
 
     # -- containers -------------------------------------------------------------------------
+
+    def _remove_orphans(self) -> None:
+        """Remove containers left by a grader process on this host that died without cleaning up."""
+        try:
+            for c in self.client.containers.list(all=True, filters={"label": _LABEL}):
+                pid = int(str(c.labels.get(_LABEL, "0-")).split("-")[0] or 0)
+                if pid > 0 and not os.path.exists(f"/proc/{pid}"):
+                    c.remove(force=True)
+        except Exception:  # noqa: BLE001 - best effort; never blocks grading
+            pass
 
     def _key(self, lim: Limits) -> tuple:
         return (lim.memory_mb, lim.nproc, lim.scratch_mb, lim.nofile, lim.fsize_mb)
