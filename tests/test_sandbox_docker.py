@@ -171,3 +171,21 @@ def test_network_none(dsb):
             srv.accept()
     finally:
         srv.close()
+
+
+def test_containers_of_dead_graders_are_removed(dsb):
+    import docker
+
+    from thinkgym.verifiers.docker_sandbox import _LABEL, _LABEL_NS, DockerSandbox, _pid_ns
+
+    client = docker.from_env()
+    # A grader that died without cleaning up (pid 999999 does not exist here) left this one.
+    c = client.containers.create(dsb.image, ["/usr/bin/sleep", "1"], labels={_LABEL: "999999-dead", _LABEL_NS: _pid_ns()})
+    try:
+        DockerSandbox(max_parallel=1).close()
+        assert c.id not in [x.id for x in client.containers.list(all=True)]
+    finally:
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            pass

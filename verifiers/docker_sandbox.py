@@ -32,6 +32,15 @@ __all__ = ["DockerSandbox", "DEFAULT_IMAGE"]
 DEFAULT_IMAGE = os.environ.get("THINKGYM_SANDBOX_IMAGE", "thinkgym-sandbox:1")
 _UID_BASE = 10001
 _LABEL = "org.thinkgym.sandbox.owner"
+# Owner pids are only meaningful in the PID namespace they come from.
+_LABEL_NS = "org.thinkgym.sandbox.pidns"
+
+
+def _pid_ns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "unknown"
 # Kill whatever an earlier run left behind (same uid), empty every writable place (scratch,
 # POSIX shared memory and message queues, SysV IPC), then run.
 _RESET = (
@@ -92,7 +101,7 @@ class DockerSandbox:
     def _remove_orphans(self) -> None:
         """Remove containers left by a grader process on this host that died without cleaning up."""
         try:
-            for c in self.client.containers.list(all=True, filters={"label": _LABEL}):
+            for c in self.client.containers.list(all=True, filters={"label": f"{_LABEL_NS}={_pid_ns()}"}):
                 pid = int(str(c.labels.get(_LABEL, "0-")).split("-")[0] or 0)
                 if pid > 0 and not os.path.exists(f"/proc/{pid}"):
                     c.remove(force=True)
@@ -108,7 +117,7 @@ class DockerSandbox:
             self._next_slot += 1
         uid = _UID_BASE + slot
         name = f"thinkgym-sandbox-{self._owner}-{slot}"
-        kw = dict(name=name, labels={_LABEL: self._owner})
+        kw = dict(name=name, labels={_LABEL: self._owner, _LABEL_NS: _pid_ns()})
         try:
             c = self._start(lim, kw)
         except Exception:
