@@ -2,8 +2,8 @@
 
     python bench/sft_format_check.py --run runs/sft-tiny [--checkpoint best] [--n 200]
 
-Held-out items come from the run's task source with a different task seed, and any question
-that also appears in the training items is removed (exact match) before scoring. The prompt
+Held-out items come from the run's task source with a different task seed; any item whose
+question or underlying expression also occurs in the training items is removed before scoring. The prompt
 (system turn + question) is rendered exactly as in training, from the run's config.yaml.
 """
 
@@ -44,13 +44,18 @@ def main() -> None:
     params = cfg.get("task_params", {}).get(task, {})
     train_src = make_task(task, seed=cfg["task_seed"], **params)
     n_train = cfg["eval_examples"] + cfg["train_examples"]
-    seen = {train_src[i]["question"] for i in range(n_train)}
+    # An item counts as seen if its question, or its underlying expression/problem (metadata
+    # "expression", when the source records one), occurs among the training items.
+    def keys(it):
+        return {it["question"], repr(it["metadata"].get("expression", it["question"]))}
+
+    seen = set().union(*(keys(train_src[i]) for i in range(n_train)))
     src = make_task(task, seed=args.heldout_seed, **params)
     items, i = [], 0
     while len(items) < args.n:
         it = src[i]
         i += 1
-        if it["question"] not in seen:
+        if not keys(it) & seen:
             items.append(it)
     tok = AutoTokenizer.from_pretrained(ckpt)
     prompts = [

@@ -188,3 +188,30 @@ def test_packing_blocks_cross_attention(tiny_model_dir):
         c2 = model(input_ids=ids2, use_cache=False).logits[0, n:]
     assert torch.allclose(l1, l2, atol=1e-5)
     assert not torch.allclose(c1, c2, atol=1e-3)
+
+
+def test_hf_dataset_on_disk(tmp_path):
+    import datasets
+
+    from thinkgym.sft_coldstart.data import load_source
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(3)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    convs = load_source(f"hf:{tmp_path / 'ds'}")
+    assert [c[1]["content"] for c in convs] == ["a0", "a1", "a2"]
+    rows[2]["messages"][1]["content"] = None
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(DataError, match=r"bad\[train\] row 2: field 'messages\[1\]\.content'"):
+        load_source(f"hf:{tmp_path / 'bad'}")
+
+
+def test_sft_modules_import_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, thinkgym.sft_coldstart.cli, thinkgym.sft_coldstart.train, thinkgym.sft_coldstart.data, "
+            "thinkgym.sft_coldstart.packing, thinkgym.sft_coldstart.tiny; "
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'vllm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
