@@ -187,5 +187,36 @@ def test_fuzz_arbitrary_text_never_raises_and_is_bounded(text, boxed, gold):
     g = grade("math", completion, gold, timeout_s=BUDGET)
     assert time.monotonic() - t0 < BUDGET + SLACK + 2  # + a possible worker restart
     assert g.score in (0.0, 1.0, None)
+    if g.score is None:  # only the budget may produce an infrastructure error, never a crash
+        assert "budget" in g.reason, g.reason
     f = grade("format", completion, None)
     assert f.score in (0.0, 1.0)
+
+
+ADVERSARIAL_ANSWERS = [
+    "5 " + "a" * 1000 + "!", "1," * 900 + "x", "1 " * 900 + "x", "\\text{a}" * 200 + "!", "(((" * 600,
+    "0." + "1" * 1500 + "\\overline{", "{,}" * 600 + "!", "\\left" * 400, "or " * 600, "x = " * 400,
+    "", " ", "\\,", "()", ",", ";;", "\\pm", "\\pm\\pm", "$$", "\\text{}",
+]
+
+
+@pytest.mark.parametrize("answer", ADVERSARIAL_ANSWERS, ids=range(len(ADVERSARIAL_ANSWERS)))
+def test_caller_side_steps_are_fast_and_never_crash(answer):
+    # Extraction, normalisation and the fast paths run in the caller (no budget): they must be
+    # linear-time and must not raise on any answer. Gold "3" and a word gold keep sympy out of it
+    # as far as possible; when sympy is needed it runs under the budget in the pool.
+    t0 = time.monotonic()
+    for gold in ("3", ["3", "4"], "even"):
+        g = grade("math", "<think>t</think>\\boxed{" + answer + "}", gold, timeout_s=BUDGET)
+        assert g.score in (0.0, None), (answer[:30], g)
+        if g.score is None:
+            assert "budget" in g.reason, g.reason
+    assert time.monotonic() - t0 < 3 * (BUDGET + SLACK)
+
+
+def test_unclosed_answer_tag_spam_is_linear():
+    text = "<think>a</think>" + "<answer>x" * 20_000
+    t0 = time.monotonic()
+    g = grade("math", text, "1")
+    assert time.monotonic() - t0 < 1.0  # a lazy regex made this quadratic (30 s)
+    assert g.score == 0.0 and "no answer channel" in g.reason

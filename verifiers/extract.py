@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 # Words that join alternatives inside one answer ("41 or 42", "A and C").
 _ALTERNATIVES_RE = re.compile(
     r"(?:\\text\{\s*(?:or|and)\s*\}|\\(?:lor|vee)(?![a-zA-Z])|\bor\b|\band/or\b)", re.IGNORECASE
@@ -120,6 +119,27 @@ def find_boxed(text: str, commands: tuple[str, ...] = ("boxed", "fbox")) -> list
     return out
 
 
+def find_answer_tags(text: str) -> list[str]:
+    """Contents of every ``<answer>...</answer>`` pair, in one linear pass.
+
+    A regex ``<answer>(.*?)</answer>`` rescans the rest of the text from every unclosed
+    ``<answer>``, which is quadratic: 20k unclosed tags took half a minute.
+    """
+    low = text.lower()
+    out: list[str] = []
+    pos = 0
+    while True:
+        i = low.find("<answer>", pos)
+        if i < 0:
+            break
+        j = low.find("</answer>", i + 8)
+        if j < 0:
+            break  # no close anywhere after: no later open can close either
+        out.append(text[i + 8 : j])
+        pos = j + 9
+    return out
+
+
 def _strip_outer_box(s: str) -> str:
     """``\\boxed{x}`` written inside ``<answer>`` tags counts as ``x``."""
     inner = find_boxed(s)
@@ -167,7 +187,7 @@ def extract(text: str, cfg: ExtractConfig = DEFAULT_EXTRACT) -> Extraction:
             boxes = find_boxed(section, cfg.box_commands)
             found += boxes[-1:] if cfg.last_only else boxes
         elif ch == "answer_tag":
-            tags = [_strip_outer_box(m) for m in _ANSWER_RE.findall(section)]
+            tags = [_strip_outer_box(m) for m in find_answer_tags(section)]
             # A box inside the answer tag was already collected by the boxed channel.
             tags = [t for t in tags if t not in found]
             found += tags[-1:] if cfg.last_only else tags

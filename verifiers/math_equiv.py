@@ -70,7 +70,7 @@ _ASSIGN = re.compile(
     r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\([A-Za-z, ]*\))?\s*(?:=|\\in(?![a-zA-Z]))\s*(?!=)(.+)$", re.DOTALL
 )
 # "5 dollars", "12 apples": a number followed by plain words (LaTeX-free units).
-_TRAILING_WORDS = re.compile(r"^([+-]?[\d.,]*\d(?:\\?%)?)\s+(?:[A-Za-z]{2,}\.?\s*)+$")
+_TRAILING_WORDS = re.compile(r"^([+-]?[\d.,]*\d(?:\\?%)?)\s+[A-Za-z]{2,}\.?(?:\s+[A-Za-z]{2,}\.?)*\s*$")
 _FUNCTION_WORDS = {"sin", "cos", "tan", "log", "ln", "exp", "pi", "sqrt", "mod", "or", "and"}
 _WORD = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
 _DOLLAR = re.compile(r"^\\\$\s*|\\\$$")
@@ -189,7 +189,7 @@ def _wrapped(s: str) -> tuple[str, str, str] | None:
     opener = closer = ""
     if s.startswith("\\{") and s.endswith("\\}"):
         opener, closer, inner = "\\{", "\\}", s[2:-2]
-    elif s[:1] in "([" and s[-1:] in ")]":
+    elif len(s) >= 2 and s[0] in "([" and s[-1] in ")]":
         opener, closer, inner = s[0], s[-1], s[1:-1]
     else:
         return None
