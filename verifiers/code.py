@@ -356,11 +356,28 @@ class Worker:
             rc = None
         return rc
 
+def json_dumps():
+    # json.dumps through the C encoder directly: importing the json package (and re) would
+    # cost more than a typical call.
+    try:
+        import _json
+    except ImportError:
+        import json
+        return lambda o: json.dumps(o, allow_nan=True)
+
+    def default(o):
+        raise TypeError("Object of type %s is not JSON serializable" % type(o).__name__)
+
+    def dumps(o):
+        enc = _json.make_encoder({}, default, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+        return "".join(enc(o, 0))
+    return dumps
+
 def call_loop(src, entry):
-    import json
+    dumps = json_dumps()
 
     def reply(obj):
-        data = json.dumps(obj).encode()
+        data = dumps(obj).encode()
         os.write(4, b"%d\n" % len(data) + data)
 
     try:
@@ -387,7 +404,7 @@ def call_loop(src, entry):
             fn = getattr(target(), meth) if cls_name else mod.__dict__[entry]
             value = fn(*args)
             try:
-                text = json.dumps(value, allow_nan=True)
+                text = dumps(value)
             except (TypeError, ValueError) as e:
                 reply({"error": "return value is not JSON-serialisable: " + short_exc(e)})
                 continue
