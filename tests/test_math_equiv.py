@@ -194,6 +194,10 @@ ROWS: list[tuple[object, str, float]] = [
     ("1 \\pm \\sqrt{2}", B("1+\\sqrt{2}"), WRONG),
     ("2, 3", B("3, 2"), RIGHT),
     ("2, 3", "<think>t</think> \\boxed{2} \\boxed{3}", RIGHT),
+    (["3", "4"], "<think>t</think> \\boxed{3} \\boxed{3.0} \\boxed{4}", RIGHT),  # a value repeated in another form
+    (["3", "4"], "<think>t</think> \\boxed{3} \\boxed{3.0}", WRONG),
+    ([str(i) for i in range(12)], B(", ".join(str(i) for i in reversed(range(12)))), RIGHT),
+    ([str(i) for i in range(12)], B(", ".join(str(i) for i in range(1, 13))), WRONG),
     # --- ordered tuples: order matters
     ("(1, 2)", B("(1, 2)"), RIGHT),
     ("(1, 2)", B("(2, 1)"), WRONG),

@@ -460,33 +460,27 @@ def warmup() -> None:
 # --------------------------------------------------------------------------- equality
 
 
+MAX_PARTS = 64
+
+
 def _match_unordered(preds: list[Any], golds: list[Any], eq: Any) -> bool:
-    """Every gold is matched by a distinct prediction and nothing is left over (repeats ok)."""
-    # Repeated predictions of the same value are fine; collapse exact duplicates first.
-    uniq: list[Any] = []
-    for p in preds:
-        if not any(p == q for q in uniq):
-            uniq.append(p)
-    if len(uniq) != len(golds):
-        return False
-    used = [False] * len(golds)
+    """The predictions and the golds are the same set of values (repeated predictions are fine).
 
-    def assign(i: int) -> bool:  # tiny backtracking matcher; collections are short
-        if i == len(uniq):
-            return True
-        for j, g in enumerate(golds):
-            if not used[j]:
-                r = eq(uniq[i], g)
-                if r is None:
-                    raise _Undecided
-                if r:
-                    used[j] = True
-                    if assign(i + 1):
-                        return True
-                    used[j] = False
+    Each prediction must equal some gold and each gold must be equalled by some prediction;
+    equality is transitive, so this is set equality. ``n*m`` comparisons, no backtracking.
+    Raises ``_Undecided`` when only comparisons that ran out of budget could decide it.
+    """
+    uniq = list(dict.fromkeys(preds)) if all(isinstance(p, str) for p in preds) else list(preds)
+    if not uniq or not golds or len(uniq) > MAX_PARTS or len(golds) > MAX_PARTS:
         return False
-
-    return assign(0)
+    m = [[eq(p, g) for g in golds] for p in uniq]
+    rows = [any(x is True for x in r) or (None if any(x is None for x in r) else False) for r in m]
+    cols = [any(r[j] is True for r in m) or (None if any(r[j] is None for r in m) else False) for j in range(len(golds))]
+    if False in rows or False in cols:
+        return False
+    if None in rows or None in cols:
+        raise _Undecided
+    return True
 
 
 class _Undecided(Exception):
