@@ -394,9 +394,10 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         for j in range(math.ceil(len(bins) / world)):
             k = rank + j * world
             batch = {n: v.to(device) for n, v in collate_packed(eval_ex, [bins[k % len(bins)]], tok.pad_token_id).items()}
-            logits = engine(**model_inputs(batch)).logits
+            keep = (batch["targets"] != -100).any(0).nonzero().squeeze(-1)
+            logits = engine(**model_inputs(batch), logits_to_keep=keep).logits
             if k < len(bins):
-                loss_sum += torch.tensor([token_loss(logits, batch["targets"]).item(), (batch["targets"] != -100).sum().item()],
+                loss_sum += torch.tensor([token_loss(logits, batch["targets"][:, keep]).item(), (batch["targets"] != -100).sum().item()],
                                          dtype=torch.float64, device=device)
         dist.all_reduce(loss_sum)
         engine.train()
@@ -458,8 +459,11 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             loss_sum = 0.0
             for b in batches:
                 b = {k: v.to(device) for k, v in b.items()}
-                logits = engine(**model_inputs(b)).logits
-                loss = token_loss(logits, b["targets"]) / max(1, n_tgt)
+                # Project to the vocabulary only where a target exists (assistant tokens): the
+                # prompt's logits would be thrown away, and on large vocabularies they dominate memory.
+                keep = (b["targets"] != -100).any(0).nonzero().squeeze(-1)
+                logits = engine(**model_inputs(b), logits_to_keep=keep).logits
+                loss = token_loss(logits, b["targets"][:, keep]) / max(1, n_tgt)
                 engine.backward(loss, scale_wrt_gas=False)
                 engine.step()
                 loss_sum += loss.item()
