@@ -115,6 +115,26 @@ def test_timed_out_worker_and_its_children_are_killed(pool, tmp_path):
     assert pool.restarts >= 1
 
 
+def test_default_pool_is_rebuilt_in_a_forked_child():
+    assert grade("math", B("\\sqrt{9}"), "3").score == 1.0  # the parent's default pool exists
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: the inherited pool has no slot threads; a new one must be made
+        ok = False
+        try:
+            ok = grade("math", B("\\sqrt{16}"), "4", timeout_s=BUDGET).score == 1.0
+        finally:
+            os.write(w, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + 120
+    got = b""
+    while not got and time.monotonic() < deadline:
+        got = os.read(r, 1)
+    os.waitpid(pid, 0)
+    assert got == b"1"
+
+
 def test_crash_and_memory_blowup_are_errors_not_zero(pool):
     r = pool.call("os:_exit", 3)
     assert not r.ok and "died" in r.error and not r.timed_out

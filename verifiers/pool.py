@@ -267,6 +267,7 @@ class GraderPool:
         self.preload = tuple(preload)
         self.start_timeout_s = start_timeout_s
         self.restarts = 0  #: workers replaced after a timeout or crash
+        self._pid = os.getpid()  # slot threads do not survive a fork
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()
@@ -335,6 +336,8 @@ class GraderPool:
     def _submit(self, job: _Job) -> Future:
         if self._closed:
             raise RuntimeError("pool is closed")
+        if os.getpid() != self._pid:
+            raise RuntimeError("a GraderPool cannot be used in a forked child; create one there")
         # Serialise here so an unpicklable argument fails in the caller, not in a slot thread.
         job.payload = pickle.dumps(job.request, protocol=pickle.HIGHEST_PROTOCOL)
         self._jobs.put(job)
@@ -449,7 +452,7 @@ def default_pool() -> GraderPool:
     """The process-wide pool used by graders for their budgeted steps (started on first use)."""
     global _DEFAULT
     with _DEFAULT_LOCK:
-        if _DEFAULT is None or _DEFAULT._closed:
+        if _DEFAULT is None or _DEFAULT._closed or _DEFAULT._pid != os.getpid():
             _DEFAULT = GraderPool(workers=min(2, os.cpu_count() or 1))
         return _DEFAULT
 
@@ -469,7 +472,7 @@ async def agrade_many(grader: str, rows: Iterable[Any], *, timeout: float | None
 
 @atexit.register
 def _shutdown_default() -> None:
-    if _DEFAULT is not None:
+    if _DEFAULT is not None and _DEFAULT._pid == os.getpid():
         _DEFAULT._closed = True
         with _DEFAULT._lock:
             for w in _DEFAULT._procs.values():
