@@ -79,6 +79,13 @@ def test_bad_input_names_file_line_and_field(app, tmp_path, lines, message):
     assert not out.exists()
 
 
+def test_non_utf8_input_is_a_clear_error(app, tmp_path):
+    inp = tmp_path / "rows.jsonl"
+    inp.write_bytes(json.dumps(MATH_ROWS[0]).encode() + b"\n" + b'{"completion": "\xff", "gold": "1"}\n')
+    r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(tmp_path / "o.jsonl"), "-q"])
+    assert r.exit_code == 2 and "rows.jsonl:2: not UTF-8" in r.output
+
+
 def test_unknown_grader_and_missing_file(app, tmp_path):
     inp = _write(tmp_path / "rows.jsonl", MATH_ROWS[:1])
     r = CliRunner().invoke(app, ["grade", "-g", "nope", "-i", str(inp), "-o", str(tmp_path / "o.jsonl")])
