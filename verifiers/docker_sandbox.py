@@ -23,6 +23,7 @@ import struct
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
 from thinkgym.verifiers.sandbox import Limits, RunResult, SandboxUnavailable, _base_python
@@ -94,6 +95,7 @@ class DockerSandbox:
         self._all: list[Any] = []
         self._next_slot = 0
         self._closed = False
+        self._parker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinkgym-docker-park")
         atexit.register(self.close)
 
     # -- containers -------------------------------------------------------------------------
@@ -173,7 +175,6 @@ class DockerSandbox:
     def run(
         self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None, *, warm: bool = False
     ) -> RunResult:
-        # ``warm`` needs no action: the containers themselves are the warm part here.
         lim = limits or Limits()
         if self._closed:
             raise RuntimeError("DockerSandbox is closed")
@@ -184,34 +185,66 @@ class DockerSandbox:
             pool = self._pools.setdefault(key, queue.SimpleQueue())
         try:
             try:
-                c, uid = pool.get_nowait()
+                box = pool.get_nowait()
             except queue.Empty:
                 try:
-                    c, uid = self._create(lim)
+                    box = _Box(*self._create(lim))
                 except Exception as e:  # noqa: BLE001
                     return RunResult(None, error=f"could not start a sandbox container: {e}",
                                      elapsed_s=time.monotonic() - t0)
-            mb = 1 << 20
-            cmd = ["/usr/bin/prlimit", f"--cpu={lim.cpu_s}", f"--as={lim.memory_mb * mb}",
-                   "/bin/sh", "-c", _RESET, "sh", *argv]
-            res, healthy = self._exec(c, cmd, uid, stdin, lim, t0 + lim.wall_s)
+            cmd = self._command(argv, lim)
+            started = self._unpark(box, cmd if warm else None)
+            if started is None:
+                try:
+                    started = self._exec_start(box, cmd)
+                except Exception as e:  # noqa: BLE001
+                    self._discard(box.c)
+                    return RunResult(None, error=f"docker exec failed: {e}", elapsed_s=time.monotonic() - t0)
+            res, healthy = self._exec_io(*started, stdin, lim, t0 + lim.wall_s)
             if healthy:
-                pool.put((c, uid))
+                if warm:
+                    # Start the next run's program now (it waits for its stdin), so the exec
+                    # round trips overlap with whatever the caller does next.
+                    box.parked = (cmd, self._parker.submit(self._exec_start, box, cmd))
+                pool.put(box)
             else:
-                self._discard(c)
+                self._discard(box.c)
         finally:
             self._sem.release()
         res.elapsed_s = time.monotonic() - t0
         return res
 
-    def _exec(self, c: Any, cmd: list[str], uid: int, stdin: bytes, lim: Limits, deadline: float) -> tuple[RunResult, bool]:
+    def _command(self, argv: Sequence[str], lim: Limits) -> list[str]:
+        mb = 1 << 20
+        return ["/usr/bin/prlimit", f"--cpu={lim.cpu_s}", f"--as={lim.memory_mb * mb}",
+                "/bin/sh", "-c", _RESET, "sh", *argv]
+
+    def _exec_start(self, box: "_Box", cmd: list[str]) -> tuple[str, Any]:
         api = self.client.api
+        eid = api.exec_create(box.c.id, cmd, stdin=True, stdout=True, stderr=True, user=f"{box.uid}:{box.uid}",
+                              environment=self._env, workdir="/tmp")["Id"]
+        return eid, api.exec_start(eid, socket=True)
+
+    def _unpark(self, box: "_Box", cmd: list[str] | None) -> tuple[str, Any] | None:
+        """The exec started ahead for ``cmd``, if any; a parked exec for another command is closed."""
+        if box.parked is None:
+            return None
+        pcmd, fut = box.parked
+        box.parked = None
         try:
-            eid = api.exec_create(c.id, cmd, stdin=True, stdout=True, stderr=True, user=f"{uid}:{uid}",
-                                  environment=self._env, workdir="/tmp")["Id"]
-            sock = api.exec_start(eid, socket=True)
-        except Exception as e:  # noqa: BLE001
-            return RunResult(None, error=f"docker exec failed: {e}"), False
+            started = fut.result()
+        except Exception:  # noqa: BLE001 - start it again the normal way
+            return None
+        if cmd is not None and pcmd == cmd:
+            return started
+        try:  # its stdin closes, so the waiting program exits
+            started[1].close()
+        except OSError:
+            pass
+        return None
+
+    def _exec_io(self, eid: str, sock: Any, stdin: bytes, lim: Limits, deadline: float) -> tuple[RunResult, bool]:
+        api = self.client.api
         raw: socket.socket = getattr(sock, "_sock", sock)
         out, err = bytearray(), bytearray()
         out_trunc = err_trunc = timed_out = False
@@ -293,12 +326,33 @@ class DockerSandbox:
         self._closed = True
         with self._lock:
             cs, self._all = self._all, []
+            boxes = [b for q in self._pools.values() for b in _drain(q)]
             self._pools.clear()
+        for b in boxes:
+            self._unpark(b, None)
+        self._parker.shutdown(wait=False)
         for c in cs:
             try:
                 c.remove(force=True)
             except Exception:  # noqa: BLE001
                 pass
+
+
+class _Box:
+    """A warm container, its sandbox uid and maybe an exec started ahead for the next run."""
+
+    def __init__(self, c: Any, uid: int) -> None:
+        self.c, self.uid = c, uid
+        self.parked: tuple[list[str], Future] | None = None
+
+
+def _drain(q: queue.SimpleQueue) -> list:
+    out = []
+    while True:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            return out
 
 
 def _shutdown_write(raw: socket.socket) -> None:
