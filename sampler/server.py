@@ -1,0 +1,172 @@
+"""Client sampler for a running vLLM OpenAI-compatible server (multi-GPU / multi-node setups).
+
+Start the server with the dev endpoints (weight reload, prefix-cache reset) and processed
+logprobs, so returned logprobs are those of the distribution actually sampled::
+
+    VLLM_SERVER_DEV_MODE=1 vllm serve MODEL_DIR --host 127.0.0.1 --port 8000 \\
+        --dtype float32 --logprobs-mode processed_logprobs --enforce-eager
+
+(on CPU also ``VLLM_CPU_KVCACHE_SPACE=1``; on GPU use ``--dtype bfloat16`` and drop
+``--enforce-eager``). Generation uses ``POST /v1/completions`` with token-id prompts and
+``return_token_ids``, one HTTP request per sample, sent concurrently; the server batches them.
+
+Weight sync uses the dev endpoints: ``POST /collective_rpc`` with ``reload_weights`` and a
+``weights_path`` the server can read (same machine or a shared filesystem), then
+``POST /reset_prefix_cache``. A state dict is first written to ``sync_dir`` as an HF checkpoint.
+vLLM's in-place reload does not refresh a tied ``lm_head`` from the embedding, so for tied
+models the written checkpoint always carries ``lm_head.weight`` explicitly (a checkpoint dir
+without it is re-written to ``sync_dir`` with it). For NCCL weight broadcast from GPU trainers,
+vLLM's ``/init_weight_transfer_engine`` + ``/update_weights`` endpoints are the next step; they
+need a GPU process group and are not wired here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping
+
+from thinkgym.sampler.base import BaseSampler, RawSample, SampleRequest, load_checkpoint
+from thinkgym.sampler.types import SamplingConfig
+
+log = logging.getLogger("thinkgym.sampler")
+
+
+class ServerError(RuntimeError):
+    """The vLLM server answered with an error (or not at all)."""
+
+
+class VLLMServerSampler(BaseSampler):
+    """Sample from a vLLM server at ``base_url``; ``tokenizer_path`` is the model dir."""
+
+    backend = "vllm-server"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        tokenizer_path: str | Path | None = None,
+        *,
+        timeout_s: float = 600.0,
+        max_concurrency: int = 64,
+        sync_dir: str | Path | None = None,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.max_concurrency = max_concurrency
+        served = self._get("/v1/models")["data"]
+        if not served:
+            raise ServerError(f"{self.base_url} serves no model")
+        self.model = model or served[0]["id"]
+        if self.model not in {m["id"] for m in served}:
+            raise ServerError(f"{self.base_url} does not serve {self.model!r}; it serves {[m['id'] for m in served]}")
+        root = next(m for m in served if m["id"] == self.model).get("root") or self.model
+        self.tokenizer_path = str(tokenizer_path or root)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        self.max_model_len = next(m for m in served if m["id"] == self.model).get("max_model_len")
+        self._tied = _is_tied(Path(self.tokenizer_path))
+        self._own_sync_dir = sync_dir is None
+        self.sync_dir = Path(sync_dir or tempfile.mkdtemp(prefix="thinkgym-sync-"))
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:2000]
+            hint = " (start the server with VLLM_SERVER_DEV_MODE=1)" if e.code == 404 and path in ("/collective_rpc", "/reset_prefix_cache") else ""
+            raise ServerError(f"{method} {path}: HTTP {e.code}: {detail}{hint}") from None
+        except urllib.error.URLError as e:
+            raise ServerError(f"{method} {self.base_url}{path}: {e.reason}") from None
+        return json.loads(raw) if raw else None
+
+    def _get(self, path: str) -> Any:
+        return self._request("GET", path)
+
+    def _post(self, path: str, body: Any = None) -> Any:
+        return self._request("POST", path, body if body is not None else {})
+
+    # -- generation --------------------------------------------------------------------------
+
+    def _sample(self, requests: list[SampleRequest], cfg: SamplingConfig) -> list[RawSample]:
+        def one(r: SampleRequest) -> RawSample:
+            body: dict[str, Any] = {
+                "model": self.model, "prompt": r.prompt_ids, "max_tokens": r.max_tokens,
+                "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": r.seed, "n": 1,
+                "stop": r.stop, "include_stop_str_in_output": True, "return_token_ids": True,
+                "skip_special_tokens": True,
+            }
+            if cfg.top_k:
+                body["top_k"] = cfg.top_k
+            if cfg.logprobs:
+                body["logprobs"] = 0
+            if self.max_model_len:
+                body["max_tokens"] = min(r.max_tokens, int(self.max_model_len) - len(r.prompt_ids))
+            ch = self._post("/v1/completions", body)["choices"][0]
+            ids = list(ch.get("token_ids") or [])
+            lps: list[float] = []
+            if cfg.logprobs and ch.get("logprobs"):
+                lps = [float(x) if x is not None else 0.0 for x in ch["logprobs"]["token_logprobs"]]
+            return RawSample(ids, lps, "length" if ch.get("finish_reason") == "length" else "stop")
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(requests)))) as pool:
+            return list(pool.map(one, requests))
+
+    # -- weights -----------------------------------------------------------------------------
+
+    def update_weights(self, weights: Mapping[str, Any] | str | Path) -> None:
+        """Reload the server's weights from a state dict or an HF checkpoint dir."""
+        if isinstance(weights, (str, Path)):
+            path = Path(weights)
+            if not path.is_dir() or not any(path.glob("*.safetensors")):
+                raise FileNotFoundError(f"{path}: no HF checkpoint (*.safetensors) found")
+            if self._tied:
+                weights = load_checkpoint(path)  # re-written below with an explicit lm_head
+            else:
+                self._reload(path)
+                return
+        if not isinstance(weights, Mapping):
+            raise TypeError(f"update_weights takes a state dict or a checkpoint dir, got {type(weights).__name__}")
+        from safetensors.torch import save_file
+
+        sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
+        if self._tied and "model.embed_tokens.weight" in sd:
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+        out = self.sync_dir / "weights"
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        save_file(sd, str(out / "model.safetensors"))
+        shutil.copy(Path(self.tokenizer_path) / "config.json", out / "config.json")
+        self._reload(out)
+
+    def _reload(self, path: Path) -> None:
+        self._post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(path.resolve())}})
+        res = self._post("/reset_prefix_cache")
+        if isinstance(res, dict) and not res.get("success", True):
+            log.warning("vLLM server did not reset its prefix cache (requests still running?)")
+
+    def close(self) -> None:
+        if self._own_sync_dir:
+            shutil.rmtree(self.sync_dir, ignore_errors=True)
+
+
+def _is_tied(model_dir: Path) -> bool:
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        return False
+    cfg = json.loads(cfg_path.read_text())
+    return bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))
