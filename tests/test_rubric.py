@@ -74,3 +74,15 @@ def test_reward_hack_format_alone_is_not_enough():
     # Perfect structure, answer hidden in think only: math 0, format fails too (no final answer).
     g = grade("math+format", "<think>\\boxed{4}</think>", "4")
     assert g.components["math"] == 0.0 and g.score < 0.1
+
+
+def test_rubric_and_custom_graders_run_in_pool_workers():
+    # Workers import the module that registered a grader, so user graders work in the pool too.
+    from thinkgym.verifiers.pool import GraderPool
+
+    register_rubric("test-rubric-pooled", {"math": 1.0, "test-rubric-half": 1.0})
+    with GraderPool(workers=1, timeout_s=5) as pool:
+        a, b = pool.grade_many("test-rubric-pooled", [(RIGHT_WELL_FORMED, "4"), (WRONG_WELL_FORMED, "4")])
+        c = pool.grade_many("test-rubric-half", [("x", "1")])[0]
+    assert (a.score, b.score, c.score) == (0.75, 0.25, 0.5)
+    assert a.components["test-rubric-half.inner"] == 0.25

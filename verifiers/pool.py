@@ -137,8 +137,16 @@ def _worker_main(preload: Sequence[str], memory_mb: int) -> None:
                 _, ref, args, kwargs = req
                 out: Any = ("ok", _resolve(ref)(*args, **kwargs))
             elif kind == "grade":
-                _, name, completion, gold, meta = req
-                out = ("ok", get_grader(name)(completion, gold, **meta))
+                _, spec, origins, completion, gold, meta = req
+                for mod in origins:  # modules of the caller that registered graders (rubric parts)
+                    if mod not in sys.modules:
+                        try:
+                            importlib.import_module(mod)
+                        except Exception:  # noqa: BLE001 - the lookup below reports what is missing
+                            pass
+                if isinstance(spec, str):
+                    spec = get_grader(spec)
+                out = ("ok", spec(completion, gold, **meta))
             else:
                 out = ("err", f"unknown request {kind!r}")
         except MemoryError:
@@ -170,6 +178,8 @@ class _Worker:
             f"_worker_main({list(preload)!r}, {int(memory_mb)})"
         )
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        # The caller's import path, so graders defined in the caller's modules import in workers.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code],
             stdin=subprocess.PIPE,
@@ -363,15 +373,33 @@ class GraderPool:
         self, grader: str, completion: str, gold: Any, timeout: float | None = None, **meta: Any
     ) -> Future:
         """Grade one item in a worker; the future yields a Grade (``score=None`` on timeout/crash)."""
-        from thinkgym.verifiers.base import Grade, get_grader
+        from thinkgym.verifiers.base import GRADERS, Grade, get_grader
 
-        fp = get_grader(grader).fingerprint  # unknown grader: fail here, in the caller
+        spec = get_grader(grader)  # unknown grader: fail here, in the caller
+        fp = spec.fingerprint
+        # Workers know the built-in graders and entry points. A grader registered by the caller's
+        # own code travels with the request (module-level functions by reference, rubrics by
+        # value), and the modules that registered a rubric's parts are imported in the worker.
+        names = [grader] + (list(spec.fn.weights) if hasattr(spec.fn, "weights") else [])
+        origins = []
+        for n in names:
+            try:
+                o = GRADERS.origin(n)
+            except KeyError:
+                continue
+            if o not in ("__main__", "thinkgym") and all(x.isidentifier() for x in o.split(".")):
+                origins.append(o)
+        try:
+            pickle.dumps(spec)
+            ship: Any = spec
+        except Exception:  # noqa: BLE001 - a lambda or local function: look it up by name
+            ship = grader
 
         def err(why: str, t: float) -> Grade:
             return Grade.error(why, elapsed_s=t, grader=fp)
 
         return self._submit(
-            _Job(("grade", grader, completion, gold, meta), timeout or self.timeout_s, Future(),
+            _Job(("grade", ship, tuple(dict.fromkeys(origins)), completion, gold, meta), timeout or self.timeout_s, Future(),
                  on_timeout=err, on_error=err, on_ok=lambda g, t: g)
         )
 

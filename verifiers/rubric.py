@@ -12,6 +12,7 @@ fraction of tests passed contributes that fraction.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -71,7 +72,9 @@ def register_rubric(name: str, weights: Mapping[str, float], version: str = "1",
     """Register ``Rubric(weights)`` as grader ``name`` (components are looked up at grading time)."""
     r = Rubric(dict(weights), name=name)
     desc = description or " + ".join(f"{w:g}*{n}" for n, w in r.weights.items())
-    GRADERS.add(name, GraderSpec(name, version, r, desc), origin=__name__)
+    # The registering module is the origin, so pool workers can import it to find the rubric.
+    origin = sys._getframe(1).f_globals.get("__name__", __name__)
+    GRADERS.add(name, GraderSpec(name, version, r, desc), origin=origin)
     return r
 
 
