@@ -37,6 +37,11 @@ def setup_distributed() -> tuple[int, int, Any]:
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     if not torch.distributed.is_initialized():
+        # An earlier run in this process (e.g. vLLM's teardown) may have destroyed the process
+        # group behind DeepSpeed's back; drop DeepSpeed's cached groups before starting anew.
+        from deepspeed.utils import groups
+
+        getattr(groups, "_release_process_group_references", lambda *_: None)(None)
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device

@@ -66,7 +66,7 @@ class GRPOConfig:
     max_steps: int = 100  #: RL steps (one batch of rollouts each)
     prompts_per_step: int = 8  #: prompts per step per rank
     group_size: int = 8  #: completions per prompt (G)
-    max_turns: int = 1  #: turn limit for multi-turn envs
+    max_turns: int | None = None  #: cap on turns for multi-turn envs (None = the env's own limit)
     # -- sampling
     sampler_backend: Literal["vllm", "vllm-server", "hf"] = "vllm"  #: rollout backend
     sampler_kwargs: dict = field(default_factory=dict)  #: extra kwargs for make_sampler (e.g. gpu_memory_utilization)
@@ -122,12 +122,14 @@ class GRPOConfig:
 
     def validate(self) -> None:
         pos = ["max_steps", "prompts_per_step", "group_size", "max_tokens", "ppo_epochs", "minibatches",
-               "micro_batch_size", "max_sampling_tries", "max_turns", "keep_checkpoints", "save_every"]
+               "micro_batch_size", "max_sampling_tries", "keep_checkpoints", "save_every"]
         for k in pos:
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not self.model:
             raise ValueError("model is required (an HF model directory)")
+        if self.max_turns is not None and self.max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1 or null, got {self.max_turns}")
         if not self.envs:
             raise ValueError("envs must list at least one env id")
         n = self.prompts_per_step * self.group_size
@@ -219,11 +221,22 @@ def value_forward(engine: Any, b: dict[str, Any]) -> Any:
 # ------------------------------------------------------------------------------------------
 
 
-def make_envs(cfg: GRPOConfig, eval_split: bool = False) -> list[Any]:
+def task_size(cfg: GRPOConfig) -> int:
+    """Items available in every configured env (train and eval kwargs)."""
     import gymnasium as gym
 
-    kw = {**cfg.env_kwargs, **(cfg.eval_env_kwargs if eval_split else {})}
-    return [gym.make(env_id, **kw) for env_id in cfg.envs]
+    sizes = []
+    for env_id in cfg.envs:
+        for kw in (cfg.env_kwargs, {**cfg.env_kwargs, **cfg.eval_env_kwargs}):
+            env = gym.make(env_id, **kw)
+            sizes.append(len(env.unwrapped.source))
+            env.close()
+    return min(sizes)
+
+
+def env_ids_for(cfg: GRPOConfig, indices: list[int]) -> list[str]:
+    """Mixing several envs: item ``i`` comes from env ``i mod len(envs)``."""
+    return [cfg.envs[i % len(cfg.envs)] for i in indices]
 
 
 def sampling_config(cfg: GRPOConfig, seed: int, n: int, greedy: bool = False) -> Any:
@@ -235,8 +248,7 @@ def sampling_config(cfg: GRPOConfig, seed: int, n: int, greedy: bool = False) ->
                           budget_mode=cfg.budget_mode, logprobs=True)
 
 
-def collect_groups(cfg: GRPOConfig, envs: list[Any], sampler: Any, state: dict[str, Any], step: int,
-                   rank: int, world: int) -> tuple[list[list[Any]], dict[str, float]]:
+def collect_groups(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], step: int, rank: int, world: int) -> tuple[list[list[Any]], dict[str, float]]:
     """``prompts_per_step`` groups for this rank, with DAPO dynamic sampling."""
     import torch
 
@@ -255,15 +267,13 @@ def collect_groups(cfg: GRPOConfig, envs: list[Any], sampler: Any, state: dict[s
         # Training indices count up from 0 and wrap before the held-out ones at the top.
         indices = [(rank + world * k) % (state["n_items"] - cfg.eval_prompts) for k in local]
         seed = (cfg.seed * 1_000_003 + step * 7919 + attempt * 104_729 + rank * 15_485_863) % (2**31 - 1)
-        batch = collect_rollouts(envs, sampler, indices=indices, group_size=cfg.group_size,
-                                 cfg=sampling_config(cfg, seed, cfg.group_size), max_turns=cfg.max_turns)
+        batch = collect_rollouts(env_ids_for(cfg, indices), sampler, indices=indices, group_size=cfg.group_size,
+                                 cfg=sampling_config(cfg, seed, cfg.group_size), max_turns=cfg.max_turns,
+                                 env_kwargs=cfg.env_kwargs)
         stats["sampling_rounds"] += 1
-        for k in ("gen_time", "grade_time"):
-            stats[k] += float(batch.metrics.get(k, 0.0)) if hasattr(batch, "metrics") else 0.0
-        groups: dict[int, list[Any]] = {}
-        for e in batch.episodes:
-            groups.setdefault(e.group_id, []).append(e)
-        for g in groups.values():
+        stats["gen_time"] += batch.generate_s
+        stats["grade_time"] += batch.elapsed_s - batch.generate_s  # grading not hidden behind generation
+        for g in batch.groups():
             r = core.rewards_tensor([e.reward for e in g])
             flat = core.degenerate_groups(r, torch.zeros(len(g), dtype=torch.long))
             if cfg.dynamic_sampling and bool(flat[0]):
@@ -275,20 +285,24 @@ def collect_groups(cfg: GRPOConfig, envs: list[Any], sampler: Any, state: dict[s
     return keep, stats
 
 
-def evaluate(cfg: GRPOConfig, envs: list[Any], sampler: Any, state: dict[str, Any], rank: int, world: int) -> float:
+def evaluate(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], rank: int, world: int) -> float:
     """Greedy held-out accuracy on ``eval_prompts`` fixed prompts (the same ones every time)."""
     from thinkgym.sampler.rollout import collect_rollouts
 
     # The last eval_prompts items of the source: never trained on (see collect_groups).
     mine = [i for i in range(cfg.eval_prompts) if i % world == rank]
     indices = [state["n_items"] - 1 - i for i in mine]
-    batch = collect_rollouts(envs, sampler, indices=indices, group_size=1,
-                             cfg=sampling_config(cfg, cfg.seed, 1, greedy=True), max_turns=cfg.max_turns)
+    if not indices:
+        return all_mean([])
+    batch = collect_rollouts(env_ids_for(cfg, indices), sampler, indices=indices, group_size=1,
+                             cfg=sampling_config(cfg, cfg.seed, 1, greedy=True), max_turns=cfg.max_turns,
+                             env_kwargs={**cfg.env_kwargs, **cfg.eval_env_kwargs})
     return all_mean([is_correct(e) for e in batch.episodes])
 
 
 def is_correct(e: Any) -> float:
-    comps = (e.grade or {}).get("components") or {}
+    """1.0 if the final answer is right: the grade's correctness component if it has one, else reward >= 1."""
+    comps = (e.grades[-1] if e.grades else {}).get("components") or {}
     for k in ("correct", "answer", "accuracy"):
         if comps.get(k) is not None:
             return float(comps[k] >= 1.0)
@@ -387,8 +401,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         meta = json.loads((ck / "trainer_state.json").read_text())
         state.update({k: meta[k] for k in ("step", "history", "bad_streak")})
     sampler = make_sampler(cfg.sampler_backend, str(ck / "hf") if ck else cfg.model, **cfg.sampler_kwargs)
-    envs, eval_envs = make_envs(cfg), (make_envs(cfg, eval_split=True) if cfg.eval_prompts else [])
-    state["n_items"] = min(len(e.unwrapped.source) for e in envs + eval_envs)
+    state["n_items"] = task_size(cfg)
     if state["n_items"] <= cfg.eval_prompts:
         raise ConfigError(f"eval_prompts={cfg.eval_prompts} leaves no training items (task size {state['n_items']})")
     # Seed (or restore) RNGs last: building the sampler reseeds torch's global generator.
@@ -408,7 +421,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         # ---- 1. collect (with dynamic sampling) -------------------------------------------
         t0 = time.perf_counter()
-        groups, sstats = collect_groups(cfg, envs, sampler, state, step, rank, world)
+        groups, sstats = collect_groups(cfg, sampler, state, step, rank, world)
         episodes = [e for g in groups for e in g]
         gids = torch.tensor([i for i, g in enumerate(groups) for _ in g])  # (N,)
         t_collect = time.perf_counter() - t0
@@ -471,7 +484,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                     for k, v in (("loss", loss), ("clipfrac", core.masked_mean(clipped, m)),
                                  ("entropy", core.masked_mean(ent.detach(), m)),
                                  ("ratio", core.masked_mean(torch.exp(lp.detach() - old), m))):
-                        logs.setdefault(k, []).append(float(v))
+                        logs.setdefault(k, []).append(float(v.detach()))
                     if critic_eng is not None:
                         v_new = value_forward(critic_eng, b)
                         vl = core.aggregate(core.clipped_value_loss(v_new, values[idx, :t], returns[idx, :t], cfg.value_clip),
@@ -479,7 +492,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                         critic_eng.backward(vl, scale_wrt_gas=False)
                         critic_opt.skip_next = bad or not all_ranks(bool(torch.isfinite(vl)))
                         critic_eng.step()
-                        logs.setdefault("value_loss", []).append(float(vl))
+                        logs.setdefault("value_loss", []).append(float(vl.detach()))
         t_learn = time.perf_counter() - t1
 
         # ---- 5. sync weights to the sampler ------------------------------------------------
@@ -501,10 +514,15 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             "t_generate": [t_collect - sstats["grade_time"]], "t_grade": [sstats["grade_time"]],
             "t_learn": [t_learn], "t_sync": [t_sync],
         })
-        for e in valid:  # per-grader / per-component reward breakdown
-            for name, val in ((e.grade or {}).get("components") or {}).items():
+        for e in episodes:  # per-grader reward, its components, and its infra errors
+            g = e.grades[-1] if e.grades else {}
+            name = str(g.get("grader") or "unknown").split("@")[0]
+            logs.setdefault(f"grader_errors/{name}", []).append(float(e.reward is None))
+            if e.reward is not None:
+                logs.setdefault(f"reward/{name}", []).append(float(e.reward))
+            for comp, val in (g.get("components") or {}).items():
                 if isinstance(val, (int, float)):
-                    logs.setdefault(f"reward/{name}", []).append(float(val))
+                    logs.setdefault(f"reward/{name}/{comp}", []).append(float(val))
         row = {"step": step, **reduce_rows(logs), "grader_errors_total": 0.0}
         row["grader_errors"] = row["grader_errors"] * world  # mean over ranks -> total per step
         row["grader_errors_total"] = row["grader_errors"] + (state["history"][-1]["grader_errors_total"] if state["history"] else 0.0)
@@ -514,7 +532,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             print(f"\n[thinkgym] WARNING: non-finite loss at step {step}: update skipped "
                   f"({state['bad_streak']}/{cfg.max_bad_steps} in a row)", flush=True)
         if cfg.eval_prompts and (step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0)):
-            row["eval_accuracy"] = evaluate(cfg, eval_envs, sampler, state, rank, world)
+            row["eval_accuracy"] = evaluate(cfg, sampler, state, rank, world)
         state["history"].append(row)
         state["step"] = step
         if monitor is not None:

