@@ -26,6 +26,7 @@ Why the candidate cannot game the verdict:
 from __future__ import annotations
 
 import json
+import logging
 import marshal
 import math
 import re
@@ -37,6 +38,8 @@ from thinkgym.verifiers.base import Grade, register_grader
 from thinkgym.verifiers.sandbox import Limits, get_sandbox
 
 __all__ = ["grade_program", "grade_programs", "extract_code", "validate_tests", "values_equal", "DEFAULT_LIMITS"]
+
+log = logging.getLogger("thinkgym.verifiers.code")
 
 DEFAULT_LIMITS = Limits()
 #: Room left for the harness to report before the sandbox's wall clock kills it.
@@ -616,13 +619,11 @@ def grade_program(
     sandbox = get_sandbox(backend)
     # warm: the harness reads its job before doing anything, so it can be started ahead of time.
     run = sandbox.run([sandbox.python, "-I", "-S", "-c", _HARNESS], b"%d\n" % len(body) + body + nonce, lim, warm=True)
-    if run.error is not None:
-        return Grade.error(f"sandbox error: {run.error}", details={"stderr": run.stderr[-2000:].decode("utf-8", "replace")})
-    if not run.stdout.startswith(_START):
-        return Grade.error(
-            f"sandbox error: harness did not start (exit {run.returncode})",
-            details={"stderr": run.stderr[-2000:].decode("utf-8", "replace")},
-        )
+    if run.error is not None or not run.stdout.startswith(_START):
+        # Nothing of the candidate ran: the sandbox failed, not the program.
+        why = run.error or f"harness did not start (exit {run.returncode})"
+        log.error("code sandbox (%s) failed: %s", sandbox.name, why)
+        return Grade.error(f"sandbox error: {why}", details={"stderr": run.stderr[-2000:].decode("utf-8", "replace")})
     stderr_tail = run.stderr[-2000:].decode("utf-8", "replace")
     frame = run.stdout[len(_START):]
     payload = None
