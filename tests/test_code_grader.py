@@ -471,3 +471,11 @@ def test_any_text_survives_the_result_channel():
     assert r.score == 0.0 and r.details["cases"][0]["status"] == "exception"
     ft = {"type": "function", "entry_point": "f", "cases": [{"args": [text], "expected": [text, {"k": text}]}]}
     assert g("def f(s):\n    return [s, {'k': s}]\n", ft).score == 1.0
+
+
+def test_grade_programs_in_parallel():
+    from thinkgym.verifiers.code import grade_programs
+
+    progs = [("def add(a, b):\n    return a + b\n", ADD), ("def add(a, b):\n    return a * b\n", ADD)] * 3
+    gs = grade_programs(progs, limits=FAST)
+    assert [x.score for x in gs] == [1.0, 0.0] * 3

@@ -183,3 +183,21 @@ def test_binds_are_read_only_even_where_permissions_allow_writing():
         assert not (d / "x").exists()
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_warm_runs_use_prestarted_sandboxes_one_run_each():
+    sb2 = LocalSandbox(max_parallel=1, spares=1)
+    try:
+        # A program that reads its stdin first may be started ahead; each run gets its own sandbox.
+        code = "import os, sys\nsys.stdin.read()\nprint(os.path.exists('/tmp/seen'))\nopen('/tmp/seen', 'w')\n"
+        runs = [py_warm(sb2, code) for _ in range(3)]
+        assert [r.stdout for r in runs] == [b"False\n"] * 3
+        assert [r.info["prestarted"] for r in runs] == [False, True, True]
+        # without the promise nothing is started ahead
+        assert sb2.run([sb2.python, "-I", "-S", "-c", "pass"]).info["prestarted"] is False
+    finally:
+        sb2.close()
+
+
+def py_warm(sb, code):
+    return sb.run([sb.python, "-I", "-S", "-c", code], b"go", None, warm=True)

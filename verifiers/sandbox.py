@@ -488,7 +488,7 @@ class LocalSandbox:
             self._uids.release(st.slot)
         return swept
 
-    def _take(self, argv: Sequence[str], limits: Limits) -> _Started:
+    def _take(self, argv: Sequence[str], limits: Limits) -> tuple[_Started, bool]:
         key = (tuple(argv), limits)
         with self._spare_lock:
             pool = self._spare.pop(key, [])
@@ -502,6 +502,7 @@ class LocalSandbox:
         if st is not None and st.proc.poll() is not None:  # died while waiting: start afresh
             self._finish(st)
             st = None
+        prestarted = st is not None
         if st is None:
             st = self._start(argv, limits)
         while not self._closed:
@@ -511,7 +512,7 @@ class LocalSandbox:
             new = self._start(argv, limits)
             with self._spare_lock:
                 self._spare.setdefault(key, []).append(new)
-        return st
+        return st, prestarted
 
     def run(
         self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None, *, warm: bool = False
@@ -522,7 +523,7 @@ class LocalSandbox:
         self._sem.acquire()
         t0 = time.monotonic()
         try:
-            st = self._take(argv, limits) if warm and self.spares > 0 else self._start(argv, limits)
+            st, prestarted = self._take(argv, limits) if warm and self.spares > 0 else (self._start(argv, limits), False)
 
             def kill() -> None:
                 # The outer bwrap takes the namespace's init with it (PR_SET_PDEATHSIG), and
@@ -536,7 +537,7 @@ class LocalSandbox:
                 res = pump(st.proc, stdin, limits, t0 + limits.wall_s, kill)
             finally:
                 swept = self._finish(st)
-            res.info["swept"] = swept
+            res.info.update(swept=swept, prestarted=prestarted)
         finally:
             self._sem.release()
         res.elapsed_s = time.monotonic() - t0
