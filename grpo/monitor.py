@@ -71,3 +71,33 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def is_correct(e: Any) -> float:
+    """1.0 if the final answer is right: the grade's correctness component if it has one, else reward >= 1."""
+    comps = (e.grades[-1] if e.grades else {}).get("components") or {}
+    for k in ("correct", "answer", "accuracy"):
+        if comps.get(k) is not None:
+            return float(comps[k] >= 1.0)
+    return float(e.reward is not None and e.reward >= 1.0)
+
+
+def rollout_metrics(episodes: list[Any]) -> dict[str, list[float]]:
+    """Per-episode values to average: reward, accuracy, lengths, infra errors, per-grader breakdown."""
+    valid = [e for e in episodes if e.reward is not None]
+    logs: dict[str, list[float]] = {
+        "reward": [float(e.reward) for e in valid], "accuracy": [is_correct(e) for e in valid],
+        "response_len": [float(e.completion_len) for e in episodes],
+        "truncated": [float(e.finish_reason == "length") for e in episodes],
+        "grader_errors": [float(len(episodes) - len(valid))],
+    }
+    for e in episodes:  # per-grader reward, its components, and its infra errors
+        g = e.grades[-1] if e.grades else {}
+        name = str(g.get("grader") or "unknown").split("@")[0]
+        logs.setdefault(f"grader_errors/{name}", []).append(float(e.reward is None))
+        if e.reward is not None:
+            logs.setdefault(f"reward/{name}", []).append(float(e.reward))
+        for comp, val in (g.get("components") or {}).items():
+            if isinstance(val, (int, float)):
+                logs.setdefault(f"reward/{name}/{comp}", []).append(float(val))
+    return logs

@@ -29,7 +29,6 @@ processes use ``deepspeed --num_gpus N -m thinkgym.grpo.train --config ...`` or 
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import time
@@ -50,7 +49,7 @@ from thinkgym.grpo.engine import (
     setup_distributed,
     weight_hashes,
 )
-from thinkgym.grpo.monitor import Monitor, plot_curves
+from thinkgym.grpo.monitor import Monitor, is_correct, plot_curves, rollout_metrics
 
 
 @dataclass
@@ -300,17 +299,6 @@ def evaluate(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], rank: int, wo
     return all_mean([is_correct(e) for e in batch.episodes])
 
 
-def is_correct(e: Any) -> float:
-    """1.0 if the final answer is right: the grade's correctness component if it has one, else reward >= 1."""
-    comps = (e.grades[-1] if e.grades else {}).get("components") or {}
-    for k in ("correct", "answer", "accuracy"):
-        if comps.get(k) is not None:
-            return float(comps[k] >= 1.0)
-    return float(e.reward is not None and e.reward >= 1.0)
-
-
-
-
 # ------------------------------------------------------------------------------------------
 # Advantage estimators: (cfg, rewards (N,), group ids (N,), mask (N,T), values, kl (N,T))
 #   -> advantages (N,T), returns (N,T) or None. Pick one with ``advantage:`` in the config.
@@ -412,8 +400,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         random.seed(cfg.seed + rank)
         np.random.seed(cfg.seed + rank)
 
-    stop = {"sigterm": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+    stop = {"sigterm": False}  # SIGTERM: finish the step, checkpoint, exit cleanly
+    prev_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
     monitor = Monitor(cfg, out, state["history"], state["step"]) if rank == 0 else None
     last_ck, stopped = ck, "max_steps"
     agg_kw = {"mode": cfg.aggregation, "constant": cfg.max_tokens}
@@ -502,27 +490,14 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         t_sync = time.perf_counter() - t2
 
         # ---- metrics -----------------------------------------------------------------------
-        valid = [e for e in episodes if e.reward is not None]
+        logs.update(rollout_metrics(episodes))
         logs.update({
-            "reward": [float(e.reward) for e in valid], "accuracy": [is_correct(e) for e in valid],
-            "response_len": [float(e.completion_len) for e in episodes],
-            "truncated": [float(e.finish_reason == "length") for e in episodes],
             "kl": [float(core.masked_mean(kl_tok, mask))] if ref_eng is not None else [],
-            "grader_errors": [float(len(episodes) - len(valid))],
             "groups_dropped": [sstats["groups_dropped"]], "sampling_rounds": [sstats["sampling_rounds"]],
             "tokens_per_s": [float(full["attention_mask"].sum()) * cfg.ppo_epochs / max(t_learn, 1e-9)],
             "t_generate": [t_collect - sstats["grade_time"]], "t_grade": [sstats["grade_time"]],
             "t_learn": [t_learn], "t_sync": [t_sync],
         })
-        for e in episodes:  # per-grader reward, its components, and its infra errors
-            g = e.grades[-1] if e.grades else {}
-            name = str(g.get("grader") or "unknown").split("@")[0]
-            logs.setdefault(f"grader_errors/{name}", []).append(float(e.reward is None))
-            if e.reward is not None:
-                logs.setdefault(f"reward/{name}", []).append(float(e.reward))
-            for comp, val in (g.get("components") or {}).items():
-                if isinstance(val, (int, float)):
-                    logs.setdefault(f"reward/{name}/{comp}", []).append(float(val))
         row = {"step": step, **reduce_rows(logs), "grader_errors_total": 0.0}
         row["grader_errors"] = row["grader_errors"] * world  # mean over ranks -> total per step
         row["grader_errors_total"] = row["grader_errors"] + (state["history"][-1]["grader_errors_total"] if state["history"] else 0.0)
@@ -551,6 +526,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             stopped = "SIGTERM"
             break
 
+    signal.signal(signal.SIGTERM, prev_handler)
     hashes = weight_hashes(policy_eng, cfg)  # data parallelism must leave every rank's copy identical
     if monitor is not None:
         monitor.close()

@@ -252,3 +252,27 @@ def test_two_process_deepspeed_keeps_ranks_identical(tmp_path, tiny_model_dir):
     before = load_file(tiny_model_dir / "model.safetensors")
     after = load_file(Path(summary["checkpoint"]) / "hf" / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_sigterm_checkpoints_and_stops(tmp_path, tiny_model_dir):
+    import os
+    import signal
+
+    from thinkgym.grpo.train import train
+
+    def on_step(step, engine, sampler, row):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would: finish the step, save, exit
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", max_steps=5, save_every=100, kl_coef=0.0, tensorboard=False)
+    before = signal.getsignal(signal.SIGTERM)
+    res = train(cfg, on_step=on_step)
+    assert res["stopped"] == "SIGTERM" and len(res["history"]) == 1
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    assert latest.read_text() == "step_000001"
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_000001" / "trainer_state.json").read_text())
+    assert state["step"] == 1 and len(state["history"]) == 1
+    assert (tmp_path / "run" / "checkpoints" / "step_000001" / "rank0_state.pt").is_file()
+    assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
