@@ -479,3 +479,21 @@ def test_grade_programs_in_parallel():
     progs = [("def add(a, b):\n    return a + b\n", ADD), ("def add(a, b):\n    return a * b\n", ADD)] * 3
     gs = grade_programs(progs, limits=FAST)
     assert [x.score for x in gs] == [1.0, 0.0] * 3
+
+
+def test_forked_grader_process_gets_its_own_sandbox():
+    # A worker forked from a process with pre-started sandboxes must not share them.
+    assert g("def add(a, b):\n    return a + b\n").score == 1.0  # parent has spares now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = g("def add(a, b):\n    return a + b\n").score == 1.0
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.waitpid(pid, 0)
+    assert got == b"1"
+    assert g("def add(a, b):\n    return a + b\n").score == 1.0  # the parent's spares still work

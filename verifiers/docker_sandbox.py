@@ -95,6 +95,7 @@ class DockerSandbox:
         self._all: list[Any] = []
         self._next_slot = 0
         self._closed = False
+        self._pid = os.getpid()
         self._parker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinkgym-docker-park")
         atexit.register(self.close)
 
@@ -323,6 +324,8 @@ class DockerSandbox:
 
     def close(self) -> None:
         """Remove every container this sandbox started."""
+        if os.getpid() != self._pid:  # a forked copy must not remove the parent's containers
+            return
         self._closed = True
         with self._lock:
             cs, self._all = self._all, []

@@ -393,6 +393,7 @@ class LocalSandbox:
         self._spare: dict[tuple, list[_Started]] = {}
         self._spare_lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()  # spares belong to the process that started them, not to forks
         atexit.register(self.close)
 
     def _static_args(self, binds: Sequence[str]) -> list[str]:
@@ -491,6 +492,9 @@ class LocalSandbox:
     def _take(self, argv: Sequence[str], limits: Limits) -> tuple[_Started, bool]:
         key = (tuple(argv), limits)
         with self._spare_lock:
+            if os.getpid() != self._pid:  # a forked copy: the parent's spares are not ours to use
+                self._spare.clear()
+                self._pid = os.getpid()
             pool = self._spare.pop(key, [])
             # Keep spares for the most recent configurations only.
             stale = [k for k in self._spare if k != key][: max(len(self._spare) - 1, 0)]
@@ -547,6 +551,8 @@ class LocalSandbox:
 
     def close(self) -> None:
         """Stop the pre-started sandboxes."""
+        if os.getpid() != self._pid:
+            return
         self._closed = True
         with self._spare_lock:
             spares = [st for pool in self._spare.values() for st in pool]
@@ -566,6 +572,8 @@ def get_sandbox(backend: str = "local") -> Sandbox:
     """A process-wide shared sandbox per backend name (``local`` or ``docker``)."""
     with _DEFAULT_LOCK:
         sb = _DEFAULT.get(backend)
+        if sb is not None and getattr(sb, "_pid", os.getpid()) != os.getpid():
+            sb = None  # inherited through fork: its spares / containers belong to the parent
         if sb is None:
             if backend == "local":
                 sb = LocalSandbox()
