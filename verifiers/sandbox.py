@@ -13,6 +13,10 @@ Two backends share one interface, :class:`Sandbox`: ``run(argv, stdin, limits) -
   counts only that sandbox's processes. When the run ends or times out, the namespace's init
   dies, which kills every process in it (daemons, double forks, SIGTERM-ignorers), and the
   cgroup is swept until empty. The scratch tmpfs vanishes with the namespace, so nothing persists.
+  A seccomp filter (x86-64) refuses new namespaces, mounts, ptrace, BPF, io_uring and keyrings.
+  Throughput: for programs that read their stdin before doing anything (``warm=True``, like the
+  code harness) fresh sandboxes are started ahead of need, so namespace setup and interpreter
+  start overlap with the previous run; each pre-started sandbox still serves exactly one run.
 * :class:`~thinkgym.verifiers.docker_sandbox.DockerSandbox`: the same interface on the Docker engine.
 
 Output is read concurrently with a cap, so a flood neither blocks the program nor exhausts memory.
