@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -62,7 +63,7 @@ _DROP_RE = re.compile(
 )
 _THOUSANDS_THIN = re.compile(r"(?<=\d)(?:\\,|\{,\}|\\ |~)(?=\d{3}(?!\d))")
 _TEXT_CMD = r"\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox|operatorname)"
-_TRAILING_UNIT = re.compile(r"(?<=[\d}).])\s*(?:" + _TEXT_CMD + r"\{[^{}]*\}\s*)+$")
+_TRAILING_UNIT = re.compile(r"(?<=[\d}).])(?:\s*" + _TEXT_CMD + r"\{[^{}]*\})+\s*$")
 _WHOLE_TEXT = re.compile(r"^" + _TEXT_CMD + r"\{([^{}]*)\}$")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b")
 # "x = 3", "x_1 = 3", "f(x) = 2x", "x \\in [1, 2]": a single named thing on the left.
@@ -564,9 +565,20 @@ def _sympy_checked(p: str, g: str, cfg: MathConfig) -> bool | None:
     from thinkgym.verifiers import pool
 
     if pool.in_worker() or not cfg.isolate:
-        return sympy_equal(p, g)
-    res = pool.default_pool().call("thinkgym.verifiers.math_equiv:sympy_equal", p, g, timeout=cfg.timeout_s)
+        return sympy_equal(p, g)  # a pool worker is itself under the item's budget
+    # One grade may need several sympy steps (parts, candidates); together they share one
+    # budget, counted in worker time (waiting for a free worker is not charged).
+    spent = getattr(_BUDGET, "spent", None)
+    left = cfg.timeout_s - (spent or 0.0)
+    if left <= 0.01:
+        return None
+    res = pool.default_pool().call("thinkgym.verifiers.math_equiv:sympy_equal", p, g, timeout=left)
+    if spent is not None:
+        _BUDGET.spent = spent + res.elapsed_s
     return res.value if res.ok else None
+
+
+_BUDGET = threading.local()
 
 
 # --------------------------------------------------------------------------- grader
@@ -628,22 +640,27 @@ def grade_math_with(completion: str, gold: Any, cfg: MathConfig = DEFAULT_MATH) 
         return Grade(0.0, reason=ex.reason)
     extracted = ex.joined()
     golds = [x for g in _gold_parts(gold) for x in _expand_pm(g)]
+    _BUDGET.spent = 0.0
     try:
         if len(golds) > 1:
             ok = _match_unordered(_pred_parts(ex.answers), golds, lambda x, y: answers_equal(x, y, cfg))
             why = "matches every part of the answer" if ok else "parts differ from the multi-part answer"
         else:
             distinct = list(dict.fromkeys(normalize(a) for a in ex.answers))
-            results = [answers_equal(a, golds[0], cfg) for a in distinct]
-            if any(r is False for r in results):
-                ok = False
-                why = "several different answers" if len(distinct) > 1 else "not equal to the answer"
-            elif any(r is None for r in results):
+            ok, why, undecided = True, "equal", False
+            for a in distinct:  # every candidate must equal the answer; the first that differs ends it
+                r = answers_equal(a, golds[0], cfg)
+                if r is False:
+                    ok = False
+                    why = "several different answers" if len(distinct) > 1 else "not equal to the answer"
+                    break
+                undecided = undecided or r is None
+            if ok and undecided:
                 raise _Undecided
-            else:
-                ok, why = True, "equal"
     except _Undecided:
-        return Grade.error("sympy step failed or exceeded its time budget", extracted=extracted)
+        return Grade.error("sympy step exceeded its time budget", extracted=extracted)
+    finally:
+        _BUDGET.spent = None
     return Grade(1.0 if ok else 0.0, extracted=extracted, reason=why)
 
 
