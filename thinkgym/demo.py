@@ -1,0 +1,446 @@
+"""``thinkgym demo``: a reasoning model trained from scratch on a CPU, with honest baselines.
+
+One command, top to bottom, using the project's own components:
+
+1. **Data.** Countdown items (3 numbers, each exactly once) from the ``countdown`` task source:
+   a limited traced set for SFT (seed ``s``), untraced RL prompts (seed ``s+1``) and held-out
+   items (seed ``s+2``) minus any question seen in SFT or RL; the contamination gate
+   (13-gram overlap, exact match for short questions) must report zero overlap.
+   Traces are the item's own evaluation steps (``a op b = c`` lines) without the search that
+   found the expression, so they show *a* solution, not *how to find one*: RL has room.
+2. **Tiny model.** A byte-level BPE tokenizer trained on the task text and a random-init Qwen2.
+3. **Cold-start SFT** (``sft_coldstart/train.py``) to convergence with a cosine (annealed)
+   schedule; the checkpoint with the lowest dev loss (``best/``) is the SFT policy.
+4. **GRPO** (``grpo/train.py``: vLLM sampler, DeepSpeed learner, countdown grader via the env)
+   from the SFT policy on fresh prompts without traces, with a KL to the SFT policy.
+5. **Control arm**: more SFT from the same checkpoint, for the same training wall-clock as GRPO,
+   at GRPO's learning rate, so a gain can be credited to RL and not to extra optimisation.
+6. **Eval** (``sampler/eval.py``) of the three policies on the held-out items: greedy accuracy,
+   pass@1/pass@k at temperature 1, format rate, mean length. A table on screen, ``report.md``,
+   ``curves.png`` and ``summary.json`` in the run directory.
+
+Each training stage runs in its own process (DeepSpeed / gloo and vLLM state stay isolated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+HELDOUT_ENV = "thinkgym/DemoHeldout-v0"
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and knobs of one demo run (``--quick`` shrinks them for a smoke test)."""
+
+    output_dir: str = "runs/demo"  #: run directory
+    seed: int = 0  #: seeds the task splits, the model init and every stage
+    task_params: dict = field(default_factory=lambda: {
+        "n_numbers": [3, 3], "max_number": 12, "target": [1, 99], "exactly_once": True})  #: countdown knobs
+    sft_examples: int = 1000  #: traced training items (the limited SFT set)
+    dev_examples: int = 100  #: traced dev items (SFT eval loss, best-checkpoint selection)
+    heldout: int = 300  #: held-out items for every eval
+    eval_samples: int = 8  #: samples per held-out item at temperature 1 (pass@k)
+    max_tokens: int = 48  #: generation budget (a trace is ~35 tokens)
+    # --- tiny model
+    hidden_size: int = 128  #: tiny model width
+    num_layers: int = 4  #: tiny model depth
+    vocab_size: int = 512  #: BPE vocabulary target
+    # --- SFT
+    sft_epochs: float = 20.0  #: passes over the traced set (cosine to sft_min_lr_ratio)
+    sft_lr: float = 3e-3  #: SFT peak learning rate
+    sft_min_lr_ratio: float = 0.05  #: end of the cosine schedule (annealed)
+    sft_micro_batch: int = 4  #: packed rows of 1024 tokens per step
+    sft_eval_every: int = 20  #: steps between dev-loss evals (best checkpoint)
+    # --- GRPO
+    grpo_steps: int = 50  #: RL steps
+    prompts_per_step: int = 16  #: prompts per step
+    group_size: int = 8  #: completions per prompt
+    grpo_lr: float = 1e-4  #: RL learning rate (also the control arm's)
+    kl_coef: float = 0.01  #: KL-to-SFT weight (k3)
+    max_sampling_tries: int = 2  #: DAPO dynamic-sampling rounds
+    micro_batch_size: int = 32  #: learner micro-batch (sequences)
+    quick: bool = False  #: tiny sizes for a smoke test
+
+    @classmethod
+    def quick_preset(cls, **kw: Any) -> "DemoConfig":
+        base = dict(sft_examples=120, dev_examples=16, heldout=24, eval_samples=4, sft_epochs=2.0,
+                    sft_eval_every=5, grpo_steps=2, prompts_per_step=4, group_size=4, micro_batch_size=16,
+                    max_sampling_tries=1, hidden_size=64, num_layers=2, quick=True)
+        base.update(kw)
+        return cls(**base)
+
+
+# ------------------------------------------------------------------------------------------
+# Data: SFT traces, RL prompts, held-out items, contamination gate
+# ------------------------------------------------------------------------------------------
+
+
+def compact_trace(item: dict[str, Any]) -> str:
+    """``<think>`` with the reference expression's evaluation steps, then the answer."""
+    sol = item["metadata"]["solution"]
+    lines = sol.split("<think>", 1)[1].split("</think>", 1)[0].strip().splitlines()
+    # The source's trace is "I need..., Try EXPR:, steps..., That gives...": keep the steps,
+    # each as "a op b = c" (the "so the expression becomes" tail only restates them).
+    steps = [ln.split(", so", 1)[0].strip() for ln in lines if "=" in ln and not ln.startswith(("I need", "Try"))]
+    return "<think>\n" + "\n".join(steps) + "\n</think>\n<answer>" + item["metadata"]["reference"] + "</answer>"
+
+
+def build_data(cfg: DemoConfig, run: Path) -> dict[str, Any]:
+    """Write sft.jsonl (chat rows), heldout.jsonl and train_items.jsonl; gate the overlap."""
+    from thinkgym.tasks import make_task
+    from thinkgym.tasks.contamination import check_contamination
+
+    data = run / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    P = cfg.task_params
+    sft_src = make_task("countdown", seed=cfg.seed * 3 + 0, **P)
+    rl_src = make_task("countdown", seed=cfg.seed * 3 + 1, **P)
+    ho_src = make_task("countdown", seed=cfg.seed * 3 + 2, **P)
+    sft_items = [sft_src[i] for i in range(cfg.sft_examples + cfg.dev_examples)]
+    # Every prompt the learner can draw (dynamic sampling consumes up to tries x prompts per step).
+    n_rl = cfg.grpo_steps * cfg.prompts_per_step * cfg.max_sampling_tries
+    rl_items = [rl_src[i] for i in range(n_rl)]
+    seen = {it["question"] for it in sft_items} | {it["question"] for it in rl_items}
+    heldout, i = [], 0
+    while len(heldout) < cfg.heldout:
+        it = ho_src[i]
+        i += 1
+        if it["question"] not in seen:
+            seen.add(it["question"])  # no duplicates inside the held-out set either
+            heldout.append(it)
+    report = check_contamination([*sft_items, *rl_items], heldout, n=13, on_fail="error")
+
+    with open(data / "sft.jsonl", "w") as f:
+        for it in sft_items:
+            f.write(json.dumps({"messages": [{"role": "user", "content": it["question"]},
+                                             {"role": "assistant", "content": compact_trace(it)}]}) + "\n")
+    for name, rows in (("heldout.jsonl", heldout), ("train_items.jsonl", [*sft_items, *rl_items])):
+        with open(data / name, "w") as f:
+            for it in rows:
+                meta = {k: v for k, v in it["metadata"].items() if k in ("grader", "grader_kwargs", "reference")}
+                f.write(json.dumps({"question": it["question"], "answer": it["answer"], "metadata": meta}) + "\n")
+    corpus = [it["question"] + "\n" + compact_trace(it) for it in sft_items]
+    return {"dir": data, "corpus": corpus, "heldout_items": len(heldout), "heldout_scanned": i,
+            "train_items": len(sft_items) + len(rl_items), "contamination": report.to_dict()}
+
+
+# ------------------------------------------------------------------------------------------
+# Stages (each in a subprocess)
+# ------------------------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _run(cmd: list[str], log: Path, what: str) -> float:
+    """Run a stage, output to ``log``; a failure raises with the log's tail. Returns seconds."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env())
+    if p.returncode != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"demo stage {what!r} failed (exit {p.returncode}); last lines of {log}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def _write_yaml(path: Path, d: dict[str, Any]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def sft_config(cfg: DemoConfig, model: str, out: Path, data: Path, **over: Any) -> dict[str, Any]:
+    d = dict(model=model, output_dir=str(out), datasets=[str(data / "sft.jsonl")],
+             eval_fraction=cfg.dev_examples / (cfg.sft_examples + cfg.dev_examples), system_prompt=None,
+             max_length=128, packing=True, pack_length=1024, micro_batch_size=cfg.sft_micro_batch,
+             epochs=cfg.sft_epochs, learning_rate=cfg.sft_lr, min_lr_ratio=cfg.sft_min_lr_ratio,
+             warmup_ratio=0.03, adam_betas=[0.9, 0.99], zero_stage=2, eval_every=cfg.sft_eval_every,
+             save_best=True, seed=cfg.seed, progress=False, tensorboard=False, plot=False)
+    d.update(over)
+    return d
+
+
+def grpo_config(cfg: DemoConfig, model: str, out: Path) -> dict[str, Any]:
+    n = cfg.prompts_per_step * cfg.group_size
+    return dict(
+        model=model, output_dir=str(out), seed=cfg.seed, envs=["thinkgym/Countdown-v0"],
+        env_kwargs={"task_params": cfg.task_params, "seed": cfg.seed * 3 + 1, "system_prompt": None},
+        max_steps=cfg.grpo_steps, prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size,
+        sampler_backend="vllm", sampler_kwargs={"dtype": "float32", "max_model_len": 256, "seed": cfg.seed},
+        temperature=1.0, max_tokens=cfg.max_tokens, dynamic_sampling=True,
+        max_sampling_tries=cfg.max_sampling_tries, advantage="grpo", std_normalize=True,
+        clip_low=0.2, clip_high=0.28, aggregation="token_mean", kl_coef=cfg.kl_coef, kl_estimator="k3",
+        tis_cap=2.0, lr=cfg.grpo_lr, ppo_epochs=1, minibatches=1, micro_batch_size=min(cfg.micro_batch_size, n),
+        zero_stage=2, dtype="fp32", save_every=max(cfg.grpo_steps, 1), keep_checkpoints=1, eval_prompts=0,
+        progress=False, tensorboard=False)
+
+
+def evaluate_policies(cfg: DemoConfig, models: dict[str, Path], run: Path) -> dict[str, dict[str, Any]]:
+    """Greedy accuracy and temperature-1 pass@k of each policy on the held-out items, through the
+    eval harness, in one subprocess (one vLLM engine; later policies are loaded as new weights)."""
+    out = run / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"models": {k: str(v) for k, v in models.items()}, "heldout": str(run / "data" / "heldout.jsonl"),
+            "train": str(run / "data" / "train_items.jsonl"), "out": str(out), "limit": cfg.heldout,
+            "n": cfg.eval_samples, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+    _run([sys.executable, "-m", "thinkgym.demo", json.dumps(spec)], out / "eval.log", "eval")
+    k, res = cfg.eval_samples, {}
+    for name in models:
+        greedy = json.loads((out / name / "greedy" / "summary.json").read_text())
+        sampled = json.loads((out / name / "sampled" / "summary.json").read_text())
+        res[name] = {"accuracy": greedy["pass@1"], "pass@1": sampled["pass@1"], f"pass@{k}": sampled[f"pass@{k}"],
+                     "format_rate": sampled["format_rate"], "mean_length": sampled["mean_completion_len"],
+                     "greedy_format_rate": greedy["format_rate"], "model": str(models[name])}
+    return res
+
+
+def _eval_main(spec: dict[str, Any]) -> None:
+    """Subprocess body of :func:`evaluate_policies`: register the held-out env, run the harness."""
+    import gymnasium
+
+    from thinkgym.envs import register_envs
+    from thinkgym.sampler import make_sampler
+    from thinkgym.sampler.eval import EvalConfig, evaluate
+
+    register_envs()
+    if HELDOUT_ENV not in gymnasium.registry:
+        gymnasium.register(HELDOUT_ENV, entry_point="thinkgym.envs.core:SingleTurnEnv", kwargs={
+            "task": "jsonl", "task_params": {"path": spec["heldout"], "grader": "countdown"}, "system_prompt": None})
+    n_train = sum(1 for _ in open(spec["train"]))
+    models = list(spec["models"].items())
+    sampler = make_sampler("vllm", models[0][1], dtype="float32", max_model_len=256, seed=spec["seed"])
+    try:
+        for j, (name, path) in enumerate(models):
+            if j:
+                sampler.update_weights(path)
+            for sub, n, temp in (("greedy", 1, 0.0), ("sampled", spec["n"], 1.0)):
+                evaluate(EvalConfig(model=path, env=HELDOUT_ENV, output_dir=str(Path(spec["out"]) / name / sub),
+                                    n=n, limit=spec["limit"], temperature=temp, max_tokens=spec["max_tokens"],
+                                    seed=spec["seed"], train_task=spec["train"], train_size=n_train,
+                                    contamination="error"), sampler=sampler)
+    finally:
+        sampler.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+
+
+def plot(run: Path, results: dict[str, dict[str, Any]], k: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    sft = _jsonl(run / "sft" / "metrics.jsonl")
+    ax[0].plot([r["step"] for r in sft if "train/loss" in r], [r["train/loss"] for r in sft if "train/loss" in r], label="train")
+    ax[0].plot([r["step"] for r in sft if "eval/loss" in r], [r["eval/loss"] for r in sft if "eval/loss" in r], label="dev")
+    ctl = _jsonl(run / "sft_control" / "metrics.jsonl")
+    if ctl:
+        base = max((r["step"] for r in sft), default=0)
+        ax[0].plot([base + r["step"] for r in ctl if "train/loss" in r], [r["train/loss"] for r in ctl if "train/loss" in r],
+                   label="control (more SFT)")
+    ax[0].set(title="SFT loss", xlabel="step", yscale="log")
+    ax[0].legend()
+    rl = _jsonl(run / "grpo" / "metrics.jsonl")
+    ax[1].plot([r["step"] for r in rl], [r.get("accuracy", float("nan")) for r in rl], label="train accuracy (T=1)")
+    ax[1].plot([r["step"] for r in rl], [r.get("kl", float("nan")) for r in rl], label="KL to SFT")
+    ax[1].set(title="GRPO", xlabel="step")
+    ax[1].legend()
+    names = list(results)
+    x = range(len(names))
+    ax[2].bar([i - 0.2 for i in x], [results[n]["accuracy"] for n in names], 0.4, label="greedy accuracy")
+    ax[2].bar([i + 0.2 for i in x], [results[n][f"pass@{k}"] for n in names], 0.4, label=f"pass@{k} (T=1)")
+    ax[2].set_xticks(list(x), names)
+    ax[2].set(title="held-out", ylim=(0, 1))
+    ax[2].legend()
+    fig.tight_layout()
+    path = run / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def table(results: dict[str, dict[str, Any]], k: int) -> list[list[str]]:
+    rows = [["policy", "accuracy (greedy)", "pass@1 (T=1)", f"pass@{k} (T=1)", "format rate", "mean length"]]
+    for name, r in results.items():
+        rows.append([name, f"{r['accuracy']:.3f}", f"{r['pass@1']:.3f}", f"{r[f'pass@{k}']:.3f}",
+                     f"{r['format_rate']:.3f}", f"{r['mean_length']:.1f}"])
+    return rows
+
+
+def write_report(run: Path, cfg: DemoConfig, summary: dict[str, Any], rows: list[list[str]]) -> Path:
+    md = ["# thinkgym demo", "",
+          f"Countdown ({cfg.task_params}), tiny Qwen2 ({summary['model_params']:,} parameters) trained from scratch, "
+          f"seed {cfg.seed}, {summary['minutes']:.1f} minutes on {os.cpu_count()} CPU cores.", "",
+          "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    t = summary["timings_s"]
+    best_base = max(summary["sft"]["accuracy"], summary["sft_control"]["accuracy"])
+    md += ["",
+           f"- **sft**: {cfg.sft_examples} traced items, {summary['sft_steps']} steps (cosine to "
+           f"{cfg.sft_min_lr_ratio:g}x), lowest-dev-loss checkpoint; {t['sft']:.0f} s.",
+           f"- **sft_control**: {summary['sft_control_steps']} more SFT steps from that checkpoint at the RL "
+           f"learning rate ({cfg.grpo_lr:g}), for GRPO's training time ({summary['grpo_train_s']:.0f} s).",
+           f"- **grpo**: {cfg.grpo_steps} steps x {cfg.prompts_per_step} fresh untraced prompts x {cfg.group_size} "
+           f"samples, lr {cfg.grpo_lr:g}, KL {cfg.kl_coef:g} to the SFT policy; {t['grpo']:.0f} s.",
+           f"- Held-out: {summary['heldout_items']} items, disjoint from the {summary['train_items']} SFT/RL items "
+           f"(contamination gate: {summary['contamination']['contaminated']} overlapping).",
+           f"- GRPO minus the better baseline: **{summary['grpo']['accuracy'] - best_base:+.3f}** greedy accuracy.",
+           "", "![curves](curves.png)", ""]
+    path = run / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# The pipeline
+# ------------------------------------------------------------------------------------------
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run every stage; returns (and writes) the summary."""
+    from thinkgym.sft_coldstart.tiny import TinyConfig, build_tiny_model
+
+    t_start = time.perf_counter()
+    run = Path(cfg.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    timings: dict[str, float] = {}
+    say = lambda msg: print(f"[demo {time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)  # noqa: E731
+
+    t = time.perf_counter()
+    data = build_data(cfg, run)
+    say(f"data: {cfg.sft_examples}+{cfg.dev_examples} traced SFT items, {data['train_items'] - cfg.sft_examples - cfg.dev_examples} "
+        f"RL prompts, {data['heldout_items']} held-out items (contamination: {data['contamination']['contaminated']})")
+    tiny = build_tiny_model(run / "tiny-init", TinyConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                                                           intermediate_size=3 * cfg.hidden_size,
+                                                           num_hidden_layers=cfg.num_layers,
+                                                           num_attention_heads=max(1, cfg.hidden_size // 32),
+                                                           num_key_value_heads=max(1, cfg.hidden_size // 64),
+                                                           max_position_embeddings=256, seed=cfg.seed),
+                            corpus=data["corpus"])
+    timings["data"] = time.perf_counter() - t
+    n_params = _count_params(tiny)
+
+    # ---- cold-start SFT to convergence --------------------------------------------------------
+    yml = _write_yaml(run / "sft.yaml", sft_config(cfg, str(tiny), run / "sft", data["dir"]))
+    timings["sft"] = _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)], run / "sft.log", "sft")
+    sft_res = json.loads((run / "sft" / "result.json").read_text())
+    sft_model = Path(sft_res.get("best") or sft_res["final"])
+    say(f"sft: {sft_res['steps']} steps, best dev loss {sft_res.get('best_eval_loss')}, {timings['sft']:.0f}s")
+
+
+    # ---- GRPO from the SFT policy -------------------------------------------------------------
+    yml = _write_yaml(run / "grpo.yaml", grpo_config(cfg, str(sft_model), run / "grpo"))
+    timings["grpo"] = _run([sys.executable, "-m", "thinkgym.grpo.train", "--config", str(yml)], run / "grpo.log", "grpo")
+    rl_hist = _jsonl(run / "grpo" / "metrics.jsonl")
+    # Training time proper (sampling, grading, learning, weight sync): the control arm's budget.
+    grpo_train_s = sum(r.get("t_generate", 0) + r.get("t_grade", 0) + r.get("t_learn", 0) + r.get("t_sync", 0) for r in rl_hist)
+    from thinkgym.grpo.engine import latest_checkpoint
+
+    ck = latest_checkpoint(run / "grpo")
+    if ck is None:
+        raise RuntimeError(f"GRPO left no checkpoint in {run / 'grpo'}")
+    say(f"grpo: {len(rl_hist)} steps, {grpo_train_s:.0f}s of training, {timings['grpo']:.0f}s in all")
+
+    # ---- control: equal-time SFT from the same checkpoint -------------------------------------
+    sec_per_step = sft_res["seconds"] / max(1, sft_res["steps"])
+    ctl_steps = max(1, round(grpo_train_s / sec_per_step))
+    yml = _write_yaml(run / "sft_control.yaml", sft_config(
+        cfg, str(sft_model), run / "sft_control", data["dir"], max_steps=ctl_steps, learning_rate=cfg.grpo_lr,
+        min_lr_ratio=1.0, warmup_ratio=0.0, save_best=False, eval_every=0, seed=cfg.seed + 1))
+    timings["sft_control"] = _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)],
+                                  run / "sft_control.log", "sft_control")
+    ctl_res = json.loads((run / "sft_control" / "result.json").read_text())
+    say(f"sft_control: {ctl_res['steps']} steps in {ctl_res['seconds']:.0f}s (GRPO trained {grpo_train_s:.0f}s)")
+
+    # ---- held-out eval of the three policies ----------------------------------------------------
+    t = time.perf_counter()
+    results = evaluate_policies(cfg, {"sft": sft_model, "sft_control": Path(ctl_res["final"]), "grpo": ck / "hf"}, run)
+    timings["eval"] = time.perf_counter() - t
+    say("eval: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in results.items()) + f" ({timings['eval']:.0f}s)")
+
+    minutes = (time.perf_counter() - t_start) / 60
+    k = cfg.eval_samples
+    summary: dict[str, Any] = {
+        **results, "heldout_items": data["heldout_items"], "train_items": data["train_items"],
+        "minutes": minutes, "seed": cfg.seed, "quick": cfg.quick, "model_params": n_params,
+        "task": {"name": "countdown", "params": cfg.task_params},
+        "contamination": data["contamination"], "sft_steps": sft_res["steps"], "sft_best_eval_loss": sft_res.get("best_eval_loss"),
+        "sft_control_steps": ctl_res["steps"], "sft_control_train_s": ctl_res["seconds"], "grpo_train_s": grpo_train_s,
+        "grpo_steps": len(rl_hist), "grpo_final_train_accuracy": rl_hist[-1].get("accuracy") if rl_hist else None,
+        "gain_vs_best_baseline": results["grpo"]["accuracy"] - max(results["sft"]["accuracy"], results["sft_control"]["accuracy"]),
+        "timings_s": {**timings, "total": minutes * 60}, "config": dataclasses.asdict(cfg),
+    }
+    rows = table(results, k)
+    plot(run, results, k)
+    write_report(run, cfg, summary, rows)
+    (run / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    _print_table(rows, f"held-out countdown, {data['heldout_items']} items, {minutes:.1f} min")
+    return summary
+
+
+def _count_params(model_dir: Path) -> int:
+    from safetensors.torch import load_file
+
+    return sum(t.numel() for t in load_file(str(model_dir / "model.safetensors")).values())
+
+
+def _print_table(rows: list[list[str]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for h in rows[0]:
+        t.add_column(h, justify="right" if h != "policy" else "left")
+    for r in rows[1:]:
+        t.add_row(*r)
+    Console().print(t)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo_cmd(
+        output_dir: Path = typer.Option(Path("runs/demo"), "--output-dir", "-o", help="Run directory."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the task splits, the model and every stage."),
+        quick: bool = typer.Option(False, "--quick", help="Tiny sizes: a 1-2 minute smoke test, not a result."),
+    ) -> None:
+        """Tiny model from scratch -> cold-start SFT -> GRPO vs an equal-time SFT control, on held-out countdown.
+
+        Writes summary.json, report.md and curves.png to OUTPUT_DIR and prints a before/after table.
+        """
+        mk = DemoConfig.quick_preset if quick else DemoConfig
+        cfg = mk(output_dir=str(output_dir), seed=seed)
+        try:
+            run_demo(cfg)
+        except RuntimeError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+
+if __name__ == "__main__":
+    _eval_main(json.loads(sys.argv[1]))
