@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -36,7 +35,8 @@ class MathConfig:
 
     #: Where the answer is found in the completion.
     extract: ExtractConfig = field(default_factory=lambda: DEFAULT_EXTRACT)
-    #: Hard budget in seconds for the sympy step of one item (process-level, see ``pool``).
+    #: Hard budget in seconds for all sympy steps of one item together (a pool worker that runs
+    #: past it is killed, see ``pool``).
     timeout_s: float = 5.0
     #: ``50\\%`` equals both 50 and 0.5 (an explicit percent sign is unambiguous); bare 0.5 never
     #: equals gold 50.
@@ -561,24 +561,16 @@ def _canon_int(s: str) -> str:
     return ("-" if neg and d != "0" else "") + d
 
 
+class _NeedsSympy(Exception):
+    """The fast paths cannot decide: the grade moves to a pool worker."""
+
+
 def _sympy_checked(p: str, g: str, cfg: MathConfig) -> bool | None:
     from thinkgym.verifiers import pool
 
     if pool.in_worker() or not cfg.isolate:
         return sympy_equal(p, g)  # a pool worker is itself under the item's budget
-    # One grade may need several sympy steps (parts, candidates); together they share one
-    # budget, counted in worker time (waiting for a free worker is not charged).
-    spent = getattr(_BUDGET, "spent", None)
-    left = cfg.timeout_s - (spent or 0.0)
-    if left <= 0.01:
-        return None
-    res = pool.default_pool().call("thinkgym.verifiers.math_equiv:sympy_equal", p, g, timeout=left)
-    if spent is not None:
-        _BUDGET.spent = spent + res.elapsed_s
-    return res.value if res.ok else None
-
-
-_BUDGET = threading.local()
+    raise _NeedsSympy
 
 
 # --------------------------------------------------------------------------- grader
@@ -634,13 +626,33 @@ def _pred_parts(answers: list[str]) -> list[str]:
 
 
 def grade_math_with(completion: str, gold: Any, cfg: MathConfig = DEFAULT_MATH) -> Grade:
-    """Grade ``completion`` against ``gold`` (str, int, float, or a list for multi-part answers)."""
+    """Grade ``completion`` against ``gold`` (str, int, float, or a list for multi-part answers).
+
+    The fast paths run here; if any comparison needs sympy, the whole grade is redone in a pool
+    worker, so all its sympy steps (several candidates, several parts) share one hard budget.
+    """
+    try:
+        return _grade(completion, gold, cfg)
+    except _NeedsSympy:
+        pass
+    from thinkgym.verifiers import pool
+
+    res = pool.default_pool().call(
+        "thinkgym.verifiers.math_equiv:_grade", completion, gold, cfg, timeout=cfg.timeout_s
+    )
+    if res.ok:
+        return res.value
+    ex = extract(completion, cfg.extract)
+    what = "exceeded its time budget" if res.timed_out else "failed"
+    return Grade.error(f"sympy step {what}: {res.error}", extracted=ex.joined())
+
+
+def _grade(completion: str, gold: Any, cfg: MathConfig) -> Grade:
     ex = extract(completion, cfg.extract)
     if not ex.ok:
         return Grade(0.0, reason=ex.reason)
     extracted = ex.joined()
     golds = [x for g in _gold_parts(gold) for x in _expand_pm(g)]
-    _BUDGET.spent = 0.0
     try:
         if len(golds) > 1:
             ok = _match_unordered(_pred_parts(ex.answers), golds, lambda x, y: answers_equal(x, y, cfg))
@@ -659,8 +671,6 @@ def grade_math_with(completion: str, gold: Any, cfg: MathConfig = DEFAULT_MATH) 
                 raise _Undecided
     except _Undecided:
         return Grade.error("sympy step exceeded its time budget", extracted=extracted)
-    finally:
-        _BUDGET.spent = None
     return Grade(1.0 if ok else 0.0, extracted=extracted, reason=why)
 
 

@@ -319,26 +319,28 @@ class GraderPool:
                 w.send(job.payload)
                 msg = w.recv(t0 + job.timeout_s)
             except _WorkerDied as e:
-                msg, died = None, str(e)
+                msg, died = None, f"grader worker died ({e})"
             except Exception as e:  # noqa: BLE001 - e.g. a result the parent cannot unpickle
-                msg = ("err", f"bad reply from worker: {type(e).__name__}: {e}", time.monotonic() - t0)
+                # The stream may be out of step now: replace the worker rather than trust it.
+                msg, died = None, f"bad reply from grader worker: {type(e).__name__}: {e}"
             elapsed = time.monotonic() - t0
-            if msg is None:
+            replace = msg is None
+            if replace:
                 w.kill()
                 self.restarts += 1
                 if died:
-                    res = job.on_error(f"grader worker died ({died})", elapsed)
+                    res = job.on_error(died, elapsed)
                 else:
                     log.warning("grader item exceeded %.1fs budget; worker %d killed", job.timeout_s, w.pid)
                     res = job.on_timeout(f"timed out after {job.timeout_s:g}s (worker killed)", elapsed)
-                w = None if self._closed else self._spawn(i)
             elif msg[0] == "ok":
                 res = job.on_ok(msg[1], msg[2])
             else:
                 res = job.on_error(msg[1], msg[2])
-            if not job.future.set_running_or_notify_cancel():
-                continue
-            job.future.set_result(res)
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_result(res)  # answer first: the caller never waits for a restart
+            if replace:
+                w = None if self._closed else self._spawn(i)
         if w is not None:
             w.kill()
 
