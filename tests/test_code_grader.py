@@ -329,14 +329,15 @@ def test_stdout_and_stderr_floods_are_capped_and_fast():
 def test_sleeping_forever_and_ignoring_signals_time_out():
     t0 = time.monotonic()
     sleeper = "import time\ndef f(x):\n    time.sleep(60)\n"  # finite: ends by itself after 60 s
-    r = assert_hack_fails(sleeper, limits={"case_s": 1.0, "wall_s": 10})
+    r = assert_hack_fails(sleeper, limits={"case_s": 1.0, "case_wall_s": 1.0, "wall_s": 10})
     assert [c["status"] for c in r.details["cases"]] == ["timeout", "timeout"]
     stubborn = (
         "import signal, time\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU):\n"
         "    signal.signal(s, signal.SIG_IGN)\n"
         "def f(x):\n    end = time.time() + 60\n    while time.time() < end:\n        pass\n"
     )
-    assert_hack_fails(stubborn, limits={"case_s": 1.0, "wall_s": 10})
+    r = assert_hack_fails(stubborn, limits={"case_s": 1.0, "wall_s": 10})
+    assert [c["status"] for c in r.details["cases"]] == ["timeout", "timeout"]
     # A stdio program that never exits is stopped by the whole-run wall clock too.
     t = {"type": "stdio", "cases": [{"stdin": "", "expected_stdout": "1"}] * 3}
     r = assert_hack_fails("import time\nprint(1, flush=True)\ntime.sleep(60)\n", t, limits={"case_s": 1.0, "wall_s": 2.5})
@@ -497,3 +498,16 @@ def test_forked_grader_process_gets_its_own_sandbox():
     os.waitpid(pid, 0)
     assert got == b"1"
     assert g("def add(a, b):\n    return a + b\n").score == 1.0  # the parent's spares still work
+
+
+def test_case_time_limit_counts_cpu_not_wall_clock():
+    # Waiting is not computing: a slow-but-idle case passes, a busy one hits the CPU limit,
+    # however loaded the machine is.
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [1.5], "expected": 1.5}]}
+    idle = "import time\ndef f(x):\n    time.sleep(x)\n    return x\n"
+    assert g(idle, t, limits={"case_s": 0.5, "case_wall_s": 8.0}).score == 1.0
+    busy = "import time\ndef f(x):\n    t = time.process_time()\n    while time.process_time() - t < x:\n        pass\n    return x\n"
+    r = g(busy, t, limits={"case_s": 0.5, "case_wall_s": 30.0, "wall_s": 40.0})
+    assert r.score == 0.0 and r.details["cases"][0]["status"] == "timeout"
+    st = {"type": "stdio", "cases": [{"stdin": "", "expected_stdout": "ok"}]}
+    assert g("import time\ntime.sleep(1.5)\nprint('ok')\n", st, limits={"case_s": 0.5, "case_wall_s": 8.0}).score == 1.0

@@ -111,7 +111,7 @@ def test_resource_bombs_are_bounded(dsb):
 
 def test_hangs_time_out_and_the_pool_recovers(dsb):
     t0 = time.monotonic()
-    r = dg("import time\ndef f(x):\n    time.sleep(60)\n", cg.secret_tests(), limits={"case_s": 1.0, "wall_s": 10})
+    r = dg("import time\ndef f(x):\n    time.sleep(60)\n", cg.secret_tests(), limits={"case_s": 1.0, "case_wall_s": 1.0, "wall_s": 10})
     assert [c["status"] for c in r.details["cases"]] == ["timeout", "timeout"]
     # the whole run overruns its wall clock: the container is thrown away, the next run still works
     res = dsb.run([dsb.python, "-I", "-S", "-c", "import time; time.sleep(60)"], b"", Limits(wall_s=1.0))

@@ -190,7 +190,13 @@ def test_warm_runs_use_prestarted_sandboxes_one_run_each():
     try:
         # A program that reads its stdin first may be started ahead; each run gets its own sandbox.
         code = "import os, sys\nsys.stdin.read()\nprint(os.path.exists('/tmp/seen'))\nopen('/tmp/seen', 'w')\n"
-        runs = [py_warm(sb2, code) for _ in range(3)]
+        runs = []
+        for _ in range(3):
+            runs.append(py_warm(sb2, code))
+            for _ in range(500):  # spares are started in the background
+                if any(sb2._spare.values()):
+                    break
+                time.sleep(0.01)
         assert [r.stdout for r in runs] == [b"False\n"] * 3
         assert [r.info["prestarted"] for r in runs] == [False, True, True]
         # without the promise nothing is started ahead
@@ -201,3 +207,18 @@ def test_warm_runs_use_prestarted_sandboxes_one_run_each():
 
 def py_warm(sb, code):
     return sb.run([sb.python, "-I", "-S", "-c", code], b"go", None, warm=True)
+
+
+def test_spares_outlive_the_thread_that_asked_for_them():
+    # bwrap dies with the thread that started it; spares must not belong to a caller's thread.
+    sb2 = LocalSandbox(max_parallel=1, spares=1)
+    try:
+        code = "import sys\nprint(sys.stdin.read())"
+        th = threading.Thread(target=py_warm, args=(sb2, code))
+        th.start()
+        th.join()
+        time.sleep(0.5)
+        r = py_warm(sb2, code)
+        assert r.stdout == b"go\n" and r.info["prestarted"], (r, r.stderr)
+    finally:
+        sb2.close()

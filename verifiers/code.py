@@ -76,7 +76,18 @@ def read_line(fd):
 # Exact-length reads: the nonce that follows the job must stay in the pipe, not in our memory.
 job = marshal.loads(read_exact(0, int(read_line(0))))
 t_end = time.monotonic() + job["budget_s"]
-CASE_S, OUT_CAP = job["case_s"], job["out_cap"]
+CASE_S, CASE_WALL, OUT_CAP = job["case_s"], job["case_wall_s"], job["out_cap"]
+CLK = os.sysconf("SC_CLK_TCK")
+
+def cpu_of(pid):
+    """CPU seconds (all threads) used so far by ``pid``: time limits count CPU, not wall
+    clock, so a busy machine does not turn honest programs into timeouts."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 UID = os.getuid()
 
@@ -182,7 +193,7 @@ def short_exc(e):
     return (type(e).__name__ + ": " + str(e))[:300]
 
 def pump(pid, r_out, w_in, data, deadline):
-    """Feed stdin, read stdout with a cap, until EOF + exit, the deadline or the cap."""
+    """Feed stdin, read stdout with a cap, until EOF + exit, the CPU/wall limit or the cap."""
     sel = select.poll()
     out = bytearray()
     status = None
@@ -202,6 +213,9 @@ def pump(pid, r_out, w_in, data, deadline):
             status = "timeout"
             break
         ready = sel.poll(min(left, 0.05) * 1000)
+        if rc is None and cpu_of(pid) > CASE_S:
+            status = "timeout"
+            break
         if not ready and rc is None:
             # The program may have exited while a daemon it left holds the pipe open: what
             # it wrote before exiting is already in the pipe, later writes do not count.
@@ -279,7 +293,7 @@ def run_stdio(src, stdin_text):
         finish(code)
     os.close(r_in)
     os.close(w_out)
-    deadline = min(t0 + CASE_S, t_end)
+    deadline = min(t0 + CASE_WALL, t_end)
     out, status, rc = pump(pid, r_out, w_in, stdin_text.encode(), deadline)
     if rc is None:
         rc = wait_exit(pid, deadline if status is None else 0)
@@ -317,8 +331,8 @@ class Worker:
         except OSError:
             return False
 
-    def recv(self, deadline):
-        """One length-prefixed reply, or (None, why)."""
+    def recv(self, deadline, cpu0):
+        """One length-prefixed reply, or (None, why); at most CASE_S CPU seconds past ``cpu0``."""
         while True:
             nl = self.buf.find(b"\n")
             if nl >= 0:
@@ -337,10 +351,12 @@ class Worker:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None, "timeout"
+            if cpu_of(self.pid) - cpu0 > CASE_S:
+                return None, "timeout"
             sel = select.poll()
             sel.register(self.r_resp, select.POLLIN)
-            if not sel.poll(left * 1000):
-                return None, "timeout"
+            if not sel.poll(min(left, 0.05) * 1000):
+                continue
             b = os.read(self.r_resp, 1 << 16)
             if not b:
                 return None, "crash"
@@ -433,7 +449,7 @@ def run_function(src, entry, inputs):
         t0 = time.monotonic()
         if w is None:
             w = Worker(src, entry)
-            msg, why = w.recv(min(t0 + CASE_S, t_end))
+            msg, why = w.recv(min(t0 + CASE_WALL, t_end), 0.0)
             if msg != READY:
                 # Whatever came back is the candidate's; the grader decodes it.
                 load_error = msg.decode("utf-8", "replace")[:400] if msg else "program failed to load: " + why
@@ -441,8 +457,9 @@ def run_function(src, entry, inputs):
                 w = None
                 results.append({"status": "load_error", "error": load_error})
                 continue
+        cpu0 = cpu_of(w.pid)
         w.send(args)
-        msg, why = w.recv(min(t0 + CASE_S, t_end))
+        msg, why = w.recv(min(time.monotonic() + CASE_WALL, t_end), cpu0)
         dt = round(time.monotonic() - t0, 4)
         if msg is None:
             rc = w.stop()
@@ -611,6 +628,7 @@ def grade_program(
         "entry_point": tests.get("entry_point"),
         "inputs": [c["args"] for c in cases] if kind == "function" else [c["stdin"] for c in cases],
         "case_s": lim.case_s,
+        "case_wall_s": lim.case_wall_s if lim.case_wall_s is not None else 2 * lim.case_s,
         "budget_s": max(lim.wall_s - _REPORT_MARGIN_S, 0.1),
         "out_cap": min(lim.stdout_bytes // 2, 16 << 20),
     }

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
@@ -47,8 +48,11 @@ class Limits:
 
     #: Wall-clock budget of the whole run (all test cases), seconds.
     wall_s: float = 30.0
-    #: Wall-clock budget of one test case, seconds (enforced by the code harness).
+    #: CPU seconds one test case may use (measured by the code harness on the candidate, so a
+    #: busy machine does not turn honest programs into timeouts).
     case_s: float = 6.0
+    #: Wall-clock backstop per test case for programs that block or sleep; None: 2 x case_s.
+    case_wall_s: float | None = None
     #: CPU seconds per process (RLIMIT_CPU).
     cpu_s: int = 10
     #: Address space per process, MiB (RLIMIT_AS; Docker: the container's memory limit).
@@ -398,6 +402,7 @@ class LocalSandbox:
         self._spare_lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()  # spares belong to the process that started them, not to forks
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinkgym-sandbox-spares")
         atexit.register(self.close)
 
     def _static_args(self, binds: Sequence[str]) -> list[str]:
@@ -499,6 +504,7 @@ class LocalSandbox:
             if os.getpid() != self._pid:  # a forked copy: the parent's spares are not ours to use
                 self._spare.clear()
                 self._pid = os.getpid()
+                self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinkgym-sandbox-spares")
             pool = self._spare.pop(key, [])
             # Keep spares for the most recent configurations only.
             stale = [k for k in self._spare if k != key][: max(len(self._spare) - 1, 0)]
@@ -513,14 +519,26 @@ class LocalSandbox:
         prestarted = st is not None
         if st is None:
             st = self._start(argv, limits)
-        while not self._closed:
+        # bwrap dies with the *thread* that started it (PR_SET_PDEATHSIG), so spares are
+        # started by one long-lived thread, never by a caller's possibly short-lived one.
+        try:
+            self._spawner.submit(self._top_up, key, argv, limits)
+        except RuntimeError:  # interpreter shutting down: no more spares
+            pass
+        return st, prestarted
+
+    def _top_up(self, key: tuple, argv: Sequence[str], limits: Limits) -> None:
+        while not self._closed and os.getpid() == self._pid:
             with self._spare_lock:
-                if len(self._spare.get(key, ())) >= self.spares:
-                    break
+                if key not in self._spare or len(self._spare[key]) >= self.spares:
+                    return
             new = self._start(argv, limits)
             with self._spare_lock:
-                self._spare.setdefault(key, []).append(new)
-        return st, prestarted
+                if key in self._spare and not self._closed:
+                    self._spare[key].append(new)
+                    continue
+            self._finish(new)
+            return
 
     def run(
         self, argv: Sequence[str], stdin: bytes = b"", limits: Limits | None = None, *, warm: bool = False
@@ -558,6 +576,7 @@ class LocalSandbox:
         if os.getpid() != self._pid:
             return
         self._closed = True
+        self._spawner.shutdown(wait=True)
         with self._spare_lock:
             spares = [st for pool in self._spare.values() for st in pool]
             self._spare.clear()
