@@ -29,6 +29,7 @@ processes use ``deepspeed --num_gpus N -m thinkgym.grpo.train --config ...`` or 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -388,6 +389,10 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                 eng.load_checkpoint(str(ck / "ds"), tag=tag)
         meta = json.loads((ck / "trainer_state.json").read_text())
         state.update({k: meta[k] for k in ("step", "history", "bad_streak")})
+    # vLLM in the learner's process: weight sync hands over tensors, no files (colocated mode).
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if device.type == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM would take half the RAM
     sampler = make_sampler(cfg.sampler_backend, str(ck / "hf") if ck else cfg.model, **cfg.sampler_kwargs)
     state["n_items"] = task_size(cfg)
     if state["n_items"] <= cfg.eval_prompts:
