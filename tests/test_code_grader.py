@@ -511,3 +511,18 @@ def test_case_time_limit_counts_cpu_not_wall_clock():
     assert r.score == 0.0 and r.details["cases"][0]["status"] == "timeout"
     st = {"type": "stdio", "cases": [{"stdin": "", "expected_stdout": "ok"}]}
     assert g("import time\ntime.sleep(1.5)\nprint('ok')\n", st, limits={"case_s": 0.5, "case_wall_s": 8.0}).score == 1.0
+
+
+def test_result_frame_must_carry_the_nonce_and_nothing_else():
+    from thinkgym.verifiers.code import read_result
+
+    nonce = b"0123456789abcdef0123456789abcdef"
+    body = b'{"cases": []}'
+    good = b"\x02" + nonce + b" %d\n" % len(body) + body
+    assert read_result(good, nonce) == ({"cases": []}, "")
+    forged = b"\x02" + b"f" * 32 + b" %d\n" % len(body) + body
+    assert read_result(forged, nonce)[0] is None  # wrong nonce
+    assert read_result(good + b"PASSED", nonce)[0] is None  # extra bytes
+    assert read_result(b"\x02PASSED\n" + good[1:], nonce)[0] is None  # anything before the frame
+    assert read_result(b"\x02" + nonce + b" 3\n[1]", nonce)[0] is None  # not an object
+    assert read_result(body, nonce)[0] is None

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from thinkgym.verifiers.base import Grade, register_grader
 from thinkgym.verifiers.sandbox import Limits, get_sandbox
 
-__all__ = ["grade_program", "grade_programs", "extract_code", "validate_tests", "values_equal", "DEFAULT_LIMITS"]
+__all__ = ["grade_program", "grade_programs", "extract_code", "read_result", "validate_tests", "values_equal", "DEFAULT_LIMITS"]
 
 log = logging.getLogger("thinkgym.verifiers.code")
 
@@ -492,6 +492,30 @@ os.write(1, nonce + b" %d\n" % len(data) + data)
 '''
 
 
+def read_result(stdout: bytes, nonce: bytes) -> tuple[dict | None, str]:
+    """The harness's report from the sandbox's stdout, or ``(None, why)``.
+
+    Accepted only in the exact form start byte + nonce + length + JSON and nothing else, so
+    bytes from anyone but the harness (which alone ever holds the nonce) void the run.
+    """
+    if not stdout.startswith(_START):
+        return None, "harness did not start"
+    head, sep, rest = stdout[len(_START) :].partition(b"\n")
+    if not sep or not head.startswith(nonce + b" "):
+        return None, "no valid harness result (run killed or result channel tampered with)"
+    try:
+        n = int(head[len(nonce) + 1 :])
+    except ValueError:
+        n = -1
+    if n != len(rest):
+        return None, "result frame has the wrong length (result channel tampered with)"
+    try:
+        payload = json.loads(rest)
+    except ValueError:
+        return None, "result frame is not JSON (result channel tampered with)"
+    return (payload, "") if isinstance(payload, dict) else (None, "result frame is not an object")
+
+
 def validate_tests(tests: Any) -> dict:
     """Check a test spec against the schema; returns it as a dict or raises ``ValueError``."""
     if isinstance(tests, str):
@@ -643,23 +667,10 @@ def grade_program(
         log.error("code sandbox (%s) failed: %s", sandbox.name, why)
         return Grade.error(f"sandbox error: {why}", details={"stderr": run.stderr[-2000:].decode("utf-8", "replace")})
     stderr_tail = run.stderr[-2000:].decode("utf-8", "replace")
-    frame = run.stdout[len(_START):]
-    payload = None
-    why = ""
-    head, sep, rest = frame.partition(b"\n")
     if run.timed_out:
-        why = "wall-clock limit: run killed"
-    elif not sep or not head.startswith(nonce + b" "):
-        why = "no valid harness result (run killed or result channel tampered with)"
+        payload, why = None, "wall-clock limit: run killed"
     else:
-        try:
-            n = int(head[len(nonce) + 1 :])
-        except ValueError:
-            n = -1
-        if n != len(rest):
-            why = "result frame has the wrong length (result channel tampered with)"
-        else:
-            payload = json.loads(rest)
+        payload, why = read_result(run.stdout, nonce)
     if payload is None or "harness_error" in payload:
         why = why or f"harness error: {payload['harness_error']}"
         return Grade(0.0, reason=why, components={"pass_frac": 0.0},
