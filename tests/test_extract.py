@@ -15,6 +15,8 @@ from thinkgym.verifiers.extract import ExtractConfig, extract, final_section, fi
         ("<think>a</think> <answer> 42 </answer>", ["42"]),
         ("<think>a</think> <answer>\\boxed{5}</answer>", ["5"]),
         ("<think>a</think> <ANSWER>5</ANSWER>", ["5"]),
+        ("<think>a</think> <answer>So it is \\boxed{5}.</answer>", ["5"]),
+        ("<think>a</think> <answer>\\boxed{5}</answer> \\boxed{6}", ["5", "6"]),
         ("\\boxed{\\{1, 2\\}}", ["\\{1, 2\\}"]),
         ("\\boxed{a_{b_{c}}} and \\boxed{d}", ["a_{b_{c}}", "d"]),
         ("\\boxed{$3$}", ["3"]),
@@ -66,6 +68,8 @@ def test_config_last_only_and_channels():
     assert extract(text).answers == ["1", "2", "3"]
     assert extract(text, ExtractConfig(last_only=True)).answers == ["2", "3"]
     assert extract(text, ExtractConfig(channels=("answer_tag",))).answers == ["3"]
+    boxed_in_tag = "<think>t</think><answer>it is \\boxed{7}</answer>"
+    assert extract(boxed_in_tag, ExtractConfig(channels=("answer_tag",))).answers == ["7"]
     with pytest.raises(ValueError, match="unknown answer channel"):
         extract(text, ExtractConfig(channels=("tea_leaves",)))
 

@@ -140,14 +140,6 @@ def find_answer_tags(text: str) -> list[str]:
     return out
 
 
-def _strip_outer_box(s: str) -> str:
-    """``\\boxed{x}`` written inside ``<answer>`` tags counts as ``x``."""
-    inner = find_boxed(s)
-    if len(inner) == 1 and re.fullmatch(r"\s*\\(?:boxed|fbox)\s*\{.*\}\s*\$?\s*", s, re.DOTALL):
-        return inner[0]
-    return s
-
-
 def _clean(s: str) -> str:
     s = s.strip()
     # Display-math wrappers around an answer carry no meaning.
@@ -187,9 +179,14 @@ def extract(text: str, cfg: ExtractConfig = DEFAULT_EXTRACT) -> Extraction:
             boxes = find_boxed(section, cfg.box_commands)
             found += boxes[-1:] if cfg.last_only else boxes
         elif ch == "answer_tag":
-            tags = [_strip_outer_box(m) for m in find_answer_tags(section)]
-            # A box inside the answer tag was already collected by the boxed channel.
-            tags = [t for t in tags if t not in found]
+            tags: list[str] = []
+            for t in find_answer_tags(section):
+                inner = find_boxed(t, cfg.box_commands)
+                if not inner:
+                    tags.append(t)
+                elif "boxed" not in cfg.channels:
+                    tags += inner
+                # else: "<answer>so \\boxed{3}</answer>" - the box is the answer, already collected
             found += tags[-1:] if cfg.last_only else tags
         else:
             raise ValueError(f"unknown answer channel {ch!r}; known: boxed, answer_tag")
