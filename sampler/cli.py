@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Sampled tokens per turn [512]."),
         think_budget: Optional[int] = typer.Option(None, "--think-budget", min=0, help="Cap on thinking tokens."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed [0]."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads on CPU (1 is fastest for tiny models)."),
         train_task: Optional[str] = typer.Option(None, "--train-task", help="Training task/env/file: refuse (or warn) on n-gram overlap with the eval items."),
         contamination: Optional[str] = typer.Option(None, "--contamination", help="On overlap: error (default) | warn."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with EvalConfig fields; flags override it."),
@@ -36,7 +37,7 @@ def register(app: typer.Typer) -> None:
         overrides = dict(
             model=model, env=env, output_dir=str(output_dir) if output_dir else None, n=n, limit=limit,
             backend=backend, base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-            think_budget=think_budget, seed=seed, train_task=train_task, contamination=contamination,
+            think_budget=think_budget, seed=seed, num_threads=threads, train_task=train_task, contamination=contamination,
         )
         try:
             cfg = load_config(EvalConfig, config, overrides)

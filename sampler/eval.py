@@ -52,6 +52,8 @@ class EvalConfig:
     stop: list[str] | None = None
     seed: int = 0
     max_turns: int | None = None
+    num_threads: int | None = None
+    """torch threads for the vllm/hf backends on CPU (1 is fastest for tiny models)."""
     max_model_len: int | None = None
     """vLLM context window (default: the model's)."""
     correct_threshold: float = 1.0
@@ -194,7 +196,9 @@ def evaluate(cfg: EvalConfig, sampler: Any = None) -> dict[str, Any]:
     if own:
         kw: dict[str, Any] = {}
         if cfg.backend == "vllm":
-            kw = {"max_model_len": cfg.max_model_len, "seed": cfg.seed}
+            kw = {"max_model_len": cfg.max_model_len, "seed": cfg.seed, "num_threads": cfg.num_threads}
+        elif cfg.backend == "hf":
+            kw = {"num_threads": cfg.num_threads}
         elif cfg.backend == "vllm-server":
             kw = {"base_url": cfg.base_url}
         sampler = make_sampler(cfg.backend, cfg.model, **kw)

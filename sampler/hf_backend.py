@@ -27,8 +27,12 @@ class HFSampler(BaseSampler):
         device: str = "cpu",
         dtype: str = "float32",
         max_batch_size: int = 64,
+        num_threads: int | None = None,
     ) -> None:
         import torch
+
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)  # process-wide; 1 is fastest for tiny models on CPU
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model_path_or_model, (str, Path)):

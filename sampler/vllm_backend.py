@@ -31,6 +31,13 @@ class VLLMSampler(BaseSampler):
 
     ``logprobs_mode="processed_logprobs"`` is set so returned logprobs are those of the
     distribution actually sampled from (after temperature), as the learner's ratio needs.
+    ``max_model_len=None`` takes the model's own context length.
+
+    ``num_threads`` sets torch's intra-op threads before the engine starts (on CPU, vLLM's
+    worker then freezes ``torch.set_num_threads`` for the whole process). On small models and
+    busy CPUs ``num_threads=1`` (or ``OMP_NUM_THREADS=1``) is far faster than the default: on a
+    loaded 2-core machine the tiny model samples ~30x more tokens/s with one thread than with
+    two, which spin-wait on each other (see bench/bench_sampler.py).
     """
 
     backend = "vllm"
@@ -43,6 +50,7 @@ class VLLMSampler(BaseSampler):
         gpu_memory_utilization: float = 0.5,
         seed: int = 0,
         enforce_eager: bool = True,
+        num_threads: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
         model_path = Path(model_path)
@@ -60,6 +68,12 @@ class VLLMSampler(BaseSampler):
         if max_model_len is not None and limit and max_model_len > limit:
             log.warning("max_model_len %d > the model's max_position_embeddings %d; using %d", max_model_len, limit, limit)
             max_model_len = int(limit)
+        if num_threads is not None:
+            # Must happen before the engine starts: the CPU worker then disables
+            # torch.set_num_threads for the whole process.
+            import torch
+
+            torch.set_num_threads(num_threads)
         engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         engine_kwargs.setdefault("enable_prefix_caching", True)
         self.llm = LLM(

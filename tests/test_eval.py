@@ -94,7 +94,7 @@ def test_thinkgym_eval_cli(tiny_model_dir, tmp_path):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     cmd = [sys.executable, "-m", "thinkgym.cli", "eval", "--model", str(tiny_model_dir),
            "--env", "thinkgym/Arithmetic-v0", "--n", "4", "--limit", "3", "--max-tokens", "16",
-           "--output-dir", str(out)]
+           "--threads", "1", "--output-dir", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "pass@1" in p.stdout and "maj@4" in p.stdout

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def sampler(tiny_model_dir):
-    return make_sampler("hf", tiny_model_dir)
+    return make_sampler("hf", tiny_model_dir, num_threads=1)
 
 
 @pytest.fixture(scope="module")

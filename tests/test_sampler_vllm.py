@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def sampler(tiny_model_dir):
-    s = make_sampler("vllm", tiny_model_dir, max_model_len=512)
+    s = make_sampler("vllm", tiny_model_dir, max_model_len=512, num_threads=1)
     yield s
     s.close()
 

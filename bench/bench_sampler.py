@@ -1,0 +1,107 @@
+"""Rollout throughput: vLLM in-process vs vLLM multiprocess vs HF generate, same model and shapes.
+
+Each backend runs in its own subprocess (vLLM changes process-wide thread settings), with one
+warm-up call, then ``--repeats`` timed ``generate`` calls of ``--prompts`` x ``--n`` samples of
+``--max-tokens`` tokens. Prints sampled tokens/s and the ratio to HF measured in the same run.
+
+    python bench/bench_sampler.py                      # tiny random model, built on the fly
+    python bench/bench_sampler.py --model DIR --prompts 64 --n 8 --max-tokens 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+BACKENDS = {
+    "vllm-inproc": ("vllm", {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}),
+    "vllm-multiproc": ("vllm", {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}),
+    "hf": ("hf", {}),
+}
+
+
+def worker(args: argparse.Namespace) -> None:
+    from thinkgym.sampler import SamplingConfig, make_sampler
+    from thinkgym.sampler.types import chat_prompt_ids
+
+    backend = BACKENDS[args.worker][0]
+    t0 = time.perf_counter()
+    kw: dict = {"max_model_len": 2048} if backend == "vllm" else {}
+    if args.threads:
+        kw["num_threads"] = args.threads
+    s = make_sampler(backend, args.model, **kw)
+    startup = time.perf_counter() - t0
+    tok = s.tokenizer
+    prompts = [
+        chat_prompt_ids(tok, [{"role": "user", "content": f"Problem {i}: what is {i} + {2 * i + 1}? Think first."}])
+        for i in range(args.prompts)
+    ]
+    cfg = SamplingConfig(n=args.n, max_tokens=args.max_tokens, seed=0)
+    t0 = time.perf_counter()
+    s.generate(prompts[:2], SamplingConfig(n=1, max_tokens=8, seed=0))
+    warmup = time.perf_counter() - t0
+    times, tokens = [], []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        out = s.generate(prompts, SamplingConfig(**{**cfg.__dict__, "seed": r}))
+        times.append(time.perf_counter() - t0)
+        tokens.append(sum(c.num_sampled for g in out for c in g))
+    s.close()
+    import torch
+
+    print(json.dumps({
+        "backend": args.worker, "startup_s": startup, "warmup_s": warmup, "times": times, "tokens": tokens,
+        "tok_per_s": sum(tokens) / sum(times), "torch_threads": torch.get_num_threads(),
+    }))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="HF model dir (default: build the tiny random model)")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per backend (0 = leave the default)")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
+    ap.add_argument("--worker", choices=list(BACKENDS), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            from thinkgym.sft_coldstart.tiny import build_tiny_model
+
+            model = str(build_tiny_model(os.path.join(tmp, "tiny")))
+        results = {}
+        for name in args.backends.split(","):
+            env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                   "TOKENIZERS_PARALLELISM": "false", **BACKENDS[name][1]}
+            cmd = [sys.executable, __file__, "--worker", name, "--model", model, "--prompts", str(args.prompts),
+                   "--n", str(args.n), "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("{")), None)
+            if p.returncode != 0 or line is None:
+                print(f"{name}: failed (exit {p.returncode})\n{p.stderr[-2000:]}", file=sys.stderr)
+                continue
+            results[name] = json.loads(line)
+    print(f"\nrollout throughput: {args.prompts} prompts x n={args.n}, max_tokens={args.max_tokens}, "
+          f"{args.repeats} timed calls, threads={args.threads or 'default'}, cpu_count={os.cpu_count()}")
+    print(f"{'backend':16s} {'tok/s':>9s} {'vs hf':>7s} {'startup s':>10s} {'warmup s':>9s} {'call s':>8s} {'threads':>8s}")
+    base = results.get("hf", {}).get("tok_per_s")
+    for name, r in results.items():
+        ratio = f"{r['tok_per_s'] / base:6.2f}x" if base else "   -"
+        print(f"{name:16s} {r['tok_per_s']:9.1f} {ratio:>7s} {r['startup_s']:10.1f} {r['warmup_s']:9.2f} "
+              f"{sum(r['times']) / len(r['times']):8.2f} {r['torch_threads']:8d}")
+
+
+if __name__ == "__main__":
+    main()
