@@ -155,8 +155,8 @@ class GRPOConfig:
             raise ValueError("kl_in_reward needs kl_coef > 0")
 
 
-def check_config(cfg: GRPOConfig) -> None:
-    """Checks that need the filesystem / registries, still before any model loads."""
+def check_config(cfg: GRPOConfig) -> int:
+    """Checks that need the filesystem / registries / envs, before any model loads. -> task size"""
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"model: {cfg.model!r} is not an HF model directory (no config.json)")
     import gymnasium as gym
@@ -168,6 +168,13 @@ def check_config(cfg: GRPOConfig) -> None:
         if env_id not in gym.registry:
             known = sorted(k for k in gym.registry if k.startswith("thinkgym/"))
             raise ConfigError(f"envs: unknown env id {env_id!r}; registered: {known}")
+    try:
+        n_items = task_size(cfg)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f"env_kwargs / eval_env_kwargs: {type(e).__name__}: {e}") from None
+    if n_items <= cfg.eval_prompts:
+        raise ConfigError(f"eval_prompts={cfg.eval_prompts} leaves no training items (task size {n_items})")
+    return n_items
 
 
 # ------------------------------------------------------------------------------------------
@@ -194,14 +201,21 @@ def collate(episodes: list[Any], pad_id: int, device: Any) -> dict[str, Any]:
             "mask": mask[:, 1:].to(device), "sampler_lp": slp[:, 1:].to(device)}
 
 
-def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool = False) -> tuple[Any, Any]:
-    """Token logprobs (n, T-1) of the batch under ``engine``, and entropies if asked."""
+def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool | str = False) -> tuple[Any, Any]:
+    """Token logprobs (n, T-1) under ``engine``; entropies too if ``entropy`` (``"metric"``: no grad)."""
     from thinkgym.grpo import core
 
     logits = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
     logits = logits.float() / temperature
     lp = core.token_logprobs(logits, b["labels"])
-    return lp, (core.entropy_from_logits(logits) if entropy else None)
+    if not entropy:
+        return lp, None
+    if entropy == "metric":  # no graph through the (n, T, V) entropy when it is only logged
+        import torch
+
+        with torch.no_grad():
+            return lp, core.entropy_from_logits(logits.detach())
+    return lp, core.entropy_from_logits(logits)
 
 
 def take(full: dict[str, Any], idx: Any) -> tuple[dict[str, Any], int]:
@@ -347,7 +361,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     ``on_step(step, policy_engine, sampler, row)`` runs after each step's weight sync and metrics
     (extensions and tests: e.g. check that the sampler now serves the learner's weights).
     """
-    check_config(cfg)  # before anything heavy
+    n_items = check_config(cfg)  # before anything heavy
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -394,9 +408,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     if device.type == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM would take half the RAM
     sampler = make_sampler(cfg.sampler_backend, str(ck / "hf") if ck else cfg.model, **cfg.sampler_kwargs)
-    state["n_items"] = task_size(cfg)
-    if state["n_items"] <= cfg.eval_prompts:
-        raise ConfigError(f"eval_prompts={cfg.eval_prompts} leaves no training items (task size {state['n_items']})")
+    state["n_items"] = n_items
     # Seed (or restore) RNGs last: building the sampler reseeds torch's global generator.
     if ck is not None:
         state["cursor"] = load_rank_state(ck, rank)["cursor"]
@@ -458,7 +470,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                 for idx in mb.split(cfg.micro_batch_size):
                     b, t = take(full, idx)
                     m, a, old = mask[idx, :t], adv[idx, :t], old_lp[idx, :t]
-                    lp, ent = policy_forward(policy_eng, b, cfg.temperature, entropy=True)
+                    lp, ent = policy_forward(policy_eng, b, cfg.temperature, entropy=True if cfg.entropy_coef else "metric")
                     pg, clipped = core.clipped_surrogate(lp, old, a, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
                     if cfg.tis_cap is not None:
                         pg = pg * core.truncated_is_weights(old, b["sampler_lp"], cfg.tis_cap)

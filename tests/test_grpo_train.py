@@ -39,6 +39,7 @@ def write_cfg(tmp_path: Path, **kw) -> Path:
         ({"model": "m", "clip_low": 1.5}, "clip_low"),
         ({"model": "m", "kl_in_reward": True}, "kl_in_reward needs kl_coef"),
         ({"model": "m", "overlong_buffer": 1000, "max_tokens": 64}, "overlong_buffer"),
+        ({"model": "m", "max_turns": 0}, "max_turns"),
         ({}, "model is required"),
     ],
 )
@@ -54,6 +55,16 @@ def test_missing_model_and_unknown_env_rejected(tmp_path, tiny_model_dir):
     cfg = load_config(GRPOConfig, write_cfg(tmp_path, model=str(tiny_model_dir), envs=["thinkgym/Nope-v0"]))
     with pytest.raises(ConfigError, match="unknown env id 'thinkgym/Nope-v0'"):
         check_config(cfg)
+    cfg = load_config(GRPOConfig, write_cfg(tmp_path, model=str(tiny_model_dir),
+                                            env_kwargs={"task_params": {"n_operands": 1}}))
+    with pytest.raises(ConfigError, match="env_kwargs.*n_operands"):
+        check_config(cfg)
+    cfg = load_config(GRPOConfig, write_cfg(tmp_path, model=str(tiny_model_dir), env_kwargs={"size": 10},
+                                            eval_prompts=10))
+    with pytest.raises(ConfigError, match="leaves no training items"):
+        check_config(cfg)
+    ok = load_config(GRPOConfig, write_cfg(tmp_path, model=str(tiny_model_dir), env_kwargs={"size": 50}))
+    assert check_config(ok) == 50
 
 
 def test_cli_bad_config_exits_fast_with_one_message(tmp_path):
