@@ -362,6 +362,10 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         step, micro_cursor = client["step"], client["micro_cursor"]
         best_eval, tokens_seen = client["best_eval"], client["tokens_seen"]
         _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
+        mf = out / "metrics.jsonl"
+        if main and mf.exists():  # drop records of steps after the checkpoint (they are redone)
+            keep = [l for l in mf.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+            mf.write_text("".join(l + "\n" for l in keep))
     elif main and out.exists() and not cfg.resume:
         (out / "metrics.jsonl").unlink(missing_ok=True)
     if main:

@@ -102,10 +102,18 @@ def test_exact_resume(tiny_model_dir, data_file, tmp_path):
     from thinkgym.sft_coldstart.train import train
 
     straight = train(_cfg(tiny_model_dir, data_file, tmp_path / "a", save_every=0))
-    first = train(_cfg(tiny_model_dir, data_file, tmp_path / "b", stop_after_steps=3))
+    first = train(_cfg(tiny_model_dir, data_file, tmp_path / "b", stop_after_steps=3, save_every=2))
     assert first["stop_reason"] == "stop_after_steps" and first["final"] is None
+    # Simulate a crash after step 3 whose last checkpoint is step 2: step 3 is redone on resume.
+    import shutil
+
+    ck = tmp_path / "b" / "checkpoints"
+    assert sorted(p.name for p in ck.glob("step-*")) == ["step-2", "step-3"]
+    shutil.rmtree(ck / "step-3")
+    (ck / "latest").write_text("step-2")
     second = train(_cfg(tiny_model_dir, data_file, tmp_path / "b", resume=True))
     assert second["steps"] == 6
+    assert len(_losses(tmp_path / "a")) == 6
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")  # bit-identical on CPU
     wa, wb = _weights(straight["final"]), _weights(second["final"])
     assert wa.keys() == wb.keys()
