@@ -1,0 +1,178 @@
+"""GRPO side by side: thinkgym (vLLM sampler + DeepSpeed learner) vs TRL's GRPOTrainer (HF generate).
+
+Both start from the same SFT checkpoint and train on the same countdown prompts, in the same
+order, with the same reward (thinkgym's countdown grader), group size, prompts per step,
+generation length, learning rate (constant), KL coefficient, clip range and number of steps,
+in one run on one machine. Prints samples/s and wall-time ratios and the held-out greedy
+accuracy of both results (thinkgym's eval harness on contamination-gated held-out items).
+
+    python bench/bench_grpo_vs_trl.py --model runs/demo/sft/best --steps 10
+    python bench/bench_grpo_vs_trl.py              # builds a tiny SFT checkpoint first
+
+TRL is a benchmark-only dependency (``pip install thinkgym[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def countdown_reward(tokenizer):
+    """TRL reward function: thinkgym's countdown grader on the decoded completion.
+
+    TRL decodes completions with ``skip_special_tokens=True``, which drops the tokenizer's added
+    ``<think>``/``<answer>`` tokens, so the completion ids are decoded here instead (the same
+    text thinkgym's sampler hands to its envs)."""
+    from thinkgym.verifiers import get_grader
+
+    grader = get_grader("countdown")
+    drop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+
+    def reward(prompts, completions, completion_ids, answer, grader_kwargs, **_):
+        out = []
+        for ids, gold, kw in zip(completion_ids, answer, grader_kwargs):
+            text = tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
+            g = grader(text, json.loads(gold), **json.loads(kw))
+            out.append(0.0 if g.score is None else float(g.score))
+        return out
+
+    return reward
+
+
+def run_trl(args, cfg, model: str, out: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from thinkgym.tasks import make_task
+
+    torch.manual_seed(args.seed)
+    src = make_task("countdown", seed=cfg.seed * 3 + 1, **cfg.task_params)
+    items = [src[i] for i in range(args.steps * args.prompts)]
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": it["question"]}],
+                             "answer": json.dumps(it["answer"]),
+                             "grader_kwargs": json.dumps(it["metadata"].get("grader_kwargs", {}))} for it in items])
+    tok = AutoTokenizer.from_pretrained(model)
+    tcfg = GRPOConfig(
+        output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=args.prompts * args.group,
+        num_generations=args.group, max_completion_length=args.max_tokens, temperature=1.0, top_k=0, top_p=1.0,
+        learning_rate=args.lr, lr_scheduler_type="constant", adam_beta2=0.999, optim="adamw_torch",
+        beta=args.kl, epsilon=0.2, epsilon_high=0.28, loss_type="dapo", scale_rewards="group",
+        num_iterations=1, gradient_accumulation_steps=1, use_cpu=True, bf16=False, report_to="none",
+        logging_steps=1, save_strategy="no", seed=args.seed, shuffle_dataset=False, disable_dropout=True,
+    )
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    trainer = GRPOTrainer(model=policy, reward_funcs=countdown_reward(tok), args=tcfg, train_dataset=ds,
+                          processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    loop = time.perf_counter() - t0
+    trainer.save_model(str(out / "final"))
+    tok.save_pretrained(out / "final")
+    logs = [r for r in trainer.state.log_history if "reward" in r]
+    return {"loop_s": loop, "samples": args.steps * args.prompts * args.group, "final": out / "final",
+            "reward_first": logs[0]["reward"] if logs else None, "reward_last": logs[-1]["reward"] if logs else None}
+
+
+def run_thinkgym(args, cfg, model: str, out: Path) -> dict:
+    import subprocess
+
+    from thinkgym.demo import _write_yaml, grpo_config
+    from thinkgym.grpo.engine import latest_checkpoint
+
+    g = grpo_config(cfg, model, out)
+    # Same prompts, same count as TRL: no dynamic-sampling refills; constant lr, no warm-up.
+    g.update(dynamic_sampling=False, max_sampling_tries=1, max_steps=args.steps, prompts_per_step=args.prompts,
+             group_size=args.group, max_tokens=args.max_tokens, lr=args.lr, kl_coef=args.kl, warmup_steps=0,
+             micro_batch_size=min(args.micro_batch, args.prompts * args.group))
+    out.mkdir(parents=True, exist_ok=True)
+    yml = _write_yaml(out.parent / "thinkgym-grpo.yaml", g)
+    t0 = time.perf_counter()
+    with open(out.parent / "thinkgym-grpo.log", "w") as f:
+        p = subprocess.run([sys.executable, "-m", "thinkgym.grpo.train", "--config", str(yml)], stdout=f,
+                           stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        raise SystemExit(f"thinkgym GRPO failed; see {out.parent / 'thinkgym-grpo.log'}")
+    hist = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    loop = sum(r.get("t_generate", 0) + r.get("t_grade", 0) + r.get("t_learn", 0) + r.get("t_sync", 0) for r in hist)
+    return {"loop_s": loop, "wall_s": wall, "samples": args.steps * args.prompts * args.group,
+            "final": latest_checkpoint(out) / "hf", "reward_first": hist[0]["reward"], "reward_last": hist[-1]["reward"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", help="SFT checkpoint to start from (default: build one with a short SFT)")
+    p.add_argument("--output-dir", default="runs/bench-grpo-vs-trl")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    p.add_argument("--group", type=int, default=8, help="completions per prompt")
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--kl", type=float, default=0.01)
+    p.add_argument("--micro-batch", type=int, default=32)
+    p.add_argument("--heldout", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    from thinkgym.demo import DemoConfig, _run, _write_yaml, build_data, evaluate_policies, sft_config
+    from thinkgym.sft_coldstart.tiny import TinyConfig, build_tiny_model
+
+    run = Path(args.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg = DemoConfig(output_dir=str(run), seed=args.seed, heldout=args.heldout, grpo_steps=args.steps,
+                     prompts_per_step=args.prompts, group_size=args.group, max_sampling_tries=1,
+                     max_tokens=args.max_tokens, eval_samples=4)
+    data = build_data(cfg, run)  # held-out items gated against the SFT and RL prompts
+    model = args.model
+    if model is None:
+        tiny = build_tiny_model(run / "tiny-init", TinyConfig(max_position_embeddings=256, seed=args.seed),
+                                corpus=data["corpus"])
+        yml = _write_yaml(run / "sft.yaml", sft_config(cfg, str(tiny), run / "sft", data["dir"], epochs=8.0))
+        _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)], run / "sft.log", "sft")
+        res = json.loads((run / "sft" / "result.json").read_text())
+        model = res.get("best") or res["final"]
+    print(f"start: {model}; {args.steps} steps x {args.prompts} prompts x {args.group} samples, "
+          f"{args.max_tokens} tokens, lr {args.lr:g}, KL {args.kl:g}", flush=True)
+
+    tg = run_thinkgym(args, cfg, model, run / "thinkgym")
+    print(f"thinkgym: {tg['samples'] / tg['loop_s']:.1f} samples/s (loop {tg['loop_s']:.1f}s, wall {tg['wall_s']:.1f}s)", flush=True)
+    t0 = time.perf_counter()
+    trl = run_trl(args, cfg, model, run / "trl")
+    trl["wall_s"] = time.perf_counter() - t0
+    print(f"TRL:      {trl['samples'] / trl['loop_s']:.1f} samples/s (loop {trl['loop_s']:.1f}s, wall {trl['wall_s']:.1f}s)", flush=True)
+
+    acc = evaluate_policies(dataclasses.replace(cfg, eval_samples=4),
+                            {"start": Path(model), "thinkgym": Path(tg["final"]), "trl": Path(trl["final"])}, run)
+    res = {
+        "steps": args.steps, "samples_per_step": args.prompts * args.group, "max_tokens": args.max_tokens,
+        "thinkgym_samples_per_s": tg["samples"] / tg["loop_s"], "trl_samples_per_s": trl["samples"] / trl["loop_s"],
+        "samples_per_s_ratio": (tg["samples"] / tg["loop_s"]) / (trl["samples"] / trl["loop_s"]),
+        "wall_time_ratio_trl_over_thinkgym": trl["wall_s"] / tg["wall_s"],
+        "thinkgym_wall_s": tg["wall_s"], "trl_wall_s": trl["wall_s"],
+        "heldout_accuracy": {k: v["accuracy"] for k, v in acc.items()},
+        "heldout_pass@1_T1": {k: v["pass@1"] for k, v in acc.items()},
+        "train_reward": {"thinkgym": [tg["reward_first"], tg["reward_last"]], "trl": [trl["reward_first"], trl["reward_last"]]},
+        "heldout_items": data["heldout_items"], "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    (run / "bench.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+    print(f"samples/s ratio thinkgym/TRL: {res['samples_per_s_ratio']:.2f}x   wall time TRL/thinkgym: "
+          f"{res['wall_time_ratio_trl_over_thinkgym']:.2f}x   held-out greedy accuracy: start "
+          f"{acc['start']['accuracy']:.3f}, thinkgym {acc['thinkgym']['accuracy']:.3f}, TRL {acc['trl']['accuracy']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
