@@ -91,12 +91,12 @@ def degenerate_groups(rewards: Tensor, group_ids: Tensor, atol: float = 1e-6) ->
     Such groups give zero group-relative advantage everywhere; DAPO's dynamic sampling drops them.
     """
     valid = ~torch.isnan(rewards)
-    r = torch.where(valid, rewards, torch.zeros_like(rewards))
+    r = torch.where(valid, rewards, torch.zeros_like(rewards)).float()
     n_groups = int(group_ids.max().item()) + 1 if group_ids.numel() else 0
-    big = torch.finfo(torch.float32).max
-    gmax = torch.full((n_groups,), -big).scatter_reduce(0, group_ids, torch.where(valid, r, -big), "amax")
-    gmin = torch.full((n_groups,), big).scatter_reduce(0, group_ids, torch.where(valid, r, big), "amin")
-    cnt = torch.zeros(n_groups).index_add(0, group_ids, valid.float())
+    big, dev = torch.finfo(torch.float32).max, rewards.device
+    gmax = torch.full((n_groups,), -big, device=dev).scatter_reduce(0, group_ids, torch.where(valid, r, -big), "amax")
+    gmin = torch.full((n_groups,), big, device=dev).scatter_reduce(0, group_ids, torch.where(valid, r, big), "amin")
+    cnt = torch.zeros(n_groups, device=dev).index_add(0, group_ids, valid.float())
     degenerate = (cnt < 2) | ((gmax - gmin) <= atol)  # (n_groups,)
     return degenerate[group_ids]
 
@@ -111,9 +111,10 @@ def _group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Te
     valid = ~torch.isnan(rewards)  # (N,)
     r = torch.where(valid, rewards, torch.zeros_like(rewards)).double()
     n_groups = int(group_ids.max().item()) + 1 if group_ids.numel() else 0
-    cnt = torch.zeros(n_groups, dtype=torch.float64).index_add(0, group_ids, valid.double())
-    s1 = torch.zeros(n_groups, dtype=torch.float64).index_add(0, group_ids, r)
-    s2 = torch.zeros(n_groups, dtype=torch.float64).index_add(0, group_ids, r * r)
+    z = torch.zeros(n_groups, dtype=torch.float64, device=rewards.device)
+    cnt = z.index_add(0, group_ids, valid.double())
+    s1 = z.index_add(0, group_ids, r)
+    s2 = z.index_add(0, group_ids, r * r)
     return cnt, s1, s2, valid
 
 
@@ -152,6 +153,7 @@ def token_level_rewards(scores: Tensor, mask: Tensor) -> Tensor:
     last = torch.where(mask.bool(), idx, torch.full_like(idx, -1)).amax(dim=1)  # (N,)
     out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     has = last >= 0
+    scores = scores.to(mask.device)
     s = torch.where(torch.isnan(scores), torch.zeros_like(scores), scores).to(torch.float32)
     out[has.nonzero(as_tuple=True)[0], last[has]] = s[has]
     return out
