@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -23,12 +23,12 @@ def train(
 ) -> None:
     """RL with verifiable rewards: vLLM rollouts over envs, GRPO/RLOO/PPO updates with DeepSpeed.
 
-    Single process as is; several with `deepspeed --num_gpus N $(which thinkgym) train ...` or
+    Single process as is; several with `deepspeed --num_gpus N --module thinkgym.grpo.train ...` or
     `torchrun --nproc_per_node N $(which thinkgym) train ...`. Writes checkpoints, metrics.jsonl,
     TensorBoard scalars, curves.png and summary.json to OUTPUT_DIR.
     """
     from thinkgym.config import ConfigError, load_config
-    from thinkgym.grpo.train import GRPOConfig, check_config, parse_sets
+    from thinkgym.grpo.train import GRPOConfig, check_config
     from thinkgym.grpo.train import train as run
 
     try:
@@ -46,3 +46,48 @@ def train(
                            **{k: final[k] for k in keys if k in final}}, indent=1))
     if res["stopped"] not in ("max_steps", "SIGTERM"):
         raise typer.Exit(1)
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["kl_coef=0.01", "envs=[a, b]"]`` -> overrides (values parsed as YAML)."""
+    import yaml
+
+    from thinkgym.config import ConfigError
+
+    out = {}
+    for kv in items:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {kv!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m thinkgym.grpo.train --config X.yaml ...``: the same flags as ``thinkgym train``."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description="thinkgym GRPO/PPO learner")
+    p.add_argument("--config", required=True)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--output-dir")
+    p.add_argument("--model")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--set", action="append", default=[], dest="sets")
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    a = p.parse_args(argv)
+    from thinkgym.config import ConfigError, load_config
+    from thinkgym.grpo.train import GRPOConfig, check_config
+
+    try:
+        cfg = load_config(GRPOConfig, a.config, {"max_steps": a.max_steps, "output_dir": a.output_dir,
+                                                 "model": a.model, **parse_sets(a.sets)})
+        check_config(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from thinkgym.grpo.train import train as run
+
+    res = run(cfg, resume=a.resume)
+    raise SystemExit(0 if res["stopped"] in ("max_steps", "SIGTERM") else 1)

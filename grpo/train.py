@@ -23,7 +23,8 @@ One step, top to bottom (``train`` below):
 5. **Sync** the new weights into the sampler, log metrics, evaluate and checkpoint.
 
 Single process works as is (the distributed env defaults are filled in); for several
-processes use ``deepspeed --num_gpus N -m thinkgym.grpo.train --config ...`` or ``torchrun``.
+processes use ``deepspeed --num_gpus N --module thinkgym.grpo.train --config ...`` or
+``torchrun --nproc_per_node N -m thinkgym.grpo.train --config ...``.
 """
 
 from __future__ import annotations
@@ -558,43 +559,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     return {"history": state["history"], "stopped": stopped, "checkpoint": last_ck}
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["kl_coef=0.01", "envs=[a, b]"]`` -> overrides (values parsed as YAML)."""
-    import yaml
+if __name__ == "__main__":  # for launchers: deepspeed / torchrun -m thinkgym.grpo.train --config ...
+    from thinkgym.grpo.cli import main
 
-    out = {}
-    for kv in items:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got {kv!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m thinkgym.grpo.train --config X.yaml ...``: the same flags as ``thinkgym train``."""
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(description="thinkgym GRPO/PPO learner")
-    p.add_argument("--config", required=True)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--output-dir")
-    p.add_argument("--model")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--set", action="append", default=[], dest="sets")
-    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
-    a = p.parse_args(argv)
-    try:
-        cfg = load_config(GRPOConfig, a.config, {"max_steps": a.max_steps, "output_dir": a.output_dir,
-                                                 "model": a.model, **parse_sets(a.sets)})
-        check_config(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    res = train(cfg, resume=a.resume)
-    raise SystemExit(0 if res["stopped"] in ("max_steps", "SIGTERM") else 1)
-
-
-if __name__ == "__main__":
     main()
