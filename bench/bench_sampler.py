@@ -85,6 +85,9 @@ def main() -> None:
         for name in args.backends.split(","):
             env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                    "TOKENIZERS_PARALLELISM": "false", **BACKENDS[name][1]}
+            if args.threads:
+                # Also reaches the multiprocess engine's worker process.
+                env["OMP_NUM_THREADS"] = str(args.threads)
             cmd = [sys.executable, __file__, "--worker", name, "--model", model, "--prompts", str(args.prompts),
                    "--n", str(args.n), "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats), "--threads", str(args.threads)]
             p = subprocess.run(cmd, env=env, capture_output=True, text=True)

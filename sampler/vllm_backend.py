@@ -76,6 +76,13 @@ class VLLMSampler(BaseSampler):
             torch.set_num_threads(num_threads)
         engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         engine_kwargs.setdefault("enable_prefix_caching", True)
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # vLLM 0.32 on CPU: a seeded request whose prefill is split across steps makes the
+            # worker rewind a CPU torch.Generator, which CPU generators cannot do (the engine
+            # dies: "CPU Generator does not use offset"). Whole-prompt prefills avoid it.
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
         self.llm = LLM(
             model=self.model_path,
             dtype=dtype,

@@ -187,3 +187,17 @@ def test_weight_sync(sampler, tiny_model_dir, prompts, tmp_path, how):
         sampler.update_weights(tiny_model_dir)  # back to the original weights for other tests
     again = sampler.generate(prompts[:1], SamplingConfig(n=1, temperature=0, max_tokens=24))[0][0]
     assert again.token_ids == before.token_ids
+
+
+def test_large_seeded_batch(sampler):
+    """More prompt tokens than one engine step takes: seeded sampling must survive the split
+    (vLLM on CPU cannot rewind a generator for a partially prefilled request)."""
+    tok = sampler.tokenizer
+    from thinkgym.sampler.types import chat_prompt_ids
+
+    prompts = [chat_prompt_ids(tok, [{"role": "user", "content": f"Problem {i}: {i} + {2 * i + 1} = ? " * 4}]) for i in range(48)]
+    assert sum(len(p) for p in prompts) * 8 > 4096
+    cfg = SamplingConfig(n=8, max_tokens=4, seed=9)
+    a = sampler.generate(prompts, cfg)
+    assert [len(g) for g in a] == [8] * 48
+    assert [c.token_ids for c in a[5]] == [c.token_ids for c in sampler.generate(prompts[:6], cfg)[5]]
