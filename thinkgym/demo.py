@@ -57,13 +57,14 @@ class DemoConfig:
     num_layers: int = 4  #: tiny model depth
     vocab_size: int = 512  #: BPE vocabulary target
     # --- SFT
-    sft_epochs: float = 20.0  #: passes over the traced set (cosine to sft_min_lr_ratio)
+    sft_epochs: float = 15.0  #: passes over the traced set (cosine to sft_min_lr_ratio)
     sft_lr: float = 3e-3  #: SFT peak learning rate
     sft_min_lr_ratio: float = 0.05  #: end of the cosine schedule (annealed)
-    sft_micro_batch: int = 4  #: packed rows of 1024 tokens per step
-    sft_eval_every: int = 20  #: steps between dev-loss evals (best checkpoint)
+    sft_micro_batch: int = 64  #: examples per step (padded: a trace is ~80 tokens with its prompt)
+    sft_packing: bool = False  #: pack into 1024-token rows (on a tiny model the 1024^2 attention dominates)
+    sft_eval_every: int = 16  #: steps between dev-loss evals (best checkpoint)
     # --- GRPO
-    grpo_steps: int = 50  #: RL steps
+    grpo_steps: int = 30  #: RL steps
     prompts_per_step: int = 16  #: prompts per step
     group_size: int = 8  #: completions per prompt
     grpo_lr: float = 1e-4  #: RL learning rate (also the control arm's)
@@ -75,7 +76,7 @@ class DemoConfig:
     @classmethod
     def quick_preset(cls, **kw: Any) -> "DemoConfig":
         base = dict(sft_examples=120, dev_examples=16, heldout=24, eval_samples=4, sft_epochs=2.0,
-                    sft_eval_every=5, grpo_steps=2, prompts_per_step=4, group_size=4, micro_batch_size=16,
+                    sft_eval_every=2, sft_micro_batch=16, grpo_steps=2, prompts_per_step=4, group_size=4, micro_batch_size=16,
                     max_sampling_tries=1, hidden_size=64, num_layers=2, quick=True)
         base.update(kw)
         return cls(**base)
@@ -169,7 +170,7 @@ def _write_yaml(path: Path, d: dict[str, Any]) -> Path:
 def sft_config(cfg: DemoConfig, model: str, out: Path, data: Path, **over: Any) -> dict[str, Any]:
     d = dict(model=model, output_dir=str(out), datasets=[str(data / "sft.jsonl")],
              eval_fraction=cfg.dev_examples / (cfg.sft_examples + cfg.dev_examples), system_prompt=None,
-             max_length=128, packing=True, pack_length=1024, micro_batch_size=cfg.sft_micro_batch,
+             max_length=128, packing=cfg.sft_packing, pack_length=1024, micro_batch_size=cfg.sft_micro_batch,
              epochs=cfg.sft_epochs, learning_rate=cfg.sft_lr, min_lr_ratio=cfg.sft_min_lr_ratio,
              warmup_ratio=0.03, adam_betas=[0.9, 0.99], zero_stage=2, eval_every=cfg.sft_eval_every,
              save_best=True, seed=cfg.seed, progress=False, tensorboard=False, plot=False)
