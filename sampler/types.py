@@ -33,7 +33,9 @@ class SamplingConfig:
     top_p: float = 1.0
     """Nucleus sampling mass."""
     max_tokens: int = 256
-    """Cap on model-sampled tokens per completion (per turn in multi-turn rollouts)."""
+    """Cap on model-sampled tokens per completion (per turn in multi-turn rollouts). A completion
+    forced out of its think block gets ``answer_budget`` more tokens after the forced
+    ``</think>`` (so up to ``think_budget + answer_budget`` sampled tokens)."""
     seed: int | None = 0
     """Base seed: the same seed, prompts and weights give the same tokens. None = unseeded."""
     stop: list[str] = field(default_factory=list)
