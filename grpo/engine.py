@@ -27,7 +27,8 @@ def setup_distributed() -> tuple[int, int, Any]:
 
     for k, v in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
         os.environ.setdefault(k, v)
-    if "MASTER_PORT" not in os.environ:
+    own_port = "MASTER_PORT" not in os.environ
+    if own_port:
         import socket
 
         with socket.socket() as s:
@@ -43,6 +44,8 @@ def setup_distributed() -> tuple[int, int, Any]:
 
         getattr(groups, "_release_process_group_references", lambda *_: None)(None)
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    if own_port:  # our store holds that port: child processes must not inherit it
+        os.environ.pop("MASTER_PORT", None)
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 

@@ -287,3 +287,42 @@ def test_sigterm_checkpoints_and_stops(tmp_path, tiny_model_dir):
     assert state["step"] == 1 and len(state["history"]) == 1
     assert (tmp_path / "run" / "checkpoints" / "step_000001" / "rank0_state.pt").is_file()
     assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
+
+
+def test_collate_and_take_align_tokens_masks_and_sampler_logprobs():
+    import torch
+
+    from thinkgym.grpo.train import collate, take
+    from thinkgym.sampler.rollout import Episode
+
+    e1 = Episode(group_id=0, index=0, env_id="x", input_ids=[5, 6, 7, 8], loss_mask=[0, 0, 1, 1],
+                 old_logprobs=[0.0, 0.0, -0.5, -0.25], prompt_len=2, completion_len=2)
+    e2 = Episode(group_id=0, index=0, env_id="x", input_ids=[5, 6, 9], loss_mask=[0, 0, 1],
+                 old_logprobs=[0.0, 0.0, -1.0], prompt_len=2, completion_len=1)
+    full = collate([e1, e2], pad_id=0, device="cpu")
+    # position t scores token t+1: labels, mask and sampler logprobs all shift by one
+    assert full["labels"].tolist() == [[6, 7, 8], [6, 9, 0]]
+    assert full["mask"].tolist() == [[0, 1, 1], [0, 1, 0]]
+    assert full["sampler_lp"].tolist() == [[0.0, -0.5, -0.25], [0.0, -1.0, 0.0]]
+    b, t = take(full, torch.tensor([1]))
+    assert t == 2 and b["input_ids"].tolist() == [[5, 6, 9]] and b["mask"].tolist() == [[0, 1]]
+
+
+def test_estimators_share_one_signature():
+    import torch
+
+    from thinkgym.grpo.train import ESTIMATORS
+
+    cfg = GRPOConfig(model="m", kl_coef=0.5, kl_in_reward=True)
+    rewards = torch.tensor([1.0, 0.0])
+    gids = torch.tensor([0, 0])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    kl = torch.tensor([[0.2, 0.2, 9.0], [0.0, 0.0, 0.0]])
+    # KL in the reward: r = [1 - 0.5 * 0.4, 0] = [0.8, 0]; no std normalisation (Dr. GRPO): r - mean = +-0.4
+    cfg.std_normalize = False
+    adv, ret = ESTIMATORS["grpo"](cfg, rewards, gids, mask, torch.zeros_like(mask), kl)
+    assert ret is None and adv.tolist() == [[pytest.approx(0.4), pytest.approx(0.4), 0.0], [pytest.approx(-0.4), 0.0, 0.0]]
+    adv, _ = ESTIMATORS["rloo"](cfg, rewards, gids, mask, torch.zeros_like(mask), kl)
+    assert adv[:, 0].tolist() == [pytest.approx(0.8), pytest.approx(-0.8)]
+    adv, ret = ESTIMATORS["gae"](cfg, rewards, gids, mask, torch.zeros_like(mask), kl)
+    assert ret is not None and adv.shape == mask.shape and float((adv * (1 - mask)).abs().sum()) == 0.0
