@@ -93,3 +93,24 @@ def test_weight_sync(sampler, tiny_model_dir, prompts, tmp_path):
     assert sampler.generate(prompts[:1], SamplingConfig(n=1, temperature=0, max_tokens=16))[0][0].token_ids == before.token_ids
     with pytest.raises(KeyError):
         sampler.update_weights({"not.a.weight": torch.zeros(1)})
+
+
+def test_think_closed_within_budget_continues(sampler):
+    """A completion that writes </think> inside its budget is not forced: it goes on to
+    max_tokens (phase 2 continues it), with its own logprobs all the way."""
+    tok = sampler.tokenizer
+    think = tok.encode("<think>", add_special_tokens=False)
+    ps = [chat_prompt_ids(tok, [{"role": "user", "content": f"Problem {i}: what is {i} + 7?"}]) + think for i in range(8)]
+    out = sampler.generate(ps, SamplingConfig(n=16, max_tokens=40, seed=0, think_budget=16, answer_budget=4))
+    closed = [c for g in out for c in g if c.think_tokens is not None and not c.forced]
+    assert closed, "the tiny model closes its think block early in some of 128 samples"
+    close_id = tok.convert_tokens_to_ids("</think>")
+    for c in closed:
+        assert c.think_tokens <= 16 and c.token_ids.index(close_id) == c.think_tokens
+        assert all(c.sampled_mask) and (len(c.token_ids) == 40 or c.finish_reason == "stop")
+    c = max(closed, key=lambda c: len(c.token_ids))
+    assert torch.allclose(forward_logprobs(sampler.model, c.prompt_ids, c.token_ids), torch.tensor(c.logprobs), atol=1e-4)
+    for g in out:
+        for c in g:
+            if c.forced:
+                assert len(c.token_ids) <= 16 + 1 + 4 and c.think_tokens == 16
