@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from thinkgym.config import ConfigError, load_config
+from thinkgym.config import ConfigError
 from thinkgym.grpo.engine import (
     all_mean,
     all_ranks,
