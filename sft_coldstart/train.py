@@ -116,15 +116,18 @@ class SFTConfig:
 # ----------------------------------------------------------------------------- setup helpers
 
 
-def _dist_env_defaults() -> None:
-    """Single-process runs need the rendezvous variables a launcher would set."""
-    if "WORLD_SIZE" in os.environ:
-        return
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+def _dist_env_defaults() -> bool:
+    """Single-process runs need the rendezvous variables a launcher would set. Returns whether
+    MASTER_PORT was picked here (it is removed again after init, so children pick their own)."""
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" in os.environ or os.environ["WORLD_SIZE"] != "1":
+        return False
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    return True
 
 
 def _ensure_tiny(cfg: SFTConfig, out: Path) -> Path:
@@ -291,7 +294,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             ))
         cfg = dataclasses.replace(cfg, model=str(pre / "final"), pretrain_steps=0)
 
-    _dist_env_defaults()
+    own_port = _dist_env_defaults()
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -301,6 +304,8 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
 
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=None if torch.cuda.is_available() else "gloo")
+    if own_port:
+        os.environ.pop("MASTER_PORT", None)
     rank, world = dist.get_rank(), dist.get_world_size()
     main = rank == 0
     torch.manual_seed(cfg.seed)
