@@ -369,15 +369,25 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     say(f"grpo: {len(rl_hist)} steps, {grpo_train_s:.0f}s of training, {timings['grpo']:.0f}s in all")
 
     # ---- control: equal-time SFT from the same checkpoint -------------------------------------
+    # Steps are sized from the measured SFT speed; the CPU's load changes, so a short first
+    # segment is topped up by a second one (from its final weights) until the time matches.
     sec_per_step = sft_res["seconds"] / max(1, sft_res["steps"])
-    ctl_steps = max(1, round(grpo_train_s / sec_per_step))
-    yml = _write_yaml(run / "sft_control.yaml", sft_config(
-        cfg, str(sft_model), run / "sft_control", data["dir"], max_steps=ctl_steps, learning_rate=cfg.grpo_lr,
-        min_lr_ratio=1.0, warmup_ratio=0.0, save_best=False, eval_every=0, seed=cfg.seed + 1))
-    timings["sft_control"] = _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)],
-                                  run / "sft_control.log", "sft_control")
-    ctl_res = json.loads((run / "sft_control" / "result.json").read_text())
-    say(f"sft_control: {ctl_res['steps']} steps in {ctl_res['seconds']:.0f}s (GRPO trained {grpo_train_s:.0f}s)")
+    ctl_model, ctl_steps, ctl_s, timings["sft_control"] = sft_model, 0, 0.0, 0.0
+    for seg in range(2):
+        steps = max(1, round((grpo_train_s - ctl_s) / sec_per_step))
+        out = run / ("sft_control" if seg == 0 else f"sft_control_{seg}")
+        yml = _write_yaml(run / f"{out.name}.yaml", sft_config(
+            cfg, str(ctl_model), out, data["dir"], max_steps=steps, learning_rate=cfg.grpo_lr,
+            min_lr_ratio=1.0, warmup_ratio=0.0, save_best=False, eval_every=0, seed=cfg.seed + 1 + seg))
+        timings["sft_control"] += _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)],
+                                       run / f"{out.name}.log", "sft_control")
+        ctl_res = json.loads((out / "result.json").read_text())
+        ctl_model, ctl_steps, ctl_s = Path(ctl_res["final"]), ctl_steps + ctl_res["steps"], ctl_s + ctl_res["seconds"]
+        sec_per_step = ctl_res["seconds"] / max(1, ctl_res["steps"])
+        if ctl_s >= 0.9 * grpo_train_s:
+            break
+    ctl_res = {"final": str(ctl_model), "steps": ctl_steps, "seconds": ctl_s}
+    say(f"sft_control: {ctl_steps} steps in {ctl_s:.0f}s (GRPO trained {grpo_train_s:.0f}s)")
 
     # ---- held-out eval of the three policies ----------------------------------------------------
     t = time.perf_counter()
