@@ -14,19 +14,17 @@ for any template that renders a conversation as the concatenation of its turns.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+# The system turn of task-source conversations is the envs' default system prompt, so the SFT
+# policy sees at RL and eval time exactly the prompt it was trained on.
+from thinkgym.envs.core import DEFAULT_SYSTEM_PROMPT  # noqa: F401  (re-exported)
+from thinkgym.jsonl import iter_jsonl
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool", "env", "ipython", "function", "developer")
 
-#: System turn of task-source conversations: the same text as the envs' default system prompt,
-#: so the SFT policy sees at RL and eval time exactly the prompt it was trained on.
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a careful problem solver. First think through the problem step by step inside "
-    "<think> </think>. Then give only the final answer inside <answer> </answer>."
-)
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -93,19 +91,7 @@ def row_to_conversation(row: Any, where: str, messages_field: str = "messages") 
 def load_jsonl(path: str | Path, messages_field: str = "messages") -> list[Conversation]:
     """Read a JSONL file of chat rows; a bad row raises :class:`DataError` naming file, line, field."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: file not found")
-    convs = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{p}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            convs.append(row_to_conversation(row, where, messages_field))
+    convs = [row_to_conversation(row, where, messages_field) for where, row in iter_jsonl(p, DataError)]
     if not convs:
         raise DataError(f"{p}: no rows")
     return convs

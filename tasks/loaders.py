@@ -8,11 +8,11 @@ not change which row is item ``i``: a dataset is already index-addressable.
 from __future__ import annotations
 
 import copy
-import json
 import random
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from thinkgym.jsonl import iter_jsonl
 from thinkgym.tasks.base import Item, TaskSource, register_task
 
 
@@ -97,17 +97,10 @@ class JsonlSource(_RowsSource):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"jsonl task source: no such file: {self.path}")
-        items = []
-        with self.path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{self.path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DatasetRowError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
-                items.append(_row_to_item(row, where, question_field, answer_field, metadata_fields))
+        items = [
+            _row_to_item(row, where, question_field, answer_field, metadata_fields)
+            for where, row in iter_jsonl(self.path, DatasetRowError)
+        ]
         self._finish(items, seed, size, grader, str(self.path))
 
     def __repr__(self) -> str:

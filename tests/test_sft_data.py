@@ -77,7 +77,7 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
     with pytest.raises(DataError, match=r"chat\.jsonl:3: field 'messages\[1\]\.role'"):
         load_jsonl(p)
     p.write_text(json.dumps(good) + "\n{not json\n")
-    with pytest.raises(DataError, match=r"chat\.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"chat\.jsonl:2: invalid JSON"):
         load_jsonl(p)
     p.write_text(json.dumps({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}) + "\n")
     with pytest.raises(DataError, match=r":1: field 'messages\[0\]\.content': expected a string"):

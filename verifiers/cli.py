@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import typer
 
+from thinkgym.jsonl import iter_jsonl
+
 # Graders that need no gold answer.
 _NO_GOLD = {"format", "judge"}
 
@@ -26,36 +28,23 @@ class InputError(ValueError):
 
 def read_rows(path: Path, grader: str) -> list[dict[str, Any]]:
     """Parse and validate every row before grading anything."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
     rows = []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{lineno}: a row must be a JSON object, got {type(row).__name__}")
-            if grader == "code":
-                need = {"program": str, "tests": (dict, str)}
-            else:
-                need = {"completion": str}
-                if grader not in _NO_GOLD:
-                    need["gold"] = (str, int, float, list)
-            for key, tp in need.items():
-                if key not in row:
-                    raise InputError(f"{path}:{lineno}: missing field {key!r}")
-                if not isinstance(row[key], tp) or isinstance(row[key], bool):
-                    raise InputError(f"{path}:{lineno}: field {key!r} has type {type(row[key]).__name__}")
-            row.setdefault("id", lineno)
-            rows.append(row)
+    for where, row in iter_jsonl(path, InputError):
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+        if grader == "code":
+            need = {"program": str, "tests": (dict, str)}
+        else:
+            need = {"completion": str}
+            if grader not in _NO_GOLD:
+                need["gold"] = (str, int, float, list)
+        for key, tp in need.items():
+            if key not in row:
+                raise InputError(f"{where}: missing field {key!r}")
+            if not isinstance(row[key], tp) or isinstance(row[key], bool):
+                raise InputError(f"{where}: field {key!r} has type {type(row[key]).__name__}")
+        row.setdefault("id", int(where.rsplit(":", 1)[1]))
+        rows.append(row)
     return rows
 
 
