@@ -99,14 +99,15 @@ def setup(args, size: str, use_ds: bool, device, dtype):
     if use_ds:
         import deepspeed
 
-        from thinkgym.grpo.engine import make_skippable_adamw, setup_distributed
+        from thinkgym.distributed import setup_distributed
+        from thinkgym.grpo.engine import make_skippable_adamw
 
         setup_distributed()
         opt = make_skippable_adamw()(model.parameters(), lr=1e-6)
         ds = {"train_micro_batch_size_per_gpu": B, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
               "zero_optimization": {"stage": args.zero_stage}, "bf16": {"enabled": args.dtype == "bf16"},
               "steps_per_print": 10**9, "zero_allow_untested_optimizer": True}
-        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds, dist_init_required=False)
 
         def step():
             loss = grpo_step_loss(engine, ids, adv, old_lp, mask)

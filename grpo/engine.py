@@ -15,39 +15,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from thinkgym.distributed import setup_distributed  # noqa: F401  (re-exported for the learner)
+
 # ------------------------------------------------------------------------------------------
 # DeepSpeed engines
 # ------------------------------------------------------------------------------------------
-
-
-def setup_distributed() -> tuple[int, int, Any]:
-    """Init torch.distributed (gloo on CPU, nccl on GPU); single process needs no launcher."""
-    import deepspeed
-    import torch
-
-    for k, v in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
-        os.environ.setdefault(k, v)
-    own_port = "MASTER_PORT" not in os.environ
-    if own_port:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    if not torch.distributed.is_initialized():
-        # An earlier run in this process (e.g. vLLM's teardown) may have destroyed the process
-        # group behind DeepSpeed's back; drop DeepSpeed's cached groups before starting anew.
-        from deepspeed.utils import groups
-
-        getattr(groups, "_release_process_group_references", lambda *_: None)(None)
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
-    if own_port:  # our store holds that port: child processes must not inherit it
-        os.environ.pop("MASTER_PORT", None)
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 
 
 def make_skippable_adamw():
@@ -81,7 +53,7 @@ def build_engine(model: Any, cfg: Any, lr: float | None, micro_per_minibatch: in
     }
     if lr is None:  # reference model: no optimiser; shard it only if the policy is sharded
         ds["zero_optimization"] = {"stage": 3 if cfg.zero_stage == 3 else 0}
-        engine, *_ = deepspeed.initialize(model=model, config=ds)
+        engine, *_ = deepspeed.initialize(model=model, config=ds, dist_init_required=False)
         engine.eval()
         return engine, None
     ds["zero_optimization"] = {"stage": cfg.zero_stage}
@@ -90,7 +62,7 @@ def build_engine(model: Any, cfg: Any, lr: float | None, micro_per_minibatch: in
     opt = make_skippable_adamw()(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
     warm = max(cfg.warmup_steps, 0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds, dist_init_required=False)
     return engine, opt
 
 

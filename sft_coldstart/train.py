@@ -22,7 +22,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -114,20 +113,6 @@ class SFTConfig:
 
 
 # ----------------------------------------------------------------------------- setup helpers
-
-
-def _dist_env_defaults() -> bool:
-    """Single-process runs need the rendezvous variables a launcher would set. Returns whether
-    MASTER_PORT was picked here (it is removed again after init, so children pick their own)."""
-    if "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" in os.environ or os.environ["WORLD_SIZE"] != "1":
-        return False
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    return True
 
 
 def _ensure_tiny(cfg: SFTConfig, out: Path) -> Path:
@@ -294,7 +279,6 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             ))
         cfg = dataclasses.replace(cfg, model=str(pre / "final"), pretrain_steps=0)
 
-    own_port = _dist_env_defaults()
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -302,11 +286,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
 
     from thinkgym.sft_coldstart.packing import model_inputs, token_loss
 
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=None if torch.cuda.is_available() else "gloo")
-    if own_port:
-        os.environ.pop("MASTER_PORT", None)
-    rank, world = dist.get_rank(), dist.get_world_size()
+    from thinkgym.distributed import setup_distributed
+
+    rank, world, _ = setup_distributed()
     main = rank == 0
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -354,7 +336,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
+    )
     device = engine.device
 
     # Resume: weights, optimizer, scheduler from DeepSpeed; RNG and data cursor from client state.

@@ -21,7 +21,15 @@ app = typer.Typer(
 )
 
 # Order is the order of `thinkgym --help`.
-COMMAND_MODULES: list[str] = ["thinkgym.sft_coldstart.cli", "thinkgym.tasks.cli", "thinkgym.envs.cli", "thinkgym.grpo.cli", "thinkgym.verifiers.cli", "thinkgym.sampler.cli", "thinkgym.demo"]
+COMMAND_MODULES: list[str] = [
+    "thinkgym.tasks.cli",
+    "thinkgym.envs.cli",
+    "thinkgym.verifiers.cli",
+    "thinkgym.sampler.cli",
+    "thinkgym.sft_coldstart.cli",
+    "thinkgym.grpo.cli",
+    "thinkgym.demo",
+]
 
 
 @app.callback()
