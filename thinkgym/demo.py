@@ -57,14 +57,14 @@ class DemoConfig:
     num_layers: int = 4  #: tiny model depth
     vocab_size: int = 512  #: BPE vocabulary target
     # --- SFT
-    sft_epochs: float = 15.0  #: passes over the traced set (cosine to sft_min_lr_ratio)
+    sft_epochs: float = 40.0  #: passes over the traced set (cosine to sft_min_lr_ratio)
     sft_lr: float = 3e-3  #: SFT peak learning rate
     sft_min_lr_ratio: float = 0.05  #: end of the cosine schedule (annealed)
     sft_micro_batch: int = 64  #: examples per step (padded: a trace is ~80 tokens with its prompt)
     sft_packing: bool = False  #: pack into 1024-token rows (on a tiny model the 1024^2 attention dominates)
     sft_eval_every: int = 16  #: steps between dev-loss evals (best checkpoint)
     # --- GRPO
-    grpo_steps: int = 30  #: RL steps
+    grpo_steps: int = 100  #: RL steps
     prompts_per_step: int = 16  #: prompts per step
     group_size: int = 8  #: completions per prompt
     grpo_lr: float = 1e-4  #: RL learning rate (also the control arm's)
