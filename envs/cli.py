@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
+
+from thinkgym.tasks.cli import print_rows
 
 
 def register(app: typer.Typer) -> None:
@@ -31,16 +31,6 @@ def register(app: typer.Typer) -> None:
             info = ENVS.get(env_id)
             rows.append({"id": env_id, "kind": info.entry_point.rsplit(":", 1)[-1], "task": info.task,
                          "description": desc, "origin": ENVS.origin(env_id)})
-        if as_json:
-            typer.echo(json.dumps(rows, indent=2))
-            return
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title="thinkgym envs (gymnasium ids)")
-        for col in ("id", "kind", "task", "description"):
-            t.add_column(col, overflow="fold")
-        for r in rows:
-            desc = r["description"] + ("" if r["origin"] == "thinkgym" else f" [{r['origin']}]")
-            t.add_row(r["id"], r["kind"], r["task"] or "", desc)
-        Console(width=160).print(t)
+        print_rows(rows, as_json, "thinkgym envs (gymnasium ids)", ("id", "kind", "task", "description"),
+                   lambda r: (r["id"], r["kind"], r["task"] or "", r["description"] + (
+                       "" if r["origin"] == "thinkgym" else f" [{r['origin']}]")))

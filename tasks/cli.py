@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -57,6 +57,23 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def print_rows(rows: list[dict[str, Any]], as_json: bool, title: str, columns: tuple[str, ...],
+               cells: Callable[[dict[str, Any]], tuple[str, ...]]) -> None:
+    """Print listing rows as JSON, or as a table whose row ``r`` shows ``cells(r)``."""
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*cells(r))
+    Console(width=160).print(t)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("tasks")
     def tasks_cmd(
@@ -80,19 +97,9 @@ def register(app: typer.Typer) -> None:
             knobs = ", ".join(f"{k}={v!r}" for k, v in getattr(cls, "defaults", {}).items())
             rows.append({"name": name, "grader": cls.grader, "description": cls.description,
                          "params": knobs, "origin": TASKS.origin(name)})
-        if as_json:
-            typer.echo(json.dumps(rows, indent=2))
-            return
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title="thinkgym task sources")
-        for col in ("name", "grader", "description", "params"):
-            t.add_column(col, overflow="fold")
-        for r in rows:
-            desc = r["description"] + ("" if r["origin"] == "thinkgym" or not r["origin"].startswith("plugin") else f" [{r['origin']}]")
-            t.add_row(r["name"], r["grader"], desc, r["params"])
-        Console(width=160).print(t)
+        print_rows(rows, as_json, "thinkgym task sources", ("name", "grader", "description", "params"),
+                   lambda r: (r["name"], r["grader"], r["description"] + (
+                       f" [{r['origin']}]" if r["origin"].startswith("plugin") else ""), r["params"]))
 
     @app.command("sample-tasks")
     def sample_tasks_cmd(
