@@ -236,6 +236,12 @@ def value_forward(engine: Any, b: dict[str, Any]) -> Any:
 # ------------------------------------------------------------------------------------------
 
 
+def reuses_training_logprobs(cfg: GRPOConfig) -> bool:
+    """One optimiser step per batch (and no KL in the reward): the policy is unchanged when it
+    computes its loss, so its "old" logprobs are the training forward's own, detached."""
+    return cfg.ppo_epochs * cfg.minibatches == 1 and not cfg.kl_in_reward
+
+
 def task_size(cfg: GRPOConfig) -> int:
     """Items available in every configured env (train and eval kwargs)."""
     import gymnasium as gym
@@ -423,6 +429,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     monitor = Monitor(cfg, out, state["history"], state["step"]) if rank == 0 else None
     last_ck, stopped = ck, "max_steps"
     agg_kw = {"mode": cfg.aggregation, "constant": cfg.max_tokens}
+    single_update = reuses_training_logprobs(cfg)
 
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         # ---- 1. collect (with dynamic sampling) -------------------------------------------
@@ -446,17 +453,22 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         mask = full["mask"] * seq_w.to(device)[:, None]  # (N, T)
 
         # ---- 3. old / reference logprobs, values, advantages (no grad) ----------------------
+        # With one update per batch the policy has not moved since sampling when it computes its
+        # loss, so the training forward's own detached logprobs are the "old" ones: skip a forward.
         old_lp, ref_lp, values = (torch.zeros_like(mask) for _ in range(3))
         chunks = [torch.arange(i, min(i + cfg.micro_batch_size, n_seq)) for i in range(0, n_seq, cfg.micro_batch_size)]
         with torch.no_grad():
             for idx in chunks:
                 b, t = take(full, idx)
-                old_lp[idx, :t] = policy_forward(policy_eng, b, cfg.temperature)[0]
+                if not single_update:
+                    old_lp[idx, :t] = policy_forward(policy_eng, b, cfg.temperature)[0]
                 if ref_eng is not None:
                     ref_lp[idx, :t] = policy_forward(ref_eng, b, cfg.temperature)[0]
                 if critic_eng is not None:
                     values[idx, :t] = value_forward(critic_eng, b)
-        kl_tok = core.kl_estimate(old_lp, ref_lp, cfg.kl_estimator) if ref_eng is not None else torch.zeros_like(mask)
+        kl_tok = core.kl_estimate(old_lp, ref_lp, cfg.kl_estimator) if ref_eng is not None and not single_update \
+            else torch.zeros_like(mask)
+        kl_sum = torch.zeros(())  # single_update: the KL metric comes from the training forward
         adv, returns = ESTIMATORS[cfg.advantage](cfg, rewards.to(device), gids.to(device), mask, values, kl_tok)
 
         # ---- 4. learn: ppo_epochs x minibatches, micro-batch accumulation -------------------
@@ -470,8 +482,9 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                 norm = {"num_tokens": float(mask[mb].sum()), "num_seqs": float(len(mb))}
                 for idx in mb.split(cfg.micro_batch_size):
                     b, t = take(full, idx)
-                    m, a, old = mask[idx, :t], adv[idx, :t], old_lp[idx, :t]
+                    m, a = mask[idx, :t], adv[idx, :t]
                     lp, ent = policy_forward(policy_eng, b, cfg.temperature, entropy=True if cfg.entropy_coef else "metric")
+                    old = lp.detach() if single_update else old_lp[idx, :t]
                     pg, clipped = core.clipped_surrogate(lp, old, a, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
                     if cfg.tis_cap is not None:
                         pg = pg * core.truncated_is_weights(old, b["sampler_lp"], cfg.tis_cap)
@@ -479,6 +492,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                     if ref_eng is not None and not cfg.kl_in_reward:
                         kl = core.kl_estimate(lp, ref_lp[idx, :t], cfg.kl_estimator)
                         loss = loss + cfg.kl_coef * core.aggregate(kl, m, **agg_kw, **norm)
+                        kl_sum = kl_sum + (kl.detach() * m).sum()
                     if cfg.entropy_coef:
                         loss = loss - cfg.entropy_coef * core.aggregate(ent, m, **agg_kw, **norm)
                     if step in cfg.debug_nan_steps:
@@ -510,7 +524,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         # ---- metrics -----------------------------------------------------------------------
         logs.update(rollout_metrics(episodes))
         logs.update({
-            "kl": [float(core.masked_mean(kl_tok, mask))] if ref_eng is not None else [],
+            "kl": [] if ref_eng is None else [float(kl_sum / mask.sum().clamp(min=1))] if single_update
+            else [float(core.masked_mean(kl_tok, mask))],
             "groups_dropped": [sstats["groups_dropped"]], "sampling_rounds": [sstats["sampling_rounds"]],
             "tokens_per_s": [float(full["attention_mask"].sum()) * cfg.ppo_epochs / max(t_learn, 1e-9)],
             "t_generate": [t_collect - sstats["grade_time"]], "t_grade": [sstats["grade_time"]],

@@ -162,6 +162,38 @@ def test_train_steps_update_weights_and_sync_sampler(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_single_update_reuses_training_logprobs_with_the_same_result(tmp_path, tiny_model_dir, monkeypatch):
+    """One optimiser step per batch skips the separate old-logprob forward; the update is the same
+    as with that forward (same seeds, same rollouts), up to float noise."""
+    import torch
+    from safetensors.torch import load_file
+
+    from thinkgym.grpo import train as train_mod
+
+    def run(name: str, reuse: bool):
+        monkeypatch.setattr(train_mod, "reuses_training_logprobs", lambda cfg: reuse)
+        cfg = tiny_cfg(tiny_model_dir, tmp_path / name, max_steps=2, minibatches=1, micro_batch_size=4)
+        res = train_mod.train(cfg)
+        return res["history"], load_file(Path(res["checkpoint"]) / "hf" / "model.safetensors")
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "x", minibatches=1)
+    assert train_mod.reuses_training_logprobs(cfg)
+    assert not train_mod.reuses_training_logprobs(tiny_cfg(tiny_model_dir, tmp_path / "x"))  # minibatches=2
+    assert not train_mod.reuses_training_logprobs(tiny_cfg(tiny_model_dir, tmp_path / "x", minibatches=1, ppo_epochs=2))
+    fast_hist, fast = run("fast", True)
+    slow_hist, slow = run("slow", False)
+    assert all(r["ratio"] == 1.0 and r["clipfrac"] == 0.0 for r in fast_hist)  # the reuse path ran
+    for a, b in zip(fast_hist, slow_hist):
+        assert a["reward"] == b["reward"]  # same rollouts
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["kl"] - b["kl"]) < 1e-5
+    start = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(start[k], fast[k]) for k in start)
+    for k in fast:
+        torch.testing.assert_close(fast[k], slow[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_nan_loss_skips_step_and_stops_with_good_checkpoint(tmp_path, tiny_model_dir, capsys):
     import torch
     from safetensors.torch import load_file
