@@ -76,6 +76,21 @@ def test_exactly_once_is_configurable():
     assert grade("countdown", partial, GOLD, exactly_once=True).score == 0.0
 
 
+def test_partial_credit_for_the_right_numbers_only():
+    kw = {"partial_credit": 0.25, "exactly_once": True}
+    right = grade("countdown", c("3 * 25 + 7 + 12"), GOLD, **kw)
+    assert right.score == 1.0 and right.components == {"correct": 1.0, "numbers_valid": 1.0}
+    miss = grade("countdown", c("3 * 25 + 7 - 12"), GOLD, **kw)  # the given numbers, wrong value
+    assert miss.score == 0.25 and miss.components == {"correct": 0.0, "numbers_valid": 1.0}
+    for bad in ("3 * 26 + 7 + 12", "3 * 25 + 7", "3 * 25 + 7 + 12 + 12", "3 * (25 + 7 + 12"):
+        g = grade("countdown", c(bad), GOLD, **kw)  # made-up, missing, reused number; not an expression
+        assert g.score == 0.0 and g.components["correct"] == 0.0, (bad, g)
+    assert grade("countdown", c("3 * 25 + 7 - 12"), GOLD).score == 0.0  # off by default
+    assert grade("countdown", "no answer", GOLD, **kw).score == 0.0
+    g = grade("countdown", c("3 * 25 + 7 - 12"), GOLD, partial_credit=1.0)
+    assert g.is_error and "partial_credit" in g.reason  # a bad knob is the grader's error, not a 0
+
+
 def test_extraction_policy_and_gold_forms():
     assert grade("countdown", "<think>3 * 25 + 7 + 12</think> no answer", GOLD).score == 0.0
     assert grade("countdown", "<think>never closed <answer>3 * 25 + 7 + 12</answer>", GOLD).score == 0.0

@@ -125,4 +125,13 @@ def grade_countdown(completion: str, gold: Any, **meta: Any) -> Grade:
     if len(distinct) > 1:
         return Grade(0.0, extracted=ex.joined(), reason="several different answers")
     ok, why = check_expression(distinct[0], numbers, target, exactly_once)
-    return Grade(1.0 if ok else 0.0, extracted=distinct[0], reason=why)
+    partial = float(meta.get("partial_credit", 0.0))
+    if not 0.0 <= partial < 1.0:
+        raise ValueError(f"partial_credit must be in [0, 1), got {partial}")
+    if not partial:
+        return Grade(1.0 if ok else 0.0, extracted=distinct[0], reason=why)
+    # Reward shaping for RL: a well-formed expression over the allowed numbers that misses the
+    # target earns ``partial_credit``; the "correct" component stays strict for accuracy metrics.
+    valid = ok or why.startswith("evaluates to ")
+    return Grade(1.0 if ok else partial if valid else 0.0, extracted=distinct[0], reason=why,
+                 components={"correct": float(ok), "numbers_valid": float(valid)})
