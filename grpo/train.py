@@ -111,6 +111,7 @@ class GRPOConfig:
     zero_stage: int = 2  #: DeepSpeed ZeRO stage (0-3)
     dtype: Literal["fp32", "bf16"] = "fp32"  #: training precision (fp32 on CPU)
     gradient_checkpointing: bool = False  #: recompute activations to save memory
+    shared_prefix: bool = True  #: run each group's shared prompt once per micro-batch (same logprobs, fewer tokens; off with gradient_checkpointing)
     # -- bookkeeping
     save_every: int = 50  #: checkpoint every N steps (and on SIGTERM and at the end)
     keep_checkpoints: int = 2  #: how many checkpoints to keep
@@ -203,26 +204,34 @@ def collate(episodes: list[Any], pad_id: int, device: Any) -> dict[str, Any]:
 
 
 def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool | str = False) -> tuple[Any, Any]:
-    """Token logprobs (n, T-1) under ``engine``; entropies too if ``entropy`` (``"metric"``: no grad)."""
-    from thinkgym.grpo import core
+    """Token logprobs (n, T-1) under ``engine``; entropies too if ``entropy`` (``"metric"``: no grad).
 
-    logits = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+    A batch with ``gids`` runs each group's shared prompt once (``grpo/prefix.py``)."""
+    from thinkgym.grpo import core
+    from thinkgym.grpo.prefix import shared_prefix_logits
+
+    if "gids" in b:
+        logits, labels, to_full = shared_prefix_logits(engine, b)  # (n, S-1, V): suffixes only
+    else:
+        logits, labels = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1], b["labels"]
+        to_full = lambda x: x  # noqa: E731
     logits = logits.float() / temperature
-    lp = core.token_logprobs(logits, b["labels"])
+    lp = to_full(core.token_logprobs(logits, labels))
     if not entropy:
         return lp, None
     if entropy == "metric":  # no graph through the (n, T, V) entropy when it is only logged
         import torch
 
         with torch.no_grad():
-            return lp, core.entropy_from_logits(logits.detach())
-    return lp, core.entropy_from_logits(logits)
+            return lp, to_full(core.entropy_from_logits(logits.detach()))
+    return lp, to_full(core.entropy_from_logits(logits))
 
 
 def take(full: dict[str, Any], idx: Any) -> tuple[dict[str, Any], int]:
     """Rows ``idx`` of a collated batch, trimmed to their longest sequence. -> (batch, T-1)"""
     n = int(full["attention_mask"][idx].sum(1).max())
-    b = {k: v[idx, : (n if k in ("input_ids", "attention_mask") else n - 1)] for k, v in full.items()}
+    b = {k: v[idx] if v.dim() == 1 else v[idx, : (n if k in ("input_ids", "attention_mask") else n - 1)]
+         for k, v in full.items()}
     return b, n - 1
 
 
@@ -430,6 +439,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     last_ck, stopped = ck, "max_steps"
     agg_kw = {"mode": cfg.aggregation, "constant": cfg.max_tokens}
     single_update = reuses_training_logprobs(cfg)
+    shared_prefix = cfg.shared_prefix and not cfg.gradient_checkpointing  # checkpointing drops the KV cache
 
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         # ---- 1. collect (with dynamic sampling) -------------------------------------------
@@ -450,6 +460,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         if cfg.mask_truncated:
             seq_w = seq_w * core.truncation_mask([e.finish_reason for e in episodes])
         full = collate(episodes, pad_id, device)  # (N, T) tensors
+        if shared_prefix:
+            full["gids"] = gids.to(device)  # (N,) policy_forward shares each group's prompt
         mask = full["mask"] * seq_w.to(device)[:, None]  # (N, T)
 
         # ---- 3. old / reference logprobs, values, advantages (no grad) ----------------------
@@ -476,7 +488,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         bad = False
         mb_size = n_seq // cfg.minibatches
         for _epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(n_seq)
+            # Whole groups stay together (the shared prefix pays per micro-batch); groups are shuffled.
+            perm = torch.cat([torch.nonzero(gids == g)[:, 0] for g in torch.randperm(len(groups)).tolist()])
             for j in range(cfg.minibatches):
                 mb = perm[j * mb_size:(j + 1) * mb_size]
                 norm = {"num_tokens": float(mask[mb].sum()), "num_seqs": float(len(mb))}

@@ -194,6 +194,28 @@ def test_single_update_reuses_training_logprobs_with_the_same_result(tmp_path, t
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_shared_prefix_gives_the_same_update_under_zero3(tmp_path, tiny_model_dir):
+    """ZeRO-3 gathers parameters per forward; the prefix and suffix forwards must still give the
+    plain forward's update (two minibatches: the old-logprob forward is shared too)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from thinkgym.grpo.train import train
+
+    out = {}
+    for shared in (True, False):
+        cfg = tiny_cfg(tiny_model_dir, tmp_path / str(shared), max_steps=2, zero_stage=3, shared_prefix=shared)
+        res = train(cfg)
+        out[shared] = (res["history"], load_file(Path(res["checkpoint"]) / "hf" / "model.safetensors"))
+    for a, b in zip(out[True][0], out[False][0]):
+        assert a["reward"] == b["reward"] and abs(a["loss"] - b["loss"]) < 1e-5
+        assert abs(a["ratio"] - b["ratio"]) < 1e-5 and abs(a["kl"] - b["kl"]) < 1e-5
+    for k, v in out[True][1].items():
+        torch.testing.assert_close(v, out[False][1][k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_nan_loss_skips_step_and_stops_with_good_checkpoint(tmp_path, tiny_model_dir, capsys):
     import torch
     from safetensors.torch import load_file

@@ -1,0 +1,83 @@
+"""Shared-prefix forward: each group's prompt is run once per micro-batch, not once per sample.
+
+The ``G`` completions of a group share their prompt token for token, and in a short-answer task
+the prompt is half of every sequence. The learner runs the group's common prefix once, copies its
+key/value cache to the group's rows, and runs only each row's own suffix against it. Logprobs and
+gradients equal the plain forward's (float rounding aside: a test checks both); the tokens the
+model sees drop from ``sum(len)`` to ``sum(prefix) + sum(len - prefix)``.
+
+The prefix ends before the first token the loss scores, so every scored position lies in the
+suffix. Multi-turn episodes share their first prompt; identical completions share nothing more.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import Tensor
+
+
+def prefix_lengths(input_ids: Tensor, attention_mask: Tensor, mask: Tensor, gids: Tensor) -> Tensor:
+    """Tokens each group's rows can share in the cache. -> (G,)
+
+    input_ids, attention_mask: (n, T); mask: (n, T-1) loss mask on shifted labels (position t
+    scores token t+1); gids: (n,) group of each row, 0..G-1.
+    """
+    import torch
+
+    n, T = input_ids.shape
+    G = int(gids.max()) + 1
+    first = torch.full((G,), n, dtype=torch.long).scatter_reduce(0, gids, torch.arange(n), "amin")  # (G,)
+    lead = first[gids]  # (n,) the group's first row
+    valid = attention_mask.bool()
+    same = (input_ids == input_ids[lead]) & valid & valid[lead]  # (n, T)
+    lcp = same.long().cumprod(1).sum(1)  # (n,) common prefix with the group's first row
+    length = attention_mask.sum(1)  # (n,)
+    scored = mask > 0  # (n, T-1)
+    t0 = torch.where(scored.any(1), scored.float().argmax(1), length - 1)  # (n,) first scored position
+    # The suffix must start at or before the first scored position and hold at least one token.
+    per_row = torch.minimum(torch.minimum(lcp, t0), length - 1).clamp(min=0)  # (n,)
+    return torch.full((G,), T, dtype=torch.long).scatter_reduce(0, gids, per_row, "amin")  # (G,)
+
+
+def shared_prefix_logits(model: Any, b: dict[str, Tensor]) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+    """Suffix logits, their labels, and a map from suffix positions back to the (n, T-1) layout.
+
+    ``b`` holds a collated micro-batch (``input_ids``, ``attention_mask`` (n, T), ``mask``
+    (n, T-1)) plus ``gids`` (n,). Returns logits (n, S-1, V), labels (n, S-1) and ``to_full``,
+    which scatters any (n, S-1) per-token tensor to (n, T-1) with zeros outside the suffix.
+    """
+    import torch
+
+    ids, attn = b["input_ids"], b["attention_mask"]
+    n, T = ids.shape
+    _, gids = torch.unique(b["gids"], return_inverse=True)  # (n,) groups renumbered 0..G-1
+    pre = prefix_lengths(ids, attn, b["mask"], gids)  # (G,)
+    G, Lp = len(pre), int(pre.max())
+    rpre = pre[gids]  # (n,) cached tokens of each row
+    length = attn.sum(1)  # (n,)
+    S = int((length - rpre).max())
+    dev = ids.device
+
+    cache = None
+    pre_mask = torch.zeros(n, 0, dtype=attn.dtype, device=dev)
+    if Lp > 0:
+        first = torch.full((G,), n, dtype=torch.long, device=dev).scatter_reduce(0, gids, torch.arange(n, device=dev), "amin")
+        pat = (torch.arange(Lp, device=dev)[None] < pre[:, None]).to(attn.dtype)  # (G, Lp)
+        cache = model(input_ids=ids[first, :Lp], attention_mask=pat, use_cache=True).past_key_values
+        cache.batch_select_indices(gids)  # (G, ...) -> (n, ...): differentiable indexing
+        pre_mask = pat[gids]  # (n, Lp)
+    src = rpre[:, None] + torch.arange(S, device=dev)[None]  # (n, S) original position of suffix slot j
+    in_row = src < length[:, None]  # (n, S)
+    sid = ids.gather(1, src.clamp(max=T - 1)) * in_row  # (n, S)
+    logits = model(input_ids=sid, attention_mask=torch.cat([pre_mask, in_row.to(attn.dtype)], 1),
+                   position_ids=src, past_key_values=cache, use_cache=cache is not None).logits[:, :-1]  # (n, S-1, V)
+    labels = sid[:, 1:]  # (n, S-1)
+    t = src[:, :-1]  # (n, S-1) the shifted position each suffix logit scores
+    keep = in_row[:, 1:]  # (n, S-1) the label is a real token
+
+    def to_full(x: Tensor) -> Tensor:  # (n, S-1) -> (n, T-1)
+        out = torch.zeros(n, T - 1, dtype=x.dtype, device=x.device)
+        return out.scatter_add(1, t.clamp(max=T - 2), x * keep)
+
+    return logits, labels, to_full

@@ -1,0 +1,76 @@
+"""Shared-prefix forward: the same logprobs, entropies and gradients as the plain forward."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from thinkgym.grpo.prefix import prefix_lengths  # noqa: E402
+from thinkgym.grpo.train import policy_forward, take  # noqa: E402
+
+
+def batch(groups: list[tuple[list[int], list[list[int]]]], pad: int = 0) -> dict:
+    """Collated rows from (prompt, [completions]) groups; loss on completion tokens."""
+    rows = [(p, c, g) for g, (p, cs) in enumerate(groups) for c in cs]
+    T = max(len(p) + len(c) for p, c, _ in rows)
+    n = len(rows)
+    ids, attn, lm = torch.full((n, T), pad), torch.zeros(n, T, dtype=torch.long), torch.zeros(n, T)
+    for i, (p, c, _) in enumerate(rows):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, : len(p) + len(c)] = 1
+        lm[i, len(p): len(p) + len(c)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "labels": ids[:, 1:], "mask": lm[:, 1:],
+            "gids": torch.tensor([g for *_, g in rows])}
+
+
+def test_prefix_lengths_stop_before_the_first_scored_token():
+    b = batch([([5, 6, 7, 8], [[9, 10], [11]]),       # prompt 4: cache 4 tokens, suffix from the last
+               ([5, 6, 7], [[9, 9], [9, 9]]),         # identical completions: still capped at the prompt
+               ([1, 2], [[3]])])                      # a group of one
+    assert prefix_lengths(b["input_ids"], b["attention_mask"], b["mask"], b["gids"]).tolist() == [3, 2, 1]
+    # a row whose first scored token comes earlier caps its whole group
+    m = b["mask"].clone()
+    m[1, 1] = 1.0
+    assert prefix_lengths(b["input_ids"], b["attention_mask"], m, b["gids"]).tolist()[0] == 1
+    # rows of a group that differ early share only their common prefix
+    b2 = batch([([5, 6, 7, 8], [[9]])])
+    b2["input_ids"] = torch.cat([b2["input_ids"], torch.tensor([[5, 6, 1, 8, 9]])])
+    b2["attention_mask"] = torch.cat([b2["attention_mask"], torch.ones(1, 5, dtype=torch.long)])
+    b2["mask"] = torch.cat([b2["mask"], b2["mask"]])
+    b2["gids"] = torch.tensor([0, 0])
+    assert prefix_lengths(b2["input_ids"], b2["attention_mask"], b2["mask"], b2["gids"]).tolist() == [2]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_shared_prefix_matches_the_plain_forward(tiny_model_dir, temperature):
+    from transformers import AutoModelForCausalLM
+
+    g = torch.Generator().manual_seed(0)
+    r = lambda k: torch.randint(3, 200, (k,), generator=g).tolist()  # noqa: E731
+    groups = [(r(12), [r(5), r(9), r(1), r(7)]), (r(20), [r(3), r(3)]), (r(7), [r(11)])]
+    dup = groups[1][1][0]
+    groups[1][1][1] = list(dup)  # identical completions in one group
+    full = batch(groups)
+    # Rows in the learner's order: groups shuffled whole, micro-batch smaller than the batch.
+    idx = torch.tensor([4, 5, 6, 0, 1, 2])
+    b, t = take(full, idx)
+    plain = {k: v for k, v in b.items() if k != "gids"}
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.train()
+
+    def run(x):
+        model.zero_grad()
+        lp, ent = policy_forward(model, x, temperature, entropy=True)
+        ((lp + 0.1 * ent) * x["mask"]).sum().backward()
+        return lp.detach(), ent.detach(), [p.grad.clone() for p in model.parameters()]
+
+    lp0, ent0, g0 = run(plain)
+    lp1, ent1, g1 = run(b)
+    m = b["mask"] > 0
+    assert m.sum() > 20 and lp1.shape == lp0.shape == (6, t)
+    torch.testing.assert_close(lp1[m], lp0[m], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ent1[m], ent0[m], atol=1e-4, rtol=1e-4)
+    assert (lp1[~m] == 0).all()  # nothing outside the scored suffix
+    for a, c in zip(g0, g1):
+        torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-3)
