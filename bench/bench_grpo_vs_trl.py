@@ -112,21 +112,24 @@ def run_thinkgym(args, cfg, model: str, out: Path) -> dict:
 
 
 def main() -> None:
+    from thinkgym.demo import DemoConfig
+
+    d = DemoConfig()  # the demo's GRPO settings are the defaults
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", help="SFT checkpoint to start from (default: build one with a short SFT)")
     p.add_argument("--output-dir", default="runs/bench-grpo-vs-trl")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
-    p.add_argument("--group", type=int, default=8, help="completions per prompt")
-    p.add_argument("--max-tokens", type=int, default=48)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--kl", type=float, default=0.01)
-    p.add_argument("--micro-batch", type=int, default=32)
+    p.add_argument("--prompts", type=int, default=d.prompts_per_step, help="prompts per step")
+    p.add_argument("--group", type=int, default=d.group_size, help="completions per prompt")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    p.add_argument("--lr", type=float, default=d.grpo_lr)
+    p.add_argument("--kl", type=float, default=d.kl_coef)
+    p.add_argument("--micro-batch", type=int, default=d.micro_batch_size)
     p.add_argument("--heldout", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    from thinkgym.demo import DemoConfig, _run, _write_yaml, build_data, evaluate_policies, sft_config
+    from thinkgym.demo import _run, _write_yaml, build_data, evaluate_policies, sft_config
     from thinkgym.sft_coldstart.tiny import TinyConfig, build_tiny_model
 
     run = Path(args.output_dir)

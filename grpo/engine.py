@@ -60,10 +60,19 @@ def build_engine(model: Any, cfg: Any, lr: float | None, micro_per_minibatch: in
     if cfg.max_grad_norm > 0:
         ds["gradient_clipping"] = cfg.max_grad_norm
     opt = make_skippable_adamw()(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-    warm = max(cfg.warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps * cfg.ppo_epochs
+                                                                       * cfg.minibatches, cfg.min_lr_ratio))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds, dist_init_required=False)
     return engine, opt
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` optimiser steps, then cosine from 1 to ``min_ratio`` at ``total``
+    (``min_ratio=1``: constant)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def full_state_dict(engine: Any, cfg: Any) -> dict[str, Any]:

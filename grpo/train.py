@@ -103,6 +103,7 @@ class GRPOConfig:
     # -- optimisation
     lr: float = 1e-6  #: policy learning rate
     warmup_steps: int = 0  #: linear warmup, in optimiser steps
+    min_lr_ratio: float = 1.0  #: cosine decay to lr x this at the last step (1.0 = constant lr)
     weight_decay: float = 0.0  #: AdamW weight decay
     max_grad_norm: float = 1.0  #: gradient clipping (0 = off)
     ppo_epochs: int = 1  #: passes over each batch
@@ -147,6 +148,8 @@ class GRPOConfig:
             raise ValueError(f"dual_clip must be > 1, got {self.dual_clip}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.lr <= 0 or self.kl_coef < 0 or self.temperature <= 0:
             raise ValueError("lr and temperature must be > 0 and kl_coef >= 0")
         if self.overlong_buffer < 0 or self.overlong_buffer > self.max_tokens:

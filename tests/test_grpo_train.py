@@ -40,6 +40,7 @@ def write_cfg(tmp_path: Path, **kw) -> Path:
         ({"model": "m", "kl_in_reward": True}, "kl_in_reward needs kl_coef"),
         ({"model": "m", "overlong_buffer": 1000, "max_tokens": 64}, "overlong_buffer"),
         ({"model": "m", "max_turns": 0}, "max_turns"),
+        ({"model": "m", "min_lr_ratio": 1.5}, "min_lr_ratio must be in"),
         ({}, "model is required"),
     ],
 )
@@ -380,3 +381,15 @@ def test_estimators_share_one_signature():
     assert adv[:, 0].tolist() == [pytest.approx(0.8), pytest.approx(-0.8)]
     adv, ret = ESTIMATORS["gae"](cfg, rewards, gids, mask, torch.zeros_like(mask), kl)
     assert ret is not None and adv.shape == mask.shape and float((adv * (1 - mask)).abs().sum()) == 0.0
+
+
+def test_lr_schedule_warmup_then_cosine_to_the_floor():
+    from thinkgym.grpo.engine import lr_factor
+
+    assert [lr_factor(s, 0, 100, 1.0) for s in (0, 50, 100)] == [1.0, 1.0, 1.0]  # constant
+    assert [round(lr_factor(s, 4, 100, 0.1), 6) for s in (0, 1, 3)] == [0.25, 0.5, 1.0]  # warm-up
+    assert lr_factor(4, 4, 100, 0.1) == 1.0 and abs(lr_factor(100, 4, 100, 0.1) - 0.1) < 1e-12
+    assert abs(lr_factor(52, 4, 100, 0.0) - 0.5) < 1e-12  # half-way down the cosine
+    assert lr_factor(500, 4, 100, 0.1) == lr_factor(100, 4, 100, 0.1)  # stays at the floor
+    ys = [lr_factor(s, 0, 50, 0.2) for s in range(51)]
+    assert all(a >= b for a, b in zip(ys, ys[1:]))
