@@ -94,7 +94,7 @@ def run_thinkgym(args, cfg, model: str, out: Path) -> dict:
     g = grpo_config(cfg, model, out)
     # Same prompts, same count as TRL: no dynamic-sampling refills; constant lr, no warm-up.
     g.update(dynamic_sampling=False, max_sampling_tries=1, max_steps=args.steps, prompts_per_step=args.prompts,
-             group_size=args.group, max_tokens=args.max_tokens, lr=args.lr, kl_coef=args.kl, warmup_steps=0,
+             group_size=args.group, max_tokens=args.max_tokens, lr=args.lr, kl_coef=args.kl, warmup_steps=0, min_lr_ratio=1.0,
              micro_batch_size=min(args.micro_batch, args.prompts * args.group))
     out.mkdir(parents=True, exist_ok=True)
     yml = _write_yaml(out.parent / "thinkgym-grpo.yaml", g)

@@ -64,13 +64,14 @@ class DemoConfig:
     sft_packing: bool = False  #: pack into 1024-token rows (on a tiny model the 1024^2 attention dominates)
     sft_eval_every: int = 16  #: steps between dev-loss evals (best checkpoint)
     # --- GRPO
-    grpo_steps: int = 100  #: RL steps
+    grpo_steps: int = 250  #: RL steps
     prompts_per_step: int = 16  #: prompts per step
-    group_size: int = 8  #: completions per prompt
-    grpo_lr: float = 1e-4  #: RL learning rate (also the control arm's)
+    group_size: int = 16  #: completions per prompt
+    grpo_lr: float = 1e-4  #: RL peak learning rate (also the control arm's, constant there)
+    grpo_min_lr_ratio: float = 0.1  #: RL cosine decay to grpo_lr x this at the last step
     kl_coef: float = 0.01  #: KL-to-SFT weight (k3)
-    max_sampling_tries: int = 2  #: DAPO dynamic-sampling rounds
-    micro_batch_size: int = 32  #: learner micro-batch (sequences)
+    max_sampling_tries: int = 1  #: DAPO dynamic-sampling rounds (1: no refills, a round costs as much as a step)
+    micro_batch_size: int = 64  #: learner micro-batch (sequences; whole groups share their prompt's forward)
     quick: bool = False  #: tiny sizes for a smoke test
 
     @classmethod
@@ -188,7 +189,7 @@ def grpo_config(cfg: DemoConfig, model: str, out: Path) -> dict[str, Any]:
         temperature=1.0, max_tokens=cfg.max_tokens, dynamic_sampling=True,
         max_sampling_tries=cfg.max_sampling_tries, advantage="grpo", std_normalize=True,
         clip_low=0.2, clip_high=0.28, aggregation="token_mean", kl_coef=cfg.kl_coef, kl_estimator="k3",
-        tis_cap=2.0, lr=cfg.grpo_lr, ppo_epochs=1, minibatches=1, micro_batch_size=min(cfg.micro_batch_size, n),
+        tis_cap=2.0, lr=cfg.grpo_lr, min_lr_ratio=cfg.grpo_min_lr_ratio, ppo_epochs=1, minibatches=1, micro_batch_size=min(cfg.micro_batch_size, n),
         zero_stage=2, dtype="fp32", save_every=max(cfg.grpo_steps, 1), keep_checkpoints=1, eval_prompts=0,
         progress=False, tensorboard=False)
 
@@ -307,7 +308,8 @@ def write_report(run: Path, cfg: DemoConfig, summary: dict[str, Any], rows: list
            f"- **sft_control**: {summary['sft_control_steps']} more SFT steps from that checkpoint at the RL "
            f"learning rate ({cfg.grpo_lr:g}), for GRPO's training time ({summary['grpo_train_s']:.0f} s).",
            f"- **grpo**: {cfg.grpo_steps} steps x {cfg.prompts_per_step} fresh untraced prompts x {cfg.group_size} "
-           f"samples, lr {cfg.grpo_lr:g}, KL {cfg.kl_coef:g} to the SFT policy; {t['grpo']:.0f} s.",
+           f"samples, lr {cfg.grpo_lr:g} (cosine to {cfg.grpo_min_lr_ratio:g}x), KL {cfg.kl_coef:g} to the SFT policy; "
+           f"{t['grpo']:.0f} s.",
            f"- Held-out: {summary['heldout_items']} items, disjoint from the {summary['train_items']} SFT/RL items "
            f"(contamination gate: {summary['contamination']['contaminated']} overlapping).",
            f"- GRPO minus the better baseline: **{summary['grpo']['accuracy'] - best_base:+.3f}** greedy accuracy.",
