@@ -20,6 +20,9 @@ One step, top to bottom (``train`` below):
    (learner vs sampler logprobs) + ``kl_coef`` x KL - ``entropy_coef`` x entropy, aggregated
    ``token_mean`` (DAPO), ``seq_mean`` (GRPO) or ``constant`` (Dr. GRPO) over the minibatch.
    A non-finite loss skips the update (loudly); ``max_bad_steps`` in a row stops the run.
+   Each group's shared prompt runs once per micro-batch (``shared_prefix``, ``grpo/prefix.py``),
+   and with one update per batch the "old" logprobs are the training forward's own, detached.
+   The learning rate warms up linearly, then is constant or cosine-decayed (``min_lr_ratio``).
 5. **Sync** the new weights into the sampler, log metrics, evaluate and checkpoint.
 
 Single process works as is (the distributed env defaults are filled in); for several
