@@ -1,7 +1,7 @@
 """Shared-prefix learner forward vs the plain forward (TRL's and verl's default), same batch.
 
 A GRPO batch holds ``prompts`` groups of ``group`` completions that share their prompt. The plain
-forward runs every row in full; thinkgym's (``grpo/prefix.py``) runs each prompt once per
+forward runs every row in full; thinkgym's (``grpo/forward.py``) runs each prompt once per
 micro-batch. Both compute token logprobs and entropies and backpropagate the same loss; the
 script checks that the logprobs agree, then prints step time, tokens through the model and the
 ratio. No vLLM, no DeepSpeed (their cost is the same on both sides).
@@ -60,8 +60,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from thinkgym.grpo.prefix import prefix_lengths
-    from thinkgym.grpo.train import policy_forward, take
+    from thinkgym.grpo.forward import policy_forward, prefix_lengths, take
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -20,7 +20,7 @@ One step, top to bottom (``train`` below):
    (learner vs sampler logprobs) + ``kl_coef`` x KL - ``entropy_coef`` x entropy, aggregated
    ``token_mean`` (DAPO), ``seq_mean`` (GRPO) or ``constant`` (Dr. GRPO) over the minibatch.
    A non-finite loss skips the update (loudly); ``max_bad_steps`` in a row stops the run.
-   Each group's shared prompt runs once per micro-batch (``shared_prefix``, ``grpo/prefix.py``),
+   Each group's shared prompt runs once per micro-batch (``shared_prefix``, ``grpo/forward.py``),
    and with one update per batch the "old" logprobs are the training forward's own, detached.
    The learning rate warms up linearly, then is constant or cosine-decayed (``min_lr_ratio``).
 5. **Sync** the new weights into the sampler, log metrics, evaluate and checkpoint.
@@ -43,7 +43,6 @@ from typing import Any, Callable, Literal
 
 from thinkgym.config import ConfigError
 from thinkgym.grpo.engine import (
-    all_mean,
     all_ranks,
     build_engine,
     full_state_dict,
@@ -54,7 +53,9 @@ from thinkgym.grpo.engine import (
     setup_distributed,
     weight_hashes,
 )
-from thinkgym.grpo.monitor import Monitor, is_correct, plot_curves, rollout_metrics
+from thinkgym.grpo.forward import collate, policy_forward, take, value_forward
+from thinkgym.grpo.monitor import Monitor, plot_curves, rollout_metrics
+from thinkgym.grpo.rollouts import collect_groups, evaluate, task_size
 
 
 @dataclass
@@ -185,155 +186,11 @@ def check_config(cfg: GRPOConfig) -> int:
     return n_items
 
 
-# ------------------------------------------------------------------------------------------
-# Batches and forward passes
-# ------------------------------------------------------------------------------------------
-
-
-def collate(episodes: list[Any], pad_id: int, device: Any) -> dict[str, Any]:
-    """Right-pad episodes into tensors, shifted so position t scores token t+1. (n, T-1)"""
-    import torch
-
-    T = max(len(e.input_ids) for e in episodes)
-    ids = torch.full((len(episodes), T), pad_id, dtype=torch.long)
-    attn = torch.zeros(len(episodes), T, dtype=torch.long)
-    mask = torch.zeros(len(episodes), T)
-    slp = torch.zeros(len(episodes), T)
-    for i, e in enumerate(episodes):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        attn[i, :n] = 1
-        mask[i, :n] = torch.tensor(e.loss_mask, dtype=torch.float32)
-        slp[i, :n] = torch.tensor(e.old_logprobs, dtype=torch.float32)
-    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "labels": ids[:, 1:].to(device),
-            "mask": mask[:, 1:].to(device), "sampler_lp": slp[:, 1:].to(device)}
-
-
-def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool | str = False) -> tuple[Any, Any]:
-    """Token logprobs (n, T-1) under ``engine``; entropies too if ``entropy`` (``"metric"``: no grad).
-
-    A batch with ``gids`` runs each group's shared prompt once (``grpo/prefix.py``)."""
-    from thinkgym.grpo import core
-    from thinkgym.grpo.prefix import shared_prefix_logits
-
-    if "gids" in b:
-        logits, labels, to_full = shared_prefix_logits(engine, b)  # (n, S-1, V): suffixes only
-    else:
-        logits, labels = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1], b["labels"]
-        to_full = lambda x: x  # noqa: E731
-    logits = logits.float() / temperature
-    lp = to_full(core.token_logprobs(logits, labels))
-    if not entropy:
-        return lp, None
-    if entropy == "metric":  # no graph through the (n, T, V) entropy when it is only logged
-        import torch
-
-        with torch.no_grad():
-            return lp, to_full(core.entropy_from_logits(logits.detach()))
-    return lp, to_full(core.entropy_from_logits(logits))
-
-
-def take(full: dict[str, Any], idx: Any) -> tuple[dict[str, Any], int]:
-    """Rows ``idx`` of a collated batch, trimmed to their longest sequence. -> (batch, T-1)"""
-    n = int(full["attention_mask"][idx].sum(1).max())
-    b = {k: v[idx] if v.dim() == 1 else v[idx, : (n if k in ("input_ids", "attention_mask") else n - 1)]
-         for k, v in full.items()}
-    return b, n - 1
-
-
-def value_forward(engine: Any, b: dict[str, Any]) -> Any:
-    """Critic values at each position, aligned with the shifted labels. (n, T-1)"""
-    return engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1, 0].float()
-
-
-# ------------------------------------------------------------------------------------------
-# Rollouts
-# ------------------------------------------------------------------------------------------
-
-
 def reuses_training_logprobs(cfg: GRPOConfig) -> bool:
     """One optimiser step per batch (and no KL in the reward): the policy is unchanged when it
     computes its loss, so its "old" logprobs are the training forward's own, detached."""
     return cfg.ppo_epochs * cfg.minibatches == 1 and not cfg.kl_in_reward
 
-
-def task_size(cfg: GRPOConfig) -> int:
-    """Items available in every configured env (train and eval kwargs)."""
-    import gymnasium as gym
-
-    sizes = []
-    for env_id in cfg.envs:
-        for kw in (cfg.env_kwargs, {**cfg.env_kwargs, **cfg.eval_env_kwargs}):
-            env = gym.make(env_id, **kw)
-            sizes.append(len(env.unwrapped.source))
-            env.close()
-    return min(sizes)
-
-
-def env_ids_for(cfg: GRPOConfig, indices: list[int]) -> list[str]:
-    """Mixing several envs: item ``i`` comes from env ``i mod len(envs)``."""
-    return [cfg.envs[i % len(cfg.envs)] for i in indices]
-
-
-def sampling_config(cfg: GRPOConfig, seed: int, n: int, greedy: bool = False) -> Any:
-    from thinkgym.sampler.types import SamplingConfig
-
-    return SamplingConfig(n=n, temperature=0.0 if greedy else cfg.temperature, top_p=cfg.top_p,
-                          max_tokens=cfg.max_tokens, seed=seed, stop=list(cfg.stop),
-                          think_budget=cfg.think_budget, answer_budget=cfg.answer_budget,
-                          budget_mode=cfg.budget_mode, logprobs=True)
-
-
-def collect_groups(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], step: int, rank: int, world: int) -> tuple[list[list[Any]], dict[str, float]]:
-    """``prompts_per_step`` groups for this rank, with DAPO dynamic sampling."""
-    import torch
-
-    from thinkgym.grpo import core
-    from thinkgym.sampler.rollout import collect_rollouts
-
-    keep: list[list[Any]] = []
-    spare: list[list[Any]] = []
-    stats = {"sampling_rounds": 0.0, "groups_dropped": 0.0, "gen_time": 0.0, "grade_time": 0.0}
-    for attempt in range(cfg.max_sampling_tries if cfg.dynamic_sampling else 1):
-        need = cfg.prompts_per_step - len(keep)
-        if need <= 0:
-            break
-        local = range(state["cursor"], state["cursor"] + need)
-        state["cursor"] += need
-        # Training indices count up from 0 and wrap before the held-out ones at the top.
-        indices = [(rank + world * k) % (state["n_items"] - cfg.eval_prompts) for k in local]
-        seed = (cfg.seed * 1_000_003 + step * 7919 + attempt * 104_729 + rank * 15_485_863) % (2**31 - 1)
-        batch = collect_rollouts(env_ids_for(cfg, indices), sampler, indices=indices, group_size=cfg.group_size,
-                                 cfg=sampling_config(cfg, seed, cfg.group_size), max_turns=cfg.max_turns,
-                                 env_kwargs=cfg.env_kwargs)
-        stats["sampling_rounds"] += 1
-        stats["gen_time"] += batch.generate_s
-        stats["grade_time"] += batch.elapsed_s - batch.generate_s  # grading not hidden behind generation
-        for g in batch.groups():
-            r = core.rewards_tensor([e.reward for e in g])
-            flat = core.degenerate_groups(r, torch.zeros(len(g), dtype=torch.long))
-            if cfg.dynamic_sampling and bool(flat[0]):
-                spare.append(g)
-                stats["groups_dropped"] += 1
-            else:
-                keep.append(g)
-    keep = (keep + spare)[: cfg.prompts_per_step]
-    return keep, stats
-
-
-def evaluate(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], rank: int, world: int) -> float:
-    """Greedy held-out accuracy on ``eval_prompts`` fixed prompts (the same ones every time)."""
-    from thinkgym.sampler.rollout import collect_rollouts
-
-    # The last eval_prompts items of the source: never trained on (see collect_groups).
-    mine = [i for i in range(cfg.eval_prompts) if i % world == rank]
-    indices = [state["n_items"] - 1 - i for i in mine]
-    if not indices:
-        return all_mean([])
-    batch = collect_rollouts(env_ids_for(cfg, indices), sampler, indices=indices, group_size=1,
-                             cfg=sampling_config(cfg, cfg.seed, 1, greedy=True), max_turns=cfg.max_turns,
-                             env_kwargs={**cfg.env_kwargs, **cfg.eval_env_kwargs})
-    return all_mean([is_correct(e) for e in batch.episodes])
 
 
 # ------------------------------------------------------------------------------------------

@@ -6,8 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from thinkgym.grpo.prefix import prefix_lengths  # noqa: E402
-from thinkgym.grpo.train import policy_forward, take  # noqa: E402
+from thinkgym.grpo.forward import policy_forward, prefix_lengths, take  # noqa: E402
 
 
 def batch(groups: list[tuple[list[int], list[list[int]]]], pad: int = 0) -> dict:

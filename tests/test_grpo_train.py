@@ -347,7 +347,7 @@ def test_sigterm_checkpoints_and_stops(tmp_path, tiny_model_dir):
 def test_collate_and_take_align_tokens_masks_and_sampler_logprobs():
     import torch
 
-    from thinkgym.grpo.train import collate, take
+    from thinkgym.grpo.forward import collate, take
     from thinkgym.sampler.rollout import Episode
 
     e1 = Episode(group_id=0, index=0, env_id="x", input_ids=[5, 6, 7, 8], loss_mask=[0, 0, 1, 1],

@@ -1,0 +1,139 @@
+"""From collated episodes to token logprobs: batching, the policy and value forwards, and the
+shared-prefix forward.
+
+**Shared prefix.** The ``G`` completions of a group share their prompt token for token, and in a
+short-answer task the prompt is half of every sequence. The learner runs the group's common
+prefix once, copies its key/value cache to the group's rows, and runs only each row's own suffix
+against it. Logprobs and gradients equal the plain forward's (float rounding aside: a test checks
+both); the tokens the model sees drop from ``sum(len)`` to ``sum(prefix) + sum(len - prefix)``.
+The prefix ends before the first token the loss scores, so every scored position lies in the
+suffix. Multi-turn episodes share their first prompt; identical completions share nothing more.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+def prefix_lengths(input_ids: Tensor, attention_mask: Tensor, mask: Tensor, gids: Tensor) -> Tensor:
+    """Tokens each group's rows can share in the cache. -> (G,)
+
+    input_ids, attention_mask: (n, T); mask: (n, T-1) loss mask on shifted labels (position t
+    scores token t+1); gids: (n,) group of each row, 0..G-1.
+    """
+    import torch
+
+    n, T = input_ids.shape
+    G, dev = int(gids.max()) + 1, input_ids.device
+    first = torch.full((G,), n, dtype=torch.long, device=dev).scatter_reduce(0, gids, torch.arange(n, device=dev), "amin")  # (G,)
+    lead = first[gids]  # (n,) the group's first row
+    valid = attention_mask.bool()
+    same = (input_ids == input_ids[lead]) & valid & valid[lead]  # (n, T)
+    lcp = same.long().cumprod(1).sum(1)  # (n,) common prefix with the group's first row
+    length = attention_mask.sum(1)  # (n,)
+    scored = mask > 0  # (n, T-1)
+    t0 = torch.where(scored.any(1), scored.float().argmax(1), length - 1)  # (n,) first scored position
+    # The suffix must start at or before the first scored position and hold at least one token.
+    per_row = torch.minimum(torch.minimum(lcp, t0), length - 1).clamp(min=0)  # (n,)
+    return torch.full((G,), T, dtype=torch.long, device=dev).scatter_reduce(0, gids, per_row, "amin")  # (G,)
+
+
+def shared_prefix_logits(model: Any, b: dict[str, Tensor]) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+    """Suffix logits, their labels, and a map from suffix positions back to the (n, T-1) layout.
+
+    ``b`` holds a collated micro-batch (``input_ids``, ``attention_mask`` (n, T), ``mask``
+    (n, T-1)) plus ``gids`` (n,). Returns logits (n, S-1, V), labels (n, S-1) and ``to_full``,
+    which scatters any (n, S-1) per-token tensor to (n, T-1) with zeros outside the suffix.
+    """
+    import torch
+
+    ids, attn = b["input_ids"], b["attention_mask"]
+    n, T = ids.shape
+    _, gids = torch.unique(b["gids"], return_inverse=True)  # (n,) groups renumbered 0..G-1
+    pre = prefix_lengths(ids, attn, b["mask"], gids)  # (G,)
+    G, Lp = len(pre), int(pre.max())
+    rpre = pre[gids]  # (n,) cached tokens of each row
+    length = attn.sum(1)  # (n,)
+    S = int((length - rpre).max())
+    dev = ids.device
+
+    cache = None
+    pre_mask = torch.zeros(n, 0, dtype=attn.dtype, device=dev)
+    if Lp > 0:
+        first = torch.full((G,), n, dtype=torch.long, device=dev).scatter_reduce(0, gids, torch.arange(n, device=dev), "amin")
+        pat = (torch.arange(Lp, device=dev)[None] < pre[:, None]).to(attn.dtype)  # (G, Lp)
+        cache = model(input_ids=ids[first, :Lp], attention_mask=pat, use_cache=True).past_key_values
+        cache.batch_select_indices(gids)  # (G, ...) -> (n, ...): differentiable indexing
+        pre_mask = pat[gids]  # (n, Lp)
+    src = rpre[:, None] + torch.arange(S, device=dev)[None]  # (n, S) original position of suffix slot j
+    in_row = src < length[:, None]  # (n, S)
+    sid = ids.gather(1, src.clamp(max=T - 1)) * in_row  # (n, S)
+    logits = model(input_ids=sid, attention_mask=torch.cat([pre_mask, in_row.to(attn.dtype)], 1),
+                   position_ids=src, past_key_values=cache, use_cache=cache is not None).logits[:, :-1]  # (n, S-1, V)
+    labels = sid[:, 1:]  # (n, S-1)
+    t = src[:, :-1]  # (n, S-1) the shifted position each suffix logit scores
+    keep = in_row[:, 1:]  # (n, S-1) the label is a real token
+
+    def to_full(x: Tensor) -> Tensor:  # (n, S-1) -> (n, T-1)
+        out = torch.zeros(n, T - 1, dtype=x.dtype, device=x.device)
+        return out.scatter_add(1, t.clamp(max=T - 2), x * keep)
+
+    return logits, labels, to_full
+
+
+def collate(episodes: list[Any], pad_id: int, device: Any) -> dict[str, Any]:
+    """Right-pad episodes into tensors, shifted so position t scores token t+1. (n, T-1)"""
+    import torch
+
+    T = max(len(e.input_ids) for e in episodes)
+    ids = torch.full((len(episodes), T), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(episodes), T, dtype=torch.long)
+    mask = torch.zeros(len(episodes), T)
+    slp = torch.zeros(len(episodes), T)
+    for i, e in enumerate(episodes):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        attn[i, :n] = 1
+        mask[i, :n] = torch.tensor(e.loss_mask, dtype=torch.float32)
+        slp[i, :n] = torch.tensor(e.old_logprobs, dtype=torch.float32)
+    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "labels": ids[:, 1:].to(device),
+            "mask": mask[:, 1:].to(device), "sampler_lp": slp[:, 1:].to(device)}
+
+
+def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool | str = False) -> tuple[Any, Any]:
+    """Token logprobs (n, T-1) under ``engine``; entropies too if ``entropy`` (``"metric"``: no grad).
+
+    A batch with ``gids`` runs each group's shared prompt once (:func:`shared_prefix_logits`)."""
+    from thinkgym.grpo import core
+
+    if "gids" in b:
+        logits, labels, to_full = shared_prefix_logits(engine, b)  # (n, S-1, V): suffixes only
+    else:
+        logits, labels = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1], b["labels"]
+        to_full = lambda x: x  # noqa: E731
+    logits = logits.float() / temperature
+    lp = to_full(core.token_logprobs(logits, labels))
+    if not entropy:
+        return lp, None
+    if entropy == "metric":  # no graph through the (n, T, V) entropy when it is only logged
+        import torch
+
+        with torch.no_grad():
+            return lp, to_full(core.entropy_from_logits(logits.detach()))
+    return lp, to_full(core.entropy_from_logits(logits))
+
+
+def take(full: dict[str, Any], idx: Any) -> tuple[dict[str, Any], int]:
+    """Rows ``idx`` of a collated batch, trimmed to their longest sequence. -> (batch, T-1)"""
+    n = int(full["attention_mask"][idx].sum(1).max())
+    b = {k: v[idx] if v.dim() == 1 else v[idx, : (n if k in ("input_ids", "attention_mask") else n - 1)]
+         for k, v in full.items()}
+    return b, n - 1
+
+
+def value_forward(engine: Any, b: dict[str, Any]) -> Any:
+    """Critic values at each position, aligned with the shifted labels. (n, T-1)"""
+    return engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1, 0].float()

@@ -1,0 +1,91 @@
+"""Rollouts for the learner: which prompts a rank samples (with DAPO dynamic sampling), the
+sampling settings, and the greedy held-out eval."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from thinkgym.grpo.engine import all_mean
+from thinkgym.grpo.monitor import is_correct
+
+if TYPE_CHECKING:
+    from thinkgym.grpo.train import GRPOConfig
+
+
+def task_size(cfg: GRPOConfig) -> int:
+    """Items available in every configured env (train and eval kwargs)."""
+    import gymnasium as gym
+
+    sizes = []
+    for env_id in cfg.envs:
+        for kw in (cfg.env_kwargs, {**cfg.env_kwargs, **cfg.eval_env_kwargs}):
+            env = gym.make(env_id, **kw)
+            sizes.append(len(env.unwrapped.source))
+            env.close()
+    return min(sizes)
+
+
+def env_ids_for(cfg: GRPOConfig, indices: list[int]) -> list[str]:
+    """Mixing several envs: item ``i`` comes from env ``i mod len(envs)``."""
+    return [cfg.envs[i % len(cfg.envs)] for i in indices]
+
+
+def sampling_config(cfg: GRPOConfig, seed: int, n: int, greedy: bool = False) -> Any:
+    from thinkgym.sampler.types import SamplingConfig
+
+    return SamplingConfig(n=n, temperature=0.0 if greedy else cfg.temperature, top_p=cfg.top_p,
+                          max_tokens=cfg.max_tokens, seed=seed, stop=list(cfg.stop),
+                          think_budget=cfg.think_budget, answer_budget=cfg.answer_budget,
+                          budget_mode=cfg.budget_mode, logprobs=True)
+
+
+def collect_groups(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], step: int, rank: int, world: int) -> tuple[list[list[Any]], dict[str, float]]:
+    """``prompts_per_step`` groups for this rank, with DAPO dynamic sampling."""
+    import torch
+
+    from thinkgym.grpo import core
+    from thinkgym.sampler.rollout import collect_rollouts
+
+    keep: list[list[Any]] = []
+    spare: list[list[Any]] = []
+    stats = {"sampling_rounds": 0.0, "groups_dropped": 0.0, "gen_time": 0.0, "grade_time": 0.0}
+    for attempt in range(cfg.max_sampling_tries if cfg.dynamic_sampling else 1):
+        need = cfg.prompts_per_step - len(keep)
+        if need <= 0:
+            break
+        local = range(state["cursor"], state["cursor"] + need)
+        state["cursor"] += need
+        # Training indices count up from 0 and wrap before the held-out ones at the top.
+        indices = [(rank + world * k) % (state["n_items"] - cfg.eval_prompts) for k in local]
+        seed = (cfg.seed * 1_000_003 + step * 7919 + attempt * 104_729 + rank * 15_485_863) % (2**31 - 1)
+        batch = collect_rollouts(env_ids_for(cfg, indices), sampler, indices=indices, group_size=cfg.group_size,
+                                 cfg=sampling_config(cfg, seed, cfg.group_size), max_turns=cfg.max_turns,
+                                 env_kwargs=cfg.env_kwargs)
+        stats["sampling_rounds"] += 1
+        stats["gen_time"] += batch.generate_s
+        stats["grade_time"] += batch.elapsed_s - batch.generate_s  # grading not hidden behind generation
+        for g in batch.groups():
+            r = core.rewards_tensor([e.reward for e in g])
+            flat = core.degenerate_groups(r, torch.zeros(len(g), dtype=torch.long))
+            if cfg.dynamic_sampling and bool(flat[0]):
+                spare.append(g)
+                stats["groups_dropped"] += 1
+            else:
+                keep.append(g)
+    keep = (keep + spare)[: cfg.prompts_per_step]
+    return keep, stats
+
+
+def evaluate(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], rank: int, world: int) -> float:
+    """Greedy held-out accuracy on ``eval_prompts`` fixed prompts (the same ones every time)."""
+    from thinkgym.sampler.rollout import collect_rollouts
+
+    # The last eval_prompts items of the source: never trained on (see collect_groups).
+    mine = [i for i in range(cfg.eval_prompts) if i % world == rank]
+    indices = [state["n_items"] - 1 - i for i in mine]
+    if not indices:
+        return all_mean([])
+    batch = collect_rollouts(env_ids_for(cfg, indices), sampler, indices=indices, group_size=1,
+                             cfg=sampling_config(cfg, cfg.seed, 1, greedy=True), max_turns=cfg.max_turns,
+                             env_kwargs={**cfg.env_kwargs, **cfg.eval_env_kwargs})
+    return all_mean([is_correct(e) for e in batch.episodes])
