@@ -261,14 +261,19 @@ def plot(run: Path, results: dict[str, dict[str, Any]], k: int) -> Path:
     ax[0].plot([r["step"] for r in sft if "train/loss" in r], [r["train/loss"] for r in sft if "train/loss" in r], label="train")
     ax[0].plot([r["step"] for r in sft if "eval/loss" in r], [r["eval/loss"] for r in sft if "eval/loss" in r], label="dev")
     ctl = _jsonl(run / "sft_control" / "metrics.jsonl")
-    if ctl:
-        base = max((r["step"] for r in sft), default=0)
+    if ctl:  # the control continues from the best (lowest dev loss) checkpoint
+        evals = [r for r in sft if "eval/loss" in r]
+        base = min(evals, key=lambda r: r["eval/loss"])["step"] if evals else max((r["step"] for r in sft), default=0)
         ax[0].plot([base + r["step"] for r in ctl if "train/loss" in r], [r["train/loss"] for r in ctl if "train/loss" in r],
                    label="control (more SFT)")
     ax[0].set(title="SFT loss", xlabel="step", yscale="log")
     ax[0].legend()
     rl = _jsonl(run / "grpo" / "metrics.jsonl")
-    ax[1].plot([r["step"] for r in rl], [r.get("accuracy", float("nan")) for r in rl], label="train accuracy (T=1)")
+    acc = [r.get("accuracy", float("nan")) for r in rl]
+    ax[1].plot([r["step"] for r in rl], acc, alpha=0.35, label="train accuracy (T=1)")
+    w = 10
+    ax[1].plot([r["step"] for r in rl][w - 1:], [sum(acc[i - w + 1:i + 1]) / w for i in range(w - 1, len(acc))],
+               color="C0", label=f"  mean of {w} steps")
     ax[1].plot([r["step"] for r in rl], [r.get("kl", float("nan")) for r in rl], label="KL to SFT")
     ax[1].set(title="GRPO", xlabel="step")
     ax[1].legend()
@@ -311,7 +316,7 @@ def write_report(run: Path, cfg: DemoConfig, summary: dict[str, Any], rows: list
            f"samples, lr {cfg.grpo_lr:g} (cosine to {cfg.grpo_min_lr_ratio:g}x), KL {cfg.kl_coef:g} to the SFT policy; "
            f"{t['grpo']:.0f} s.",
            f"- Held-out: {summary['heldout_items']} items, disjoint from the {summary['train_items']} SFT/RL items "
-           f"(contamination gate: {summary['contamination']['contaminated']} overlapping).",
+           f"(contamination gate: {len(summary['contamination']['contaminated'])} overlapping).",
            f"- GRPO minus the better baseline: **{summary['grpo']['accuracy'] - best_base:+.3f}** greedy accuracy.",
            "", "![curves](curves.png)", ""]
     path = run / "report.md"
@@ -338,7 +343,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     t = time.perf_counter()
     data = build_data(cfg, run)
     say(f"data: {cfg.sft_examples}+{cfg.dev_examples} traced SFT items, {data['train_items'] - cfg.sft_examples - cfg.dev_examples} "
-        f"RL prompts, {data['heldout_items']} held-out items (contamination: {data['contamination']['contaminated']})")
+        f"RL prompts, {data['heldout_items']} held-out items (overlapping: {len(data['contamination']['contaminated'])})")
     tiny = build_tiny_model(run / "tiny-init", TinyConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
                                                            intermediate_size=3 * cfg.hidden_size,
                                                            num_hidden_layers=cfg.num_layers,
