@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 
 def make_batch(args, vocab: int):
@@ -32,15 +33,11 @@ def make_batch(args, vocab: int):
             clen = int(args.completion_len * (0.5 + torch.rand((), generator=g)))
             rows.append((prompt, torch.randint(3, vocab, (max(1, clen),), generator=g).tolist()))
             gids.append(p)
-    T = max(len(a) + len(b) for a, b in rows)
-    n = len(rows)
-    ids, attn, lm = torch.zeros(n, T, dtype=torch.long), torch.zeros(n, T, dtype=torch.long), torch.zeros(n, T)
-    for i, (a, b) in enumerate(rows):
-        ids[i, : len(a) + len(b)] = torch.tensor(a + b)
-        attn[i, : len(a) + len(b)] = 1
-        lm[i, len(a): len(a) + len(b)] = 1
-    return {"input_ids": ids, "attention_mask": attn, "labels": ids[:, 1:], "mask": lm[:, 1:],
-            "gids": torch.tensor(gids)}
+    from thinkgym.grpo.forward import collate
+
+    eps = [SimpleNamespace(input_ids=a + b, loss_mask=[0] * len(a) + [1] * len(b), old_logprobs=[0.0] * (len(a) + len(b)))
+           for a, b in rows]
+    return {**collate(eps, 0, "cpu"), "gids": torch.tensor(gids)}
 
 
 def main() -> None:

@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 
+def first_rows(gids: Tensor, G: int) -> Tensor:
+    """Index of each group's first row. gids: (n,) in 0..G-1 -> (G,)"""
+    import torch
+
+    n = len(gids)
+    return torch.full((G,), n, dtype=torch.long, device=gids.device).scatter_reduce(
+        0, gids, torch.arange(n, device=gids.device), "amin")
+
+
 def prefix_lengths(input_ids: Tensor, attention_mask: Tensor, mask: Tensor, gids: Tensor) -> Tensor:
     """Tokens each group's rows can share in the cache. -> (G,)
 
@@ -26,10 +35,9 @@ def prefix_lengths(input_ids: Tensor, attention_mask: Tensor, mask: Tensor, gids
     """
     import torch
 
-    n, T = input_ids.shape
+    T = input_ids.shape[1]
     G, dev = int(gids.max()) + 1, input_ids.device
-    first = torch.full((G,), n, dtype=torch.long, device=dev).scatter_reduce(0, gids, torch.arange(n, device=dev), "amin")  # (G,)
-    lead = first[gids]  # (n,) the group's first row
+    lead = first_rows(gids, G)[gids]  # (n,) the group's first row
     valid = attention_mask.bool()
     same = (input_ids == input_ids[lead]) & valid & valid[lead]  # (n, T)
     lcp = same.long().cumprod(1).sum(1)  # (n,) common prefix with the group's first row
@@ -63,7 +71,7 @@ def shared_prefix_logits(model: Any, b: dict[str, Tensor]) -> tuple[Tensor, Tens
     cache = None
     pre_mask = torch.zeros(n, 0, dtype=attn.dtype, device=dev)
     if Lp > 0:
-        first = torch.full((G,), n, dtype=torch.long, device=dev).scatter_reduce(0, gids, torch.arange(n, device=dev), "amin")
+        first = first_rows(gids, G)  # (G,)
         pat = (torch.arange(Lp, device=dev)[None] < pre[:, None]).to(attn.dtype)  # (G, Lp)
         cache = model(input_ids=ids[first, :Lp], attention_mask=pat, use_cache=True).past_key_values
         cache.batch_select_indices(gids)  # (G, ...) -> (n, ...): differentiable indexing
@@ -85,22 +93,13 @@ def shared_prefix_logits(model: Any, b: dict[str, Tensor]) -> tuple[Tensor, Tens
 
 
 def collate(episodes: list[Any], pad_id: int, device: Any) -> dict[str, Any]:
-    """Right-pad episodes into tensors, shifted so position t scores token t+1. (n, T-1)"""
-    import torch
+    """The sampler's right-padded tensors, shifted so position t scores token t+1. (n, T-1)"""
+    from thinkgym.sampler.rollout import pad_episodes
 
-    T = max(len(e.input_ids) for e in episodes)
-    ids = torch.full((len(episodes), T), pad_id, dtype=torch.long)
-    attn = torch.zeros(len(episodes), T, dtype=torch.long)
-    mask = torch.zeros(len(episodes), T)
-    slp = torch.zeros(len(episodes), T)
-    for i, e in enumerate(episodes):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        attn[i, :n] = 1
-        mask[i, :n] = torch.tensor(e.loss_mask, dtype=torch.float32)
-        slp[i, :n] = torch.tensor(e.old_logprobs, dtype=torch.float32)
-    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "labels": ids[:, 1:].to(device),
-            "mask": mask[:, 1:].to(device), "sampler_lp": slp[:, 1:].to(device)}
+    t = pad_episodes(episodes, pad_id)
+    ids = t["input_ids"]
+    return {"input_ids": ids.to(device), "attention_mask": t["attention_mask"].to(device), "labels": ids[:, 1:].to(device),
+            "mask": t["loss_mask"][:, 1:].to(device), "sampler_lp": t["old_logprobs"][:, 1:].to(device)}
 
 
 def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool | str = False) -> tuple[Any, Any]:

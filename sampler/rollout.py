@@ -75,6 +75,26 @@ class Episode:
         return d
 
 
+def pad_episodes(episodes: Sequence[Episode], pad_id: int = 0) -> dict[str, Any]:
+    """Right-padded ``input_ids``, ``attention_mask`` (B, T) long; ``loss_mask``, ``old_logprobs``
+    (B, T) float."""
+    import torch
+
+    T = max(len(e.input_ids) for e in episodes)
+    B = len(episodes)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    att = torch.zeros((B, T), dtype=torch.long)
+    lm = torch.zeros((B, T), dtype=torch.float32)
+    lp = torch.zeros((B, T), dtype=torch.float32)
+    for b, e in enumerate(episodes):
+        n = len(e.input_ids)
+        ids[b, :n] = torch.tensor(e.input_ids)
+        att[b, :n] = 1
+        lm[b, :n] = torch.tensor(e.loss_mask, dtype=torch.float32)
+        lp[b, :n] = torch.tensor(e.old_logprobs, dtype=torch.float32)
+    return {"input_ids": ids, "attention_mask": att, "loss_mask": lm, "old_logprobs": lp}
+
+
 @dataclass
 class EpisodeBatch:
     """Episodes of one collection, in (group, member) order, with learner helpers."""
@@ -114,20 +134,8 @@ class EpisodeBatch:
         plus ``rewards`` (NaN = infra error) and ``group_ids``."""
         import torch
 
-        T = max(len(e.input_ids) for e in self.episodes)
-        B = len(self.episodes)
-        ids = torch.full((B, T), pad_id, dtype=torch.long)
-        att = torch.zeros((B, T), dtype=torch.long)
-        lm = torch.zeros((B, T), dtype=torch.float32)
-        lp = torch.zeros((B, T), dtype=torch.float32)
-        for b, e in enumerate(self.episodes):
-            n = len(e.input_ids)
-            ids[b, :n] = torch.tensor(e.input_ids)
-            att[b, :n] = 1
-            lm[b, :n] = torch.tensor(e.loss_mask, dtype=torch.float32)
-            lp[b, :n] = torch.tensor(e.old_logprobs, dtype=torch.float32)
         out = {
-            "input_ids": ids, "attention_mask": att, "loss_mask": lm, "old_logprobs": lp,
+            **pad_episodes(self.episodes, pad_id),
             "rewards": torch.tensor(self.rewards, dtype=torch.float32),
             "group_ids": torch.tensor(self.group_ids),
         }

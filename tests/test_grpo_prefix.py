@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from thinkgym.grpo.forward import policy_forward, prefix_lengths, take  # noqa: E402
+from thinkgym.grpo.forward import collate, policy_forward, prefix_lengths, take  # noqa: E402
 
 
 def batch(groups: list[tuple[list[int], list[list[int]]]], pad: int = 0) -> dict:
-    """Collated rows from (prompt, [completions]) groups; loss on completion tokens."""
+    """The learner's collated rows from (prompt, [completions]) groups; loss on completion tokens."""
     rows = [(p, c, g) for g, (p, cs) in enumerate(groups) for c in cs]
-    T = max(len(p) + len(c) for p, c, _ in rows)
-    n = len(rows)
-    ids, attn, lm = torch.full((n, T), pad), torch.zeros(n, T, dtype=torch.long), torch.zeros(n, T)
-    for i, (p, c, _) in enumerate(rows):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-        attn[i, : len(p) + len(c)] = 1
-        lm[i, len(p): len(p) + len(c)] = 1
-    return {"input_ids": ids, "attention_mask": attn, "labels": ids[:, 1:], "mask": lm[:, 1:],
-            "gids": torch.tensor([g for *_, g in rows])}
+    eps = [SimpleNamespace(input_ids=p + c, loss_mask=[0] * len(p) + [1] * len(c), old_logprobs=[0.0] * (len(p) + len(c)))
+           for p, c, _ in rows]
+    return {**collate(eps, pad, "cpu"), "gids": torch.tensor([g for *_, g in rows])}
 
 
 def test_prefix_lengths_stop_before_the_first_scored_token():
