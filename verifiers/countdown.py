@@ -87,6 +87,12 @@ def _parse_gold(gold: Any) -> tuple[list[int], Fraction]:
 
 def check_expression(expr: str, numbers: list[int], target: Fraction | int, exactly_once: bool = False) -> tuple[bool, str]:
     """(right?, reason) for one expression; raises nothing."""
+    right, _, why = _verdict(expr, numbers, target, exactly_once)
+    return right, why
+
+
+def _verdict(expr: str, numbers: list[int], target: Fraction | int, exactly_once: bool) -> tuple[bool, bool, str]:
+    """(right?, well-formed over the allowed numbers?, reason)."""
     lhs = expr
     if "=" in expr:
         # "3 * 4 + 2 = 14": the stated result must be the target too.
@@ -95,22 +101,22 @@ def check_expression(expr: str, numbers: list[int], target: Fraction | int, exac
         try:
             stated, _ = evaluate(_normalize(rhs))
         except ExpressionError as e:
-            return False, f"after '=': {e}"
+            return False, False, f"after '=': {e}"
         if stated != target:
-            return False, f"states {rhs.strip()}, not the target"
+            return False, False, f"states {rhs.strip()}, not the target"
     try:
         value, used = evaluate(_normalize(lhs))
     except ExpressionError as e:
-        return False, str(e)
+        return False, False, str(e)
     have, want = Counter(used), Counter(numbers)
     extra = have - want
     if extra:
-        return False, f"uses numbers not available (or too often): {sorted(extra.elements())}"
+        return False, False, f"uses numbers not available (or too often): {sorted(extra.elements())}"
     if exactly_once and have != want:
-        return False, f"does not use every number exactly once: missing {sorted((want - have).elements())}"
+        return False, False, f"does not use every number exactly once: missing {sorted((want - have).elements())}"
     if value != target:
-        return False, f"evaluates to {value}, not {target}"
-    return True, "reaches the target"
+        return False, True, f"evaluates to {value}, not {target}"
+    return True, True, "reaches the target"
 
 
 @register_grader("countdown", version=VERSION)
@@ -124,7 +130,7 @@ def grade_countdown(completion: str, gold: Any, **meta: Any) -> Grade:
     distinct = list(dict.fromkeys(ex.answers))
     if len(distinct) > 1:
         return Grade(0.0, extracted=ex.joined(), reason="several different answers")
-    ok, why = check_expression(distinct[0], numbers, target, exactly_once)
+    ok, valid, why = _verdict(distinct[0], numbers, target, exactly_once)
     partial = float(meta.get("partial_credit", 0.0))
     if not 0.0 <= partial < 1.0:
         raise ValueError(f"partial_credit must be in [0, 1), got {partial}")
@@ -132,6 +138,5 @@ def grade_countdown(completion: str, gold: Any, **meta: Any) -> Grade:
         return Grade(1.0 if ok else 0.0, extracted=distinct[0], reason=why)
     # Reward shaping for RL: a well-formed expression over the allowed numbers that misses the
     # target earns ``partial_credit``; the "correct" component stays strict for accuracy metrics.
-    valid = ok or why.startswith("evaluates to ")
     return Grade(1.0 if ok else partial if valid else 0.0, extracted=distinct[0], reason=why,
                  components={"correct": float(ok), "numbers_valid": float(valid)})
