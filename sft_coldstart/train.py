@@ -88,7 +88,12 @@ class SFTConfig:
     eval_every: int = 50  #: steps between eval-loss measurements (0 = only at the end)
     save_every: int = 0  #: steps between resumable DeepSpeed checkpoints (0 = none, except on early stop)
     keep_checkpoints: int = 2  #: resumable checkpoints kept on disk
-    save_best: bool = True  #: keep the lowest-eval-loss model as an HF checkpoint in best/
+    save_best: bool = True  #: keep the best model (see best_metric) as an HF checkpoint in best/
+    best_metric: Literal["loss", "accuracy"] = "loss"  #: what picks best/: lowest dev loss, or highest dev accuracy (needs eval_env)
+    eval_env: str = ""  #: env id whose items are answered greedily and graded at every eval ("" = no accuracy eval)
+    eval_env_kwargs: dict = field(default_factory=dict)  #: kwargs for gymnasium.make(eval_env), e.g. task_params, seed
+    eval_env_items: int = 200  #: dev items 0 .. eval_env_items-1 of eval_env (keep them out of the training data)
+    eval_max_tokens: int = 256  #: generation budget per dev answer
     resume: bool = False  #: continue from the latest checkpoint in output_dir/checkpoints
     stop_after_steps: int = 0  #: stop (and checkpoint) after this many steps without changing the schedule
     max_time_s: float = 0.0  #: stop (and checkpoint) after this many seconds of training (0 = no limit)
@@ -107,9 +112,17 @@ class SFTConfig:
             raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
         if self.lora_r and self.zero_stage == 3:
             raise ValueError("LoRA with ZeRO-3 is not supported (merging needs whole weights); use zero_stage 2")
-        for name in ("micro_batch_size", "gradient_accumulation_steps", "max_length"):
+        for name in ("micro_batch_size", "gradient_accumulation_steps", "max_length", "eval_env_items", "eval_max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.best_metric not in ("loss", "accuracy"):
+            raise ValueError(f"best_metric must be 'loss' or 'accuracy', got {self.best_metric!r}")
+        if self.best_metric == "accuracy" and not self.eval_env:
+            raise ValueError("best_metric 'accuracy' needs eval_env (the env whose items are graded)")
+        if self.eval_env and self.zero_stage == 3:
+            # Generation stops at different steps on different ranks; ZeRO-3's collective
+            # weight gathers would then wait forever.
+            raise ValueError("eval_env (greedy dev accuracy) is not supported with ZeRO-3; use zero_stage <= 2")
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -234,6 +247,56 @@ def save_hf(engine: Any, tok: Any, out: Path, cfg: SFTConfig) -> Path:
     return out
 
 
+def _better(metric: str, new: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Does the eval ``new`` beat ``best``? Higher accuracy (ties: lower loss), or lower loss."""
+    if metric == "accuracy":
+        if new["accuracy"] is None:
+            return False
+        if best["accuracy"] is None or new["accuracy"] != best["accuracy"]:
+            return best["accuracy"] is None or new["accuracy"] > best["accuracy"]
+        return new["loss"] is not None and (best["loss"] is None or new["loss"] < best["loss"])
+    return new["loss"] is not None and (best["loss"] is None or new["loss"] < best["loss"])
+
+
+def _check_dev_env(cfg: SFTConfig) -> None:
+    """Fail before the model loads if the dev env cannot be built or is too small."""
+    import gymnasium
+
+    from thinkgym.envs import register_envs
+
+    register_envs()
+    try:
+        env = gymnasium.make(cfg.eval_env, **cfg.eval_env_kwargs)
+    except Exception as e:  # noqa: BLE001 - re-raised with the config key that caused it
+        raise ValueError(f"eval_env {cfg.eval_env!r} with eval_env_kwargs {cfg.eval_env_kwargs}: {e}") from e
+    n = len(env.unwrapped.source)
+    env.close()
+    if n < cfg.eval_env_items:
+        raise ValueError(f"eval_env {cfg.eval_env!r} has {n} items, fewer than eval_env_items={cfg.eval_env_items}")
+
+
+def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, world: int) -> float:
+    """Greedy accuracy (reward >= 1, as the eval harness counts it) on items
+    0 .. eval_env_items-1 of ``eval_env``; each rank answers every world-th item."""
+    import torch
+    import torch.distributed as dist
+
+    from thinkgym.sampler.hf_backend import HFSampler
+    from thinkgym.sampler.rollout import collect_rollouts
+    from thinkgym.sampler.types import SamplingConfig
+
+    indices = list(range(rank, cfg.eval_env_items, world))
+    counts = torch.zeros(2, dtype=torch.float64, device=device)
+    if indices:
+        sampler = HFSampler(model, tok, device=str(device))
+        batch = collect_rollouts(cfg.eval_env, sampler, indices=indices, group_size=1, env_kwargs=cfg.eval_env_kwargs,
+                                 cfg=SamplingConfig(n=1, temperature=0.0, max_tokens=cfg.eval_max_tokens, seed=cfg.seed))
+        counts[0] = sum(e.reward is not None and e.reward >= 1.0 for e in batch.episodes)
+        counts[1] = len(batch.episodes)
+    dist.all_reduce(counts)
+    return float(counts[0] / counts[1].clamp(min=1))
+
+
 @dataclass
 class _Curve:
     train: list = field(default_factory=list)  # (step, loss)
@@ -276,6 +339,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             train(dataclasses.replace(
                 cfg, stage="pretrain", output_dir=str(pre), max_steps=cfg.pretrain_steps, pretrain_steps=0,
                 learning_rate=cfg.pretrain_learning_rate, lora_r=0, save_best=False, plot=cfg.plot,
+                best_metric="loss", eval_env="",
             ))
         cfg = dataclasses.replace(cfg, model=str(pre / "final"), pretrain_steps=0)
 
@@ -298,6 +362,8 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     train_ex, eval_ex, dropped = _build_data(cfg, tok)
+    if cfg.eval_env:
+        _check_dev_env(cfg)
     n_micro = len(_epoch_micro_batches(cfg, train_ex, 0, rank, world))
     if n_micro < 1:
         raise ValueError(f"{len(train_ex)} examples make no micro-batch for {world} process(es)")
@@ -343,13 +409,14 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
 
     # Resume: weights, optimizer, scheduler from DeepSpeed; RNG and data cursor from client state.
     ckpt_dir = out / "checkpoints"
-    step, micro_cursor, best_eval, tokens_seen = 0, 0, float("inf"), 0
+    step, micro_cursor, tokens_seen = 0, 0, 0
+    best: dict[str, Any] = {"step": None, "loss": None, "accuracy": None}  # the eval that made best/
     if cfg.resume and (ckpt_dir / "latest").exists():
         path, client = engine.load_checkpoint(str(ckpt_dir))
         if path is None:
             raise RuntimeError(f"could not load checkpoint from {ckpt_dir}")
         step, micro_cursor = client["step"], client["micro_cursor"]
-        best_eval, tokens_seen = client["best_eval"], client["tokens_seen"]
+        best, tokens_seen = client["best"], client["tokens_seen"]
         _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
         mf = out / "metrics.jsonl"
         if main and mf.exists():  # drop records of steps after the checkpoint (they are redone)
@@ -367,7 +434,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         rng = [None] * world
         dist.all_gather_object(rng, _rng_state())
         engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={
-            "step": step, "micro_cursor": micro_cursor, "best_eval": best_eval, "tokens_seen": tokens_seen, "rng": rng,
+            "step": step, "micro_cursor": micro_cursor, "best": best, "tokens_seen": tokens_seen, "rng": rng,
         })
         if main:  # prune old ones
             tags = sorted((p for p in ckpt_dir.glob("step-*") if p.is_dir()), key=lambda p: int(p.name[5:]))
@@ -427,6 +494,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     # ------------------------------------------------------------------ loop
     engine.train()
     t0, stop_reason, start_step, tokens0 = time.perf_counter(), "done", step, tokens_seen
+    train_s = 0.0  # optimizer steps only, without evals
     epoch_cache: dict[int, list] = {}
     with bar:
         task = bar.add_task("train", total=total, completed=step, loss=float("nan"), tps=0.0)
@@ -463,6 +531,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             step += 1
             tokens_seen += n_tok * world
             dt = time.perf_counter() - ts
+            train_s += dt
             gn = engine.get_global_grad_norm()
             rec = {"step": step, "train/loss": loss_sum, "train/lr": scheduler.get_last_lr()[0],
                    "train/tokens_per_s": n_tok * world / dt, "train/tokens": tokens_seen,
@@ -470,13 +539,17 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             curve.train.append((step, loss_sum))
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
                 ev = evaluate()
+                acc = dev_accuracy(cfg, engine.module, tok, device, rank, world) if cfg.eval_env else None
+                if cfg.eval_env:
+                    engine.train()  # the sampler put the module in eval mode
+                    rec["eval/accuracy"] = acc
                 if ev is not None:
                     rec["eval/loss"] = ev
                     curve.eval.append((step, ev))
-                    if ev < best_eval:
-                        best_eval = ev
-                        if cfg.save_best:
-                            save_hf(engine, tok, out / "best", cfg)
+                if _better(cfg.best_metric, {"step": step, "loss": ev, "accuracy": acc}, best):
+                    best = {"step": step, "loss": ev, "accuracy": acc}
+                    if cfg.save_best:
+                        save_hf(engine, tok, out / "best", cfg)
             log(rec)
             bar.update(task, completed=step, loss=loss_sum, tps=rec["train/tokens_per_s"])
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
@@ -490,9 +563,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         "stage": cfg.stage, "stop_reason": stop_reason, "steps": step, "total_steps": total,
         "final": str(final) if final else None,
         "best": str(out / "best") if cfg.save_best and (out / "best").exists() else None,
-        "best_eval_loss": best_eval if best_eval < float("inf") else None,
+        "best_eval_loss": best["loss"], "best_eval_accuracy": best["accuracy"], "best_step": best["step"],
         "train_loss": [l for _, l in curve.train], "eval_loss": [l for _, l in curve.eval],
-        "tokens": tokens_seen, "seconds": elapsed,
+        "tokens": tokens_seen, "seconds": elapsed, "train_seconds": train_s,
         "tokens_per_s": ((tokens_seen - tokens0) / elapsed) if elapsed > 0 and step > start_step else 0.0,
         "train_examples": len(train_ex), "eval_examples": len(eval_ex), "trainable_params": n_train,
     }
@@ -502,7 +575,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             writer.close()
         if cfg.plot and curve.train:
             _plot(curve, out / "loss.png", f"{cfg.stage}: {Path(cfg.model).name}")
-        (out / "result.json").write_text(json.dumps({k: v for k, v in result.items() if "loss" not in k or k == "best_eval_loss"}, indent=1))
+        (out / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k not in ("train_loss", "eval_loss")}, indent=1))
     return result
 
 
@@ -519,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(SFTConfig, args[0], {k: yaml.safe_load(v) for k, v in overrides.items()})
     res = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: res[k] for k in ("final", "best", "steps", "best_eval_loss", "tokens_per_s")}))
+        print(json.dumps({k: res[k] for k in ("final", "best", "steps", "best_eval_loss", "best_eval_accuracy", "tokens_per_s")}))
 
 
 if __name__ == "__main__":

@@ -227,14 +227,18 @@ def test_zero3_run_saves_consolidated_checkpoint(tiny_model_dir, data_file, tmp_
 
 
 @pytest.mark.slow
-def test_two_process_torchrun(tiny_model_dir, data_file, tmp_path):
+def test_two_process_torchrun(tiny_model_dir, const_data, tmp_path):
+    """Two ranks under torchrun: training, and the dev accuracy each rank computes on half the
+    items and sums across ranks (checked against a one-process regrade of best/)."""
     import yaml
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({
-        "model": str(tiny_model_dir), "output_dir": str(tmp_path / "ddp"), "datasets": [str(data_file)],
-        "max_length": 64, "pack_length": 128, "max_steps": 4, "eval_every": 2, "zero_stage": 2,
+        "model": str(tiny_model_dir), "output_dir": str(tmp_path / "ddp"), "datasets": [str(const_data[0])],
+        "max_length": 64, "pack_length": 128, "max_steps": 8, "eval_every": 2, "zero_stage": 2,
         "learning_rate": 3e-3, "progress": False, "tensorboard": False, "plot": False,
+        "best_metric": "accuracy", "eval_env": "thinkgym/Arithmetic-v0", "eval_env_kwargs": const_data[1],
+        "eval_env_items": 11, "eval_max_tokens": 16,
     }))
     env = _child_env()
     proc = subprocess.run(
@@ -244,6 +248,97 @@ def test_two_process_torchrun(tiny_model_dir, data_file, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "ddp" / "result.json").read_text())
-    assert res["steps"] == 4 and Path(res["final"], "model.safetensors").exists()
+    assert res["steps"] == 8 and Path(res["final"], "model.safetensors").exists()
     losses = _losses(tmp_path / "ddp")
     assert losses[-1] < losses[0]
+    assert res["best_eval_accuracy"] > 0  # 11 items: the ranks answer 6 and 5
+    assert _greedy_accuracy(res["best"], "thinkgym/Arithmetic-v0", const_data[1], 11, 16) == res["best_eval_accuracy"]
+
+
+def _greedy_accuracy(model_dir, env_id, env_kwargs, n, max_tokens):
+    """Accuracy of a saved checkpoint on items 0..n-1, recomputed in one process from scratch."""
+    from thinkgym.sampler.hf_backend import HFSampler
+    from thinkgym.sampler.rollout import collect_rollouts
+    from thinkgym.sampler.types import SamplingConfig
+
+    batch = collect_rollouts(env_id, HFSampler(str(model_dir)), indices=list(range(n)), group_size=1,
+                             cfg=SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens, seed=0), env_kwargs=env_kwargs)
+    return sum(e.reward is not None and e.reward >= 1.0 for e in batch.episodes) / n
+
+
+@pytest.fixture(scope="module")
+def const_data(tmp_path_factory):
+    """Traces that always answer 7 (learnt in a few steps) and a dev task (JSONL, math grader)
+    whose gold is 7 for two items in three, so dev accuracy climbs from 0 to 2/3."""
+    d = tmp_path_factory.mktemp("const")
+    r = random.Random(0)
+    rows = [{"messages": [{"role": "user", "content": f"What is {r.randint(0, 20)} + {r.randint(0, 20)}?"},
+                          {"role": "assistant", "content": "<think>easy</think>\n<answer>7</answer>"}]} for _ in range(240)]
+    (d / "const.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    (d / "dev.jsonl").write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": "7" if i % 3 else "8"}) + "\n"
+                                         for i in range(12)))
+    env_kwargs = {"task": "jsonl", "task_params": {"path": str(d / "dev.jsonl"), "grader": "math"}, "system_prompt": None}
+    return d / "const.jsonl", env_kwargs
+
+
+def test_best_checkpoint_by_dev_accuracy(tiny_model_dir, const_data, tmp_path):
+    """best/ is the eval with the highest greedy dev accuracy (ties: lower dev loss), and its
+    weights really score that accuracy when graded again."""
+    from thinkgym.sft_coldstart.train import train
+
+    data, env_kwargs = const_data
+    out = tmp_path / "acc"
+    dev = dict(eval_env="thinkgym/Arithmetic-v0", eval_env_kwargs=env_kwargs, eval_env_items=12, eval_max_tokens=16)
+    res = train(_cfg(tiny_model_dir, data, out, max_steps=16, eval_every=2, best_metric="accuracy", **dev))
+    evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "eval/accuracy" in l]
+    assert [r["step"] for r in evals] == list(range(2, 17, 2))
+    accs = [r["eval/accuracy"] for r in evals]
+    assert accs[0] == 0 and max(accs) == pytest.approx(2 / 3), accs
+    want = max(evals, key=lambda r: (r["eval/accuracy"], -r["eval/loss"]))
+    assert (res["best_step"], res["best_eval_accuracy"], res["best_eval_loss"]) == \
+        (want["step"], want["eval/accuracy"], want["eval/loss"])
+    assert _greedy_accuracy(res["best"], dev["eval_env"], env_kwargs, 12, 16) == res["best_eval_accuracy"]
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["best_step"] == want["step"] and "train_loss" not in saved
+    assert 0 < saved["train_seconds"] <= saved["seconds"]
+
+
+def test_better_eval_rules():
+    from thinkgym.sft_coldstart.train import _better
+
+    none = {"step": None, "loss": None, "accuracy": None}
+    e = lambda acc, loss: {"step": 1, "loss": loss, "accuracy": acc}  # noqa: E731
+    assert _better("accuracy", e(0.0, 3.0), none)
+    assert _better("accuracy", e(0.5, 3.0), e(0.4, 1.0))  # accuracy first
+    assert not _better("accuracy", e(0.4, 3.0), e(0.5, 1.0))
+    assert _better("accuracy", e(0.5, 1.0), e(0.5, 2.0)) and not _better("accuracy", e(0.5, 2.0), e(0.5, 1.0))
+    assert not _better("accuracy", e(None, 1.0), e(0.1, 9.0))
+    assert _better("loss", e(0.0, 1.0), e(0.9, 2.0)) and not _better("loss", e(0.9, 2.0), e(0.0, 1.0))
+    assert not _better("loss", e(0.5, None), none)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"best_metric": "accuracy"}, "needs eval_env"),
+    ({"best_metric": "reward"}, "best_metric must be"),
+    ({"eval_env": "thinkgym/Format-v0", "zero_stage": 3}, "ZeRO-3"),
+    ({"eval_env": "thinkgym/Format-v0", "eval_env_items": 0}, "eval_env_items must be >= 1"),
+])
+def test_dev_accuracy_config_errors(kw, msg, tiny_model_dir, data_file, tmp_path):
+    from thinkgym.sft_coldstart.train import SFTConfig
+
+    with pytest.raises(ValueError, match=msg):
+        SFTConfig(**{**_cfg(tiny_model_dir, data_file, tmp_path).__dict__, **kw}).validate()
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"eval_env": "thinkgym/NoSuchEnv-v0"}, "NoSuchEnv"),
+    ({"eval_env": "thinkgym/Countdown-v0", "eval_env_kwargs": {"task_params": {"max_number": -3}}}, "eval_env_kwargs"),
+    ({"eval_env": "thinkgym/Countdown-v0", "eval_env_kwargs": {"task": "jsonl", "task_params": {"path": "MISSING"}}}, "MISSING"),
+])
+def test_bad_dev_env_fails_before_training(kw, msg, tiny_model_dir, data_file, tmp_path):
+    from thinkgym.sft_coldstart.train import train
+
+    out = tmp_path / "bad"
+    with pytest.raises(ValueError, match=msg):
+        train(_cfg(tiny_model_dir, data_file, out, **kw))
+    assert not (out / "metrics.jsonl").exists()  # nothing ran

@@ -4,13 +4,14 @@ One command, top to bottom, using the project's own components:
 
 1. **Data.** Countdown items (3 numbers, each exactly once) from the ``countdown`` task source:
    a limited traced set for SFT (seed ``s``), untraced RL prompts (seed ``s+1``) and held-out
-   items (seed ``s+2``) minus any question seen in SFT or RL; the contamination gate
+   items (seed ``s+2``) minus any question seen in SFT, RL or the dev set (seed ``s+3``); the contamination gate
    (13-gram overlap, exact match for short questions) must report zero overlap.
    Traces are the item's own evaluation steps (``a op b = c`` lines) without the search that
    found the expression, so they show *a* solution, not *how to find one*: RL has room.
 2. **Tiny model.** A byte-level BPE tokenizer trained on the task text and a random-init Qwen2.
 3. **Cold-start SFT** (``sft_coldstart/train.py``) to convergence with a cosine (annealed)
-   schedule; the checkpoint with the lowest dev loss (``best/``) is the SFT policy.
+   schedule; the checkpoint that answers the most dev items right (greedy; ``best/``) is the SFT
+   policy. Dev loss is a poor guide here: it bottoms out while accuracy still climbs.
 4. **GRPO** (``grpo/train.py``: vLLM sampler, DeepSpeed learner, countdown grader via the env)
    from the SFT policy on fresh prompts without traces, with a KL to the SFT policy.
 5. **Control arm**: more SFT from the same checkpoint, for the same training wall-clock as GRPO,
@@ -48,7 +49,8 @@ class DemoConfig:
     task_params: dict = field(default_factory=lambda: {
         "n_numbers": [3, 3], "max_number": 12, "target": [1, 99], "exactly_once": True})  #: countdown knobs
     sft_examples: int = 1000  #: traced training items (the limited SFT set)
-    dev_examples: int = 100  #: traced dev items (SFT eval loss, best-checkpoint selection)
+    dev_examples: int = 100  #: traced dev items (SFT eval loss)
+    dev_items: int = 200  #: fresh dev items (own seed) whose greedy accuracy picks the SFT checkpoint
     heldout: int = 300  #: held-out items for every eval
     eval_samples: int = 8  #: samples per held-out item at temperature 1 (pass@k)
     max_tokens: int = 48  #: generation budget (a trace is ~35 tokens)
@@ -77,7 +79,7 @@ class DemoConfig:
     @classmethod
     def quick_preset(cls, **kw: Any) -> "DemoConfig":
         base = dict(sft_examples=120, dev_examples=16, heldout=24, eval_samples=4, sft_epochs=2.0,
-                    sft_eval_every=2, sft_micro_batch=16, grpo_steps=2, prompts_per_step=4, group_size=4, micro_batch_size=16,
+                    sft_eval_every=2, sft_micro_batch=16, dev_items=8, grpo_steps=2, prompts_per_step=4, group_size=4, micro_batch_size=16,
                     max_sampling_tries=1, hidden_size=64, num_layers=2, quick=True)
         base.update(kw)
         return cls(**base)
@@ -109,11 +111,13 @@ def build_data(cfg: DemoConfig, run: Path) -> dict[str, Any]:
     sft_src = make_task("countdown", seed=cfg.seed * 3 + 0, **P)
     rl_src = make_task("countdown", seed=cfg.seed * 3 + 1, **P)
     ho_src = make_task("countdown", seed=cfg.seed * 3 + 2, **P)
+    dev_src = make_task("countdown", seed=cfg.seed * 3 + 3, **P)  # = sft_config's eval_env
     sft_items = [sft_src[i] for i in range(cfg.sft_examples + cfg.dev_examples)]
     # Every prompt the learner can draw (dynamic sampling consumes up to tries x prompts per step).
     n_rl = cfg.grpo_steps * cfg.prompts_per_step * cfg.max_sampling_tries
     rl_items = [rl_src[i] for i in range(n_rl)]
-    seen = {it["question"] for it in sft_items} | {it["question"] for it in rl_items}
+    dev_items = [dev_src[i] for i in range(cfg.dev_items)]
+    seen = {it["question"] for it in [*sft_items, *rl_items, *dev_items]}
     heldout, i = [], 0
     while len(heldout) < cfg.heldout:
         it = ho_src[i]
@@ -121,20 +125,21 @@ def build_data(cfg: DemoConfig, run: Path) -> dict[str, Any]:
         if it["question"] not in seen:
             seen.add(it["question"])  # no duplicates inside the held-out set either
             heldout.append(it)
-    report = check_contamination([*sft_items, *rl_items], heldout, n=13, on_fail="error")
+    used = [*sft_items, *rl_items, *dev_items]  # everything training or checkpoint selection sees
+    report = check_contamination(used, heldout, n=13, on_fail="error")
 
     with open(data / "sft.jsonl", "w") as f:
         for it in sft_items:
             f.write(json.dumps({"messages": [{"role": "user", "content": it["question"]},
                                              {"role": "assistant", "content": compact_trace(it)}]}) + "\n")
-    for name, rows in (("heldout.jsonl", heldout), ("train_items.jsonl", [*sft_items, *rl_items])):
+    for name, rows in (("heldout.jsonl", heldout), ("train_items.jsonl", used)):
         with open(data / name, "w") as f:
             for it in rows:
                 meta = {k: v for k, v in it["metadata"].items() if k in ("grader", "grader_kwargs", "reference")}
                 f.write(json.dumps({"question": it["question"], "answer": it["answer"], "metadata": meta}) + "\n")
     corpus = [it["question"] + "\n" + compact_trace(it) for it in sft_items]
     return {"dir": data, "corpus": corpus, "heldout_items": len(heldout), "heldout_scanned": i,
-            "train_items": len(sft_items) + len(rl_items), "contamination": report.to_dict()}
+            "train_items": len(used), "rl_items": len(rl_items), "contamination": report.to_dict()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -174,7 +179,12 @@ def sft_config(cfg: DemoConfig, model: str, out: Path, data: Path, **over: Any) 
              max_length=128, packing=cfg.sft_packing, pack_length=1024, micro_batch_size=cfg.sft_micro_batch,
              epochs=cfg.sft_epochs, learning_rate=cfg.sft_lr, min_lr_ratio=cfg.sft_min_lr_ratio,
              warmup_ratio=0.03, adam_betas=[0.9, 0.99], zero_stage=2, eval_every=cfg.sft_eval_every,
-             save_best=True, seed=cfg.seed, progress=False, tensorboard=False, plot=False)
+             save_best=True, seed=cfg.seed, progress=False, tensorboard=False, plot=False,
+             # The best checkpoint is the one that answers the most dev items right (greedy): dev
+             # loss bottoms out while accuracy is still climbing.
+             best_metric="accuracy", eval_env="thinkgym/Countdown-v0", eval_env_items=cfg.dev_items,
+             eval_env_kwargs={"task_params": cfg.task_params, "seed": cfg.seed * 3 + 3, "system_prompt": None},
+             eval_max_tokens=cfg.max_tokens)
     d.update(over)
     return d
 
@@ -261,13 +271,19 @@ def plot(run: Path, results: dict[str, dict[str, Any]], k: int) -> Path:
     ax[0].plot([r["step"] for r in sft if "train/loss" in r], [r["train/loss"] for r in sft if "train/loss" in r], label="train")
     ax[0].plot([r["step"] for r in sft if "eval/loss" in r], [r["eval/loss"] for r in sft if "eval/loss" in r], label="dev")
     ctl = _jsonl(run / "sft_control" / "metrics.jsonl")
-    if ctl:  # the control continues from the best (lowest dev loss) checkpoint
-        evals = [r for r in sft if "eval/loss" in r]
-        base = min(evals, key=lambda r: r["eval/loss"])["step"] if evals else max((r["step"] for r in sft), default=0)
+    if ctl:  # the control continues from the best (highest dev accuracy) checkpoint
+        res = json.loads((run / "sft" / "result.json").read_text())
+        base = res.get("best_step") or max((r["step"] for r in sft), default=0)
         ax[0].plot([base + r["step"] for r in ctl if "train/loss" in r], [r["train/loss"] for r in ctl if "train/loss" in r],
                    label="control (more SFT)")
     ax[0].set(title="SFT loss", xlabel="step", yscale="log")
     ax[0].legend()
+    dev = [r for r in sft if r.get("eval/accuracy") is not None]
+    if dev:
+        a2 = ax[0].twinx()
+        a2.plot([r["step"] for r in dev], [r["eval/accuracy"] for r in dev], "g.-", label="dev accuracy (greedy)")
+        a2.set(ylabel="dev accuracy", ylim=(0, None))
+        a2.legend(loc="upper center")
     rl = _jsonl(run / "grpo" / "metrics.jsonl")
     acc = [r.get("accuracy", float("nan")) for r in rl]
     ax[1].plot([r["step"] for r in rl], acc, alpha=0.35, label="train accuracy (T=1)")
@@ -309,13 +325,14 @@ def write_report(run: Path, cfg: DemoConfig, summary: dict[str, Any], rows: list
     best_base = max(summary["sft"]["accuracy"], summary["sft_control"]["accuracy"])
     md += ["",
            f"- **sft**: {cfg.sft_examples} traced items, {summary['sft_steps']} steps (cosine to "
-           f"{cfg.sft_min_lr_ratio:g}x), lowest-dev-loss checkpoint; {t['sft']:.0f} s.",
+           f"{cfg.sft_min_lr_ratio:g}x), checkpoint with the best greedy accuracy on {cfg.dev_items} dev items "
+           f"(step {summary['sft_best_step']}, {summary['sft_best_eval_accuracy']}); {t['sft']:.0f} s.",
            f"- **sft_control**: {summary['sft_control_steps']} more SFT steps from that checkpoint at the RL "
            f"learning rate ({cfg.grpo_lr:g}), for GRPO's training time ({summary['grpo_train_s']:.0f} s).",
            f"- **grpo**: {cfg.grpo_steps} steps x {cfg.prompts_per_step} fresh untraced prompts x {cfg.group_size} "
            f"samples, lr {cfg.grpo_lr:g} (cosine to {cfg.grpo_min_lr_ratio:g}x), KL {cfg.kl_coef:g} to the SFT policy; "
            f"{t['grpo']:.0f} s.",
-           f"- Held-out: {summary['heldout_items']} items, disjoint from the {summary['train_items']} SFT/RL items "
+           f"- Held-out: {summary['heldout_items']} items, disjoint from the {summary['train_items']} SFT/RL/dev items "
            f"(contamination gate: {len(summary['contamination']['contaminated'])} overlapping).",
            f"- GRPO minus the better baseline: **{summary['grpo']['accuracy'] - best_base:+.3f}** greedy accuracy.",
            "", "![curves](curves.png)", ""]
@@ -342,7 +359,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     data = build_data(cfg, run)
-    say(f"data: {cfg.sft_examples}+{cfg.dev_examples} traced SFT items, {data['train_items'] - cfg.sft_examples - cfg.dev_examples} "
+    say(f"data: {cfg.sft_examples}+{cfg.dev_examples} traced SFT items, {cfg.dev_items} dev items, {data['rl_items']} "
         f"RL prompts, {data['heldout_items']} held-out items (overlapping: {len(data['contamination']['contaminated'])})")
     tiny = build_tiny_model(run / "tiny-init", TinyConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
                                                            intermediate_size=3 * cfg.hidden_size,
@@ -359,7 +376,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     timings["sft"] = _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)], run / "sft.log", "sft")
     sft_res = json.loads((run / "sft" / "result.json").read_text())
     sft_model = Path(sft_res.get("best") or sft_res["final"])
-    say(f"sft: {sft_res['steps']} steps, best dev loss {sft_res.get('best_eval_loss')}, {timings['sft']:.0f}s")
+    say(f"sft: {sft_res['steps']} steps, best at step {sft_res.get('best_step')}: dev accuracy "
+        f"{sft_res.get('best_eval_accuracy')}, dev loss {sft_res.get('best_eval_loss')}, {timings['sft']:.0f}s")
 
 
     # ---- GRPO from the SFT policy -------------------------------------------------------------
@@ -378,19 +396,20 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     # ---- control: equal-time SFT from the same checkpoint -------------------------------------
     # Steps are sized from the measured SFT speed; the CPU's load changes, so a short first
     # segment is topped up by a second one (from its final weights) until the time matches.
-    sec_per_step = sft_res["seconds"] / max(1, sft_res["steps"])
+    sec_per_step = sft_res["train_seconds"] / max(1, sft_res["steps"])  # without SFT's dev evals
     ctl_model, ctl_steps, ctl_s, timings["sft_control"] = sft_model, 0, 0.0, 0.0
     for seg in range(2):
         steps = max(1, round((grpo_train_s - ctl_s) / sec_per_step))
         out = run / ("sft_control" if seg == 0 else f"sft_control_{seg}")
         yml = _write_yaml(run / f"{out.name}.yaml", sft_config(
             cfg, str(ctl_model), out, data["dir"], max_steps=steps, learning_rate=cfg.grpo_lr,
-            min_lr_ratio=1.0, warmup_ratio=0.0, save_best=False, eval_every=0, seed=cfg.seed + 1 + seg))
+            min_lr_ratio=1.0, warmup_ratio=0.0, save_best=False, eval_every=0, seed=cfg.seed + 1 + seg,
+            best_metric="loss", eval_env=""))
         timings["sft_control"] += _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)],
                                        run / f"{out.name}.log", "sft_control")
         ctl_res = json.loads((out / "result.json").read_text())
-        ctl_model, ctl_steps, ctl_s = Path(ctl_res["final"]), ctl_steps + ctl_res["steps"], ctl_s + ctl_res["seconds"]
-        sec_per_step = ctl_res["seconds"] / max(1, ctl_res["steps"])
+        ctl_model, ctl_steps, ctl_s = Path(ctl_res["final"]), ctl_steps + ctl_res["steps"], ctl_s + ctl_res["train_seconds"]
+        sec_per_step = ctl_res["train_seconds"] / max(1, ctl_res["steps"])
         if ctl_s >= 0.9 * grpo_train_s:
             break
     ctl_res = {"final": str(ctl_model), "steps": ctl_steps, "seconds": ctl_s}
@@ -409,6 +428,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "minutes": minutes, "seed": cfg.seed, "quick": cfg.quick, "model_params": n_params,
         "task": {"name": "countdown", "params": cfg.task_params},
         "contamination": data["contamination"], "sft_steps": sft_res["steps"], "sft_best_eval_loss": sft_res.get("best_eval_loss"),
+        "sft_best_eval_accuracy": sft_res.get("best_eval_accuracy"), "sft_best_step": sft_res.get("best_step"),
         "sft_control_steps": ctl_res["steps"], "sft_control_train_s": ctl_res["seconds"], "grpo_train_s": grpo_train_s,
         "grpo_steps": len(rl_hist), "grpo_final_train_accuracy": rl_hist[-1].get("accuracy") if rl_hist else None,
         "gain_vs_best_baseline": results["grpo"]["accuracy"] - max(results["sft"]["accuracy"], results["sft_control"]["accuracy"]),
