@@ -116,6 +116,9 @@ class VLLMSampler(BaseSampler):
                 max_tokens=min(r.max_tokens, self.max_model_len - len(r.prompt_ids)),
                 seed=r.seed,
                 stop=r.stop or None,
+                # Text is decoded once from the ids (BaseSampler.decode); vLLM's per-step
+                # incremental detokenization is only needed to match stop strings.
+                detokenize=bool(r.stop),
                 include_stop_str_in_output=True,
                 logprobs=0 if cfg.logprobs else None,
                 skip_special_tokens=True,

@@ -52,7 +52,7 @@ def sft(
     except DataError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    keys = ("final", "best", "steps", "best_eval_loss", "tokens_per_s", "seconds")
+    keys = ("final", "best", "steps", "best_eval_loss", "best_eval_accuracy", "tokens_per_s", "seconds")
     typer.echo(json.dumps({k: res[k] for k in keys}, indent=1))
 
 

@@ -94,6 +94,7 @@ class SFTConfig:
     eval_env_kwargs: dict = field(default_factory=dict)  #: kwargs for gymnasium.make(eval_env), e.g. task_params, seed
     eval_env_items: int = 200  #: dev items 0 .. eval_env_items-1 of eval_env (keep them out of the training data)
     eval_max_tokens: int = 256  #: generation budget per dev answer
+    eval_threads: int = 1  #: torch CPU threads while answering dev items (0 = unchanged); see dev_accuracy
     resume: bool = False  #: continue from the latest checkpoint in output_dir/checkpoints
     stop_after_steps: int = 0  #: stop (and checkpoint) after this many steps without changing the schedule
     max_time_s: float = 0.0  #: stop (and checkpoint) after this many seconds of training (0 = no limit)
@@ -115,6 +116,8 @@ class SFTConfig:
         for name in ("micro_batch_size", "gradient_accumulation_steps", "max_length", "eval_env_items", "eval_max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.eval_threads < 0:
+            raise ValueError(f"eval_threads must be >= 0, got {self.eval_threads}")
         if self.best_metric not in ("loss", "accuracy"):
             raise ValueError(f"best_metric must be 'loss' or 'accuracy', got {self.best_metric!r}")
         if self.best_metric == "accuracy" and not self.eval_env:
@@ -263,16 +266,17 @@ def _check_dev_env(cfg: SFTConfig) -> None:
     import gymnasium
 
     from thinkgym.envs import register_envs
+    from thinkgym.sft_coldstart.data import DataError
 
     register_envs()
     try:
         env = gymnasium.make(cfg.eval_env, **cfg.eval_env_kwargs)
     except Exception as e:  # noqa: BLE001 - re-raised with the config key that caused it
-        raise ValueError(f"eval_env {cfg.eval_env!r} with eval_env_kwargs {cfg.eval_env_kwargs}: {e}") from e
+        raise DataError(f"eval_env {cfg.eval_env!r} with eval_env_kwargs {cfg.eval_env_kwargs}: {e}") from e
     n = len(env.unwrapped.source)
     env.close()
     if n < cfg.eval_env_items:
-        raise ValueError(f"eval_env {cfg.eval_env!r} has {n} items, fewer than eval_env_items={cfg.eval_env_items}")
+        raise DataError(f"eval_env {cfg.eval_env!r} has {n} items, fewer than eval_env_items={cfg.eval_env_items}")
 
 
 def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, world: int) -> float:
@@ -287,12 +291,20 @@ def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, w
 
     indices = list(range(rank, cfg.eval_env_items, world))
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    if indices:
-        sampler = HFSampler(model, tok, device=str(device))
-        batch = collect_rollouts(cfg.eval_env, sampler, indices=indices, group_size=1, env_kwargs=cfg.eval_env_kwargs,
-                                 cfg=SamplingConfig(n=1, temperature=0.0, max_tokens=cfg.eval_max_tokens, seed=cfg.seed))
-        counts[0] = sum(e.reward is not None and e.reward >= 1.0 for e in batch.episodes)
-        counts[1] = len(batch.episodes)
+    threads = torch.get_num_threads()
+    if cfg.eval_threads:
+        # Decode steps of a small model are tiny ops; extra OpenMP threads spin-wait on each
+        # other (the tiny model answers 5x faster with 1 thread than with 2 on a 2-core CPU).
+        torch.set_num_threads(cfg.eval_threads)
+    try:
+        if indices:
+            sampler = HFSampler(model, tok, device=str(device))
+            batch = collect_rollouts(cfg.eval_env, sampler, indices=indices, group_size=1, env_kwargs=cfg.eval_env_kwargs,
+                                     cfg=SamplingConfig(n=1, temperature=0.0, max_tokens=cfg.eval_max_tokens, seed=cfg.seed))
+            counts[0] = sum(e.reward is not None and e.reward >= 1.0 for e in batch.episodes)
+            counts[1] = len(batch.episodes)
+    finally:
+        torch.set_num_threads(threads)
     dist.all_reduce(counts)
     return float(counts[0] / counts[1].clamp(min=1))
 

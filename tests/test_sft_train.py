@@ -161,6 +161,8 @@ def test_cli_sft_with_example_config(tmp_path):
     assert res["steps"] == 3 and Path(res["final"], "model.safetensors").exists()
     assert (out / "tiny-init" / "tokenizer.json").exists()  # `model: tiny` built the kit
     assert len(_losses(out)) == 3 and (out / "loss.png").exists()
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= last["eval/accuracy"] <= 1 and res["best_eval_accuracy"] == last["eval/accuracy"]  # the example's dev set ran
     # the optional next-token pretraining stage ran first and SFT started from its output
     assert len(_losses(out / "pretrain")) == 2 and (out / "pretrain" / "final" / "model.safetensors").exists()
     import yaml
@@ -171,6 +173,13 @@ def test_cli_sft_with_example_config(tmp_path):
          "--set", "learning_rat=1"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=_child_env(),
     )
     assert bad.returncode == 2 and "learning_rate" in bad.stderr  # "did you mean"
+    bad_env = subprocess.run(
+        [sys.executable, "-m", "thinkgym.cli", "sft", "--config", str(ROOT / "examples/sft-tiny-cpu.yaml"),
+         "--output-dir", str(tmp_path / "bad-env"), "--set", "eval_env=thinkgym/Nope-v0"],
+        capture_output=True, text=True, timeout=200, cwd=ROOT, env=_child_env(),
+    )
+    assert bad_env.returncode == 2 and "error: eval_env 'thinkgym/Nope-v0'" in bad_env.stderr, bad_env.stderr[-2000:]
+    assert "Traceback" not in bad_env.stderr
 
 
 def test_cli_tiny_model(tmp_path):
