@@ -294,7 +294,8 @@ def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, w
     threads = torch.get_num_threads()
     if cfg.eval_threads:
         # Decode steps of a small model are tiny ops; extra OpenMP threads spin-wait on each
-        # other (the tiny model answers 5x faster with 1 thread than with 2 on a 2-core CPU).
+        # other. The tiny model answers as fast with 1 thread as with 2 on an idle 2-core CPU,
+        # and about 5x faster with 1 when the CPU is shared.
         torch.set_num_threads(cfg.eval_threads)
     try:
         if indices:

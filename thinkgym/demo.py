@@ -64,7 +64,7 @@ class DemoConfig:
     sft_min_lr_ratio: float = 0.05  #: end of the cosine schedule (annealed)
     sft_micro_batch: int = 64  #: examples per step (padded: a trace is ~80 tokens with its prompt)
     sft_packing: bool = False  #: pack into 1024-token rows (on a tiny model the 1024^2 attention dominates)
-    sft_eval_every: int = 64  #: steps between dev evals (loss, and the greedy accuracy that picks best/)
+    sft_eval_every: int = 32  #: steps between dev evals (loss, and the greedy accuracy that picks best/)
     # --- GRPO
     grpo_steps: int = 200  #: RL steps
     prompts_per_step: int = 16  #: prompts per step
