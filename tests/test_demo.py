@@ -35,6 +35,17 @@ def test_heldout_is_disjoint_from_training(tmp_path):
     assert len(set(held)) == len(held) and not train & set(held)
     rows = (d["dir"] / "sft.jsonl").read_text().splitlines()
     assert len(rows) == cfg.sft_examples + cfg.dev_examples
+    # The dev items that pick the SFT checkpoint (sft_config's eval_env) are gated too.
+    import gymnasium
+
+    import thinkgym.envs  # noqa: F401 - registers the env ids
+    from thinkgym.demo import sft_config
+
+    sc = sft_config(cfg, "m", tmp_path / "sft", d["dir"])
+    env = gymnasium.make(sc["eval_env"], **sc["eval_env_kwargs"]).unwrapped
+    dev = [env.source[i]["question"] for i in range(sc["eval_env_items"])]
+    assert sc["best_metric"] == "accuracy" and len(dev) == cfg.dev_items
+    assert set(dev) <= train and not set(dev) & set(held)
 
 
 @pytest.mark.slow
@@ -61,3 +72,8 @@ def test_demo_quick_end_to_end(tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "| grpo |" in report and "sft_control" in report
+    # The SFT policy is the dev-accuracy checkpoint, and the control arm trained for GRPO's time.
+    evals = [json.loads(ln) for ln in (out / "sft" / "metrics.jsonl").read_text().splitlines() if "eval/accuracy" in ln]
+    assert evals and s["sft_best_step"] in [r["step"] for r in evals]
+    assert s["sft_best_eval_accuracy"] == max(r["eval/accuracy"] for r in evals)
+    assert not any("eval/accuracy" in ln for ln in (out / "sft_control" / "metrics.jsonl").read_text().splitlines())
