@@ -9,7 +9,8 @@ template, loss on assistant tokens only, packed into rows with per-example posit
 (see packing.py). Optimizer: torch AdamW inside a DeepSpeed engine (ZeRO stage from the
 config), cosine schedule with warm-up. Every ``save_every`` steps a DeepSpeed checkpoint
 (model, optimizer, scheduler, RNG, data cursor) allows an exact resume; every ``eval_every``
-steps the held-out loss is measured and the best model is saved as an HF checkpoint. At the
+steps the held-out loss (and, with ``eval_env``, the greedy accuracy on that env's items) is
+measured and the best model (``best_metric``) is saved as an HF checkpoint. At the
 end the final HF checkpoint (safetensors + tokenizer + chat template, LoRA merged), TensorBoard
 logs, ``metrics.jsonl`` and ``loss.png`` are written under ``output_dir``.
 """
@@ -429,7 +430,11 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         if path is None:
             raise RuntimeError(f"could not load checkpoint from {ckpt_dir}")
         step, micro_cursor = client["step"], client["micro_cursor"]
-        best, tokens_seen = client["best"], client["tokens_seen"]
+        tokens_seen = client["tokens_seen"]
+        if "best" in client:
+            best = client["best"]
+        elif client.get("best_eval", float("inf")) < float("inf"):  # checkpoints from before best_metric
+            best = {**best, "loss": client["best_eval"]}
         _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
         mf = out / "metrics.jsonl"
         if main and mf.exists():  # drop records of steps after the checkpoint (they are redone)

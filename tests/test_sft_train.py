@@ -312,6 +312,24 @@ def test_best_checkpoint_by_dev_accuracy(tiny_model_dir, const_data, tmp_path):
     assert 0 < saved["train_seconds"] <= saved["seconds"]
 
 
+def test_resume_keeps_the_best_dev_accuracy(tiny_model_dir, const_data, tmp_path):
+    """The best eval so far travels in the checkpoint: a resumed run keeps best/ and its record."""
+    from thinkgym.sft_coldstart.train import train
+
+    data, env_kwargs = const_data
+    dev = dict(eval_env="thinkgym/Arithmetic-v0", eval_env_kwargs=env_kwargs, eval_env_items=12, eval_max_tokens=16,
+               best_metric="accuracy", max_steps=12, eval_every=2)
+    straight = train(_cfg(tiny_model_dir, data, tmp_path / "a", **dev))
+    first = train(_cfg(tiny_model_dir, data, tmp_path / "b", stop_after_steps=8, save_every=4, **dev))
+    assert first["best_step"] is not None and first["best_step"] <= 8
+    # Resuming at the stop with nothing left to train: the record can only come from the checkpoint.
+    held = train(_cfg(tiny_model_dir, data, tmp_path / "b", resume=True, **{**dev, "max_steps": 8}))
+    assert (held["best_step"], held["best_eval_accuracy"]) == (first["best_step"], first["best_eval_accuracy"])
+    second = train(_cfg(tiny_model_dir, data, tmp_path / "b", resume=True, **dev))
+    for k in ("best_step", "best_eval_accuracy", "best_eval_loss"):
+        assert second[k] == straight[k], k
+
+
 def test_better_eval_rules():
     from thinkgym.sft_coldstart.train import _better
 
