@@ -58,7 +58,7 @@ def run_trl(args, cfg, model: str, out: Path) -> dict:
     from thinkgym.tasks import make_task
 
     torch.manual_seed(args.seed)
-    src = make_task("countdown", seed=cfg.seed * 3 + 1, **cfg.task_params)
+    src = make_task("countdown", seed=cfg.split_seed("rl"), **cfg.task_params)
     items = [src[i] for i in range(args.steps * args.prompts)]
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": it["question"]}],
                              "answer": json.dumps(it["answer"]),

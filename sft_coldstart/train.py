@@ -292,7 +292,7 @@ def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, w
 
     indices = list(range(rank, cfg.eval_env_items, world))
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    threads = torch.get_num_threads()
+    threads, training = torch.get_num_threads(), model.training
     if cfg.eval_threads:
         # Decode steps of a small model are tiny ops; extra OpenMP threads spin-wait on each
         # other. The tiny model answers as fast with 1 thread as with 2 on an idle 2-core CPU,
@@ -307,6 +307,7 @@ def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, w
             counts[1] = len(batch.episodes)
     finally:
         torch.set_num_threads(threads)
+        model.train(training)  # the sampler switched the module to eval mode
     dist.all_reduce(counts)
     return float(counts[0] / counts[1].clamp(min=1))
 
@@ -558,8 +559,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
                 ev = evaluate()
                 acc = dev_accuracy(cfg, engine.module, tok, device, rank, world) if cfg.eval_env else None
-                if cfg.eval_env:
-                    engine.train()  # the sampler put the module in eval mode
+                if acc is not None:
                     rec["eval/accuracy"] = acc
                 if ev is not None:
                     rec["eval/loss"] = ev

@@ -3,9 +3,10 @@
 One command, top to bottom, using the project's own components:
 
 1. **Data.** Countdown items (3 numbers, each exactly once) from the ``countdown`` task source:
-   a limited traced set for SFT (seed ``s``), untraced RL prompts (seed ``s+1``) and held-out
-   items (seed ``s+2``) minus any question seen in SFT, RL or the dev set (seed ``s+3``); the contamination gate
-   (13-gram overlap, exact match for short questions) must report zero overlap.
+   a limited traced set for SFT, untraced RL prompts, untraced dev items (they pick the SFT
+   checkpoint) and held-out items minus any question seen in the other three, each split from its
+   own seed (``DemoConfig.split_seed``); the contamination gate (13-gram overlap, exact match for
+   short questions) must report zero overlap.
    Traces are the item's own evaluation steps (``a op b = c`` lines) without the search that
    found the expression, so they show *a* solution, not *how to find one*: RL has room.
 2. **Tiny model.** A byte-level BPE tokenizer trained on the task text and a random-init Qwen2.
@@ -76,6 +77,10 @@ class DemoConfig:
     micro_batch_size: int = 64  #: learner micro-batch (sequences; whole groups share their prompt's forward)
     quick: bool = False  #: tiny sizes for a smoke test
 
+    def split_seed(self, split: str) -> int:
+        """Seed of the countdown source behind one data split: ``sft``, ``rl``, ``heldout`` or ``dev``."""
+        return self.seed * 3 + {"sft": 0, "rl": 1, "heldout": 2, "dev": 3}[split]
+
     @classmethod
     def quick_preset(cls, **kw: Any) -> "DemoConfig":
         base = dict(sft_examples=120, dev_examples=16, heldout=24, eval_samples=4, sft_epochs=2.0,
@@ -108,10 +113,10 @@ def build_data(cfg: DemoConfig, run: Path) -> dict[str, Any]:
     data = run / "data"
     data.mkdir(parents=True, exist_ok=True)
     P = cfg.task_params
-    sft_src = make_task("countdown", seed=cfg.seed * 3 + 0, **P)
-    rl_src = make_task("countdown", seed=cfg.seed * 3 + 1, **P)
-    ho_src = make_task("countdown", seed=cfg.seed * 3 + 2, **P)
-    dev_src = make_task("countdown", seed=cfg.seed * 3 + 3, **P)  # = sft_config's eval_env
+    sft_src = make_task("countdown", seed=cfg.split_seed("sft"), **P)
+    rl_src = make_task("countdown", seed=cfg.split_seed("rl"), **P)
+    ho_src = make_task("countdown", seed=cfg.split_seed("heldout"), **P)
+    dev_src = make_task("countdown", seed=cfg.split_seed("dev"), **P)  # = sft_config's eval_env
     sft_items = [sft_src[i] for i in range(cfg.sft_examples + cfg.dev_examples)]
     # Every prompt the learner can draw (dynamic sampling consumes up to tries x prompts per step).
     n_rl = cfg.grpo_steps * cfg.prompts_per_step * cfg.max_sampling_tries
@@ -183,7 +188,7 @@ def sft_config(cfg: DemoConfig, model: str, out: Path, data: Path, **over: Any) 
              # The best checkpoint is the one that answers the most dev items right (greedy): dev
              # loss bottoms out while accuracy is still climbing.
              best_metric="accuracy", eval_env="thinkgym/Countdown-v0", eval_env_items=cfg.dev_items,
-             eval_env_kwargs={"task_params": cfg.task_params, "seed": cfg.seed * 3 + 3, "system_prompt": None},
+             eval_env_kwargs={"task_params": cfg.task_params, "seed": cfg.split_seed("dev"), "system_prompt": None},
              eval_max_tokens=cfg.max_tokens)
     d.update(over)
     return d
@@ -193,7 +198,7 @@ def grpo_config(cfg: DemoConfig, model: str, out: Path) -> dict[str, Any]:
     n = cfg.prompts_per_step * cfg.group_size
     return dict(
         model=model, output_dir=str(out), seed=cfg.seed, envs=["thinkgym/Countdown-v0"],
-        env_kwargs={"task_params": cfg.task_params, "seed": cfg.seed * 3 + 1, "system_prompt": None},
+        env_kwargs={"task_params": cfg.task_params, "seed": cfg.split_seed("rl"), "system_prompt": None},
         max_steps=cfg.grpo_steps, prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size,
         sampler_backend="vllm", sampler_kwargs={"dtype": "float32", "max_model_len": 256, "seed": cfg.seed},
         temperature=1.0, max_tokens=cfg.max_tokens, dynamic_sampling=True,
