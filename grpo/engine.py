@@ -99,6 +99,19 @@ def all_ranks(ok: bool) -> bool:
     return int(t.item()) == 0
 
 
+def all_max(x: int) -> int:
+    """The largest ``x`` over every rank."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([x], dtype=torch.int64)
+    if torch.cuda.is_available():
+        t = t.cuda()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def all_mean(xs: list[float]) -> float:
     """Mean over every rank's values."""
     import torch

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from thinkgym.grpo.engine import all_mean
+from thinkgym.grpo.engine import all_max, all_mean
 from thinkgym.grpo.monitor import is_correct
 
 if TYPE_CHECKING:
@@ -36,11 +36,17 @@ def sampling_config(cfg: GRPOConfig, seed: int, n: int, greedy: bool = False) ->
     return SamplingConfig(n=n, temperature=0.0 if greedy else cfg.temperature, top_p=cfg.top_p,
                           max_tokens=cfg.max_tokens, seed=seed, stop=list(cfg.stop),
                           think_budget=cfg.think_budget, answer_budget=cfg.answer_budget,
-                          budget_mode=cfg.budget_mode, logprobs=True)
+                          # Sampler logprobs feed the truncated IS weights only (the learner
+                          # recomputes its own): without ``tis_cap`` the sampler skips them.
+                          budget_mode=cfg.budget_mode, logprobs=cfg.tis_cap is not None and not greedy)
 
 
-def collect_groups(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], step: int, rank: int, world: int) -> tuple[list[list[Any]], dict[str, float]]:
-    """``prompts_per_step`` groups for this rank, with DAPO dynamic sampling."""
+def collect_groups(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], step: int, rank: int,
+                   world: int) -> tuple[list[list[Any]], list[Any], dict[str, float]]:
+    """Up to ``prompts_per_step`` groups for this rank, with DAPO dynamic sampling.
+
+    Returns the groups to train on, every episode sampled this step (for metrics: the trained
+    groups alone overstate accuracy once flat groups are dropped), and sampling stats."""
     import torch
 
     from thinkgym.grpo import core
@@ -72,8 +78,13 @@ def collect_groups(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], step: i
                 stats["groups_dropped"] += 1
             else:
                 keep.append(g)
-    keep = (keep + spare)[: cfg.prompts_per_step]
-    return keep, stats
+    sampled = [e for g in keep + spare for e in g]
+    if cfg.fill_batch or not cfg.dynamic_sampling:
+        return (keep + spare)[: cfg.prompts_per_step], sampled, stats
+    # Informative groups only; every rank runs the same number of micro-batches, so all take the
+    # largest count (topping up with flat groups), and at least one group.
+    n = max(1, all_max(len(keep)))
+    return (keep + spare)[:n], sampled, stats
 
 
 def evaluate(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], rank: int, world: int) -> float:

@@ -6,8 +6,10 @@ One step, top to bottom (``train`` below):
    ``group_size`` completions per prompt with the sampler (vLLM by default) and grades them
    in the envs. **Dynamic sampling** (DAPO): groups whose rewards are all equal carry no
    learning signal and are replaced by fresh prompts, at most ``max_sampling_tries`` rounds;
-   after that, leftovers fill the batch (their advantage is 0), so every rank trains on the
-   same number of sequences.
+   after that, leftovers fill the batch (their advantage is 0, only the KL term sees them), so
+   every rank trains on the same number of sequences. With ``fill_batch: false`` the step trains
+   on the informative groups only: less compute, and flat groups do not dilute a ``token_mean``
+   loss (ranks still agree on one group count, the largest).
 2. **Score.** Grader infrastructure errors (``reward=None``) are counted, get advantage 0 and
    no loss. Optional DAPO overlong shaping adds a soft length penalty; optional overlong
    filtering masks truncated completions out of the loss.
@@ -84,6 +86,7 @@ class GRPOConfig:
     budget_mode: Literal["force", "truncate"] = "force"  #: what happens when the think budget runs out
     dynamic_sampling: bool = True  #: DAPO: drop groups with identical rewards and refill
     max_sampling_tries: int = 3  #: rounds of refilling before leftovers fill the batch
+    fill_batch: bool = True  #: after the last round, fill the batch with flat groups (false: train on fewer groups)
     # -- rewards and advantages
     advantage: Literal["grpo", "rloo", "gae"] = "grpo"  #: advantage estimator (gae = PPO with a critic)
     std_normalize: bool = True  #: divide group advantages by the group std (false = Dr. GRPO)
@@ -307,7 +310,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         # ---- 1. collect (with dynamic sampling) -------------------------------------------
         t0 = time.perf_counter()
-        groups, sstats = collect_groups(cfg, sampler, state, step, rank, world)
+        groups, sampled, sstats = collect_groups(cfg, sampler, state, step, rank, world)
         episodes = [e for g in groups for e in g]
         gids = torch.tensor([i for i, g in enumerate(groups) for _ in g])  # (N,)
         t_collect = time.perf_counter() - t0
@@ -331,7 +334,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         # With one update per batch the policy has not moved since sampling when it computes its
         # loss, so the training forward's own detached logprobs are the "old" ones: skip a forward.
         old_lp, ref_lp, values = (torch.zeros_like(mask) for _ in range(3))
-        chunks = [torch.arange(i, min(i + cfg.micro_batch_size, n_seq)) for i in range(0, n_seq, cfg.micro_batch_size)]
+        n = len(episodes)  # n_seq, or fewer with fill_batch: false
+        chunks = torch.arange(n).split(cfg.micro_batch_size)
         with torch.no_grad():
             for idx in chunks:
                 b, t = take(full, idx)
@@ -349,14 +353,17 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         # ---- 4. learn: ppo_epochs x minibatches, micro-batch accumulation -------------------
         logs: dict[str, list[float]] = {}
         bad = False
-        mb_size = n_seq // cfg.minibatches
         for _epoch in range(cfg.ppo_epochs):
             # Whole groups stay together (the shared prefix pays per micro-batch); groups are shuffled.
             perm = torch.cat([torch.nonzero(gids == g)[:, 0] for g in torch.randperm(len(groups)).tolist()])
-            for j in range(cfg.minibatches):
-                mb = perm[j * mb_size:(j + 1) * mb_size]
+            for mb in perm.tensor_split(cfg.minibatches):
                 norm = {"num_tokens": float(mask[mb].sum()), "num_seqs": float(len(mb))}
-                for idx in mb.split(cfg.micro_batch_size):
+                micro = mb.split(cfg.micro_batch_size)
+                for k, idx in enumerate(micro):
+                    # The batch may be smaller than DeepSpeed's configured accumulation: say where it ends.
+                    for eng in (policy_eng, critic_eng):
+                        if eng is not None:
+                            eng.set_gradient_accumulation_boundary(k == len(micro) - 1)
                     b, t = take(full, idx)
                     m, a = mask[idx, :t], adv[idx, :t]
                     lp, ent = policy_forward(policy_eng, b, cfg.temperature, entropy=True if cfg.entropy_coef else "metric")
@@ -398,11 +405,12 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         t_sync = time.perf_counter() - t2
 
         # ---- metrics -----------------------------------------------------------------------
-        logs.update(rollout_metrics(episodes))
+        logs.update(rollout_metrics(sampled))  # every sampled episode, trained or not
         logs.update({
             "kl": [] if ref_eng is None else [float(kl_sum / mask.sum().clamp(min=1))] if single_update
             else [float(core.masked_mean(kl_tok, mask))],
-            "groups_dropped": [sstats["groups_dropped"]], "sampling_rounds": [sstats["sampling_rounds"]],
+            "groups_dropped": [sstats["groups_dropped"]], "groups_trained": [float(len(groups))],
+            "sampling_rounds": [sstats["sampling_rounds"]],
             "tokens_per_s": [float(full["attention_mask"].sum()) * cfg.ppo_epochs / max(t_learn, 1e-9)],
             "t_generate": [t_collect - sstats["grade_time"]], "t_grade": [sstats["grade_time"]],
             "t_learn": [t_learn], "t_sync": [t_sync],

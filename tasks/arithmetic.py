@@ -103,6 +103,8 @@ def _span(v: Any, name: str) -> tuple[int, int]:
 class Arithmetic(TaskSource):
     """Multi-operand integer arithmetic with operator precedence and parentheses."""
 
+    cache_items = True
+
     description = "Multi-operand integer arithmetic (+ - * /, precedence, parentheses); exact integer answer."
     grader = "math"
     defaults = {"n_operands": [2, 4], "max_value": 100, "ops": "+-*", "parens": True}
@@ -178,6 +180,8 @@ def _countdown_tree(rng: random.Random, nums: list[int]) -> Node | None:
 @register_task("countdown")
 class Countdown(TaskSource):
     """Reach a target from given numbers with + - * / and parentheses."""
+
+    cache_items = True
 
     description = "Countdown: combine the given numbers with + - * / to hit the target; any valid expression counts."
     grader = "countdown"

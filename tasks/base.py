@@ -12,8 +12,11 @@ along with the completion and ``answer``).
 
 from __future__ import annotations
 
+import copy
 import random
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from typing import Any, ClassVar, Iterator, TypedDict
 
 from thinkgym._registry import Registry
@@ -23,6 +26,11 @@ class Item(TypedDict):
     question: str
     answer: Any
     metadata: dict[str, Any]
+
+
+_ITEMS: OrderedDict[tuple, Item] = OrderedDict()  # least recently used first
+_ITEMS_MAX = 16384
+_ITEMS_LOCK = threading.Lock()
 
 
 class TaskSource(ABC):
@@ -39,6 +47,9 @@ class TaskSource(ABC):
     default_size: ClassVar[int] = 1_000_000
     #: Knobs and their defaults; a subclass that sets this gets checking and defaults for free.
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Items depend on (class, params, seed, index) only, so every instance in the process may
+    #: share them (a learner builds an env per episode: G copies of each prompt's source).
+    cache_items: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0, size: int | None = None, **params: Any) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -79,10 +90,22 @@ class TaskSource(ABC):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"{self.name}: index {i} out of range (size {len(self)})")
+        key = (type(self), repr(sorted(self.params.items())), self.seed, i) if self.cache_items else None
+        if key is not None:
+            with _ITEMS_LOCK:
+                item = _ITEMS.get(key)
+                if item is not None:
+                    _ITEMS.move_to_end(key)
+                    return copy.deepcopy(item)  # callers may edit their item
         item = self.generate(i, self.rng(i))
         item["metadata"].setdefault("grader", self.grader)
         item["metadata"].setdefault("source", self.name)
         item["metadata"].setdefault("index", i)
+        if key is not None:
+            with _ITEMS_LOCK:
+                _ITEMS[key] = copy.deepcopy(item)
+                if len(_ITEMS) > _ITEMS_MAX:
+                    _ITEMS.popitem(last=False)
         return item
 
     def __len__(self) -> int:

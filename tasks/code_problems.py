@@ -252,6 +252,8 @@ def _run_reference(p: Problem) -> dict[str, Any]:
 class CodeProblems(TaskSource):
     """Short Python problems with unit tests (function form) or stdin/stdout tests."""
 
+    cache_items = True
+
     description = "Python programming problems with tests (function or stdin/stdout form); graded by running them."
     grader = "code"
     defaults = {"templates": None, "form": "any"}

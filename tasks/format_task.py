@@ -60,6 +60,8 @@ PUZZLES = {"reverse": _reverse, "upper": _upper, "count": _count, "repeat": _rep
 class FormatTask(TaskSource):
     """Word puzzles whose reward is the think/answer format (structure-only grading)."""
 
+    cache_items = True
+
     description = "Format-only task: trivial word puzzles; reward checks the <think>/<answer> structure."
     grader = "format"
     defaults: dict[str, Any] = {"puzzles": None}

@@ -214,6 +214,8 @@ KINDS: dict[str, Gen] = {
 class LatexMath(TaskSource):
     """Fractions, radicals, intervals and solution sets with LaTeX answers."""
 
+    cache_items = True
+
     description = "MATH-style algebra with LaTeX answers: fractions, radicals, intervals, solution sets."
     grader = "math"
     defaults = {"kinds": None, "max_value": 20}

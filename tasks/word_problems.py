@@ -283,6 +283,8 @@ TEMPLATES: dict[str, Gen] = {
 class WordProblems(TaskSource):
     """Grade-school word problems (GSM8K style) with integer answers."""
 
+    cache_items = True
+
     description = "GSM8K-style multi-step word problems from templates; integer answer, worked solution."
     grader = "math"
     defaults = {"templates": None, "difficulty": [0, 2]}

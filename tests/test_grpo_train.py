@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -195,6 +196,36 @@ def test_single_update_reuses_training_logprobs_with_the_same_result(tmp_path, t
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_fill_batch_false_trains_on_the_informative_groups_only(tmp_path, tiny_model_dir):
+    """Dynamic sampling with one round: flat groups fill the batch by default; with
+    ``fill_batch: false`` only the groups with reward variance are trained (at least one)."""
+    from thinkgym.grpo.train import train
+    from thinkgym.verifiers import Grade, register_grader
+
+    # A random-init model never answers right; this grader gives its completions a random
+    # reward (1 in 4: the text's length mod 4), so some groups are flat and some are not.
+    @register_grader("test_grpo_parity", version="0")
+    def parity(completion: str, gold, **meta) -> Grade:
+        return Grade(float(len(completion) % 4 == 0), reason="length mod 4")
+
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"question": f"Say something {i}.", "answer": "x"}) + "\n" for i in range(64)))
+    kw = dict(max_steps=4, prompts_per_step=4, group_size=4, micro_batch_size=4, minibatches=1,
+              dynamic_sampling=True, max_sampling_tries=1, tensorboard=False, overlong_buffer=0,
+              env_kwargs={"task": "jsonl", "task_params": {"path": str(items), "grader": "test_grpo_parity"}})
+    filled = train(tiny_cfg(tiny_model_dir, tmp_path / "filled", **kw))["history"]
+    lean = train(tiny_cfg(tiny_model_dir, tmp_path / "lean", fill_batch=False, **kw))["history"]
+    assert all(r["groups_trained"] == 4 for r in filled)
+    for r in lean:
+        assert r["groups_trained"] == max(1, 4 - r["groups_dropped"]), r
+    # Step 1 samples from the same weights with the same seeds in both runs: the same groups are flat.
+    assert lean[0]["groups_dropped"] == filled[0]["groups_dropped"]
+    assert any(0 < r["groups_dropped"] < 4 for r in lean), [r["groups_dropped"] for r in lean]  # it was exercised
+    assert all(math.isfinite(r["loss"]) for r in lean) and lean[-1]["kl"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_shared_prefix_gives_the_same_update_under_zero3(tmp_path, tiny_model_dir):
     """ZeRO-3 gathers parameters per forward; the prefix and suffix forwards must still give the
     plain forward's update (two minibatches: the old-logprob forward is shared too)."""
@@ -295,14 +326,18 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir):
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_two_process_deepspeed_keeps_ranks_identical(tmp_path, tiny_model_dir):
-    """torchrun, 2 ranks (gloo), each with its own vLLM sampler and prompts: same weights on both."""
+    """torchrun, 2 ranks (gloo), each with its own vLLM sampler and prompts: same weights on both.
+    Flat groups are dropped (``fill_batch: false``; raw rewards are all 0 here, so each rank keeps
+    one group, the agreed minimum): both ranks run fewer micro-batches than DeepSpeed's configured
+    accumulation, and the per-step boundary still makes them step together."""
     import socket
 
     import torch
     from safetensors.torch import load_file
 
-    cfg = tiny_cfg(tiny_model_dir, tmp_path / "ddp", max_steps=2, prompts_per_step=1, micro_batch_size=2,
-                   tensorboard=False, overlong_buffer=16)
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "ddp", max_steps=3, prompts_per_step=2, micro_batch_size=2,
+                   tensorboard=False, overlong_buffer=16, dynamic_sampling=True, max_sampling_tries=1,
+                   fill_batch=False)
     path = yaml_cfg(tmp_path, cfg)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -393,3 +428,19 @@ def test_lr_schedule_warmup_then_cosine_to_the_floor():
     assert lr_factor(500, 4, 100, 0.1) == lr_factor(100, 4, 100, 0.1)  # stays at the floor
     ys = [lr_factor(s, 0, 50, 0.2) for s in range(51)]
     assert all(a >= b for a, b in zip(ys, ys[1:]))
+
+
+def test_sampler_logprobs_only_feed_the_is_weights(tmp_path, tiny_model_dir):
+    """The learner recomputes logprobs; the sampler's are asked for only when TIS uses them."""
+    import dataclasses
+
+    from thinkgym.grpo.rollouts import sampling_config
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path, tis_cap=2.0)
+    assert sampling_config(cfg, 0, 4).logprobs
+    assert not sampling_config(dataclasses.replace(cfg, tis_cap=None), 0, 4).logprobs
+    assert not sampling_config(cfg, 0, 1, greedy=True).logprobs
+    # YAML null (as the demo writes it) turns TIS off; a None override on the command line does not.
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "output_dir": str(tmp_path), "tis_cap": None}))
+    assert load_config(GRPOConfig, path).tis_cap is None

@@ -351,3 +351,34 @@ def test_code_solutions_pass_the_code_grader():
         g = grade("code", it["metadata"]["solution"], it["answer"])
         assert g.score == 1.0, (it["question"], g.reason)
         assert grade("format", it["metadata"]["solution"], None).score == 1.0
+
+
+def test_item_cache_returns_equal_independent_copies():
+    """Procedural sources share built items process-wide (a learner makes an env per episode);
+    a cached item equals a freshly generated one and editing it changes nothing else."""
+    from thinkgym.tasks import base
+
+    src = make_task("countdown", seed=11, n_numbers=[3, 3], max_number=12)
+    assert type(src).cache_items
+    first = src[5]
+    key = (type(src), repr(sorted(src.params.items())), 11, 5)
+    assert key in base._ITEMS
+    fresh = src.generate(5, src.rng(5))
+    assert first["question"] == fresh["question"] and first["answer"] == fresh["answer"]
+    first["metadata"]["reference"] = "edited"
+    first["answer"]["target"] = -1
+    again = make_task("countdown", seed=11, n_numbers=[3, 3], max_number=12)[5]  # another instance
+    assert again == {**src[5]} and again["answer"]["target"] == fresh["answer"]["target"]
+    assert again["metadata"]["reference"] == fresh["metadata"]["reference"]
+    # seed and params are part of the key
+    assert make_task("countdown", seed=12, n_numbers=[3, 3], max_number=12)[5]["question"] != again["question"]
+    assert make_task("countdown", seed=11, n_numbers=[4, 4], max_number=12)[5]["question"] != again["question"]
+
+
+def test_row_loaders_do_not_cache(tmp_path):
+    """A JSONL source reads its file: rewriting the file gives the new rows, not cached ones."""
+    p = tmp_path / "rows.jsonl"
+    p.write_text(json.dumps({"question": "q1", "answer": "1"}) + "\n")
+    assert make_task("jsonl", path=str(p))[0]["question"] == "q1"
+    p.write_text(json.dumps({"question": "q2", "answer": "2"}) + "\n")
+    assert make_task("jsonl", path=str(p))[0]["question"] == "q2"

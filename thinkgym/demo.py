@@ -67,7 +67,7 @@ class DemoConfig:
     sft_packing: bool = False  #: pack into 1024-token rows (on a tiny model the 1024^2 attention dominates)
     sft_eval_every: int = 32  #: steps between dev evals (loss, and the greedy accuracy that picks best/)
     # --- GRPO
-    grpo_steps: int = 200  #: RL steps
+    grpo_steps: int = 240  #: RL steps
     prompts_per_step: int = 16  #: prompts per step
     group_size: int = 16  #: completions per prompt
     grpo_lr: float = 1e-4  #: RL peak learning rate (also the control arm's, constant there)
@@ -204,7 +204,9 @@ def grpo_config(cfg: DemoConfig, model: str, out: Path) -> dict[str, Any]:
         temperature=1.0, max_tokens=cfg.max_tokens, dynamic_sampling=True,
         max_sampling_tries=cfg.max_sampling_tries, advantage="grpo", std_normalize=True,
         clip_low=0.2, clip_high=0.28, aggregation="token_mean", kl_coef=cfg.kl_coef, kl_estimator="k3",
-        tis_cap=2.0, lr=cfg.grpo_lr, min_lr_ratio=cfg.grpo_min_lr_ratio, ppo_epochs=1, minibatches=1, micro_batch_size=min(cfg.micro_batch_size, n),
+        # fp32 vLLM and the fp32 learner agree on logprobs to ~1e-3: the truncated IS weight (a guard
+        # for bf16 samplers) would be 1, and without it the sampler skips computing logprobs.
+        tis_cap=None, lr=cfg.grpo_lr, min_lr_ratio=cfg.grpo_min_lr_ratio, ppo_epochs=1, minibatches=1, micro_batch_size=min(cfg.micro_batch_size, n),
         zero_stage=2, dtype="fp32", save_every=max(cfg.grpo_steps, 1), keep_checkpoints=1, eval_prompts=0,
         progress=False, tensorboard=False)
 
