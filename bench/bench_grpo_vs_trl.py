@@ -3,7 +3,8 @@
 Both start from the same SFT checkpoint and train on the same countdown prompts, in the same
 order, with the same reward (thinkgym's countdown grader), group size, prompts per step,
 generation length, learning rate (constant), KL coefficient, clip range and number of steps,
-in one run on one machine. Prints samples/s and wall-time ratios and the held-out greedy
+in one run on one machine. Neither applies an importance-sampling correction between sampler and
+learner (TRL's HF-generate path has none; thinkgym's fp32 demo setting turns TIS off). Prints samples/s and wall-time ratios and the held-out greedy
 accuracy of both results (thinkgym's eval harness on contamination-gated held-out items).
 
     python bench/bench_grpo_vs_trl.py --model runs/demo/sft/best --steps 10
