@@ -86,42 +86,38 @@ def full_state_dict(engine: Any, cfg: Any) -> dict[str, Any]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def all_ranks(ok: bool) -> bool:
-    """True only if ``ok`` on every rank (so every rank takes the same branch)."""
+def _all_reduce(values: list[float], dtype: Any, op: str = "sum") -> Any:
+    """``values`` reduced over every rank (``sum`` or ``max``); one process: as given."""
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([0 if ok else 1], dtype=torch.int32)
+    t = torch.tensor(values, dtype=dtype)
     if torch.cuda.is_available():
         t = t.cuda()
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return int(t.item()) == 0
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t.cpu()
+
+
+def all_ranks(ok: bool) -> bool:
+    """True only if ``ok`` on every rank (so every rank takes the same branch)."""
+    import torch
+
+    return int(_all_reduce([0 if ok else 1], torch.int32)[0]) == 0
 
 
 def all_max(x: int) -> int:
     """The largest ``x`` over every rank."""
     import torch
-    import torch.distributed as dist
 
-    t = torch.tensor([x], dtype=torch.int64)
-    if torch.cuda.is_available():
-        t = t.cuda()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return int(_all_reduce([x], torch.int64, "max")[0])
 
 
 def all_mean(xs: list[float]) -> float:
     """Mean over every rank's values."""
     import torch
-    import torch.distributed as dist
 
-    t = torch.tensor([sum(xs), float(len(xs))], dtype=torch.float64)
-    if torch.cuda.is_available():
-        t = t.cuda()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+    t = _all_reduce([sum(xs), float(len(xs))], torch.float64)
     return float(t[0] / t[1]) if t[1] > 0 else float("nan")
 
 
