@@ -73,11 +73,14 @@ class TaskSource(ABC):
             )
         return {**self.defaults, **params}
 
+    def item_key(self, i: int) -> str:
+        """What item ``i`` depends on: source name, params, seed, index."""
+        return f"{self.name}|{sorted(self.params.items())!r}|{self.seed}|{i}"
+
     def rng(self, i: int) -> random.Random:
         # A string seed is hashed with SHA-512 by `random`, so it is stable across processes
         # and independent of PYTHONHASHSEED.
-        key = f"{self.name}|{sorted(self.params.items())!r}|{self.seed}|{i}"
-        return random.Random(key)
+        return random.Random(self.item_key(i))
 
     @abstractmethod
     def generate(self, i: int, rng: random.Random) -> Item:
@@ -90,7 +93,7 @@ class TaskSource(ABC):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"{self.name}: index {i} out of range (size {len(self)})")
-        key = (type(self), repr(sorted(self.params.items())), self.seed, i) if self.cache_items else None
+        key = (type(self), self.item_key(i)) if self.cache_items else None
         if key is not None:
             with _ITEMS_LOCK:
                 item = _ITEMS.get(key)

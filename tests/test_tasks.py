@@ -361,7 +361,7 @@ def test_item_cache_returns_equal_independent_copies():
     src = make_task("countdown", seed=11, n_numbers=[3, 3], max_number=12)
     assert type(src).cache_items
     first = src[5]
-    key = (type(src), repr(sorted(src.params.items())), 11, 5)
+    key = (type(src), src.item_key(5))
     assert key in base._ITEMS
     fresh = src.generate(5, src.rng(5))
     assert first["question"] == fresh["question"] and first["answer"] == fresh["answer"]
@@ -370,6 +370,8 @@ def test_item_cache_returns_equal_independent_copies():
     again = make_task("countdown", seed=11, n_numbers=[3, 3], max_number=12)[5]  # another instance
     assert again == {**src[5]} and again["answer"]["target"] == fresh["answer"]["target"]
     assert again["metadata"]["reference"] == fresh["metadata"]["reference"]
+    again["answer"]["target"] = -2  # a cache hit's copy is the caller's too
+    assert src[5]["answer"]["target"] == fresh["answer"]["target"]
     # seed and params are part of the key
     assert make_task("countdown", seed=12, n_numbers=[3, 3], max_number=12)[5]["question"] != again["question"]
     assert make_task("countdown", seed=11, n_numbers=[4, 4], max_number=12)[5]["question"] != again["question"]
