@@ -358,6 +358,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             perm = torch.cat([torch.nonzero(gids == g)[:, 0] for g in torch.randperm(len(groups)).tolist()])
             for mb in perm.tensor_split(cfg.minibatches):
                 norm = {"num_tokens": float(mask[mb].sum()), "num_seqs": float(len(mb))}
+                logs.setdefault("lr", []).append(float(policy_eng.get_lr()[0]))  # this optimiser step's
                 micro = mb.split(cfg.micro_batch_size)
                 for k, idx in enumerate(micro):
                     # The batch may be smaller than DeepSpeed's configured accumulation: say where it ends.
@@ -384,6 +385,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                     policy_eng.backward(loss, scale_wrt_gas=False)  # we normalise over the minibatch
                     opt.skip_next = bad  # a non-finite loss anywhere in this step skips its updates
                     policy_eng.step()
+                    if k == len(micro) - 1 and policy_eng.get_global_grad_norm() is not None:
+                        logs.setdefault("grad_norm", []).append(float(policy_eng.get_global_grad_norm()))
                     for k, v in (("loss", loss), ("clipfrac", core.masked_mean(clipped, m)),
                                  ("entropy", core.masked_mean(ent.detach(), m)),
                                  ("ratio", core.masked_mean(torch.exp(lp.detach() - old), m))):

@@ -139,7 +139,7 @@ def test_train_steps_update_weights_and_sync_sampler(tmp_path, tiny_model_dir):
         ref = hf_logprobs(engine.module, prompt, c.token_ids)
         checks.append((step, max(abs(a - b) for a, b in zip(ref, c.logprobs))))
 
-    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", max_steps=3, advantage="grpo")
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", max_steps=3, advantage="grpo", warmup_steps=3, min_lr_ratio=0.5)
     res = train(cfg, on_step=on_step)
     hist = res["history"]
     assert res["stopped"] == "max_steps" and [r["step"] for r in hist] == [1, 2, 3]
@@ -159,6 +159,12 @@ def test_train_steps_update_weights_and_sync_sampler(tmp_path, tiny_model_dir):
     for key in ("reward", "accuracy", "entropy", "tokens_per_s", "t_generate", "t_learn", "t_sync", "grader_errors"):
         assert key in rows[-1], key
     assert any(k.startswith("reward/") for k in rows[-1])  # per-grader breakdown
+    # lr: the mean over each step's optimiser steps (2 minibatches) of warm-up, then cosine
+    from thinkgym.grpo.engine import lr_factor
+
+    want = [cfg.lr * sum(lr_factor(s, 3, 6, 0.5) for s in (2 * i, 2 * i + 1)) / 2 for i in range(3)]
+    assert [r["lr"] for r in rows] == pytest.approx(want), [r["lr"] for r in rows]
+    assert all(0 < r["grad_norm"] < float("inf") for r in rows)
     assert (out / "curves.png").stat().st_size > 1000 and list((out / "tensorboard").iterdir())
 
 
