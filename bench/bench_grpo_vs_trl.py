@@ -4,10 +4,13 @@ Both start from the same SFT checkpoint and train on the same countdown prompts,
 order, with the same reward (thinkgym's countdown grader), group size, prompts per step,
 generation length, learning rate (constant), KL coefficient, clip range and number of steps,
 in one run on one machine. Neither applies an importance-sampling correction between sampler and
-learner (TRL's HF-generate path has none; thinkgym's fp32 demo setting turns TIS off). Prints samples/s and wall-time ratios and the held-out greedy
-accuracy of both results (thinkgym's eval harness on contamination-gated held-out items).
+learner (TRL's HF-generate path has none; thinkgym's fp32 demo setting turns TIS off). Prints
+samples/s and wall-time ratios and the held-out greedy accuracy of both results (thinkgym's eval
+harness on contamination-gated held-out items). ``--repeats N`` runs each trainer N times with
+sampling seeds seed, seed+100, ...: a single run's accuracy moves by several points with the
+sampling seed alone, so "no worse" is judged on the mean.
 
-    python bench/bench_grpo_vs_trl.py --model runs/demo/sft/best --steps 10
+    python bench/bench_grpo_vs_trl.py --model runs/demo/sft/best --steps 30 --repeats 3
     python bench/bench_grpo_vs_trl.py              # builds a tiny SFT checkpoint first
 
 TRL is a benchmark-only dependency (``pip install thinkgym[bench]``).
@@ -50,7 +53,7 @@ def countdown_reward(tokenizer):
     return reward
 
 
-def run_trl(args, cfg, model: str, out: Path) -> dict:
+def run_trl(args, cfg, model: str, out: Path, seed: int) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,7 +61,7 @@ def run_trl(args, cfg, model: str, out: Path) -> dict:
 
     from thinkgym.tasks import make_task
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     src = make_task("countdown", seed=cfg.split_seed("rl"), **cfg.task_params)
     items = [src[i] for i in range(args.steps * args.prompts)]
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": it["question"]}],
@@ -71,7 +74,7 @@ def run_trl(args, cfg, model: str, out: Path) -> dict:
         learning_rate=args.lr, lr_scheduler_type="constant", adam_beta2=0.999, optim="adamw_torch",
         beta=args.kl, epsilon=0.2, epsilon_high=0.28, loss_type="dapo", scale_rewards="group",
         num_iterations=1, gradient_accumulation_steps=1, use_cpu=True, bf16=False, report_to="none",
-        logging_steps=1, save_strategy="no", seed=args.seed, shuffle_dataset=False, disable_dropout=True,
+        logging_steps=1, save_strategy="no", seed=seed, shuffle_dataset=False, disable_dropout=True,
     )
     policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     trainer = GRPOTrainer(model=policy, reward_funcs=countdown_reward(tok), args=tcfg, train_dataset=ds,
@@ -86,7 +89,7 @@ def run_trl(args, cfg, model: str, out: Path) -> dict:
             "reward_first": logs[0]["reward"] if logs else None, "reward_last": logs[-1]["reward"] if logs else None}
 
 
-def run_thinkgym(args, cfg, model: str, out: Path) -> dict:
+def run_thinkgym(args, cfg, model: str, out: Path, seed: int) -> dict:
     import subprocess
 
     from thinkgym.demo import _write_yaml, grpo_config
@@ -96,16 +99,16 @@ def run_thinkgym(args, cfg, model: str, out: Path) -> dict:
     # Same prompts, same count as TRL: no dynamic-sampling refills; constant lr, no warm-up.
     g.update(dynamic_sampling=False, max_sampling_tries=1, max_steps=args.steps, prompts_per_step=args.prompts,
              group_size=args.group, max_tokens=args.max_tokens, lr=args.lr, kl_coef=args.kl, warmup_steps=0, min_lr_ratio=1.0,
-             micro_batch_size=min(args.micro_batch, args.prompts * args.group))
+             micro_batch_size=min(args.micro_batch, args.prompts * args.group), seed=seed)
     out.mkdir(parents=True, exist_ok=True)
-    yml = _write_yaml(out.parent / "thinkgym-grpo.yaml", g)
+    yml = _write_yaml(out.parent / f"{out.name}-grpo.yaml", g)
     t0 = time.perf_counter()
-    with open(out.parent / "thinkgym-grpo.log", "w") as f:
+    with open(out.parent / f"{out.name}-grpo.log", "w") as f:
         p = subprocess.run([sys.executable, "-m", "thinkgym.grpo.train", "--config", str(yml)], stdout=f,
                            stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
     if p.returncode:
-        raise SystemExit(f"thinkgym GRPO failed; see {out.parent / 'thinkgym-grpo.log'}")
+        raise SystemExit(f"thinkgym GRPO failed; see {out.parent / f'{out.name}-grpo.log'}")
     hist = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     loop = sum(r.get("t_generate", 0) + r.get("t_grade", 0) + r.get("t_learn", 0) + r.get("t_sync", 0) for r in hist)
     return {"loop_s": loop, "wall_s": wall, "samples": args.steps * args.prompts * args.group,
@@ -127,7 +130,9 @@ def main() -> None:
     p.add_argument("--kl", type=float, default=d.kl_coef)
     p.add_argument("--micro-batch", type=int, default=d.micro_batch_size)
     p.add_argument("--heldout", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data split seed (the SFT checkpoint's demo seed)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each trainer, sampling seeds seed, seed+100, ... (accuracy: mean and spread)")
     args = p.parse_args()
 
     from thinkgym.demo import _run, _write_yaml, build_data, evaluate_policies, sft_config
@@ -150,32 +155,66 @@ def main() -> None:
     print(f"start: {model}; {args.steps} steps x {args.prompts} prompts x {args.group} samples, "
           f"{args.max_tokens} tokens, lr {args.lr:g}, KL {args.kl:g}", flush=True)
 
-    tg = run_thinkgym(args, cfg, model, run / "thinkgym")
-    print(f"thinkgym: {tg['samples'] / tg['loop_s']:.1f} samples/s (loop {tg['loop_s']:.1f}s, wall {tg['wall_s']:.1f}s)", flush=True)
-    t0 = time.perf_counter()
-    trl = run_trl(args, cfg, model, run / "trl")
-    trl["wall_s"] = time.perf_counter() - t0
-    print(f"TRL:      {trl['samples'] / trl['loop_s']:.1f} samples/s (loop {trl['loop_s']:.1f}s, wall {trl['wall_s']:.1f}s)", flush=True)
+    # Each repeat samples with its own seed (same checkpoint, prompts and settings): one 30-step run's
+    # held-out accuracy moves by several points with the sampling seed alone.
+    runs = []
+    for r in range(args.repeats):
+        seed, tag = args.seed + 100 * r, ("" if r == 0 else f"-{args.seed + 100 * r}")
+        tg = run_thinkgym(args, cfg, model, run / f"thinkgym{tag}", seed)
+        print(f"thinkgym (seed {seed}): {tg['samples'] / tg['loop_s']:.1f} samples/s (loop {tg['loop_s']:.1f}s, "
+              f"wall {tg['wall_s']:.1f}s)", flush=True)
+        t0 = time.perf_counter()
+        trl = run_trl(args, cfg, model, run / f"trl{tag}", seed)
+        trl["wall_s"] = time.perf_counter() - t0
+        print(f"TRL      (seed {seed}): {trl['samples'] / trl['loop_s']:.1f} samples/s (loop {trl['loop_s']:.1f}s, "
+              f"wall {trl['wall_s']:.1f}s)", flush=True)
+        runs.append({"seed": seed, "tag": tag, "thinkgym": tg, "trl": trl})
 
-    acc = evaluate_policies(dataclasses.replace(cfg, eval_samples=4),
-                            {"start": Path(model), "thinkgym": Path(tg["final"]), "trl": Path(trl["final"])}, run)
+    policies = {"start": Path(model)}
+    for x in runs:
+        policies.update({f"thinkgym{x['tag']}": Path(x["thinkgym"]["final"]), f"trl{x['tag']}": Path(x["trl"]["final"])})
+    acc = evaluate_policies(dataclasses.replace(cfg, eval_samples=4), policies, run)
+    per_run = []
+    for x in runs:
+        tg, trl, tag = x["thinkgym"], x["trl"], x["tag"]
+        per_run.append({
+            "sampling_seed": x["seed"],
+            "thinkgym_samples_per_s": tg["samples"] / tg["loop_s"], "trl_samples_per_s": trl["samples"] / trl["loop_s"],
+            "samples_per_s_ratio": (tg["samples"] / tg["loop_s"]) / (trl["samples"] / trl["loop_s"]),
+            "thinkgym_wall_s": tg["wall_s"], "trl_wall_s": trl["wall_s"],
+            "heldout_accuracy": {"thinkgym": acc[f"thinkgym{tag}"]["accuracy"], "trl": acc[f"trl{tag}"]["accuracy"]},
+            "heldout_pass@1_T1": {"thinkgym": acc[f"thinkgym{tag}"]["pass@1"], "trl": acc[f"trl{tag}"]["pass@1"]},
+            "train_reward": {"thinkgym": [tg["reward_first"], tg["reward_last"]], "trl": [trl["reward_first"], trl["reward_last"]]},
+        })
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
+    samples = sum(x["thinkgym"]["samples"] for x in runs)
+    tg_sps = samples / sum(x["thinkgym"]["loop_s"] for x in runs)
+    trl_sps = samples / sum(x["trl"]["loop_s"] for x in runs)
     res = {
+        "model": str(model), "seed": args.seed, "repeats": args.repeats,
         "steps": args.steps, "samples_per_step": args.prompts * args.group, "max_tokens": args.max_tokens,
-        "thinkgym_samples_per_s": tg["samples"] / tg["loop_s"], "trl_samples_per_s": trl["samples"] / trl["loop_s"],
-        "samples_per_s_ratio": (tg["samples"] / tg["loop_s"]) / (trl["samples"] / trl["loop_s"]),
-        "wall_time_ratio_trl_over_thinkgym": trl["wall_s"] / tg["wall_s"],
-        "thinkgym_wall_s": tg["wall_s"], "trl_wall_s": trl["wall_s"],
-        "heldout_accuracy": {k: v["accuracy"] for k, v in acc.items()},
-        "heldout_pass@1_T1": {k: v["pass@1"] for k, v in acc.items()},
-        "train_reward": {"thinkgym": [tg["reward_first"], tg["reward_last"]], "trl": [trl["reward_first"], trl["reward_last"]]},
+        "thinkgym_samples_per_s": tg_sps, "trl_samples_per_s": trl_sps, "samples_per_s_ratio": tg_sps / trl_sps,
+        "wall_time_ratio_trl_over_thinkgym": sum(x["trl"]["wall_s"] for x in runs) / sum(x["thinkgym"]["wall_s"] for x in runs),
+        "thinkgym_wall_s": mean([x["thinkgym"]["wall_s"] for x in runs]), "trl_wall_s": mean([x["trl"]["wall_s"] for x in runs]),
+        # means over the repeats (one run each with --repeats 1); per-run values under "runs"
+        "heldout_accuracy": {"start": acc["start"]["accuracy"],
+                             **{k: mean([r["heldout_accuracy"][k] for r in per_run]) for k in ("thinkgym", "trl")}},
+        "heldout_pass@1_T1": {"start": acc["start"]["pass@1"],
+                              **{k: mean([r["heldout_pass@1_T1"][k] for r in per_run]) for k in ("thinkgym", "trl")}},
+        "runs": per_run,
         "heldout_items": data["heldout_items"], "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     (run / "bench.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
+    spread = {k: [round(100 * r["heldout_accuracy"][k], 1) for r in per_run] for k in ("thinkgym", "trl")}
     print(f"samples/s ratio thinkgym/TRL: {res['samples_per_s_ratio']:.2f}x   wall time TRL/thinkgym: "
           f"{res['wall_time_ratio_trl_over_thinkgym']:.2f}x   held-out greedy accuracy: start "
-          f"{acc['start']['accuracy']:.3f}, thinkgym {acc['thinkgym']['accuracy']:.3f}, TRL {acc['trl']['accuracy']:.3f}")
+          f"{acc['start']['accuracy']:.3f}, thinkgym {res['heldout_accuracy']['thinkgym']:.3f} {spread['thinkgym']}, "
+          f"TRL {res['heldout_accuracy']['trl']:.3f} {spread['trl']}")
 
 
 if __name__ == "__main__":
