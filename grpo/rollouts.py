@@ -51,6 +51,7 @@ def collect_groups(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], step: i
 
     from thinkgym.grpo import core
     from thinkgym.sampler.rollout import collect_rollouts
+    from thinkgym.sampler.types import mix_seed
 
     keep: list[list[Any]] = []
     spare: list[list[Any]] = []
@@ -63,7 +64,7 @@ def collect_groups(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], step: i
         state["cursor"] += need
         # Training indices count up from 0 and wrap before the held-out ones at the top.
         indices = [(rank + world * k) % (state["n_items"] - cfg.eval_prompts) for k in local]
-        seed = (cfg.seed * 1_000_003 + step * 7919 + attempt * 104_729 + rank * 15_485_863) % (2**31 - 1)
+        seed = mix_seed(cfg.seed, step, attempt, rank)  # hashed: no seed shared across steps or groups
         batch = collect_rollouts(env_ids_for(cfg, indices), sampler, indices=indices, group_size=cfg.group_size,
                                  cfg=sampling_config(cfg, seed, cfg.group_size), max_turns=cfg.max_turns,
                                  env_kwargs=cfg.env_kwargs)

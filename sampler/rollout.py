@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
-from thinkgym.sampler.types import Completion, Sampler, SamplingConfig, chat_prompt_ids
+from thinkgym.sampler.types import Completion, Sampler, SamplingConfig, chat_prompt_ids, mix_seed
 
 log = logging.getLogger("thinkgym.sampler")
 
@@ -281,7 +281,7 @@ def collect_rollouts(
     for g, (spec, idx) in enumerate(zip(envs_or_ids, indices)):
         for m in range(group_size):
             env, env_id = _make_env(spec, dict(env_kwargs or {}))
-            seed = None if cfg.seed is None else cfg.seed + 7919 * g + 104729 * m
+            seed = None if cfg.seed is None else mix_seed(cfg.seed, g, m)
             _obs, info = env.reset(seed=seed, options={"index": idx})
             messages = info.get("messages") or [{"role": "user", "content": _obs}]
             prompt = chat_prompt_ids(tok, messages, **tkw)
@@ -347,7 +347,7 @@ def _takes_seeds(sampler: Any) -> bool:
 
 
 def _turn_seed(lv: _Live) -> int | None:
-    return None if lv.seed is None else lv.seed + 31 * lv.ep.num_turns
+    return None if lv.seed is None else mix_seed(lv.seed, lv.ep.num_turns)
 
 
 def _append_completion(ep: Episode, c: Completion) -> None:

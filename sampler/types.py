@@ -169,12 +169,24 @@ def check_prompts(prompts: Any, vocab_size: int | None = None) -> list[list[int]
     return out
 
 
+def mix_seed(*parts: int) -> int:
+    """A seed in ``[0, 2**31 - 1)`` hashed from integer parts: stable across runs and platforms,
+    and unrelated for different part tuples.
+
+    A linear mix such as ``base + 7919 * step + 7919 * group`` repeats along diagonals (step 2's
+    group 0 gets step 1's group 1 seed), so "independent" samples would share their noise across
+    steps; a hash has no such structure. The range suits vLLM and torch generators."""
+    import hashlib
+
+    key = ",".join(str(int(p)) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % (2**31 - 1)
+
+
 def request_seed(cfg: SamplingConfig, prompt_index: int, sample_index: int = 0, phase: int = 0) -> int | None:
     """A per-request seed derived from the base seed, stable across runs and backends."""
     if cfg.seed is None:
         return None
-    # Simple mixing keeps seeds small (vLLM and torch take 63-bit ints) and distinct per request.
-    return (cfg.seed * 1_000_003 + prompt_index * 10_007 + sample_index * 101 + phase) % (2**31 - 1)
+    return mix_seed(cfg.seed, prompt_index, sample_index, phase)
 
 
 def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]], **template_kwargs: Any) -> list[int]:

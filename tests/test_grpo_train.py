@@ -450,3 +450,31 @@ def test_sampler_logprobs_only_feed_the_is_weights(tmp_path, tiny_model_dir):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "output_dir": str(tmp_path), "tis_cap": None}))
     assert load_config(GRPOConfig, path).tis_cap is None
+
+
+@pytest.mark.slow
+def test_no_two_rollouts_share_a_sampling_seed(tiny_model_dir, tmp_path):
+    """Every episode of a run samples with its own seed: across steps, dynamic-sampling rounds,
+    groups and members. (A linear seed mix repeated seeds along diagonals, e.g. step 2 / group 0
+    = step 1 / group 1, so samples shared their noise across steps.) The real HF sampler runs;
+    a spy records the per-episode seeds it is given."""
+    from thinkgym.grpo.rollouts import collect_groups
+    from thinkgym.sampler import make_sampler
+
+    sampler = make_sampler("hf", tiny_model_dir, num_threads=1)
+    real, seen = sampler.generate, []
+
+    def spy(prompts, cfg, seeds=None):
+        seen.extend(seeds)
+        return real(prompts, cfg, seeds=seeds)
+
+    sampler.generate = spy
+    # Random-init weights answer wrong: every group is flat, so every step runs all its rounds.
+    cfg = tiny_cfg(tiny_model_dir, tmp_path, prompts_per_step=3, group_size=3, micro_batch_size=9, minibatches=1,
+                   max_tokens=2, stop=[],
+                   overlong_buffer=0, dynamic_sampling=True, max_sampling_tries=3)
+    state = {"cursor": 0, "n_items": 10_000}
+    for step in range(1, 6):
+        collect_groups(cfg, sampler, state, step, rank=0, world=1)
+    assert len(seen) == 5 * 3 * 3 * 3  # steps x rounds x prompts x members
+    assert len(set(seen)) == len(seen)
