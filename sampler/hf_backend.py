@@ -1,8 +1,9 @@
 """HF ``transformers`` sampler: the fallback backend (no vLLM needed).
 
-A batched decode loop with a KV cache over left-padded prompts. Each request has its own
-``torch.Generator`` seeded from the request seed, so a completion depends only on its prompt,
-seed and the weights, not on what else is in the batch. Logprobs follow vLLM's
+A batched decode loop with a KV cache over left-padded prompts; rows that finish leave the batch
+and the cache. Each request has its own ``torch.Generator`` (on the model's device) seeded from
+the request seed, and sampling is one batched exponential race over per-row noise, so a
+completion depends only on its prompt, seed and the weights, not on what else is in the batch. Logprobs follow vLLM's
 ``processed_logprobs``: ``log_softmax`` of the temperature-scaled, top-k/top-p-filtered logits.
 """
 
@@ -80,43 +81,47 @@ class HFSampler(BaseSampler):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         gens = []
         for r in reqs:
-            g = torch.Generator(device="cpu")
+            g = torch.Generator(device=dev)
             g.manual_seed(r.seed if r.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
             gens.append(g)
         toks: list[list[int]] = [[] for _ in reqs]
         lps: list[list[float]] = [[] for _ in reqs]
         finish: list[str | None] = [None] * B
+        rows = list(range(B))  # request index of each row still decoding
         stop_tail = max((len(s) for r in reqs for s in r.stop), default=0) + 8
         with torch.no_grad():
             o = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            past = o.past_key_values
-            logits = o.logits[:, -1, :].float().cpu()
+            past, logits = o.past_key_values, o.logits[:, -1, :]
             for _step in range(max(r.max_tokens for r in reqs)):
-                nxt = torch.full((B,), self.pad_id, dtype=torch.long)
-                for b, r in enumerate(reqs):
-                    if finish[b] is not None:
+                nxt, lp = _pick(logits.float(), cfg, [gens[b] for b in rows])  # (n,) each, on dev
+                keep = []
+                for i, (b, tok, tlp) in enumerate(zip(rows, nxt.tolist(), lp.tolist())):
+                    if finish[b] is not None:  # only where the cache cannot drop finished rows
                         continue
-                    tok, lp = _pick(logits[b], cfg, gens[b])
                     toks[b].append(tok)
-                    lps[b].append(lp)
-                    nxt[b] = tok
+                    lps[b].append(tlp)
                     if tok in self.eos_ids:
                         finish[b] = "stop"
-                    elif r.stop and any(s in self.tokenizer.decode(toks[b][-stop_tail:]) for s in r.stop):
+                    elif reqs[b].stop and any(s in self.tokenizer.decode(toks[b][-stop_tail:]) for s in reqs[b].stop):
                         finish[b] = "stop"
-                    elif len(toks[b]) >= r.max_tokens:
+                    elif len(toks[b]) >= reqs[b].max_tokens:
                         finish[b] = "length"
-                if all(f is not None for f in finish):
+                    else:
+                        keep.append(i)
+                if not keep:
                     break
-                alive = torch.tensor([f is None for f in finish], dtype=torch.long).to(dev)
+                if len(keep) < len(rows) and hasattr(past, "batch_select_indices"):
+                    # Finished rows leave the batch (and the KV cache): no compute on padding.
+                    sel = torch.tensor(keep, device=dev)
+                    past.batch_select_indices(sel)
+                    mask, pos, nxt = mask[sel], pos[sel], nxt[sel]
+                    rows = [rows[i] for i in keep]
+                alive = torch.tensor([finish[b] is None for b in rows], dtype=torch.long, device=dev)
                 mask = torch.cat([mask, alive[:, None]], dim=1)
                 pos = pos[:, -1:] + 1
-                o = self.model(
-                    input_ids=nxt[:, None].to(dev), attention_mask=mask, position_ids=pos,
-                    past_key_values=past, use_cache=True,
-                )
-                past = o.past_key_values
-                logits = o.logits[:, -1, :].float().cpu()
+                o = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                               past_key_values=past, use_cache=True)
+                past, logits = o.past_key_values, o.logits[:, -1, :]
         return [RawSample(t, lp, f or "length") for t, lp, f in zip(toks, lps, finish)]
 
     def update_weights(self, weights: Mapping[str, Any] | str | Path) -> None:
@@ -137,23 +142,26 @@ class HFSampler(BaseSampler):
         self.model = None
 
 
-def _pick(logits: Any, cfg: SamplingConfig, gen: Any) -> tuple[int, float]:
-    """Sample one token from a row of logits; return (token, processed logprob)."""
+def _pick(logits: Any, cfg: SamplingConfig, gens: list[Any]) -> tuple[Any, Any]:
+    """Sample one token per row of ``logits`` (n, V), row ``i`` with ``gens[i]``; return the tokens
+    and their processed logprobs, (n,) each, on the logits' device."""
     import torch
 
     if cfg.greedy:
-        lp = torch.log_softmax(logits, -1)
-        t = int(torch.argmax(logits))
-        return t, float(lp[t])
+        t = torch.argmax(logits, -1)
+        return t, torch.log_softmax(logits, -1).gather(1, t[:, None])[:, 0]
     x = logits / cfg.temperature
     if cfg.top_k and cfg.top_k > 0:
-        kth = torch.topk(x, min(cfg.top_k, x.numel())).values[-1]
+        kth = torch.topk(x, min(cfg.top_k, x.shape[-1]), dim=-1).values[:, -1:]
         x = x.masked_fill(x < kth, float("-inf"))
     if cfg.top_p < 1.0:
-        sx, si = torch.sort(x, descending=True)
-        cum = torch.softmax(sx, -1).cumsum(-1)
-        drop = cum - torch.softmax(sx, -1) > cfg.top_p  # keep the token that crosses top_p
-        x = x.masked_fill(torch.zeros_like(drop).scatter(0, si, drop), float("-inf"))
+        sx, si = torch.sort(x, dim=-1, descending=True)
+        p = torch.softmax(sx, -1)
+        drop = p.cumsum(-1) - p > cfg.top_p  # keep the token that crosses top_p
+        x = x.masked_fill(torch.zeros_like(drop).scatter(1, si, drop), float("-inf"))
     lp = torch.log_softmax(x, -1)
-    t = int(torch.multinomial(lp.exp(), 1, generator=gen))
-    return t, float(lp[t])
+    # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) picks token i with probability p_i, and
+    # each row's noise comes from its own generator (a row's tokens do not depend on its batch).
+    q = torch.stack([torch.empty(x.shape[-1], device=x.device).exponential_(generator=g) for g in gens])
+    t = torch.argmax(lp.exp() / q, -1)
+    return t, lp.gather(1, t[:, None])[:, 0]

@@ -114,3 +114,23 @@ def test_think_closed_within_budget_continues(sampler):
         for c in g:
             if c.forced:
                 assert len(c.token_ids) <= 16 + 1 + 4 and c.think_tokens == 16
+
+
+@pytest.mark.parametrize("kw, keep", [({}, 5), ({"top_k": 2}, 2), ({"top_p": 0.7}, 2)])
+def test_batched_sampling_follows_the_filtered_distribution(kw, keep):
+    """The batched exponential race draws each token with its (temperature-scaled, top-k/top-p
+    filtered) probability; one generator per row, 20k rows."""
+    from thinkgym.sampler.hf_backend import _pick
+
+    logits = torch.tensor([[2.0, 1.5, 0.5, 0.0, -1.0]]).repeat(20_000, 1)
+    gens = [torch.Generator().manual_seed(i) for i in range(20_000)]
+    cfg = SamplingConfig(n=1, temperature=0.7, max_tokens=1, **kw)
+    tok, lp = _pick(logits, cfg, gens)
+    x = logits[0] / 0.7
+    p = torch.softmax(x, -1)
+    want = torch.zeros(5)
+    want[:keep] = p[:keep] / p[:keep].sum()  # top_p=0.7 keeps the two tokens that reach 0.7
+    freq = torch.bincount(tok, minlength=5).float() / len(tok)
+    assert torch.allclose(freq, want, atol=0.012), (freq, want)
+    assert torch.allclose(lp, want.log()[tok], atol=1e-5)  # processed logprobs of the drawn tokens
+    assert torch.equal(_pick(logits[:3], cfg, [torch.Generator().manual_seed(i) for i in range(3)])[0], tok[:3])
