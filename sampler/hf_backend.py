@@ -92,6 +92,7 @@ class HFSampler(BaseSampler):
         with torch.no_grad():
             o = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
             past, logits = o.past_key_values, o.logits[:, -1, :]
+            drop_rows = _plain_kv_cache(past)
             for _step in range(max(r.max_tokens for r in reqs)):
                 nxt, lp = _pick(logits.float(), cfg, [gens[b] for b in rows])  # (n,) each, on dev
                 keep = []
@@ -110,7 +111,7 @@ class HFSampler(BaseSampler):
                         keep.append(i)
                 if not keep:
                     break
-                if len(keep) < len(rows) and hasattr(past, "batch_select_indices"):
+                if len(keep) < len(rows) and drop_rows:
                     # Finished rows leave the batch (and the KV cache): no compute on padding.
                     sel = torch.tensor(keep, device=dev)
                     past.batch_select_indices(sel)
@@ -140,6 +141,17 @@ class HFSampler(BaseSampler):
 
     def close(self) -> None:
         self.model = None
+
+
+def _plain_kv_cache(cache: Any) -> bool:
+    """Whether finished rows can be cut from ``cache``: only when every layer holds just keys and
+    values (a linear-attention or quantized layer keeps other per-row state)."""
+    try:
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    except ImportError:
+        return False
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 def _pick(logits: Any, cfg: SamplingConfig, gens: list[Any]) -> tuple[Any, Any]:

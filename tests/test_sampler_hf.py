@@ -134,3 +134,21 @@ def test_batched_sampling_follows_the_filtered_distribution(kw, keep):
     assert torch.allclose(freq, want, atol=0.012), (freq, want)
     assert torch.allclose(lp, want.log()[tok], atol=1e-5)  # processed logprobs of the drawn tokens
     assert torch.equal(_pick(logits[:3], cfg, [torch.Generator().manual_seed(i) for i in range(3)])[0], tok[:3])
+
+
+def test_finished_rows_leave_the_batch_without_changing_results(sampler, prompts, monkeypatch):
+    """Rows that stop early are cut from the batch and the KV cache; the other rows' tokens and
+    logprobs are those of a decode that keeps every row to the end."""
+    from thinkgym.sampler import hf_backend
+
+    assert hf_backend._plain_kv_cache(sampler.model(torch.tensor([prompts[0]]), use_cache=True).past_key_values)
+    cfg = SamplingConfig(n=6, max_tokens=24, seed=11, temperature=1.0, stop=["a"])
+    cut = sampler.generate(prompts, cfg)
+    lengths = {len(c.token_ids) for g in cut for c in g}
+    assert len(lengths) > 1  # some rows did finish before others
+    monkeypatch.setattr(hf_backend, "_plain_kv_cache", lambda cache: False)
+    full = sampler.generate(prompts, cfg)
+    for a, b in zip(cut, full):
+        for x, y in zip(a, b):
+            assert x.token_ids == y.token_ids and x.finish_reason == y.finish_reason
+            assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
