@@ -358,7 +358,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             perm = torch.cat([torch.nonzero(gids == g)[:, 0] for g in torch.randperm(len(groups)).tolist()])
             for mb in perm.tensor_split(cfg.minibatches):
                 norm = {"num_tokens": float(mask[mb].sum()), "num_seqs": float(len(mb))}
-                logs.setdefault("lr", []).append(float(policy_eng.get_lr()[0]))  # this optimiser step's
+                logs.setdefault("lr", []).append(float(policy_eng.get_lr()[0]))  # the lr this optimiser step uses
                 micro = mb.split(cfg.micro_batch_size)
                 for k, idx in enumerate(micro):
                     # The batch may be smaller than DeepSpeed's configured accumulation: say where it ends.
@@ -385,8 +385,9 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                     policy_eng.backward(loss, scale_wrt_gas=False)  # we normalise over the minibatch
                     opt.skip_next = bad  # a non-finite loss anywhere in this step skips its updates
                     policy_eng.step()
-                    if k == len(micro) - 1 and policy_eng.get_global_grad_norm() is not None:
-                        logs.setdefault("grad_norm", []).append(float(policy_eng.get_global_grad_norm()))
+                    gnorm = policy_eng.get_global_grad_norm() if k == len(micro) - 1 else None  # set at the boundary
+                    if gnorm is not None:
+                        logs.setdefault("grad_norm", []).append(float(gnorm))
                     for k, v in (("loss", loss), ("clipfrac", core.masked_mean(clipped, m)),
                                  ("entropy", core.masked_mean(ent.detach(), m)),
                                  ("ratio", core.masked_mean(torch.exp(lp.detach() - old), m))):
