@@ -55,7 +55,7 @@ from thinkgym.grpo.engine import (
     setup_distributed,
     weight_hashes,
 )
-from thinkgym.grpo.forward import collate, policy_forward, take, value_forward
+from thinkgym.grpo.forward import by_group_length, collate, policy_forward, take, value_forward
 from thinkgym.grpo.monitor import Monitor, plot_curves, rollout_metrics
 from thinkgym.grpo.rollouts import collect_groups, evaluate, task_size
 
@@ -335,7 +335,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         # loss, so the training forward's own detached logprobs are the "old" ones: skip a forward.
         old_lp, ref_lp, values = (torch.zeros_like(mask) for _ in range(3))
         n = len(episodes)  # n_seq, or fewer with fill_batch: false
-        chunks = torch.arange(n).split(cfg.micro_batch_size)
+        row_len = full["attention_mask"].sum(1).cpu()  # (N,)
+        chunks = by_group_length(torch.arange(n), gids, row_len).split(cfg.micro_batch_size)
         with torch.no_grad():
             for idx in chunks:
                 b, t = take(full, idx)
@@ -359,7 +360,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             for mb in perm.tensor_split(cfg.minibatches):
                 norm = {"num_tokens": float(mask[mb].sum()), "num_seqs": float(len(mb))}
                 logs.setdefault("lr", []).append(float(policy_eng.get_lr()[0]))  # the lr this optimiser step uses
-                micro = mb.split(cfg.micro_batch_size)
+                micro = by_group_length(mb, gids, row_len).split(cfg.micro_batch_size)
                 for k, idx in enumerate(micro):
                     # The batch may be smaller than DeepSpeed's configured accumulation: say where it ends.
                     for eng in (policy_eng, critic_eng):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import groupby
 from types import SimpleNamespace
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from thinkgym.grpo.forward import collate, policy_forward, prefix_lengths, take  # noqa: E402
+from thinkgym.grpo.forward import by_group_length, collate, policy_forward, prefix_lengths, take  # noqa: E402
 
 
 def batch(groups: list[tuple[list[int], list[list[int]]]], pad: int = 0) -> dict:
@@ -35,6 +36,26 @@ def test_prefix_lengths_stop_before_the_first_scored_token():
     b2["mask"] = torch.cat([b2["mask"], b2["mask"]])
     b2["gids"] = torch.tensor([0, 0])
     assert prefix_lengths(b2["input_ids"], b2["attention_mask"], b2["mask"], b2["gids"]).tolist() == [2]
+
+
+def test_micro_batches_ordered_by_group_length_keep_groups_whole_and_pad_less():
+    g = torch.Generator().manual_seed(0)
+    G, size = 12, 4
+    gids = torch.arange(G).repeat_interleave(size)[torch.randperm(G * size, generator=g)]  # rows of a group scattered
+    lengths = torch.randint(10, 60, (G * size,), generator=g)
+    idx = torch.randperm(G * size, generator=g)[:40]  # a minibatch: a subset, in any order
+    out = by_group_length(idx, gids, lengths)
+    assert sorted(out.tolist()) == sorted(idx.tolist())  # a permutation of the minibatch
+    runs = [int(x) for x, _ in groupby(gids[out].tolist())]
+    assert len(runs) == len(set(runs))  # every group's rows are contiguous
+    longest = [int(lengths[gids == r].max()) for r in runs]
+    assert longest == sorted(longest)  # groups in order of their longest row
+
+    def padded(order: torch.Tensor, micro: int) -> int:
+        return sum(int(lengths[c].max()) * len(c) for c in order.split(micro))
+
+    plain = torch.cat([idx[gids[idx] == r] for r in gids[idx].unique(sorted=False).tolist()])  # grouped, unsorted
+    assert padded(out, 8) < padded(plain, 8)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
