@@ -82,6 +82,13 @@ def is_correct(e: Any) -> float:
     return float(e.reward is not None and e.reward >= 1.0)
 
 
+def loop_seconds(history: list[dict[str, Any]]) -> float:
+    """Training time proper of a run's steps (sampling, grading, learning, weight sync; not
+    start-up, eval or checkpoints): the sum of ``t_step``, which counts an async run's overlap once."""
+    return sum(r.get("t_step", r.get("t_generate", 0) + r.get("t_grade", 0) + r.get("t_learn", 0) + r.get("t_sync", 0))
+               for r in history)
+
+
 def rollout_metrics(episodes: list[Any]) -> dict[str, list[float]]:
     """Per-episode values to average: reward, accuracy, lengths, infra errors, per-grader breakdown."""
     valid = [e for e in episodes if e.reward is not None]

@@ -43,10 +43,12 @@ def sampling_config(cfg: GRPOConfig, seed: int, n: int, greedy: bool = False) ->
 
 def collect_groups(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], step: int, rank: int,
                    world: int) -> tuple[list[list[Any]], list[Any], dict[str, float]]:
-    """Up to ``prompts_per_step`` groups for this rank, with DAPO dynamic sampling.
+    """This rank's candidate groups for a step, with DAPO dynamic sampling.
 
-    Returns the groups to train on, every episode sampled this step (for metrics: the trained
-    groups alone overstate accuracy once flat groups are dropped), and sampling stats."""
+    Returns the groups (informative ones first; :func:`batch_groups` picks the batch), every
+    episode sampled this step (for metrics: the trained groups alone overstate accuracy once flat
+    groups are dropped), and sampling stats. Advances ``state["cursor"]``. Runs no collective
+    operation, so it may run in a background thread (``async_rollouts``)."""
     import torch
 
     from thinkgym.grpo import core
@@ -79,13 +81,18 @@ def collect_groups(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], step: i
                 stats["groups_dropped"] += 1
             else:
                 keep.append(g)
-    sampled = [e for g in keep + spare for e in g]
+    stats["informative"] = float(len(keep))
+    return keep + spare, [e for g in keep + spare for e in g], stats
+
+
+def batch_groups(cfg: GRPOConfig, groups: list[list[Any]], stats: dict[str, float]) -> list[list[Any]]:
+    """The groups this step trains on, from :func:`collect_groups`' candidates (collective with
+    ``fill_batch: false``: call it on every rank, from the main thread)."""
     if cfg.fill_batch or not cfg.dynamic_sampling:
-        return (keep + spare)[: cfg.prompts_per_step], sampled, stats
+        return groups[: cfg.prompts_per_step]
     # Informative groups only; every rank runs the same number of micro-batches, so all take the
     # largest count (topping up with flat groups), and at least one group.
-    n = max(1, all_max(len(keep)))
-    return (keep + spare)[:n], sampled, stats
+    return groups[: max(1, all_max(int(stats["informative"])))]
 
 
 def evaluate(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], rank: int, world: int) -> float:

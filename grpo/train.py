@@ -27,6 +27,12 @@ One step, top to bottom (``train`` below):
    The learning rate warms up linearly, then is constant or cosine-decayed (``min_lr_ratio``).
 5. **Sync** the new weights into the sampler, log metrics, evaluate and checkpoint.
 
+With ``async_rollouts`` the next step's rollouts (step 1, in a background thread) are sampled
+while this step learns (step 4), by the weights before this step's update: one update
+off-policy, as in PipelineRL / verl's one-step-off mode; the truncated IS weights (``tis_cap``)
+correct for the lag. The sync waits for that sampling to finish. It pays where sampling leaves
+the CPU or GPU partly idle (on the 2-core demo machine, ~10% a step).
+
 Single process works as is (the distributed env defaults are filled in); for several
 processes use ``deepspeed --num_gpus N --module thinkgym.grpo.train --config ...`` or
 ``torchrun --nproc_per_node N -m thinkgym.grpo.train --config ...``.
@@ -39,6 +45,7 @@ import os
 import random
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -57,7 +64,7 @@ from thinkgym.grpo.engine import (
 )
 from thinkgym.grpo.forward import by_group_length, collate, policy_forward, take, value_forward
 from thinkgym.grpo.monitor import Monitor, plot_curves, rollout_metrics
-from thinkgym.grpo.rollouts import collect_groups, evaluate, task_size
+from thinkgym.grpo.rollouts import batch_groups, collect_groups, evaluate, task_size
 
 
 @dataclass
@@ -87,6 +94,7 @@ class GRPOConfig:
     dynamic_sampling: bool = True  #: DAPO: drop groups with identical rewards and refill
     max_sampling_tries: int = 3  #: rounds of refilling before leftovers fill the batch
     fill_batch: bool = True  #: after the last round, fill the batch with flat groups (false: train on fewer groups)
+    async_rollouts: bool = False  #: sample the next batch while this one trains: one update off-policy (keep tis_cap on)
     # -- rewards and advantages
     advantage: Literal["grpo", "rloo", "gae"] = "grpo"  #: advantage estimator (gae = PPO with a critic)
     std_normalize: bool = True  #: divide group advantages by the group std (false = Dr. GRPO)
@@ -251,6 +259,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
 
     from thinkgym.grpo import core
     from thinkgym.sampler import make_sampler
+    from thinkgym.sampler.types import mix_seed
 
     rank, world, device = setup_distributed()
     out = Path(cfg.output_dir)
@@ -306,11 +315,22 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     agg_kw = {"mode": cfg.aggregation, "constant": cfg.max_tokens}
     single_update = reuses_training_logprobs(cfg)
     shared_prefix = cfg.shared_prefix and not cfg.gradient_checkpointing  # checkpointing drops the KV cache
+    pool = ThreadPoolExecutor(1, thread_name_prefix="thinkgym-rollouts") if cfg.async_rollouts else None
+    ahead = ahead_state = None  # async: the next step's rollouts, in flight
 
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         # ---- 1. collect (with dynamic sampling) -------------------------------------------
         t0 = time.perf_counter()
-        groups, sampled, sstats = collect_groups(cfg, sampler, state, step, rank, world)
+        if ahead is not None:  # async: sampled during the last step's learning, by the weights before it
+            (groups, sampled, sstats), state["cursor"] = ahead.result(), ahead_state["cursor"]
+        else:
+            groups, sampled, sstats = collect_groups(cfg, sampler, state, step, rank, world)
+        groups = batch_groups(cfg, groups, sstats)
+        if pool is not None and step < cfg.max_steps:  # the next batch samples while this one learns
+            ahead_state = {"cursor": state["cursor"], "n_items": state["n_items"]}  # checkpoints keep the cursor before it
+            ahead = pool.submit(collect_groups, cfg, sampler, ahead_state, step + 1, rank, world)
+        else:
+            ahead = None
         episodes = [e for g in groups for e in g]
         gids = torch.tensor([i for i, g in enumerate(groups) for _ in g])  # (N,)
         t_collect = time.perf_counter() - t0
@@ -355,8 +375,10 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         logs: dict[str, list[float]] = {}
         bad = False
         for _epoch in range(cfg.ppo_epochs):
-            # Whole groups stay together (the shared prefix pays per micro-batch); groups are shuffled.
-            perm = torch.cat([torch.nonzero(gids == g)[:, 0] for g in torch.randperm(len(groups)).tolist()])
+            # Whole groups stay together (the shared prefix pays per micro-batch); groups are shuffled
+            # by a generator of their own (an async sampler thread draws from torch's global one).
+            shuffle = torch.Generator().manual_seed(mix_seed(cfg.seed, step, _epoch, rank))
+            perm = torch.cat([torch.nonzero(gids == g)[:, 0] for g in torch.randperm(len(groups), generator=shuffle).tolist()])
             for mb in perm.tensor_split(cfg.minibatches):
                 norm = {"num_tokens": float(mask[mb].sum()), "num_seqs": float(len(mb))}
                 logs.setdefault("lr", []).append(float(policy_eng.get_lr()[0]))  # the lr this optimiser step uses
@@ -372,7 +394,9 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                     old = lp.detach() if single_update else old_lp[idx, :t]
                     pg, clipped = core.clipped_surrogate(lp, old, a, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
                     if cfg.tis_cap is not None:
-                        pg = pg * core.truncated_is_weights(old, b["sampler_lp"], cfg.tis_cap)
+                        w = core.truncated_is_weights(old, b["sampler_lp"], cfg.tis_cap)  # (n, T-1)
+                        pg = pg * w
+                        logs.setdefault("tis_weight", []).append(float(core.masked_mean(w, m)))
                     loss = core.aggregate(pg, m, **agg_kw, **norm)
                     if ref_eng is not None and not cfg.kl_in_reward:
                         kl = core.kl_estimate(lp, ref_lp[idx, :t], cfg.kl_estimator)
@@ -405,6 +429,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
 
         # ---- 5. sync weights to the sampler ------------------------------------------------
         t2 = time.perf_counter()
+        if ahead is not None:
+            ahead.exception()  # the engine must be idle before its weights change
         if not bad:
             sampler.update_weights(full_state_dict(policy_eng, cfg))
         t_sync = time.perf_counter() - t2
@@ -417,8 +443,9 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             "groups_dropped": [sstats["groups_dropped"]], "groups_trained": [float(len(groups))],
             "sampling_rounds": [sstats["sampling_rounds"]],
             "tokens_per_s": [float(full["attention_mask"].sum()) * cfg.ppo_epochs / max(t_learn, 1e-9)],
-            "t_generate": [t_collect - sstats["grade_time"]], "t_grade": [sstats["grade_time"]],
-            "t_learn": [t_learn], "t_sync": [t_sync],
+            # async: generation and grading ran during the last step; t_wait is what they did not hide
+            "t_generate": [sstats["gen_time"]], "t_grade": [sstats["grade_time"]], "t_wait": [t_collect],
+            "t_learn": [t_learn], "t_sync": [t_sync], "t_step": [time.perf_counter() - t0],
         })
         row = {"step": step, **reduce_rows(logs), "grader_errors_total": 0.0}
         row["grader_errors"] = row["grader_errors"] * world  # mean over ranks -> total per step
@@ -449,6 +476,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             break
 
     signal.signal(signal.SIGTERM, prev_handler)
+    if pool is not None:
+        pool.shutdown(wait=True)
     hashes = weight_hashes(policy_eng, cfg)  # data parallelism must leave every rank's copy identical
     if monitor is not None:
         monitor.close()

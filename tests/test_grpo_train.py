@@ -202,6 +202,78 @@ def test_single_update_reuses_training_logprobs_with_the_same_result(tmp_path, t
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_async_rollouts_sample_one_update_behind(tmp_path, tiny_model_dir, monkeypatch):
+    """``async_rollouts``: step k+1's rollouts are sampled in a background thread while step k
+    learns, by the weights before step k's update (the sampler's weights change only once it is
+    idle); a checkpoint keeps the prompt cursor before the batch in flight; the result does not
+    depend on thread timing. A spy on the real vLLM sampler records which weights each call saw."""
+    import threading
+
+    import torch
+
+    import thinkgym.sampler as sampler_mod
+    from thinkgym.grpo.train import train
+
+    real_make = sampler_mod.make_sampler
+    calls: list[tuple[str, int, str]] = []  # (event, weight version, thread)
+    draws = [0]
+
+    def spying_make(*a, **kw):
+        s = real_make(*a, **kw)
+        version = [0]
+        gen, upd = s.generate, s.update_weights
+        busy = threading.Lock()
+
+        def generate(*ga, **gkw):
+            assert busy.acquire(blocking=False), "two generate calls at once"
+            try:
+                calls.append(("generate", version[0], threading.current_thread().name))
+                if threading.current_thread() is not threading.main_thread():
+                    time.sleep(1.0)  # outlast the step's learning: the sync must wait for it
+                torch.rand(draws[0])  # the sampler may draw from torch's global generator
+                return gen(*ga, **gkw)
+            finally:
+                busy.release()
+
+        def update_weights(w):
+            assert not busy.locked(), "weights changed while a generate call ran"
+            version[0] += 1
+            calls.append(("sync", version[0], threading.current_thread().name))
+            return upd(w)
+
+        s.generate, s.update_weights = generate, update_weights
+        return s
+
+    monkeypatch.setattr(sampler_mod, "make_sampler", spying_make)
+
+    def run(name: str, rng_draws: int = 0, **kw):
+        calls.clear()
+        draws[0] = rng_draws
+        cfg = tiny_cfg(tiny_model_dir, tmp_path / name, max_steps=3, save_every=2, tensorboard=False, tis_cap=2.0,
+                       prompts_per_step=4, **kw)
+        res = train(cfg)
+        return res["history"], list(calls)
+
+    sync_hist, sync_calls = run("sync")
+    async_hist, async_calls = run("async", async_rollouts=True)
+    again_hist, _ = run("again", rng_draws=7, async_rollouts=True)
+    gens = lambda cs: [(v, t.startswith("thinkgym-rollouts")) for e, v, t in cs if e == "generate"]  # noqa: E731
+    assert gens(sync_calls) == [(0, False), (1, False), (2, False)]  # on-policy: each step's own weights
+    assert gens(async_calls) == [(0, False), (0, True), (1, True)]  # one update behind, in the background
+    assert [e for e, *_ in async_calls] == ["generate", "generate", "sync", "generate", "sync", "sync"]
+    assert async_hist[0]["reward"] == sync_hist[0]["reward"]  # step 1: same weights, same seeds
+    assert all(0 < r["tis_weight"] <= 2.0 for r in async_hist)
+    assert all(math.isfinite(r["loss"]) for r in async_hist)
+    # minibatches=2 shuffles the groups; draws from torch's global generator change nothing
+    for a, b in zip(async_hist, again_hist):
+        assert (a["reward"], a["loss"], a["kl"]) == (b["reward"], b["loss"], b["kl"])
+    # the step-2 checkpoint resumes at step 3's prompts (its prefetched batch is sampled again)
+    state = torch.load(tmp_path / "async" / "checkpoints" / "step_000002" / "rank0_state.pt", weights_only=False)
+    assert state["cursor"] == 2 * 4  # steps 1-2 x prompts_per_step
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_fill_batch_false_trains_on_the_informative_groups_only(tmp_path, tiny_model_dir):
     """Dynamic sampling with one round: flat groups fill the batch by default; with
     ``fill_batch: false`` only the groups with reward variance are trained (at least one)."""
@@ -248,8 +320,10 @@ def test_shared_prefix_gives_the_same_update_under_zero3(tmp_path, tiny_model_di
     for a, b in zip(out[True][0], out[False][0]):
         assert a["reward"] == b["reward"] and abs(a["loss"] - b["loss"]) < 1e-5
         assert abs(a["ratio"] - b["ratio"]) < 1e-5 and abs(a["kl"] - b["kl"]) < 1e-5
+    # Adam divides by sqrt(v): a weight whose gradient is ~0 turns float noise into a step of up to
+    # ~lr, so a few weights may differ by 1e-5; a wrong forward moves them by ~lr (1e-3) a step.
     for k, v in out[True][1].items():
-        torch.testing.assert_close(v, out[False][1][k], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(v, out[False][1][k], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -392,8 +392,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     timings["grpo"] = _run([sys.executable, "-m", "thinkgym.grpo.train", "--config", str(yml)], run / "grpo.log", "grpo")
     rl_hist = _jsonl(run / "grpo" / "metrics.jsonl")
     # Training time proper (sampling, grading, learning, weight sync): the control arm's budget.
-    grpo_train_s = sum(r.get("t_generate", 0) + r.get("t_grade", 0) + r.get("t_learn", 0) + r.get("t_sync", 0) for r in rl_hist)
     from thinkgym.grpo.engine import latest_checkpoint
+    from thinkgym.grpo.monitor import loop_seconds
+
+    grpo_train_s = loop_seconds(rl_hist)
 
     ck = latest_checkpoint(run / "grpo")
     if ck is None:
