@@ -1,8 +1,9 @@
-"""Rollout throughput: vLLM in-process vs vLLM multiprocess vs HF generate, same model and shapes.
+"""Rollout throughput: vLLM in-process vs vLLM multiprocess vs thinkgym's HF sampler vs plain
+``transformers`` ``generate`` (the path TRL's CPU trainer samples with), same model and shapes.
 
 Each backend runs in its own subprocess (vLLM changes process-wide thread settings), with one
 warm-up call, then ``--repeats`` timed ``generate`` calls of ``--prompts`` x ``--n`` samples of
-``--max-tokens`` tokens. Prints sampled tokens/s and the ratio to HF measured in the same run.
+``--max-tokens`` tokens. Prints sampled tokens/s and the ratio to ``transformers`` ``generate`` measured in the same run.
 
     python bench/bench_sampler.py                      # tiny random model, built on the fly
     python bench/bench_sampler.py --model DIR --prompts 64 --n 8 --max-tokens 256
@@ -22,7 +23,25 @@ BACKENDS = {
     "vllm-inproc": ("vllm", {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}),
     "vllm-multiproc": ("vllm", {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}),
     "hf": ("hf", {}),
+    "transformers-generate": ("transformers", {}),
 }
+
+
+def transformers_generate(model, tok, prompts: list[list[int]], n: int, max_tokens: int, seed: int) -> int:
+    """The peer: ``model.generate`` on left-padded prompts, n samples each; -> tokens sampled."""
+    import torch
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                             max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=pad)
+    new = out[:, width:]
+    done = (new == tok.eos_token_id).cumsum(1)  # (rows, T) eos seen so far
+    return int(((done == 0) | ((done == 1) & (new == tok.eos_token_id))).sum())  # up to and including eos
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -30,6 +49,8 @@ def worker(args: argparse.Namespace) -> None:
     from thinkgym.sampler.types import chat_prompt_ids
 
     backend = BACKENDS[args.worker][0]
+    if backend == "transformers":
+        return peer_worker(args)
     t0 = time.perf_counter()
     kw: dict = {"max_model_len": 2048} if backend == "vllm" else {}
     if args.threads:
@@ -58,6 +79,32 @@ def worker(args: argparse.Namespace) -> None:
         "backend": args.worker, "startup_s": startup, "warmup_s": warmup, "times": times, "tokens": tokens,
         "tok_per_s": sum(tokens) / sum(times), "torch_threads": torch.get_num_threads(),
     }))
+
+
+def peer_worker(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thinkgym.sampler.types import chat_prompt_ids
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    prompts = [chat_prompt_ids(tok, [{"role": "user", "content": f"Problem {i}: what is {i} + {2 * i + 1}? Think first."}])
+               for i in range(args.prompts)]
+    startup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    transformers_generate(model, tok, prompts[:2], 1, 8, 0)
+    warmup = time.perf_counter() - t0
+    times, tokens = [], []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        tokens.append(transformers_generate(model, tok, prompts, args.n, args.max_tokens, r))
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"backend": args.worker, "startup_s": startup, "warmup_s": warmup, "times": times, "tokens": tokens,
+                      "tok_per_s": sum(tokens) / sum(times), "torch_threads": torch.get_num_threads()}))
 
 
 def main() -> None:
@@ -98,11 +145,11 @@ def main() -> None:
             results[name] = json.loads(line)
     print(f"\nrollout throughput: {args.prompts} prompts x n={args.n}, max_tokens={args.max_tokens}, "
           f"{args.repeats} timed calls, threads={args.threads or 'default'}, cpu_count={os.cpu_count()}")
-    print(f"{'backend':16s} {'tok/s':>9s} {'vs hf':>7s} {'startup s':>10s} {'warmup s':>9s} {'call s':>8s} {'threads':>8s}")
-    base = results.get("hf", {}).get("tok_per_s")
+    print(f"{'backend':22s} {'tok/s':>9s} {'vs peer':>7s} {'startup s':>10s} {'warmup s':>9s} {'call s':>8s} {'threads':>8s}")
+    base = results.get("transformers-generate", {}).get("tok_per_s")
     for name, r in results.items():
         ratio = f"{r['tok_per_s'] / base:6.2f}x" if base else "   -"
-        print(f"{name:16s} {r['tok_per_s']:9.1f} {ratio:>7s} {r['startup_s']:10.1f} {r['warmup_s']:9.2f} "
+        print(f"{name:22s} {r['tok_per_s']:9.1f} {ratio:>7s} {r['startup_s']:10.1f} {r['warmup_s']:9.2f} "
               f"{sum(r['times']) / len(r['times']):8.2f} {r['torch_threads']:8d}")
 
 
