@@ -45,66 +45,57 @@ def transformers_generate(model, tok, prompts: list[list[int]], n: int, max_toke
 
 
 def worker(args: argparse.Namespace) -> None:
-    from thinkgym.sampler import SamplingConfig, make_sampler
     from thinkgym.sampler.types import chat_prompt_ids
 
     backend = BACKENDS[args.worker][0]
-    if backend == "transformers":
-        return peer_worker(args)
     t0 = time.perf_counter()
-    kw: dict = {"max_model_len": 2048} if backend == "vllm" else {}
-    if args.threads:
-        kw["num_threads"] = args.threads
-    s = make_sampler(backend, args.model, **kw)
+    if backend == "transformers":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+
+        def sample(prompts: list[list[int]], n: int, max_tokens: int, seed: int) -> int:
+            return transformers_generate(model, tok, prompts, n, max_tokens, seed)
+
+        close = None
+    else:
+        from thinkgym.sampler import SamplingConfig, make_sampler
+
+        kw: dict = {"max_model_len": 2048} if backend == "vllm" else {}
+        if args.threads:
+            kw["num_threads"] = args.threads
+        s = make_sampler(backend, args.model, **kw)
+        tok, close = s.tokenizer, s.close
+
+        def sample(prompts: list[list[int]], n: int, max_tokens: int, seed: int) -> int:
+            out = s.generate(prompts, SamplingConfig(n=n, max_tokens=max_tokens, seed=seed))
+            return sum(c.num_sampled for g in out for c in g)
+
     startup = time.perf_counter() - t0
-    tok = s.tokenizer
     prompts = [
         chat_prompt_ids(tok, [{"role": "user", "content": f"Problem {i}: what is {i} + {2 * i + 1}? Think first."}])
         for i in range(args.prompts)
     ]
-    cfg = SamplingConfig(n=args.n, max_tokens=args.max_tokens, seed=0)
     t0 = time.perf_counter()
-    s.generate(prompts[:2], SamplingConfig(n=1, max_tokens=8, seed=0))
+    sample(prompts[:2], 1, 8, 0)
     warmup = time.perf_counter() - t0
     times, tokens = [], []
     for r in range(args.repeats):
         t0 = time.perf_counter()
-        out = s.generate(prompts, SamplingConfig(**{**cfg.__dict__, "seed": r}))
+        tokens.append(sample(prompts, args.n, args.max_tokens, r))
         times.append(time.perf_counter() - t0)
-        tokens.append(sum(c.num_sampled for g in out for c in g))
-    s.close()
+    if close is not None:
+        close()
     import torch
 
     print(json.dumps({
         "backend": args.worker, "startup_s": startup, "warmup_s": warmup, "times": times, "tokens": tokens,
         "tok_per_s": sum(tokens) / sum(times), "torch_threads": torch.get_num_threads(),
     }))
-
-
-def peer_worker(args: argparse.Namespace) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from thinkgym.sampler.types import chat_prompt_ids
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    prompts = [chat_prompt_ids(tok, [{"role": "user", "content": f"Problem {i}: what is {i} + {2 * i + 1}? Think first."}])
-               for i in range(args.prompts)]
-    startup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    transformers_generate(model, tok, prompts[:2], 1, 8, 0)
-    warmup = time.perf_counter() - t0
-    times, tokens = [], []
-    for r in range(args.repeats):
-        t0 = time.perf_counter()
-        tokens.append(transformers_generate(model, tok, prompts, args.n, args.max_tokens, r))
-        times.append(time.perf_counter() - t0)
-    print(json.dumps({"backend": args.worker, "startup_s": startup, "warmup_s": warmup, "times": times, "tokens": tokens,
-                      "tok_per_s": sum(tokens) / sum(times), "torch_threads": torch.get_num_threads()}))
 
 
 def main() -> None:
