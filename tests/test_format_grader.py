@@ -30,6 +30,11 @@ CASES = [
     ("<think>a</think>\\boxed{3}\\boxed{4}", BAD, "more than one answer"),
     ("<think>a</think><answer>3</answer><answer>3</answer>", BAD, "more than one answer"),
     ("", BAD, "exactly one <think>"),
+    # the end of the last box is found by bracket matching, not by searching for its text
+    ("<think>a</think>\\boxed{5} and an essay after the answer that ends in 5}", BAD, "text after the answer"),
+    ("<think>a</think><answer></answer>", BAD, "empty answer"),
+    ("<think>a</think>\\boxed{ }", BAD, "empty answer"),
+    ("<think>\u200b\ufeff</think><answer>5</answer>", BAD, "empty think"),
 ]
 
 
@@ -50,6 +55,11 @@ def test_config_knobs():
     assert check_format("<think>ab</think>\\boxed{3}", FormatConfig(min_think_chars=10)).score == 0.0
     part = check_format("<think></think>\\boxed{3} trailing", FormatConfig(partial=True))
     assert 0.0 < part.score < 1.0 and part.components["think_nonempty"] == 0.0
+
+
+def test_partial_credit_counts_only_structure_that_is_there():
+    assert check_format("", FormatConfig(partial=True)).score == 0.0
+    assert check_format("just text", FormatConfig(partial=True)).score == 0.0
 
 
 def test_config_from_dict():

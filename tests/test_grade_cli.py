@@ -94,6 +94,28 @@ def test_unknown_grader_and_missing_file(app, tmp_path):
     assert r.exit_code == 2 and "absent.jsonl: no such file" in r.output
 
 
+def test_row_fields_named_like_pool_arguments_stay_row_metadata(app, tmp_path):
+    """A row's own "timeout" or "grader" field must not lift the budget or pick the grader."""
+    rows = [{"id": "slow", "completion": "<think>t</think>\\boxed{9^{9^{9^9}}}", "gold": "1", "timeout": 100000},
+            {"id": "g", "completion": "<think>t</think>\\boxed{2}", "gold": "2", "grader": "format"}]
+    inp = _write(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "o.jsonl"
+    t0 = time.monotonic()
+    r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(out), "-q", "--timeout", "1"])
+    assert r.exit_code == 0, r.output
+    assert time.monotonic() - t0 < 30
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert got[0]["score"] is None and "timed out" in got[0]["error"]
+    assert got[1]["score"] == 1.0 and got[1]["grader"] == "math@1"
+
+
+def test_unwritable_output_is_a_clear_error(app, tmp_path):
+    inp = _write(tmp_path / "rows.jsonl", MATH_ROWS[:1])
+    (tmp_path / "a_file").write_text("")
+    r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(tmp_path / "a_file" / "o.jsonl"), "-q"])
+    assert r.exit_code == 2 and "cannot write the output" in r.output, r.output
+
+
 def test_format_rows_need_no_gold(app, tmp_path):
     inp = _write(tmp_path / "rows.jsonl", [{"completion": "<think>a</think>\\boxed{1}"}, {"completion": "no tags"}])
     out = tmp_path / "o.jsonl"

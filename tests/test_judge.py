@@ -255,3 +255,51 @@ def test_protocol_against_real_vllm_server(tiny_model_dir, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         log.close()
+
+
+def test_timeout_bounds_the_whole_reply_not_each_read():
+    """A server that trickles its reply a byte at a time must not hold a grade past timeout_s."""
+
+    class Trickle(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = JudgeConfig(base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", timeout_s=1.0, max_retries=0, cache=False)
+        t0 = time.perf_counter()
+        g = judge(GOOD, "4", cfg=cfg)
+        assert time.perf_counter() - t0 < 3.0
+        assert g.score is None and "Timeout" in g.reason
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("line, score", [("7", 0.7), ("10/10", 1.0), ("0", 0.0), ("7.5", None), ("10/100", None), ("-3", None)])
+def test_score_mode_reads_only_whole_scores_out_of_ten(line, score):
+    assert parse_verdict(f"SCORE abc: {line}", "abc", "", mode="score")[0] == score
+
+
+def test_bad_config_and_non_text_completion():
+    with pytest.raises(ValueError, match="mode"):
+        JudgeConfig(mode="bogus")
+    with pytest.raises(ValueError, match="timeout_s"):
+        JudgeConfig(timeout_s=0)
+    g = judge(None, "4", cfg=JudgeConfig(base_url="http://127.0.0.1:9/v1"))  # never sent
+    assert g.score == 0.0 and "not str" in g.reason

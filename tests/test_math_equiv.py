@@ -357,3 +357,32 @@ def test_answers_equal_direct():
     assert answers_equal("9" * 6000, "9" * 6000) is True
     assert answers_equal("9" * 6000, "9" * 5999 + "8") is False
     assert answers_equal("0.33", "\\frac{1}{3}") is False
+
+
+# --- adversarial answers found by an audit: each scored wrong before the fix -------------------
+
+
+@pytest.mark.parametrize("pred, gold, score", [
+    # a LaTeX row break "\\ " is not a control space "\ ": the vectors must compare entry by entry
+    (r"\begin{pmatrix} 2 \\ 1 \end{pmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", 0.0),
+    (r"\begin{pmatrix} 0 \\ 3 \end{pmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", 0.0),
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}", 1.0),
+    (r"5\ 000", "5000", 1.0),
+    # digits in a base
+    ("1011_3", "1011_2", 0.0), ("12_3", "12", 0.0), ("12_2", "12_2", 1.0), ("1011_2", "11", 1.0),
+    ("A3_{16}", "163", 1.0), ("a_2", "b_3", 0.0),
+    # words that change the value are not units
+    ("5 thousand", "5", 0.0), ("5 squared", "5", 0.0), ("5 is wrong", "5", 0.0),
+    (r"5\text{ million}", "5", 0.0), (r"5 \text{ squared}", "5", 0.0),
+    ("12 apples", "12", 1.0), (r"5 \text{ cm}", "5", 1.0), ("50 percent", "0.5", 1.0), ("50 percent", "50", 1.0),
+    (r"x < 1 \text{ or } x > 3", r"(-\infty,1)\cup(3,\infty)", 1.0),
+    # sympy cannot compare the answer's structure: a wrong answer, not an infrastructure error
+    (r"6 \mod 7", "5", 0.0),
+])
+def test_adversarial_answers(pred, gold, score):
+    assert grade("math", B(pred), gold).score == score
+
+
+def test_empty_gold_is_an_infrastructure_error():
+    g = grade("math", B("5"), "")
+    assert g.score is None and "empty gold" in g.reason

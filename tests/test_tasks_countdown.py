@@ -42,6 +42,7 @@ def test_any_valid_expression_is_right(answer):
         ("3 * 25 + 7 + 11", "not available"),
         ("3 * 25 + 7 - 12", "evaluates to 70"),
         ("25 * 3 + 7 + 12 = 95", "not the target"),
+        ("25 * 3 + 7 + 12 = 999 = 94", "not the target"),  # every link of a chain is a claim
         ("25 % 3 + 7", "not allowed"),
         ("25 ** 3", "not allowed"),
         ("__import__('os').system('true')", "not allowed"),

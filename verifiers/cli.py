@@ -9,6 +9,7 @@ line and field) or the grader is unknown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -94,15 +95,19 @@ def run_grade(grader: str, input: Path, output: Path, workers: Optional[int], ti
         futures = []
         for r in rows:
             meta = {k: v for k, v in r.items() if k not in ("id", "completion", "gold")}
-            futures.append(pool.submit_grade(grader, r["completion"], r.get("gold"), **meta))
+            futures.append(pool.submit_grade(grader, r["completion"], r.get("gold"), meta=meta))
         closer = pool.close
     counts = {"rows": len(rows), "right": 0, "wrong": 0, "partial": 0, "errors": 0, "score_sum": 0.0}
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with tmp.open("w", encoding="utf-8") as out, Progress(
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            out = tmp.open("w", encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"{output}: cannot write the output: {e.strerror or e}") from None
+        with out, Progress(
             TextColumn(f"grading with {grader}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             disable=not progress, transient=True,
         ) as bar:
@@ -117,6 +122,10 @@ def run_grade(grader: str, input: Path, output: Path, workers: Optional[int], ti
                     counts["right" if g.score == 1.0 else "wrong" if g.score == 0.0 else "partial"] += 1
                 bar.advance(task)
         tmp.replace(output)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # an interrupted run leaves no half-written file behind
+        raise
     finally:
         closer()
     counts["elapsed_s"] = time.perf_counter() - t0

@@ -96,14 +96,16 @@ def _verdict(expr: str, numbers: list[int], target: Fraction | int, exactly_once
     lhs = expr
     if "=" in expr:
         # "3 * 4 + 2 = 14": the stated result must be the target too.
+        # A chain "12 + 1 = 999 = 13" states every link: each one must be the target.
         parts = expr.split("=")
-        lhs, rhs = parts[0], parts[-1]
-        try:
-            stated, _ = evaluate(_normalize(rhs))
-        except ExpressionError as e:
-            return False, False, f"after '=': {e}"
-        if stated != target:
-            return False, False, f"states {rhs.strip()}, not the target"
+        lhs = parts[0]
+        for rhs in parts[1:]:
+            try:
+                stated, _ = evaluate(_normalize(rhs))
+            except ExpressionError as e:
+                return False, False, f"after '=': {e}"
+            if stated != target:
+                return False, False, f"states {rhs.strip()}, not the target"
     try:
         value, used = evaluate(_normalize(lhs))
     except ExpressionError as e:

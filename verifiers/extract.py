@@ -89,7 +89,12 @@ def final_section(text: str, cfg: ExtractConfig = DEFAULT_EXTRACT) -> str | None
 
 def find_boxed(text: str, commands: tuple[str, ...] = ("boxed", "fbox")) -> list[str]:
     """Contents of every ``\\boxed{...}`` (balanced braces) in order; unclosed boxes are skipped."""
-    out: list[str] = []
+    return [text[i:j] for i, j in boxed_spans(text, commands)]
+
+
+def boxed_spans(text: str, commands: tuple[str, ...] = ("boxed", "fbox")) -> list[tuple[int, int]]:
+    """``(start, end)`` of every box's contents: ``text[end]`` is its closing brace."""
+    out: list[tuple[int, int]] = []
     pat = re.compile(r"\\(?:%s)\s*\{" % "|".join(re.escape(c) for c in commands))
     pos = 0
     n = len(text)
@@ -114,7 +119,7 @@ def find_boxed(text: str, commands: tuple[str, ...] = ("boxed", "fbox")) -> list
             j += 1
         if depth != 0:
             break  # unclosed: nothing after it can be a complete box either
-        out.append(text[i:j])
+        out.append((i, j))
         pos = j + 1
     return out
 

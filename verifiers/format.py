@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thinkgym.verifiers.base import Grade, register_grader
-from thinkgym.verifiers.extract import find_boxed
+from thinkgym.verifiers.extract import boxed_spans
 
 VERSION = "1"
 
@@ -43,6 +43,14 @@ _TAG_RE = re.compile(r"</?(?:think|answer)>", re.IGNORECASE)
 _TRIVIAL_TAIL = re.compile(r"^[\s.,;:!$)\]\\]*$")
 
 
+_INVISIBLE = re.compile(r"[\s\u200b-\u200f\u2060-\u2064\ufeff\u00ad]+")
+
+
+def _visible(s: str) -> str:
+    """``s`` without whitespace and invisible format characters (zero-width spaces, BOM)."""
+    return _INVISIBLE.sub("", s)
+
+
 def _after_answer_ok(tail: str) -> bool:
     return bool(_TRIVIAL_TAIL.match(tail.replace("\\]", "").replace("\\)", "")))
 
@@ -54,7 +62,7 @@ def check_format(completion: str, cfg: FormatConfig = DEFAULT_FORMAT) -> Grade:
 
     def check(name: str, ok: bool, msg: str) -> None:
         checks[name] = 1.0 if ok else 0.0
-        if not ok:
+        if not ok and msg:
             why.append(msg)
 
     text = completion if isinstance(completion, str) else ""
@@ -73,25 +81,34 @@ def check_format(completion: str, cfg: FormatConfig = DEFAULT_FORMAT) -> Grade:
               "text before <think>")
     end = closes[-1][1] if closes else len(text)
     think = text[start:end] if closes else ""
-    check("think_nonempty", len(think.strip()) >= cfg.min_think_chars, "empty think block")
+    check("think_nonempty", len(_visible(think)) >= cfg.min_think_chars, "empty think block")
     final = text[closes[-1][2] :] if closes else ""
     a_open = [t for t in tags if t[0] == "<answer>" and t[1] >= (closes[-1][2] if closes else 0)]
     a_close = [t for t in tags if t[0] == "</answer>" and t[1] >= (closes[-1][2] if closes else 0)]
     stray = [t for t in tags if t[0] in ("<answer>", "</answer>") and closes and t[1] < closes[-1][1]]
-    check("no_interleaving", not stray, "answer tags inside the think block")
-    boxes = find_boxed(final)
-    n_answers = len(a_open) + (0 if a_open else len(boxes))
+    # Checks that would pass vacuously (no think block, no answer) fail, so partial credit
+    # counts only structure that is there.
+    check("no_interleaving", bool(closes) and not stray, "answer tags inside the think block")
+    spans = boxed_spans(final)
+    if a_open:
+        contents = [text[o[2] : c[1]] for o, c in zip(a_open, a_close)]
+    else:
+        contents = [final[i:j] for i, j in spans]
+    n_answers = len(a_open) + (0 if a_open else len(spans))
     tags_ok = len(a_open) == len(a_close) and all(o[1] < c[1] for o, c in zip(a_open, a_close))
-    check("answer", n_answers >= 1 and tags_ok, "no well-formed answer (\\boxed{} or <answer>) after </think>")
-    check("single_answer", cfg.allow_multiple_answers or n_answers <= 1, "more than one answer")
+    check("answer", n_answers >= 1 and tags_ok and all(_visible(c) for c in contents),
+          "no well-formed answer (\\boxed{} or <answer>) after </think>" if n_answers == 0 or not tags_ok
+          else "empty answer")
+    check("single_answer", n_answers >= 1 and (cfg.allow_multiple_answers or n_answers <= 1),
+          "more than one answer" if n_answers > 1 else "")
     if a_close:
         tail = text[a_close[-1][2] :]
-    elif boxes:
-        last = final.rfind(boxes[-1] + "}")
-        tail = final[last + len(boxes[-1]) + 1 :] if last >= 0 else ""
+    elif spans:
+        tail = final[spans[-1][1] + 1 :]  # after the last box's closing brace
     else:
-        tail = ""
-    check("nothing_after_answer", cfg.allow_text_after_answer or _after_answer_ok(tail), "text after the answer")
+        tail = None
+    check("nothing_after_answer", tail is not None and (cfg.allow_text_after_answer or _after_answer_ok(tail)),
+          "text after the answer" if tail is not None else "")
     if cfg.partial:
         score = sum(checks.values()) / len(checks)
     else:

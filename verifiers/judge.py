@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import os
 import random
 import re
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -57,7 +56,7 @@ class JudgeConfig:
     api_key_env: str = "OPENAI_API_KEY"
     #: ``binary``: CORRECT/INCORRECT -> 1/0. ``score``: an integer 0..10 -> score/10.
     mode: Literal["binary", "score"] = "binary"
-    #: Seconds per HTTP attempt.
+    #: Seconds per HTTP attempt, for the whole request (connect, send, every byte of the reply).
     timeout_s: float = 60.0
     #: Extra attempts after the first on network errors, timeouts, 429 and 5xx.
     max_retries: int = 3
@@ -73,6 +72,14 @@ class JudgeConfig:
     cache: bool = True
     #: Secret for the delimiter nonce; ``None`` uses a random per-process secret.
     nonce_secret: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("binary", "score"):
+            raise ValueError(f"JudgeConfig.mode must be 'binary' or 'score', got {self.mode!r}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"JudgeConfig.timeout_s must be > 0, got {self.timeout_s!r}")
+        if self.max_retries < 0:
+            raise ValueError(f"JudgeConfig.max_retries must be >= 0, got {self.max_retries!r}")
 
 
 SYSTEM_PROMPT = """You are a strict, impartial grader. You get a problem, a reference answer and/or a rubric, and a candidate response.
@@ -131,7 +138,8 @@ def parse_verdict(reply: str, nonce: str, completion: str, mode: str = "binary")
     if mode == "binary":
         pat = re.compile(rf"VERDICT\s+{nonce}\s*:\s*\**\s*(CORRECT|INCORRECT)\b", re.IGNORECASE)
     else:
-        pat = re.compile(rf"SCORE\s+{nonce}\s*:\s*\**\s*(\d{{1,2}})(?:\s*/\s*10)?\b", re.IGNORECASE)
+        # An integer, optionally "/10"; "7.5", "10/100" and "-3" are not verdicts.
+        pat = re.compile(rf"SCORE\s+{nonce}\s*:\s*\**\s*(\d{{1,2}})(?:\s*/\s*10(?![\d.]))?(?![\d.]|\s*/)", re.IGNORECASE)
     found = []
     for line in text.splitlines():
         if line.strip() in echoed:
@@ -191,20 +199,21 @@ class JudgeClient:
             with self._lock:
                 self.http_requests += 1
             try:
-                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:
-                    payload = json.loads(resp.read().decode("utf-8", "replace"))
-                text = payload["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}"
-                if e.code == 429 or e.code >= 500:
+                status, raw = _post(url, data, headers, cfg.timeout_s)
+                if status == 429 or status >= 500:
+                    last = f"HTTP {status}"
                     continue
-                raise JudgeError(f"judge answered HTTP {e.code}: {e.read()[:200]!r}") from None
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+                if status >= 300:
+                    raise JudgeError(f"judge answered HTTP {status}: {raw[:200]!r}")
+                payload = json.loads(raw.decode("utf-8", "replace"))
+                text = payload["choices"][0]["message"]["content"] or ""
+            except (OSError, http.client.HTTPException) as e:  # refused, reset, cut short, timed out
+                last = f"{type(e).__name__}: {e}"
                 continue
             except (KeyError, IndexError, TypeError, ValueError) as e:
                 raise JudgeError(f"malformed judge response: {type(e).__name__}: {e}") from None
+            if not isinstance(text, str):
+                raise JudgeError(f"malformed judge response: content is {type(text).__name__}")
             if cfg.cache:
                 with self._lock:
                     self._cache[key] = text
@@ -212,6 +221,46 @@ class JudgeClient:
                         self._cache.popitem(last=False)
             return text, False
         raise JudgeError(f"judge unreachable after {cfg.max_retries + 1} attempts ({last})")
+
+
+_MAX_REPLY_BYTES = 8 << 20
+
+
+def _post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> tuple[int, bytes]:
+    """POST ``data``; ``(status, body)``. ``timeout_s`` bounds the whole exchange: a server that
+    trickles its reply a byte at a time still times out (a per-read timeout would not)."""
+    deadline = time.monotonic() + timeout_s
+
+    def left() -> float:
+        t = deadline - time.monotonic()
+        if t <= 0:
+            raise TimeoutError(f"no complete reply within {timeout_s:g} s")
+        return t
+
+    u = urllib.parse.urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise JudgeError(f"judge base_url must be http(s)://host[:port]/..., got {url!r}")
+    cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    conn = cls(u.hostname, u.port, timeout=left())
+    try:
+        path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        conn.request("POST", path, body=data, headers=headers)
+        sock = conn.sock  # the response keeps reading from it after the connection lets go
+        sock.settimeout(left())
+        resp = conn.getresponse()
+        chunks, size = [], 0
+        while True:
+            sock.settimeout(left())
+            chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > _MAX_REPLY_BYTES:
+                raise http.client.HTTPException(f"reply larger than {_MAX_REPLY_BYTES} bytes")
+            chunks.append(chunk)
+        return resp.status, b"".join(chunks)
+    finally:
+        conn.close()
 
 
 _CLIENTS: dict[JudgeConfig, JudgeClient] = {}
@@ -230,6 +279,8 @@ def judge(completion: str, gold: Any = None, *, question: str | None = None, rub
           cfg: JudgeConfig | None = None) -> Grade:
     """Ask the judge about ``completion``; see the module docstring for the protocol."""
     cfg = cfg or JudgeConfig()
+    if not isinstance(completion, str):
+        return Grade(0.0, reason=f"completion is {type(completion).__name__}, not str")
     text = completion
     if cfg.final_section_only:
         section = final_section(completion)

@@ -65,6 +65,8 @@ _THOUSANDS_THIN = re.compile(r"(?<=\d)(?:\\,|\{,\}|\\ |~)(?=\d{3}(?!\d))")
 _TEXT_CMD = r"\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox|operatorname)"
 _TRAILING_UNIT = re.compile(r"(?<=[\d}).])(?:\s*" + _TEXT_CMD + r"\{[^{}]*\})+\s*$")
 _WHOLE_TEXT = re.compile(r"^" + _TEXT_CMD + r"\{([^{}]*)\}$")
+_PERCENT_WORD = re.compile(r"(?<=\d)\s*(?:" + _TEXT_CMD + r"\{\s*percent\s*\}|percent)\s*$", re.IGNORECASE)
+_CONTROL_SPACE = re.compile(r"(?<!\\)\\ ")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b")
 # "x = 3", "x_1 = 3", "f(x) = 2x", "x \\in [1, 2]": a single named thing on the left.
 _ASSIGN = re.compile(
@@ -73,8 +75,33 @@ _ASSIGN = re.compile(
 # "5 dollars", "12 apples": a number followed by plain words (LaTeX-free units).
 _TRAILING_WORDS = re.compile(r"^([+-]?[\d.,]*\d(?:\\?%)?)\s+[A-Za-z]{2,}\.?(?:\s+[A-Za-z]{2,}\.?)*\s*$")
 _FUNCTION_WORDS = {"sin", "cos", "tan", "log", "ln", "exp", "pi", "sqrt", "mod", "or", "and"}
+# Words after a number that change its value or negate it: "5 million", "5 squared", "5 is wrong"
+# are not "5" with a unit.
+_VALUE_WORDS = _FUNCTION_WORDS | {
+    "hundred", "thousand", "million", "billion", "trillion", "dozen", "dozens", "hundreds", "thousands", "millions",
+    "billions", "half", "halves", "third", "thirds", "quarter", "quarters", "tenth", "tenths", "hundredth",
+    "hundredths", "thousandth", "thousandths", "squared", "cubed", "times", "plus", "minus", "over", "divided",
+    "multiplied", "power", "powers", "root", "roots", "factorial", "percent", "percentage", "is", "are", "was",
+    "not", "no", "never", "wrong", "incorrect", "false", "but", "than", "more", "less", "fewer", "except",
+    "approximately", "about", "roughly", "around", "least", "most", "maybe", "perhaps", "probably", "or",
+}
 _WORD = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
 _DOLLAR = re.compile(r"^\\\$\s*|\\\$$")
+
+
+def _not_a_unit(text: str) -> bool:
+    """Whether trailing words (plain or ``\\text{...}``) would change the value if dropped."""
+    words = re.findall(r"[A-Za-z]+", re.sub(_TEXT_CMD, " ", text))
+    return bool({w.lower() for w in words} & _VALUE_WORDS)
+
+
+_TEXT_ARG = re.compile(_TEXT_CMD + r"\{([^{}]*)\}")
+
+
+def _value_text(s: str) -> bool:
+    """``\\text{...}`` with a word that changes the value ("or"/"and" join inequalities)."""
+    return any(_not_a_unit(t) and ({w.lower() for w in re.findall(r"[A-Za-z]+", t)} - {"or", "and"}) & _VALUE_WORDS
+               for t in _TEXT_ARG.findall(s))
 
 
 def normalize(s: str) -> str:
@@ -83,12 +110,13 @@ def normalize(s: str) -> str:
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom")
     s = _THOUSANDS_THIN.sub("", s)
     s = _DROP_RE.sub("", s)
-    s = s.replace("\\,", " ").replace("\\ ", " ")
+    s = _CONTROL_SPACE.sub(" ", s.replace("\\,", " "))  # a control space, not a row break
     s = _DEGREE.sub("", s)
     s = _DOLLAR.sub("", s.strip())
     s = s.strip().rstrip(".").strip()
+    s = _PERCENT_WORD.sub(r"\\%", s)  # "50 percent" is "50%"
     for _ in range(3):  # units may stack: "5 \text{m} \text{s}"
-        t = _TRAILING_UNIT.sub("", s).strip()
+        t = _TRAILING_UNIT.sub(lambda m: m.group(0) if _not_a_unit(m.group(0)) else "", s).strip()
         if t == s:
             break
         s = t
@@ -450,7 +478,14 @@ def sympy_equal(pred: str, gold: str) -> bool:
         a, b = _parse_sympy(pred), _parse_sympy(gold)
     except Exception:  # noqa: BLE001 - an unparseable answer is simply not equal
         return False
-    return _sym_equal(a, b)
+    try:
+        return _sym_equal(a, b)
+    except Exception:  # noqa: BLE001 - sympy raises many types on odd input
+        # If the gold compares with itself, the answer's structure is what sympy could not
+        # compare ("6 \\mod 7" vs 5): a wrong answer, not an infrastructure error. A gold that
+        # cannot be compared at all re-raises (the grade becomes score=None).
+        _sym_equal(b, b)
+        return False
 
 
 def warmup() -> None:
@@ -504,8 +539,16 @@ def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool 
         if p == g:
             return True
     m = _TRAILING_WORDS.match(p)
-    if m and not (set(p[m.end(1):].lower().replace(".", " ").split()) & _FUNCTION_WORDS):
+    if m and not _not_a_unit(p[m.end(1):]):
         p = m.group(1)
+    if _value_text(p) and not _value_text(g):
+        return False  # "5 \\text{ million}": sympy would drop the text and read 5
+    bp, bg = _base_literal(p), _base_literal(g)
+    if bp is not None or bg is not None:
+        # "1011_2": digits in a base. Compare values; an invalid literal ("12_2") is wrong.
+        vp = bp if bp is not None else (int(_canon_int(p)) if re.fullmatch(r"[+-]?\d{1,300}", p) else None)
+        vg = bg if bg is not None else (int(_canon_int(g)) if re.fullmatch(r"[+-]?\d{1,300}", g) else None)
+        return vp is not None and vp == vg
     if _WORD.fullmatch(g):
         # A word answer ("Yes", "even"): compare as text. As sympy it would be a product of
         # one-letter symbols, and "no" would equal "on".
@@ -548,6 +591,21 @@ def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool 
             return False
         return None if any(r is None for r in results) else True
     return _sympy_checked(p, g, cfg)
+
+
+_BASE_LITERAL = re.compile(r"((?=[0-9A-Z]*\d)[0-9A-Z]{1,300})_\{?\s*\(?\s*(\d{1,2})\s*\)?\s*\}?")
+
+
+def _base_literal(s: str) -> float | None:
+    """Value of ``1011_2`` / ``A3_{16}`` (digits in a base 2-36); NaN (equal to nothing) for
+    digits the base lacks."""
+    m = _BASE_LITERAL.fullmatch(s.strip())
+    if m is None or not 2 <= int(m.group(2)) <= 36:
+        return None
+    try:
+        return int(m.group(1), int(m.group(2)))
+    except ValueError:
+        return float("nan")
 
 
 def _split_cup(s: str) -> list[str] | None:
@@ -653,6 +711,8 @@ def _grade(completion: str, gold: Any, cfg: MathConfig) -> Grade:
         return Grade(0.0, reason=ex.reason)
     extracted = ex.joined()
     golds = [x for g in _gold_parts(gold) for x in _expand_pm(g)]
+    if not all(normalize(g) for g in golds):
+        return Grade.error(f"empty gold answer {gold!r}", extracted=extracted)  # a data bug, not a wrong answer
     try:
         if len(golds) > 1:
             ok = _match_unordered(_pred_parts(ex.answers), golds, lambda x, y: answers_equal(x, y, cfg))

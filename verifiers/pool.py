@@ -372,9 +372,14 @@ class GraderPool:
         return self.submit_call(ref, *args, timeout=timeout, **kwargs).result()
 
     def submit_grade(
-        self, grader: str, completion: str, gold: Any, timeout: float | None = None, **meta: Any
+        self, grader: str, completion: str, gold: Any, timeout: float | None = None, *,
+        meta: dict[str, Any] | None = None, **kw: Any
     ) -> Future:
-        """Grade one item in a worker; the future yields a Grade (``score=None`` on timeout/crash)."""
+        """Grade one item in a worker; the future yields a Grade (``score=None`` on timeout/crash).
+
+        Grader metadata comes as keywords or as ``meta`` (a row's own fields: a field named
+        ``timeout`` or ``grader`` there is metadata, never this pool's budget or grader)."""
+        meta = {**(meta or {}), **kw}
         from thinkgym.verifiers.base import GRADERS, Grade, get_grader
 
         spec = get_grader(grader)  # unknown grader: fail here, in the caller
@@ -410,7 +415,7 @@ class GraderPool:
         for r in rows:
             if isinstance(r, dict):
                 meta = {k: v for k, v in r.items() if k not in ("completion", "gold", "id")}
-                futs.append(self.submit_grade(grader, r["completion"], r.get("gold"), timeout, **meta))
+                futs.append(self.submit_grade(grader, r["completion"], r.get("gold"), timeout, meta=meta))
             else:
                 completion, gold = r
                 futs.append(self.submit_grade(grader, completion, gold, timeout))
