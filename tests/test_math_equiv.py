@@ -386,3 +386,8 @@ def test_adversarial_answers(pred, gold, score):
 def test_empty_gold_is_an_infrastructure_error():
     g = grade("math", B("5"), "")
     assert g.score is None and "empty gold" in g.reason
+
+
+@pytest.mark.parametrize("pred, gold", [(r"\varnothing", r"\emptyset"), ("\u2205", r"\emptyset"), ("\u00bd", "0.5"), ("\u00be", "3/4")])
+def test_unicode_and_synonym_forms(pred, gold):
+    assert grade("math", B(pred), gold).score == 1.0

@@ -55,7 +55,8 @@ DEFAULT_MATH = MathConfig()
 _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u2012": "-", "\u00d7": "\\times ", "\u22c5": "\\cdot ",
     "\u00b7": "\\cdot ", "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u221a": "\\sqrt", "\u00a0": " ",
-    "\u2009": " ", "\u202f": " ", "\u00b0": "^\\circ",
+    "\u2009": " ", "\u202f": " ", "\u00b0": "^\\circ", "\u00bd": "\\frac{1}{2}", "\u00bc": "\\frac{1}{4}",
+    "\u00be": "\\frac{3}{4}", "\u2205": "\\emptyset ", "\\varnothing": "\\emptyset",
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 _DROP_RE = re.compile(
