@@ -21,6 +21,7 @@ import gymnasium as gym
 from gymnasium.error import ResetNeeded
 
 from thinkgym.envs.calculator import calculate
+from thinkgym.verifiers.extract import find_tag_contents
 from thinkgym.envs.spaces import TextSpace
 from thinkgym.tasks import Item, TaskSource, make_task
 from thinkgym.verifiers import Grade, GraderSpec, get_grader
@@ -267,7 +268,6 @@ class MultiTurnEnv(TaskEnv):
         return self._finish_step(g, self.feedback_fn(g, self._item), False, False)
 
 
-_TOOL_RE = re.compile(r"<tool>(.*?)</tool>", re.DOTALL)
 _ANSWER_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
 
 
@@ -301,7 +301,7 @@ class ToolEnv(TaskEnv):
         section = action[close + len("</think>") :] if close >= 0 else action
         if _ANSWER_OPEN_RE.search(section) or "\\boxed" in section:
             return self._finish_step(self.grade(action), None, True, False)
-        calls = _TOOL_RE.findall(section)
+        calls = find_tag_contents(section, "tool")
         fp = self.grader.fingerprint
         if calls:
             results = [f"<result>{self.tool(c)}</result>" for c in calls[: self.max_calls_per_turn]]

@@ -80,6 +80,7 @@ def test_floats_with_tolerance_and_structures():
     assert g("def f():\n    return [0.31, {'k': [1, 'x']}, None, True]\n", t).score == 0.0
     assert g("def f():\n    return [0.3, {'k': [1, 'x']}, None, 1]\n", t).score == 0.0  # bool is not int
     assert values_equal(2.0, 2) and not values_equal(True, 1) and values_equal(float("nan"), float("nan"))
+    assert not values_equal(1000000.5, 1000000) and not values_equal(float("inf"), 10**400)  # int answers are exact
 
 
 def test_class_method_entry_point():
@@ -145,6 +146,17 @@ def test_extract_code_languages_and_fallback():
     assert extract_code("```py\nx = 1\n```\n```\ny = 2\n```") == "x = 1\n"
     assert extract_code("text\n```\ny = 2\n```\n") == "y = 2\n"
     assert extract_code("```js\nlet x\n```") is None
+    # CommonMark closing: the same fence character, at least as long, alone on its line.
+    assert extract_code("````python\nx = '```'\n```\ny = 1\n````") == "x = '```'\n```\ny = 1\n"
+    assert extract_code("```python\nx = 1\n~~~\n") is None  # never closed: plain text
+
+
+def test_extract_code_takes_linear_time_on_unclosed_fences():
+    # A lazy-body regex rescans the rest of the text from every unclosed fence (minutes here).
+    t0 = time.monotonic()
+    assert extract_code("```a\n" * 80_000) is None
+    assert extract_code("````\n" + "```a\n" * 80_000 + "```\n") is None
+    assert time.monotonic() - t0 < 5
 
 
 def test_bad_tests_are_clear_errors():
@@ -184,6 +196,11 @@ EXIT_TRICKS = {
     "atexit_marker": "import atexit\natexit.register(lambda: print('ALL TESTS PASSED'))\ndef f(x):\n    return 0\n",
     "kill_parent": "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 0\n",
     "kill_everything": "import os, signal\ndef f(x):\n    os.kill(-1, signal.SIGKILL)\n",
+    # Once the harness has started, a failure the candidate stages is its own 0, not an
+    # infrastructure error (score=None would drop the sample instead of penalising it).
+    "forged_sandbox_error": "import os, resource\n"
+    "os.write(2, b'bwrap: Creating new namespace failed: Resource temporarily unavailable\\n')\n"
+    "resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (0, 0))\ndef f(x):\n    return 0\n",
 }
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -196,6 +197,11 @@ def test_tool_env_calculator_round_trip():
     obs, r, term, trunc, info = env.step(f"<think>let me compute</think><tool>{expr}</tool>")
     assert obs == f"<result>{item['answer']}</result>" and r == 0.0 and not term and not trunc
     assert info["grade"]["reason"].startswith("tool call") and info["messages"][-1] == {"role": "user", "content": obs}
+    t0 = time.monotonic()
+    obs, *_ = env.step("<tool>" * 80_000)  # unclosed tags: one linear scan, not a regex per tag
+    assert "No <tool> call" in obs and time.monotonic() - t0 < 5
+    env.reset(options={"index": 4})
+    env.step(f"<tool>{expr}</tool>")
     obs, r, term, trunc, info = env.step("<tool>__import__('os')</tool> <tool>2**100000</tool>")
     assert obs.count("<result>error:") == 2
     obs, r, term, trunc, info = env.step(f"<think>done</think><answer>{item['answer']}</answer>")

@@ -25,6 +25,8 @@ Why the candidate cannot game the verdict:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
 import marshal
@@ -557,6 +559,8 @@ def values_equal(got: Any, expected: Any, rel_tol: float = 1e-6, abs_tol: float 
     if isinstance(expected, (int, float)) and isinstance(got, (int, float)):
         if isinstance(expected, int) and isinstance(got, int):
             return got == expected
+        if isinstance(expected, int):  # an exact integer answer: 2.0 is 2, 1000000.5 is not 1000000
+            return math.isfinite(got) and got.is_integer() and int(got) == expected
         if math.isnan(expected) or math.isnan(got):
             return math.isnan(expected) and math.isnan(got)
         return math.isclose(got, expected, rel_tol=rel_tol, abs_tol=abs_tol)
@@ -661,8 +665,10 @@ def grade_program(
     sandbox = get_sandbox(backend)
     # warm: the harness reads its job before doing anything, so it can be started ahead of time.
     run = sandbox.run([sandbox.python, "-I", "-S", "-c", _HARNESS], b"%d\n" % len(body) + body + nonce, lim, warm=True)
-    if run.error is not None or not run.stdout.startswith(_START):
-        # Nothing of the candidate ran: the sandbox failed, not the program.
+    if not run.stdout.startswith(_START):
+        # Nothing of the candidate ran: the sandbox failed, not the program. Only the missing
+        # start byte decides it: once the harness has started, the candidate shares its uid and
+        # stderr, so an exit status or a "bwrap: ..." line may be forged to dodge a 0.
         why = run.error or f"harness did not start (exit {run.returncode})"
         log.error("code sandbox (%s) failed: %s", sandbox.name, why)
         return Grade.error(f"sandbox error: {why}", details={"stderr": run.stderr[-2000:].decode("utf-8", "replace")})
@@ -697,7 +703,44 @@ def grade_programs(
         return list(ex.map(lambda it: grade_program(it[0], it[1], **kw), items))
 
 
-_FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.DOTALL | re.MULTILINE)
+_FENCE_OPEN = re.compile(r"[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*")
+_FENCE_CLOSE = re.compile(r"[ \t]*(`{3,}|~{3,})[ \t]*")
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """``(language, body)`` of every fenced block, in order, in time linear in ``text``.
+
+    As in CommonMark, a block closes at the first later line that is a fence of the same
+    character, at least as long, alone on its line; an opening fence that never closes is plain
+    text. (A regex with a lazy body rescans the rest of the text from every unclosed fence:
+    8,000 of them took seconds.)
+    """
+    lines = text.split("\n")
+    closers: dict[str, list[tuple[int, int]]] = {"`": [], "~": []}  # char -> [(line, fence length)]
+    for i, ln in enumerate(lines):
+        m = _FENCE_CLOSE.fullmatch(ln)
+        if m:
+            closers[m.group(1)[0]].append((i, len(m.group(1))))
+    # longest[c][k]: the longest closer of char c among closers[c][k:], to skip unclosable fences.
+    longest = {c: list(itertools.accumulate(reversed([n for _, n in cl]), max))[::-1] + [0] for c, cl in closers.items()}
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(lines):
+        m = _FENCE_OPEN.fullmatch(lines[i])
+        if m:
+            c, n = m.group(1)[0], len(m.group(1))
+            cl = closers[c]
+            k = bisect.bisect_right(cl, (i, 1 << 30))
+            if longest[c][k] >= n:
+                while cl[k][1] < n:  # closers skipped here lie inside this block: linear overall
+                    k += 1
+                j = cl[k][0]
+                body = "\n".join(lines[i + 1 : j])
+                out.append((m.group(2).lower(), body + "\n" if j > i + 1 else ""))
+                i = j + 1
+                continue
+        i += 1
+    return out
 _PY_LANGS = {"python", "py", "python3", "py3"}
 
 
@@ -711,7 +754,7 @@ def extract_code(completion: str, *, final_only: bool = True, allow_untagged: bo
     text = final_section(completion, ExtractConfig(final_section_only=final_only))
     if text is None:
         return None
-    blocks = [(m.group(2).lower(), m.group(3)) for m in _FENCE_RE.finditer(text)]
+    blocks = fenced_blocks(text)
     py = [b for lang, b in blocks if lang in _PY_LANGS]
     if py:
         return py[-1]

@@ -125,23 +125,29 @@ def boxed_spans(text: str, commands: tuple[str, ...] = ("boxed", "fbox")) -> lis
 
 
 def find_answer_tags(text: str) -> list[str]:
-    """Contents of every ``<answer>...</answer>`` pair, in one linear pass.
+    """Contents of every ``<answer>...</answer>`` pair (see :func:`find_tag_contents`)."""
+    return find_tag_contents(text, "answer")
 
-    A regex ``<answer>(.*?)</answer>`` rescans the rest of the text from every unclosed
-    ``<answer>``, which is quadratic: 20k unclosed tags took half a minute.
+
+def find_tag_contents(text: str, tag: str) -> list[str]:
+    """Contents of every ``<tag>...</tag>`` pair (case-insensitive), in one linear pass.
+
+    A regex ``<tag>(.*?)</tag>`` rescans the rest of the text from every unclosed ``<tag>``,
+    which is quadratic: 20k unclosed tags took half a minute.
     """
     low = text.lower()
+    open_, close = f"<{tag.lower()}>", f"</{tag.lower()}>"
     out: list[str] = []
     pos = 0
     while True:
-        i = low.find("<answer>", pos)
+        i = low.find(open_, pos)
         if i < 0:
             break
-        j = low.find("</answer>", i + 8)
+        j = low.find(close, i + len(open_))
         if j < 0:
             break  # no close anywhere after: no later open can close either
-        out.append(text[i + 8 : j])
-        pos = j + 9
+        out.append(text[i + len(open_) : j])
+        pos = j + len(close)
     return out
 
 
