@@ -14,6 +14,7 @@ collector can work from chat messages while Gymnasium tooling sees plain strings
 from __future__ import annotations
 
 import copy
+import numbers
 import re
 from typing import Any, Callable, SupportsFloat
 
@@ -113,11 +114,9 @@ class TaskEnv(gym.Env[str, str]):
         n = len(self.source)
         if "index" in options:
             i = options["index"]
-            if isinstance(i, bool) or not isinstance(i, int):
-                try:
-                    i = int(i)  # numpy integers
-                except (TypeError, ValueError):
-                    raise TypeError(f"options['index'] must be an int, got {options['index']!r}") from None
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):  # ints and numpy integers only
+                raise TypeError(f"options['index'] must be an int, got {type(i).__name__} {i!r}")
+            i = int(i)
             if not 0 <= i < n:
                 raise IndexError(f"options['index'] = {i} out of range for task {self.task_name!r} (size {n})")
         else:
@@ -200,14 +199,26 @@ class SingleTurnEnv(TaskEnv):
 
 
 def _failing_cases(g: Grade, item: Item, limit: int = 2) -> list[str]:
-    """Lines describing the first failing code test cases (input, expected, what happened)."""
+    """Lines describing the first failing *public* code test cases (input, expected, what
+    happened), then how many hidden ones failed.
+
+    Only the cases listed in ``item["metadata"]["public_tests"]`` (indices) are ever shown: a
+    feedback that quoted every failing case with its expected value would let a lookup table of
+    quoted cases pass all of them within a few turns. Without that list every case is hidden.
+    """
     cases = g.details.get("cases") if isinstance(g.details, dict) else None
     tests = item.get("answer")
     if not isinstance(cases, list) or not isinstance(tests, dict) or not isinstance(tests.get("cases"), list):
         return []
-    out = []
+    public = set((item.get("metadata") or {}).get("public_tests") or ())
+    out, hidden_failed = [], 0
     for i, (res, case) in enumerate(zip(cases, tests["cases"])):
         if not isinstance(res, dict) or res.get("passed"):
+            continue
+        if i not in public:
+            hidden_failed += 1
+            continue
+        if len(out) >= limit:
             continue
         if tests.get("type") == "function":
             args = ", ".join(repr(a) for a in case.get("args", []))
@@ -217,8 +228,8 @@ def _failing_cases(g: Grade, item: Item, limit: int = 2) -> list[str]:
             line = f"for input {case.get('stdin')!r} the output should be {case.get('expected_stdout')!r}"
             got = res.get("error") or res.get("status")
         out.append(f"Test {i} failed: {line}; got: {str(got)[:300]}")
-        if len(out) >= limit:
-            break
+    if hidden_failed:
+        out.append(f"{hidden_failed} hidden test{'s' if hidden_failed > 1 else ''} failed.")
     return out
 
 

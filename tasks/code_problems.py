@@ -297,6 +297,9 @@ class CodeProblems(TaskSource):
             "answer": tests,
             "metadata": {
                 "template": tname,
+                # Cases the retry env may quote with their expected values (the prompt's example
+                # and one more); the rest stay hidden, so feedback cannot be memorised case by case.
+                "public_tests": [0, 1],
                 "reference": p.code,
                 "difficulty": len(p.plan),
                 "solution": format_solution(p.plan, answer_block),

@@ -88,6 +88,10 @@ def test_reset_contract_and_index_option():
         env.reset(options={"index": 10**7})
     with pytest.raises(ValueError, match="unknown reset option"):
         env.reset(options={"idx": 1})
+    for bad in (True, 2.7, "3", None):  # no silent rounding or parsing of an index
+        with pytest.raises(TypeError, match="must be an int"):
+            env.reset(options={"index": bad})
+    assert env.reset(options={"index": np.int64(3)})[1]["index"] == 3
 
 
 def test_single_turn_step_right_wrong_and_done():
@@ -179,6 +183,12 @@ def test_code_retry_feedback_shows_failing_test():
     obs, r, term, trunc, info = first
     assert r == 0.0 and not term and not trunc, info["grade"]
     assert "Test 1 failed" in obs and f"{ep}(" in obs and "should return" in obs
+    # Only the public cases are quoted; hidden ones are counted, never shown with their answers.
+    cases = info["grade"]["details"]["cases"]
+    assert item["metadata"]["public_tests"] == [0, 1] and len(cases) > 2
+    hidden_failed = sum(not c["passed"] for c in cases[2:])
+    assert hidden_failed and f"{hidden_failed} hidden test" in obs
+    assert not any(f"Test {i} " in obs for i in range(2, len(cases)))
     obs, r, term, trunc, info = env.step(item["metadata"]["solution"])
     assert r == 1.0 and term, info["grade"]
     # Same seed, same actions: the same transition, timings of the sandbox runs aside.
