@@ -454,7 +454,7 @@ def run_function(src, entry, inputs):
             msg, why = w.recv(min(t0 + CASE_WALL, t_end), 0.0)
             if msg != READY:
                 # Whatever came back is the candidate's; the grader decodes it.
-                load_error = msg.decode("utf-8", "replace")[:400] if msg else "program failed to load: " + why
+                load_error = msg.decode("utf-8", "replace")[:400] if msg else "program failed to load: " + (why or "empty reply")
                 w.stop()
                 w = None
                 results.append({"status": "load_error", "error": load_error})
