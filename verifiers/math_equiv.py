@@ -101,7 +101,7 @@ _TEXT_ARG = re.compile(_TEXT_CMD + r"\{([^{}]*)\}")
 
 def _value_text(s: str) -> bool:
     """``\\text{...}`` with a word that changes the value ("or"/"and" join inequalities)."""
-    return any(_not_a_unit(t) and ({w.lower() for w in re.findall(r"[A-Za-z]+", t)} - {"or", "and"}) & _VALUE_WORDS
+    return any(({w.lower() for w in re.findall(r"[A-Za-z]+", t)} - {"or", "and"}) & _VALUE_WORDS
                for t in _TEXT_ARG.findall(s))
 
 
