@@ -222,3 +222,32 @@ def test_spares_outlive_the_thread_that_asked_for_them():
         assert r.stdout == b"go\n" and r.info["prestarted"], (r, r.stderr)
     finally:
         sb2.close()
+
+
+def test_forked_children_do_not_keep_the_parents_uid_slots():
+    import fcntl
+
+    from thinkgym.verifiers import sandbox as sbx
+
+    uids = sbx._Uids(True)
+    slot = uids.acquire()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a long-lived forked worker (multiprocessing, DataLoader)
+        os.write(w, b"1")  # the fork hooks have run by now
+        time.sleep(3)
+        os._exit(0)
+    try:
+        os.read(r, 1)
+        uids.release(slot)
+        fd = os.open(os.path.join(sbx._SLOT_DIR, f"{slot}.lock"), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child still holds it
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)

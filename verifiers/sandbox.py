@@ -25,6 +25,7 @@ Output is read concurrently with a cap, so a flood neither blocks the program no
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import os
 import selectors
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
@@ -335,6 +337,17 @@ class _Uids:
         self._n = 0
         if enabled:
             os.makedirs(_SLOT_DIR, mode=0o700, exist_ok=True)
+        # A forked child (multiprocessing, DataLoader workers) shares the lock fds: close its
+        # copies, or the parent's slots stay locked for as long as the child lives.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (u := ref()) is not None and u._after_fork())
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        for fd in self._held.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._held = {}
 
     def acquire(self) -> int:
         with self._lock:
