@@ -22,10 +22,10 @@ import gymnasium as gym
 from gymnasium.error import ResetNeeded
 
 from thinkgym.envs.calculator import calculate
-from thinkgym.verifiers.extract import find_tag_contents
 from thinkgym.envs.spaces import TextSpace
 from thinkgym.tasks import Item, TaskSource, make_task
 from thinkgym.verifiers import Grade, GraderSpec, get_grader
+from thinkgym.verifiers.extract import find_tag_contents
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful problem solver. First think through the problem step by step inside "

@@ -251,7 +251,7 @@ def _post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> t
         chunks, size = [], 0
         while True:
             sock.settimeout(left())
-            chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+            chunk = resp.read1(65536)
             if not chunk:
                 break
             size += len(chunk)
