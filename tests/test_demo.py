@@ -26,6 +26,28 @@ def test_compact_trace_is_graded_right():
         assert g.score == 1.0, (text, g.reason)
 
 
+def _row(text: str, target: int, reward: float) -> dict:
+    q = f"Using each of 2, 3, 4 exactly once, make {target} with + - * / and parentheses."
+    return {"texts": [text], "reward": reward, "messages": [{"role": "user", "content": q}]}
+
+
+def test_think_arithmetic_checks_every_line():
+    from thinkgym.demo import think_arithmetic
+
+    rows = [
+        _row("<think>\n8 + 3 = 11\n11 * 5 = 55\n</think>\n<answer>(8 + 3) * 5</answer>", 55, 1.0),  # honest
+        _row("<think>\n8 + 3 = 12\n12 * 5 = 55\n</think>\n<answer>(8 + 3) * 5</answer>", 55, 1.0),  # 2 wrong lines
+        _row("<think>\n2 + 2 = 4\n4 * 3 = 13\n</think>\n<answer>(2 + 2) * 3</answer>", 13, 0.0),  # claims the target
+        _row("<think>\n2 + 2 = 4\n4 * 3 = 12\n</think>\n<answer>(2 + 2) * 3</answer>", 13, 0.0),  # honest miss
+        _row("<answer>2 * 3</answer>", 13, 0.0),  # no think block: no lines, no claim
+    ]
+    d = think_arithmetic(rows)
+    assert d["think_lines_wrong"] == 3 / 8
+    assert d["right_lines_ok"] == 1 / 2
+    assert d["wrong_claims_target"] == 1 / 3
+    assert think_arithmetic([]) == {"think_lines_wrong": 0.0, "right_lines_ok": 0.0, "wrong_claims_target": 0.0}
+
+
 def test_heldout_is_disjoint_from_training(tmp_path):
     cfg = DemoConfig.quick_preset(output_dir=str(tmp_path), heldout=40)
     d = build_data(cfg, tmp_path)
@@ -60,7 +82,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     s = json.loads((out / "summary.json").read_text())
     for arm in ("sft", "sft_control", "grpo"):
-        for key in ("accuracy", "pass@1", "pass@4", "format_rate"):
+        for key in ("accuracy", "pass@1", "pass@4", "format_rate", "think_lines_wrong", "right_lines_ok"):
             assert 0.0 <= s[arm][key] <= 1.0, (arm, key, s[arm][key])
         assert s[arm]["mean_length"] > 0
     assert s["heldout_items"] == DemoConfig.quick_preset().heldout

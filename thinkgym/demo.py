@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -211,6 +212,42 @@ def grpo_config(cfg: DemoConfig, model: str, out: Path) -> dict[str, Any]:
         progress=False, tensorboard=False)
 
 
+_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+_TARGET = re.compile(r"make (\d+) with")
+
+
+def think_arithmetic(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Is the think block computing, or decoration? Over single-turn eval rows (``samples.jsonl``):
+
+    - ``think_lines_wrong``: share of ``lhs = rhs`` lines in ``<think>`` whose left side does not
+      evaluate to the stated right side (exact arithmetic, the countdown grader's evaluator);
+    - ``right_lines_ok``: among right answers, the share whose think lines are all correct;
+    - ``wrong_claims_target``: among wrong answers, the share whose last line states the target.
+    """
+    from thinkgym.verifiers.countdown import ExpressionError, evaluate
+
+    def value(expr: str) -> Any:
+        try:
+            return evaluate(expr)[0]
+        except ExpressionError:
+            return None
+
+    n_lines = bad = right = right_ok = wrong = claims = 0
+    for r in rows:
+        m = _THINK.search(r["texts"][0])
+        lines = [ln.split("=") for ln in (m.group(1) if m else "").splitlines() if ln.count("=") == 1]
+        n_bad = sum(value(lhs) is None or value(lhs) != value(rhs) for lhs, rhs in lines)
+        n_lines, bad = n_lines + len(lines), bad + n_bad
+        if r["reward"] == 1.0:
+            right, right_ok = right + 1, right_ok + (bool(lines) and not n_bad)
+        else:
+            wrong += 1
+            t = _TARGET.search(r["messages"][0]["content"])
+            claims += bool(t and lines and value(lines[-1][1]) == int(t.group(1)))
+    return {"think_lines_wrong": bad / max(1, n_lines), "right_lines_ok": right_ok / max(1, right),
+            "wrong_claims_target": claims / max(1, wrong)}
+
+
 def evaluate_policies(cfg: DemoConfig, models: dict[str, Path], run: Path) -> dict[str, dict[str, Any]]:
     """Greedy accuracy and temperature-1 pass@k of each policy on the held-out items, through the
     eval harness, in one subprocess (one vLLM engine; later policies are loaded as new weights)."""
@@ -226,7 +263,8 @@ def evaluate_policies(cfg: DemoConfig, models: dict[str, Path], run: Path) -> di
         sampled = json.loads((out / name / "sampled" / "summary.json").read_text())
         res[name] = {"accuracy": greedy["pass@1"], "pass@1": sampled["pass@1"], f"pass@{k}": sampled[f"pass@{k}"],
                      "format_rate": sampled["format_rate"], "mean_length": sampled["mean_completion_len"],
-                     "greedy_format_rate": greedy["format_rate"], "model": str(models[name])}
+                     "greedy_format_rate": greedy["format_rate"], "model": str(models[name]),
+                     **think_arithmetic(_jsonl(out / name / "greedy" / "samples.jsonl"))}
     return res
 
 
@@ -315,10 +353,11 @@ def plot(run: Path, results: dict[str, dict[str, Any]], k: int) -> Path:
 
 
 def table(results: dict[str, dict[str, Any]], k: int) -> list[list[str]]:
-    rows = [["policy", "accuracy (greedy)", "pass@1 (T=1)", f"pass@{k} (T=1)", "format rate", "mean length"]]
+    rows = [["policy", "accuracy (greedy)", "pass@1 (T=1)", f"pass@{k} (T=1)", "format rate", "mean length",
+             "think lines wrong"]]
     for name, r in results.items():
         rows.append([name, f"{r['accuracy']:.3f}", f"{r['pass@1']:.3f}", f"{r[f'pass@{k}']:.3f}",
-                     f"{r['format_rate']:.3f}", f"{r['mean_length']:.1f}"])
+                     f"{r['format_rate']:.3f}", f"{r['mean_length']:.1f}", f"{r['think_lines_wrong']:.3f}"])
     return rows
 
 
@@ -342,6 +381,12 @@ def write_report(run: Path, cfg: DemoConfig, summary: dict[str, Any], rows: list
            f"- Held-out: {summary['heldout_items']} items, disjoint from the {summary['train_items']} SFT/RL/dev items "
            f"(contamination gate: {len(summary['contamination']['contaminated'])} overlapping).",
            f"- GRPO minus the better baseline: **{summary['grpo']['accuracy'] - best_base:+.3f}** greedy accuracy.",
+           "- *think lines wrong*: the share of `a op b = c` lines in the greedy think blocks whose arithmetic is "
+           "wrong. Right answers with every line right: " + ", ".join(
+               f"{n} {r['right_lines_ok']:.0%}" for n, r in summary.items() if n in ("sft", "sft_control", "grpo"))
+           + "; wrong answers whose last line states the target anyway: " + ", ".join(
+               f"{n} {r['wrong_claims_target']:.0%}" for n, r in summary.items() if n in ("sft", "sft_control", "grpo"))
+           + ".",
            "", "![curves](curves.png)", ""]
     path = run / "report.md"
     path.write_text("\n".join(md))

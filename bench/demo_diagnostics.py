@@ -1,0 +1,47 @@
+"""What the demo's policies write in their think blocks: is the arithmetic real, or decoration?
+
+    python bench/demo_diagnostics.py runs/demo-seeds/seed-0 runs/demo-seeds/seed-1 runs/demo-seeds/seed-2
+    python bench/demo_diagnostics.py runs/demo --json bench/results/demo-diagnostics.json
+
+Reads the held-out samples that ``thinkgym demo`` wrote (``eval/<policy>/greedy``, nothing is
+sampled again) and prints, for each policy, :func:`thinkgym.demo.think_arithmetic` next to its
+accuracy and temperature-1 pass@k. New demo runs carry the same numbers in ``summary.json``; this
+also reads runs from before that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from thinkgym.demo import _jsonl, think_arithmetic
+
+POLICIES = ("sft", "sft_control", "grpo")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="finished demo run directories")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    out: dict = {}
+    for run in map(Path, args.runs):
+        if not (run / "summary.json").is_file():
+            raise SystemExit(f"{run}: no summary.json (not a finished demo run)")
+        summary = json.loads((run / "summary.json").read_text())
+        k = summary["config"]["eval_samples"]
+        out[str(run)] = res = {}
+        print(f"\n{run}\n{'policy':<12} {'greedy':>7} {'pass@1':>7} {f'pass@{k}':>7} {'think lines wrong':>18} "
+              f"{'right, lines ok':>16} {'wrong, claims T':>16}")
+        for pol in POLICIES:
+            res[pol] = d = {key: summary[pol][key] for key in ("accuracy", "pass@1", f"pass@{k}")}
+            d.update(think_arithmetic(_jsonl(run / "eval" / pol / "greedy" / "samples.jsonl")))
+            print(f"{pol:<12} {d['accuracy']:>7.3f} {d['pass@1']:>7.3f} {d[f'pass@{k}']:>7.3f} "
+                  f"{d['think_lines_wrong']:>18.3f} {d['right_lines_ok']:>16.3f} {d['wrong_claims_target']:>16.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
