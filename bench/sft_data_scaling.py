@@ -1,0 +1,75 @@
+"""Is the demo's SFT policy short of traced data, or of model and compute? SFT on more traces for
+the same number of steps, everything else as in the demo.
+
+    python bench/sft_data_scaling.py --examples 1000 3000 --root runs/sft-scaling
+    python bench/sft_data_scaling.py --examples 1000 3000 --json bench/results/sft-data-scaling.json
+
+Each run trains the demo's tiny model (one tokenizer and init for all runs, from the demo's own
+trace corpus) on the first N traced items of the demo's SFT split for the demo's number of steps
+(640: 40 epochs of 1000 traces) under the same annealed schedule, and prints the
+best greedy accuracy on the demo's 200 fresh dev items. GRPO's edge over SFT is its fresh,
+untraced prompts: if more traces at equal compute do not lift SFT, extra prompts cannot lift RL
+much either, and the ceiling is the model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    from thinkgym.demo import DemoConfig, _run, _write_yaml, build_data, sft_config
+    from thinkgym.sft_coldstart.tiny import TinyConfig, build_tiny_model
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--examples", type=int, nargs="+", default=[1000, 3000], help="traced SFT items per run")
+    p.add_argument("--seed", type=int, default=0, help="the demo seed (data splits, init, SFT)")
+    p.add_argument("--root", default="runs/sft-scaling")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+
+    base = DemoConfig(seed=args.seed)
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    demo_data = build_data(DemoConfig(seed=args.seed, grpo_steps=1), root / "tokenizer-corpus")
+    tiny = build_tiny_model(root / "tiny-init", TinyConfig(
+        vocab_size=base.vocab_size, hidden_size=base.hidden_size, intermediate_size=3 * base.hidden_size,
+        num_hidden_layers=base.num_layers, num_attention_heads=max(1, base.hidden_size // 32),
+        num_key_value_heads=max(1, base.hidden_size // 64), max_position_embeddings=256, seed=args.seed),
+        corpus=demo_data["corpus"])
+
+    steps = math.ceil(base.sft_epochs * math.ceil(base.sft_examples / base.sft_micro_batch))  # the demo's SFT steps
+    runs = []
+    for n in args.examples:
+        out = root / f"sft-{n}"
+        if not (out / "sft" / "result.json").is_file():
+            cfg = DemoConfig(seed=args.seed, sft_examples=n, grpo_steps=1)
+            data = build_data(cfg, out)
+            yml = _write_yaml(out / "sft.yaml", sft_config(cfg, str(tiny), out / "sft", data["dir"], max_steps=steps))
+            print(f"$ SFT on {n} traces, {steps} steps ({steps * base.sft_micro_batch / n:.1f} epochs)", flush=True)
+            _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)], out / "sft.log", f"sft-{n}")
+        res = json.loads((out / "sft" / "result.json").read_text())
+        rows = [json.loads(ln) for ln in (out / "sft" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        curve = [[r["step"], r["eval/accuracy"]] for r in rows if r.get("eval/accuracy") is not None]
+        runs.append({"traces": n, "steps": res["steps"], "best_dev_accuracy": res.get("best_eval_accuracy"),
+                     "best_step": res.get("best_step"), "dev_accuracy_curve": curve})
+        print(f"{n} traces: {res['steps']} steps, best dev accuracy {res.get('best_eval_accuracy')} "
+              f"at step {res.get('best_step')}", flush=True)
+
+    ref = runs[0]["best_dev_accuracy"] or 0.0
+    for r in runs[1:]:
+        print(f"{r['traces']} vs {runs[0]['traces']} traces: best dev accuracy {r['best_dev_accuracy']:.3f} vs {ref:.3f} "
+              f"({(r['best_dev_accuracy'] or 0.0) - ref:+.3f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"seed": args.seed, "dev_items": base.dev_items, "cpus": os.cpu_count(),
+                                               "date": time.strftime("%Y-%m-%d", time.gmtime()), "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
