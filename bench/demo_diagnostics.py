@@ -32,13 +32,14 @@ def main() -> None:
         summary = json.loads((run / "summary.json").read_text())
         k = summary["config"]["eval_samples"]
         out[str(run)] = res = {}
-        print(f"\n{run}\n{'policy':<12} {'greedy':>7} {'pass@1':>7} {f'pass@{k}':>7} {'think lines wrong':>18} "
-              f"{'right, lines ok':>16} {'wrong, claims T':>16}")
+        print(f"\n{run}\n{'policy':<12} {'greedy':>7} {'pass@1':>7} {f'pass@{k}':>7} {'lines wrong':>12} "
+              f"{'first wrong':>12} {'last wrong':>11} {'right, lines ok':>16} {'wrong, claims T':>16}")
         for pol in POLICIES:
             res[pol] = d = {key: summary[pol][key] for key in ("accuracy", "pass@1", f"pass@{k}")}
             d.update(think_arithmetic(_jsonl(run / "eval" / pol / "greedy" / "samples.jsonl")))
             print(f"{pol:<12} {d['accuracy']:>7.3f} {d['pass@1']:>7.3f} {d[f'pass@{k}']:>7.3f} "
-                  f"{d['think_lines_wrong']:>18.3f} {d['right_lines_ok']:>16.3f} {d['wrong_claims_target']:>16.3f}")
+                  f"{d['think_lines_wrong']:>12.3f} {d['first_line_wrong']:>12.3f} {d['last_line_wrong']:>11.3f} "
+                  f"{d['right_lines_ok']:>16.3f} {d['wrong_claims_target']:>16.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

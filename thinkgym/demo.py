@@ -221,6 +221,8 @@ def think_arithmetic(rows: list[dict[str, Any]]) -> dict[str, float]:
 
     - ``think_lines_wrong``: share of ``lhs = rhs`` lines in ``<think>`` whose left side does not
       evaluate to the stated right side (exact arithmetic, the countdown grader's evaluator);
+    - ``first_line_wrong`` / ``last_line_wrong``: the same for the first line of each think block,
+      and for the last line of blocks with two or more (the line a trace ends on the target);
     - ``right_lines_ok``: among right answers, the share whose think lines are all correct;
     - ``wrong_claims_target``: among wrong answers, the share whose last line states the target.
     """
@@ -233,18 +235,25 @@ def think_arithmetic(rows: list[dict[str, Any]]) -> dict[str, float]:
             return None
 
     n_lines = bad = right = right_ok = wrong = claims = 0
+    first, last = [0, 0], [0, 0]  # [wrong, counted]
     for r in rows:
         m = _THINK.search(r["texts"][0])
         lines = [ln.split("=") for ln in (m.group(1) if m else "").splitlines() if ln.count("=") == 1]
-        n_bad = sum(value(lhs) is None or value(lhs) != value(rhs) for lhs, rhs in lines)
+        ok = [value(lhs) is not None and value(lhs) == value(rhs) for lhs, rhs in lines]
+        n_bad = ok.count(False)
         n_lines, bad = n_lines + len(lines), bad + n_bad
+        if ok:
+            first[0], first[1] = first[0] + (not ok[0]), first[1] + 1
+        if len(ok) > 1:
+            last[0], last[1] = last[0] + (not ok[-1]), last[1] + 1
         if r["reward"] == 1.0:
             right, right_ok = right + 1, right_ok + (bool(lines) and not n_bad)
         else:
             wrong += 1
             t = _TARGET.search(r["messages"][0]["content"])
             claims += bool(t and lines and value(lines[-1][1]) == int(t.group(1)))
-    return {"think_lines_wrong": bad / max(1, n_lines), "right_lines_ok": right_ok / max(1, right),
+    return {"think_lines_wrong": bad / max(1, n_lines), "first_line_wrong": first[0] / max(1, first[1]),
+            "last_line_wrong": last[0] / max(1, last[1]), "right_lines_ok": right_ok / max(1, right),
             "wrong_claims_target": claims / max(1, wrong)}
 
 
