@@ -18,7 +18,8 @@ One command, top to bottom, using the project's own components:
 5. **Control arm**: more SFT from the same checkpoint, for the same training wall-clock as GRPO,
    at GRPO's learning rate, so a gain can be credited to RL and not to extra optimisation.
 6. **Eval** (``sampler/eval.py``) of the three policies on the held-out items: greedy accuracy,
-   pass@1/pass@k at temperature 1, format rate, mean length. A table on screen, ``report.md``,
+   pass@1/pass@k at temperature 1, format rate, mean length, and whether the think lines' arithmetic
+   is right (:func:`think_arithmetic`). A table on screen, ``report.md``,
    ``curves.png`` and ``summary.json`` in the run directory.
 
 Each training stage runs in its own process (DeepSpeed / gloo and vLLM state stay isolated).
