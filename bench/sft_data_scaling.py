@@ -25,7 +25,7 @@ from pathlib import Path
 
 def main() -> None:
     from thinkgym.demo import DemoConfig, _run, _write_yaml, build_data, sft_config
-    from thinkgym.sft_coldstart.tiny import TinyConfig, build_tiny_model
+    from thinkgym.sft_coldstart.tiny import build_tiny_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--examples", type=int, nargs="+", default=[1000, 3000], help="traced SFT items per run")
@@ -38,11 +38,7 @@ def main() -> None:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     demo_data = build_data(DemoConfig(seed=args.seed, grpo_steps=1), root / "tokenizer-corpus")
-    tiny = build_tiny_model(root / "tiny-init", TinyConfig(
-        vocab_size=base.vocab_size, hidden_size=base.hidden_size, intermediate_size=3 * base.hidden_size,
-        num_hidden_layers=base.num_layers, num_attention_heads=max(1, base.hidden_size // 32),
-        num_key_value_heads=max(1, base.hidden_size // 64), max_position_embeddings=256, seed=args.seed),
-        corpus=demo_data["corpus"])
+    tiny = build_tiny_model(root / "tiny-init", base.tiny_config(), corpus=demo_data["corpus"])
 
     steps = math.ceil(base.sft_epochs * math.ceil(base.sft_examples / base.sft_micro_batch))  # the demo's SFT steps
     runs = []

@@ -83,6 +83,14 @@ class DemoConfig:
         """Seed of the countdown source behind one data split: ``sft``, ``rl``, ``heldout`` or ``dev``."""
         return self.seed * 3 + {"sft": 0, "rl": 1, "heldout": 2, "dev": 3}[split]
 
+    def tiny_config(self) -> Any:
+        """The tiny model's :class:`~thinkgym.sft_coldstart.tiny.TinyConfig` (Qwen2 shape from the width)."""
+        from thinkgym.sft_coldstart.tiny import TinyConfig
+
+        return TinyConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=3 * self.hidden_size,
+                          num_hidden_layers=self.num_layers, num_attention_heads=max(1, self.hidden_size // 32),
+                          num_key_value_heads=max(1, self.hidden_size // 64), max_position_embeddings=256, seed=self.seed)
+
     @classmethod
     def quick_preset(cls, **kw: Any) -> "DemoConfig":
         base = dict(sft_examples=120, dev_examples=16, heldout=24, eval_samples=4, sft_epochs=2.0,
@@ -410,7 +418,7 @@ def write_report(run: Path, cfg: DemoConfig, summary: dict[str, Any], rows: list
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage; returns (and writes) the summary."""
-    from thinkgym.sft_coldstart.tiny import TinyConfig, build_tiny_model
+    from thinkgym.sft_coldstart.tiny import build_tiny_model
 
     t_start = time.perf_counter()
     run = Path(cfg.output_dir)
@@ -423,13 +431,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     data = build_data(cfg, run)
     say(f"data: {cfg.sft_examples}+{cfg.dev_examples} traced SFT items, {cfg.dev_items} dev items, {data['rl_items']} "
         f"RL prompts, {data['heldout_items']} held-out items (overlapping: {len(data['contamination']['contaminated'])})")
-    tiny = build_tiny_model(run / "tiny-init", TinyConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-                                                           intermediate_size=3 * cfg.hidden_size,
-                                                           num_hidden_layers=cfg.num_layers,
-                                                           num_attention_heads=max(1, cfg.hidden_size // 32),
-                                                           num_key_value_heads=max(1, cfg.hidden_size // 64),
-                                                           max_position_embeddings=256, seed=cfg.seed),
-                            corpus=data["corpus"])
+    tiny = build_tiny_model(run / "tiny-init", cfg.tiny_config(), corpus=data["corpus"])
     timings["data"] = time.perf_counter() - t
     n_params = _count_params(tiny)
 
