@@ -226,7 +226,8 @@ _TARGET = re.compile(r"make (\d+) with")
 
 
 def think_arithmetic(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Is the think block computing, or decoration? Over single-turn eval rows (``samples.jsonl``):
+    """Is the think block computing, or decoration? Over single-turn countdown eval rows
+    (``samples.jsonl``; the target is read from the question's "make N with"):
 
     - ``think_lines_wrong``: share of ``lhs = rhs`` lines in ``<think>`` whose left side does not
       evaluate to the stated right side (exact arithmetic, the countdown grader's evaluator);
@@ -248,7 +249,7 @@ def think_arithmetic(rows: list[dict[str, Any]]) -> dict[str, float]:
     for r in rows:
         m = _THINK.search(r["texts"][0])
         lines = [ln.split("=") for ln in (m.group(1) if m else "").splitlines() if ln.count("=") == 1]
-        ok = [value(lhs) is not None and value(lhs) == value(rhs) for lhs, rhs in lines]
+        ok = [(v := value(lhs)) is not None and v == value(rhs) for lhs, rhs in lines]
         n_bad = ok.count(False)
         n_lines, bad = n_lines + len(lines), bad + n_bad
         if ok:
