@@ -88,3 +88,85 @@ def test_hf_dataset_from_disk_and_files(tmp_path):
     assert [f[i]["answer"] for i in range(5)] == ["0", "2", "4", "6", "8"]
     with pytest.raises(FileNotFoundError):
         HFDatasetSource(tmp_path / "missing")
+
+
+def _count_calls(monkeypatch, name):
+    from thinkgym.tasks import loaders
+
+    calls = []
+    real = getattr(loaders, name)
+
+    def spy(*a, **kw):
+        calls.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loaders, name, spy)
+    return calls
+
+
+def test_jsonl_rows_are_read_once_per_file_version(tmp_path, monkeypatch):
+    # A learner builds an env, so a source, per episode: the file must not be parsed each time.
+    from thinkgym.tasks import loaders
+
+    monkeypatch.setattr(loaders, "_RACY_NS", 0)  # ctime is "now" after any write; trust it here
+    reads = _count_calls(monkeypatch, "iter_jsonl")
+    p = _write(tmp_path / "d.jsonl", [{"question": f"q{i}?", "answer": str(i)} for i in range(3)])
+    srcs = [make_task("jsonl", path=str(p)) for _ in range(5)]
+    assert len(reads) == 1 and [s[2]["answer"] for s in srcs] == ["2"] * 5
+    srcs[0][2]["metadata"]["x"] = 1  # items are copies: an edit reaches neither the cache nor others
+    assert "x" not in make_task("jsonl", path=str(p))[2]["metadata"] and len(reads) == 1
+    # Other field mappings are other entries; a changed file is read again.
+    make_task("jsonl", path=str(p), metadata_fields=[])
+    assert len(reads) == 2
+    _write(p, [{"question": "new?", "answer": "7"}])
+    assert make_task("jsonl", path=str(p))[0]["question"] == "new?" and len(reads) == 3
+    # A bad file caches nothing: fixing it is seen at once.
+    _write(p, ["{oops"])
+    with pytest.raises(DatasetRowError):
+        make_task("jsonl", path=str(p))
+    _write(p, [{"question": "fixed?", "answer": "1"}])
+    assert make_task("jsonl", path=str(p))[0]["question"] == "fixed?"
+
+
+def test_jsonl_rewrite_with_same_size_and_mtime_is_not_served_stale(tmp_path):
+    # Same length, same inode, mtime put back: only ctime (and the racy rule) can tell.
+    import os
+
+    p = _write(tmp_path / "d.jsonl", [{"question": "aaa?", "answer": "1"}])
+    st = os.stat(p)
+    assert make_task("jsonl", path=str(p))[0]["question"] == "aaa?"
+    with open(p, "r+b") as f:
+        f.write(b'{"question": "bbb?"')
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(p).st_size == st.st_size and os.stat(p).st_ino == st.st_ino
+    assert make_task("jsonl", path=str(p))[0]["question"] == "bbb?"
+
+
+def test_settled_file_is_trusted_and_hf_dataset_loads_once(tmp_path, monkeypatch):
+    import time
+
+    import datasets
+
+    from thinkgym.tasks import loaders
+
+    monkeypatch.setattr(loaders, "_RACY_NS", 200_000_000)
+    reads = _count_calls(monkeypatch, "iter_jsonl")
+    p = _write(tmp_path / "d.jsonl", [{"question": "q?", "answer": "1"}])
+    for _ in range(2):  # read right after a write: racy, so read again
+        make_task("jsonl", path=str(p))
+    assert len(reads) == 2
+    time.sleep(0.3)  # past the racy window: the next read is trusted from then on
+    for _ in range(3):
+        make_task("jsonl", path=str(p))
+    assert len(reads) == 3
+
+    loads = _count_calls(monkeypatch, "_load_hf")
+    rows = [{"prompt": f"What is {i}+{i}?", "target": str(2 * i)} for i in range(4)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    time.sleep(0.3)
+    kw = dict(path=str(tmp_path / "saved"), question_field="prompt", answer_field="target")
+    assert [make_task("hf_dataset", **kw)[3]["answer"] for _ in range(4)] == ["6"] * 4
+    assert len(loads) == 1
+    # A new file in the folder is a new version of the dataset.
+    datasets.Dataset.from_list(rows[:2]).save_to_disk(str(tmp_path / "saved"))
+    assert len(make_task("hf_dataset", **kw)) == 2 and len(loads) == 2
