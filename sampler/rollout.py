@@ -278,13 +278,17 @@ def collect_rollouts(
     t_start = time.perf_counter()
 
     live: list[_Live] = []
+    rendered: dict[str, list[int]] = {}  # a group's members share their prompt: template it once
     for g, (spec, idx) in enumerate(zip(envs_or_ids, indices)):
         for m in range(group_size):
             env, env_id = _make_env(spec, dict(env_kwargs or {}))
             seed = None if cfg.seed is None else mix_seed(cfg.seed, g, m)
             _obs, info = env.reset(seed=seed, options={"index": idx})
             messages = info.get("messages") or [{"role": "user", "content": _obs}]
-            prompt = chat_prompt_ids(tok, messages, **tkw)
+            key = repr(messages)
+            if key not in rendered:
+                rendered[key] = chat_prompt_ids(tok, messages, **tkw)
+            prompt = list(rendered[key])
             ep = Episode(
                 group_id=g, member=m, index=idx, env_id=env_id, input_ids=list(prompt),
                 loss_mask=[0] * len(prompt), old_logprobs=[0.0] * len(prompt), prompt_len=len(prompt),

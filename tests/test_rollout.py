@@ -172,3 +172,50 @@ def test_bad_arguments(sampler):
         collect_rollouts("thinkgym/Arithmetic-v0", sampler, indices=[0], group_size=0, cfg=cfg)
     with pytest.raises(TypeError):
         collect_rollouts([object()], sampler, indices=[0], group_size=1, cfg=cfg)
+
+
+def test_each_distinct_prompt_is_templated_once(sampler, monkeypatch):
+    """Members of a group usually share their prompt (templated once), but an env may give each
+    member its own (here: by reset seed); no member may get another's prompt."""
+    import gymnasium
+
+    from thinkgym.envs import register_envs
+    from thinkgym.sampler import rollout
+    from thinkgym.sampler.types import chat_prompt_ids, mix_seed
+
+    register_envs()
+    calls = []
+
+    def counting(tok, messages, **kw):
+        calls.append(repr(messages))
+        return chat_prompt_ids(tok, messages, **kw)
+
+    monkeypatch.setattr(rollout, "chat_prompt_ids", counting)
+
+    def varied_env():
+        env = gymnasium.make("thinkgym/Arithmetic-v0").unwrapped
+        reset = env.reset
+
+        def varied_reset(seed=None, options=None):
+            obs, info = reset(seed=seed, options=options)
+            msgs = [{"role": "system", "content": f"variant {seed % 2}"}, {"role": "user", "content": obs}]
+            return obs, {**info, "messages": msgs}
+
+        env.reset = varied_reset
+        return env
+
+    b = collect_rollouts([varied_env, "thinkgym/Arithmetic-v0"], sampler, indices=[0, 1], group_size=4,
+                         cfg=SamplingConfig(max_tokens=4, seed=3), max_turns=1)
+    question = gymnasium.make("thinkgym/Arithmetic-v0").unwrapped.source[0]["question"]
+    seen = set()
+    for e in b:
+        prompt = e.input_ids[:e.prompt_len]
+        if e.group_id == 0:  # the member's own variant, by its reset seed
+            v = mix_seed(3, 0, e.member) % 2
+            seen.add(v)
+            msgs = [{"role": "system", "content": f"variant {v}"}, {"role": "user", "content": question}]
+            assert prompt == chat_prompt_ids(sampler.tokenizer, msgs)
+        else:
+            assert prompt == b.episodes[4].input_ids[:b.episodes[4].prompt_len]
+    assert seen == {0, 1}
+    assert len(calls) == len(set(calls)) == 3  # two variants of item 0, one prompt for item 1
