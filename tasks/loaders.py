@@ -2,7 +2,8 @@
 
 Rows are validated when the source is built, so a bad row fails fast with the file, the line
 (or row number) and the field in the message instead of surfacing mid-training. The seed does
-not change which row is item ``i``: a dataset is already index-addressable.
+not change which row is item ``i``: a dataset is already index-addressable. A file is parsed once
+per version per process (envs are built per episode); a changed file is read again.
 """
 
 from __future__ import annotations
