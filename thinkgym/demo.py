@@ -69,7 +69,7 @@ class DemoConfig:
     sft_packing: bool = False  #: pack into 1024-token rows (on a tiny model the 1024^2 attention dominates)
     sft_eval_every: int = 32  #: steps between dev evals (loss, and the greedy accuracy that picks best/)
     # --- GRPO
-    grpo_steps: int = 200  #: RL steps
+    grpo_steps: int = 160  #: RL steps (200 ran past 20 minutes on a slower 2-core host)
     prompts_per_step: int = 16  #: prompts per step
     group_size: int = 16  #: completions per prompt
     grpo_lr: float = 1e-4  #: RL peak learning rate (also the control arm's, constant there)
