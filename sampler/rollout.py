@@ -288,7 +288,7 @@ def collect_rollouts(
             key = repr(messages)
             if key not in rendered:
                 rendered[key] = chat_prompt_ids(tok, messages, **tkw)
-            prompt = list(rendered[key])
+            prompt = rendered[key]  # never mutated: the episode copies it, a next turn replaces it
             ep = Episode(
                 group_id=g, member=m, index=idx, env_id=env_id, input_ids=list(prompt),
                 loss_mask=[0] * len(prompt), old_logprobs=[0.0] * len(prompt), prompt_len=len(prompt),
