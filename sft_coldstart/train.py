@@ -12,7 +12,9 @@ config), cosine schedule with warm-up. Every ``save_every`` steps a DeepSpeed ch
 steps the held-out loss (and, with ``eval_env``, the greedy accuracy on that env's items) is
 measured and the best model (``best_metric``) is saved as an HF checkpoint. At the
 end the final HF checkpoint (safetensors + tokenizer + chat template, LoRA merged), TensorBoard
-logs, ``metrics.jsonl`` and ``loss.png`` are written under ``output_dir``.
+logs, ``metrics.jsonl`` and ``loss.png`` are written under ``output_dir``. ``max_train_s`` ends
+a run on a training-time budget instead of a step count (an equal-time baseline), ``max_time_s``
+stops one for a later resume.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class SFTConfig:
     resume: bool = False  #: continue from the latest checkpoint in output_dir/checkpoints
     stop_after_steps: int = 0  #: stop (and checkpoint) after this many steps without changing the schedule
     max_time_s: float = 0.0  #: stop (and checkpoint) after this many seconds of training (0 = no limit)
+    max_train_s: float = 0.0  #: finish (final/ is written) once optimizer steps, evals excluded, took this long (0 = no budget)
     seed: int = 0  #: seed of data order, LoRA init and dropout
     progress: bool = True  #: rich progress bar
     tensorboard: bool = True  #: write TensorBoard logs to output_dir/tb
@@ -249,6 +252,26 @@ def save_hf(engine: Any, tok: Any, out: Path, cfg: SFTConfig) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # readers never see a half-written checkpoint
     return out
+
+
+def _over_budget(cfg: SFTConfig, elapsed: float, train_s: float, device: Any) -> str | None:
+    """``"max_time_s"`` or ``"max_train_s"`` once a time budget is spent, else None.
+
+    Ranks read different clocks; each takes the slowest rank's times, so all stop at the same
+    step (one rank checkpointing while another steps would hang the collectives)."""
+    if not (cfg.max_time_s or cfg.max_train_s):
+        return None
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([elapsed, train_s], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if cfg.max_time_s and t[0] >= cfg.max_time_s:
+        return "max_time_s"
+    if cfg.max_train_s and t[1] >= cfg.max_train_s:
+        return "max_train_s"
+    return None
 
 
 def _better(metric: str, new: dict[str, Any], best: dict[str, Any]) -> bool:
@@ -521,8 +544,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             if cfg.stop_after_steps and step - start_step >= cfg.stop_after_steps:
                 stop_reason = "stop_after_steps"
                 break
-            if cfg.max_time_s and time.perf_counter() - t0 >= cfg.max_time_s:
-                stop_reason = "max_time_s"
+            over = _over_budget(cfg, time.perf_counter() - t0, train_s, device)
+            if over:
+                stop_reason = over
                 break
             # Fetch this step's micro-batches first so the loss can be normalized by the
             # number of trainable tokens in the whole step (a true per-token mean).
@@ -553,7 +577,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             train_s += dt
             gn = engine.get_global_grad_norm()
             rec = {"step": step, "train/loss": loss_sum, "train/lr": scheduler.get_last_lr()[0],
-                   "train/tokens_per_s": n_tok * world / dt, "train/tokens": tokens_seen,
+                   "train/tokens_per_s": n_tok * world / dt, "train/tokens": tokens_seen, "train/seconds": train_s,
                    "train/grad_norm": float(gn) if gn is not None else None}
             curve.train.append((step, loss_sum))
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
@@ -576,7 +600,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     elapsed = time.perf_counter() - t0
     if stop_reason != "done" or cfg.save_every:
         checkpoint()
-    final = save_hf(engine, tok, out / "final", cfg) if stop_reason == "done" else None
+    final = save_hf(engine, tok, out / "final", cfg) if stop_reason in ("done", "max_train_s") else None
     result = {
         "stage": cfg.stage, "stop_reason": stop_reason, "steps": step, "total_steps": total,
         "final": str(final) if final else None,

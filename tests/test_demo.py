@@ -100,3 +100,5 @@ def test_demo_quick_end_to_end(tmp_path):
     assert evals and s["sft_best_step"] in [r["step"] for r in evals]
     assert s["sft_best_eval_accuracy"] == max(r["eval/accuracy"] for r in evals)
     assert not any("eval/accuracy" in ln for ln in (out / "sft_control" / "metrics.jsonl").read_text().splitlines())
+    ctl = json.loads((out / "sft_control" / "result.json").read_text())
+    assert ctl["stop_reason"] == "max_train_s" and s["sft_control_train_s"] >= s["grpo_train_s"] > 0

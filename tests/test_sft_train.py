@@ -121,6 +121,25 @@ def test_exact_resume(tiny_model_dir, data_file, tmp_path):
         assert torch.equal(wa[k], wb[k]), k
 
 
+def test_training_time_budget_ends_the_run(tiny_model_dir, data_file, tmp_path):
+    """``max_train_s`` finishes at the first step whose optimizer time reaches the budget, with
+    final/ written (evals do not count); ``max_time_s`` stops for a resume, without final/."""
+    from thinkgym.sft_coldstart.train import train
+
+    budget = 0.5
+    res = train(_cfg(tiny_model_dir, data_file, tmp_path / "a", max_steps=10_000, max_train_s=budget, eval_every=2))
+    assert res["stop_reason"] == "max_train_s" and 1 < res["steps"] < 10_000
+    assert Path(res["final"], "model.safetensors").exists()
+    recs = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == res["steps"]
+    assert recs[-2]["train/seconds"] < budget <= recs[-1]["train/seconds"] == res["train_seconds"]
+    assert res["seconds"] > res["train_seconds"]  # the evals ran on top of the budget
+
+    stopped = train(_cfg(tiny_model_dir, data_file, tmp_path / "b", max_steps=10_000, max_time_s=budget))
+    assert stopped["stop_reason"] == "max_time_s" and stopped["final"] is None and stopped["steps"] < 10_000
+    assert (tmp_path / "b" / "checkpoints" / "latest").exists()
+
+
 def test_lora_saves_merged_model_and_frozen_embeddings_stay(tiny_model_dir, data_file, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM

@@ -15,8 +15,9 @@ One command, top to bottom, using the project's own components:
    policy. Dev loss is a poor guide here: it bottoms out while accuracy still climbs.
 4. **GRPO** (``grpo/train.py``: vLLM sampler, DeepSpeed learner, countdown grader via the env)
    from the SFT policy on fresh prompts without traces, with a KL to the SFT policy.
-5. **Control arm**: more SFT from the same checkpoint, for the same training wall-clock as GRPO,
-   at GRPO's learning rate, so a gain can be credited to RL and not to extra optimisation.
+5. **Control arm**: more SFT from the same checkpoint, for the same training wall-clock as GRPO
+   (``max_train_s``: it ends at the first step that reaches GRPO's time), at GRPO's learning rate,
+   so a gain can be credited to RL and not to extra optimisation.
 6. **Eval** (``sampler/eval.py``) of the three policies on the held-out items: greedy accuracy,
    pass@1/pass@k at temperature 1, format rate, mean length, and whether the think lines' arithmetic
    is right (:func:`think_arithmetic`). A table on screen, ``report.md``,
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -461,26 +463,22 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     say(f"grpo: {len(rl_hist)} steps, {grpo_train_s:.0f}s of training, {timings['grpo']:.0f}s in all")
 
     # ---- control: equal-time SFT from the same checkpoint -------------------------------------
-    # Steps are sized from the measured SFT speed; the CPU's load changes, so a short first
-    # segment is topped up by a second one (from its final weights) until the time matches.
-    sec_per_step = sft_res["train_seconds"] / max(1, sft_res["steps"])  # without SFT's dev evals
-    ctl_model, ctl_steps, ctl_s, timings["sft_control"] = sft_model, 0, 0.0, 0.0
-    for seg in range(2):
-        steps = max(1, round((grpo_train_s - ctl_s) / sec_per_step))
-        out = run / ("sft_control" if seg == 0 else f"sft_control_{seg}")
-        yml = _write_yaml(run / f"{out.name}.yaml", sft_config(
-            cfg, str(ctl_model), out, data["dir"], max_steps=steps, learning_rate=cfg.grpo_lr,
-            min_lr_ratio=1.0, warmup_ratio=0.0, save_best=False, eval_every=0, seed=cfg.seed + 1 + seg,
-            best_metric="loss", eval_env=""))
-        timings["sft_control"] += _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)],
-                                       run / f"{out.name}.log", "sft_control")
-        ctl_res = json.loads((out / "result.json").read_text())
-        ctl_model, ctl_steps, ctl_s = Path(ctl_res["final"]), ctl_steps + ctl_res["steps"], ctl_s + ctl_res["train_seconds"]
-        sec_per_step = ctl_res["train_seconds"] / max(1, ctl_res["steps"])
-        if ctl_s >= 0.9 * grpo_train_s:
-            break
-    ctl_res = {"final": str(ctl_model), "steps": ctl_steps, "seconds": ctl_s}
-    say(f"sft_control: {ctl_steps} steps in {ctl_s:.0f}s (GRPO trained {grpo_train_s:.0f}s)")
+    # One SFT run on a training-time budget: it ends at the first step whose optimizer time reaches
+    # GRPO's training time. The learning rate is constant, so the step count is only a bound,
+    # sized from SFT's measured speed with room for a CPU that slows down.
+    sec_per_step = max(1e-3, sft_res["train_seconds"] / max(1, sft_res["steps"]))  # without SFT's dev evals
+    bound = 4 * math.ceil(grpo_train_s / sec_per_step) + 100
+    yml = _write_yaml(run / "sft_control.yaml", sft_config(
+        cfg, str(sft_model), run / "sft_control", data["dir"], max_steps=bound, max_train_s=grpo_train_s,
+        learning_rate=cfg.grpo_lr, min_lr_ratio=1.0, warmup_ratio=0.0, save_best=False, eval_every=0,
+        seed=cfg.seed + 1, best_metric="loss", eval_env=""))
+    timings["sft_control"] = _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)],
+                                  run / "sft_control.log", "sft_control")
+    ctl = json.loads((run / "sft_control" / "result.json").read_text())
+    ctl_res = {"final": ctl["final"], "steps": ctl["steps"], "seconds": ctl["train_seconds"]}
+    if ctl["stop_reason"] != "max_train_s":
+        say(f"warning: the control arm ran out of steps ({bound}) before GRPO's training time")
+    say(f"sft_control: {ctl_res['steps']} steps in {ctl_res['seconds']:.0f}s (GRPO trained {grpo_train_s:.0f}s)")
 
     # ---- held-out eval of the three policies ----------------------------------------------------
     t = time.perf_counter()
