@@ -170,3 +170,22 @@ def test_settled_file_is_trusted_and_hf_dataset_loads_once(tmp_path, monkeypatch
     # A new file in the folder is a new version of the dataset.
     datasets.Dataset.from_list(rows[:2]).save_to_disk(str(tmp_path / "saved"))
     assert len(make_task("hf_dataset", **kw)) == 2 and len(loads) == 2
+
+
+def test_change_is_seen_when_the_clock_runs_ahead_of_the_file_system(tmp_path, monkeypatch):
+    # A clock ahead of the file system's (a network file system, a clock stepped back later)
+    # makes every timestamp look settled, so the racy rule trusts the entry: the recorded file
+    # state must still catch a rewrite.
+    import time
+
+    from thinkgym.tasks import loaders
+
+    ahead = time.time_ns() + 3_600 * 10**9
+    monkeypatch.setattr(loaders.time, "time_ns", lambda: ahead)
+    reads = _count_calls(monkeypatch, "iter_jsonl")
+    p = _write(tmp_path / "d.jsonl", [{"question": "old?", "answer": "1"}])
+    for _ in range(2):
+        assert make_task("jsonl", path=str(p))[0]["question"] == "old?"
+    assert len(reads) == 1  # trusted: the file looks an hour old
+    _write(p, [{"question": "newer?", "answer": "2"}])
+    assert make_task("jsonl", path=str(p))[0]["question"] == "newer?" and len(reads) == 2
