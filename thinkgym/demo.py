@@ -475,14 +475,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     timings["sft_control"] = _run([sys.executable, "-m", "thinkgym.sft_coldstart.train", str(yml)],
                                   run / "sft_control.log", "sft_control")
     ctl = json.loads((run / "sft_control" / "result.json").read_text())
-    ctl_res = {"final": ctl["final"], "steps": ctl["steps"], "seconds": ctl["train_seconds"]}
     if ctl["stop_reason"] != "max_train_s":
         say(f"warning: the control arm ran out of steps ({bound}) before GRPO's training time")
-    say(f"sft_control: {ctl_res['steps']} steps in {ctl_res['seconds']:.0f}s (GRPO trained {grpo_train_s:.0f}s)")
+    say(f"sft_control: {ctl['steps']} steps in {ctl['train_seconds']:.0f}s (GRPO trained {grpo_train_s:.0f}s)")
 
     # ---- held-out eval of the three policies ----------------------------------------------------
     t = time.perf_counter()
-    results = evaluate_policies(cfg, {"sft": sft_model, "sft_control": Path(ctl_res["final"]), "grpo": ck / "hf"}, run)
+    results = evaluate_policies(cfg, {"sft": sft_model, "sft_control": Path(ctl["final"]), "grpo": ck / "hf"}, run)
     timings["eval"] = time.perf_counter() - t
     say("eval: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in results.items()) + f" ({timings['eval']:.0f}s)")
 
@@ -494,7 +493,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "task": {"name": "countdown", "params": cfg.task_params},
         "contamination": data["contamination"], "sft_steps": sft_res["steps"], "sft_best_eval_loss": sft_res.get("best_eval_loss"),
         "sft_best_eval_accuracy": sft_res.get("best_eval_accuracy"), "sft_best_step": sft_res.get("best_step"),
-        "sft_control_steps": ctl_res["steps"], "sft_control_train_s": ctl_res["seconds"], "grpo_train_s": grpo_train_s,
+        "sft_control_steps": ctl["steps"], "sft_control_train_s": ctl["train_seconds"], "grpo_train_s": grpo_train_s,
         "grpo_steps": len(rl_hist), "grpo_final_train_accuracy": rl_hist[-1].get("accuracy") if rl_hist else None,
         "gain_vs_best_baseline": results["grpo"]["accuracy"] - max(results["sft"]["accuracy"], results["sft_control"]["accuracy"]),
         "timings_s": {**timings, "total": minutes * 60}, "config": dataclasses.asdict(cfg),
