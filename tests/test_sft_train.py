@@ -3,6 +3,7 @@ exact resume, LoRA merge, frozen embeddings, CLI, and (slow) vLLM loading and tw
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -281,6 +282,62 @@ def test_two_process_torchrun(tiny_model_dir, const_data, tmp_path):
     assert losses[-1] < losses[0]
     assert res["best_eval_accuracy"] > 0  # 11 items: the ranks answer 6 and 5
     assert _greedy_accuracy(res["best"], "thinkgym/Arithmetic-v0", const_data[1], 11, 16) == res["best_eval_accuracy"]
+
+
+_FAST_CLOCK_RANK1 = '''
+import os, sys, time
+import thinkgym.sft_coldstart.train as T
+
+# torchrun starts each rank in its own session: the test kills hung ranks by these pids.
+open(os.path.join(os.path.dirname(__file__), f"rank{os.environ['RANK']}.pid"), "w").write(str(os.getpid()))
+
+class _Clock:
+    """time, with perf_counter running 1000x fast: this rank spends its budget long before rank 0."""
+    def __getattr__(self, name):
+        return getattr(time, name)
+    def perf_counter(self):
+        return time.perf_counter() * 1000.0
+
+if os.environ["RANK"] == "1":
+    T.time = _Clock()
+T.main(sys.argv[1:])
+'''
+
+
+@pytest.mark.slow
+def test_time_budget_stops_every_rank_at_the_same_step(tiny_model_dir, const_data, tmp_path):
+    """Two ranks whose clocks disagree: rank 1's runs 1000x fast and spends ``max_train_s`` in
+    its first step. Every rank must stop there together; a rank that went on alone would wait
+    forever in a collective the other never joins. Rank 0's own clock is far under the budget,
+    so its stop can only come from rank 1's time."""
+    import yaml
+
+    budget = 30.0
+    (tmp_path / "fast_clock.py").write_text(_FAST_CLOCK_RANK1)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": str(tiny_model_dir), "output_dir": str(tmp_path / "ddp"), "datasets": [str(const_data[0])],
+        "max_length": 64, "max_steps": 10_000, "max_train_s": budget, "eval_every": 0, "save_best": False,
+        "zero_stage": 2, "learning_rate": 3e-3, "progress": False, "tensorboard": False, "plot": False,
+    }))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         str(tmp_path / "fast_clock.py"), str(cfg)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_child_env(), start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        for pid in [proc.pid] + [int(f.read_text()) for f in tmp_path.glob("rank*.pid")]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        _, err = proc.communicate()
+        pytest.fail("the ranks did not stop together (hung in a collective):\n" + err[-3000:])
+    assert proc.returncode == 0, err[-3000:]
+    res = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert res["stop_reason"] == "max_train_s" and res["steps"] == 1, res
+    assert res["train_seconds"] < budget / 10  # rank 0's own time: it stopped on rank 1's
+    assert Path(res["final"], "model.safetensors").exists()
 
 
 def _greedy_accuracy(model_dir, env_id, env_kwargs, n, max_tokens):
