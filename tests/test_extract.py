@@ -87,3 +87,35 @@ def test_long_text_is_linear():
     t0 = time.perf_counter()
     assert extract(text).answers == ["5"]
     assert time.perf_counter() - t0 < 1.0
+
+
+@pytest.mark.parametrize(
+    "text, answers",
+    [
+        ("<think>t</think>\\boxed 5", ["5"]),
+        ("<think>t</think>so $\\boxed 42$.", ["42"]),
+        ("<think>t</think>\\boxed5", ["5"]),
+        ("<think>t</think>\\boxed x", ["x"]),
+        ("<think>t</think>\\fbox 4, done", ["4"]),
+        ("<think>t</think><answer>\\boxed 7</answer>", ["7"]),
+        ("<think>t</think>\\boxed 5 and \\boxed{6}", ["5", "6"]),
+        ("<think>t</think>\\boxed{5}", ["5"]),
+        ("<think>t</think>\\boxed {5}", ["5"]),
+    ],
+)
+def test_box_without_braces_takes_one_token(text, answers):
+    assert extract(text).answers == answers
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>t</think>\\boxed 3.5",  # TeX would box only the 3: not read as an answer at all
+        "<think>t</think>\\boxed xy",
+        "<think>t</think>\\boxedx",
+        "<think>t</think>\\boxed -5",
+        "<think>t</think>\\boxed",
+    ],
+)
+def test_box_without_braces_needs_a_single_token(text):
+    assert not extract(text).ok

@@ -391,3 +391,62 @@ def test_empty_gold_is_an_infrastructure_error():
 @pytest.mark.parametrize("pred, gold", [(r"\varnothing", r"\emptyset"), ("\u2205", r"\emptyset"), ("\u00bd", "0.5"), ("\u00be", "3/4")])
 def test_unicode_and_synonym_forms(pred, gold):
     assert grade("math", B(pred), gold).score == 1.0
+
+
+# --- text after a number is dropped as a unit only when it reads as one --------------------------
+
+
+@pytest.mark.parametrize("pred, gold, score", [
+    # digits, value punctuation or connectives inside the text change the value
+    (r"5\text{000}", "5", 0.0), (r"5\mathrm{.5}", "5", 0.0), (r"5\mathbf{7}", "5", 0.0),
+    (r"5\text{-7}", "5", 0.0), (r"5 \text{ to 7}", "5", 0.0), (r"5 \text{, 6}", "5", 0.0),
+    (r"5 \text{ (approx. 6)}", "5", 0.0), (r"5 \text{ to infinity}", "5", 0.0), (r"5 \text{ doubled}", "5", 0.0),
+    # digits glued to a number are part of it
+    (r"1\text{2}", "1", 0.0), (r"1\text{2}", "12", 1.0), (r"5\text{000}", "5000", 1.0), (r"5\mathrm{.5}", "5.5", 1.0),
+    # units stay units
+    (r"5 \text{ m/s^2}", "5", 1.0), (r"5 \text{ sq. ft}", "5", 1.0), (r"5 \text{ square meters}", "5", 1.0),
+    (r"5 \text{m} \text{s}", "5", 1.0), (r"5 \text{ cm}^2", "5", 1.0), (r"\frac{1}{2} \text{ cm}", "0.5", 1.0),
+    (r"5\text{ }", "5", 1.0), (r"50\text{\%}", "0.5", 1.0),
+])
+def test_text_after_a_number_is_a_unit_only_when_it_reads_as_one(pred, gold, score):
+    assert grade("math", B(pred), gold).score == score
+
+
+@pytest.mark.parametrize("pred, gold, score", [
+    ("5 millionths", "5", 0.0), ("5 doubled", "5", 0.0), ("5 tens", "5", 0.0), ("5 dozen", "5", 0.0),
+    ("5 times", "5", 0.0), ("5 to 7", "5", 0.0), ("5 hours", "5", 1.0), ("5 inches", "5", 1.0),
+    ("3 square meters", "3", 1.0), ("12 Apples", "12", 1.0), ("7 ways", "7", 1.0), ("2.5 kg", "2.5", 1.0),
+    ("4 pencils", "4", 1.0),  # any counted noun: prose that states no other value keeps the number
+])
+def test_plain_words_after_a_number_are_dropped_unless_they_change_the_value(pred, gold, score):
+    assert grade("math", B(pred), gold).score == score
+
+
+@pytest.mark.parametrize("pred, gold, score", [
+    (r"5 \text{ and 6}", "5", 0.0), (r"5 \text{ or maybe 6}", "5", 0.0),
+    (r"x < 1 \text{ or } x > 3", r"(-\infty,1)\cup(3,\infty)", 1.0),  # a bare "or" joins inequalities
+])
+def test_text_joining_values_is_a_hedge(pred, gold, score):
+    assert grade("math", B(pred), gold).score == score
+
+
+@pytest.mark.parametrize("gold", [r"\frac{1}{2", "1 +", r"\unknowncmd{2}", r"\sqrt[3]{343", ["5", r"\frac{1}{"]])
+@pytest.mark.parametrize("isolate", [True, False])
+def test_unparseable_gold_is_a_data_error_not_a_wrong_answer(gold, isolate):
+    for pred in (r"\frac{1}{2}", "5", "yes"):
+        g = grade("math", B(pred), gold, math_config={"isolate": isolate})
+        assert g.score is None and "unparseable gold" in g.reason and repr(gold) in g.reason, (pred, g)
+
+
+@pytest.mark.parametrize("pred, gold, score", [
+    ("yes", "yes", 1.0), ("no", "yes", 0.0), ("Paris", "Paris", 1.0), ("paris", r"\text{Paris}", 1.0),
+    ("London", "Paris", 0.0), ("St. Louis", "St. Louis", 1.0), ("st. louis", "St. Louis", 1.0),
+    ("Chicago", "St. Louis", 0.0), ("5", "St. Louis", 0.0), ("(B)", "B", 1.0), ("C", "B", 0.0),
+])
+def test_text_golds_still_compare_as_text(pred, gold, score):
+    assert grade("math", B(pred), gold).score == score
+
+
+def test_bare_boxed_token_is_graded():
+    assert grade("math", r"<think>t</think>The answer is \boxed 5.", "5").score == 1.0
+    assert grade("math", r"<think>t</think>The answer is \boxed 5.", "6").score == 0.0

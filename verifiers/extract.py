@@ -92,16 +92,32 @@ def find_boxed(text: str, commands: tuple[str, ...] = ("boxed", "fbox")) -> list
     return [text[i:j] for i, j in boxed_spans(text, commands)]
 
 
+# What may follow a brace-less box's token: the end, a space, closing punctuation (not the
+# decimal point of "3.5"), a closing tag or the next command.
+_BARE_END = r"(?=$|\s|[,;:!?)\]$<\\]|\.(?!\d))"
+
+
 def boxed_spans(text: str, commands: tuple[str, ...] = ("boxed", "fbox")) -> list[tuple[int, int]]:
-    """``(start, end)`` of every box's contents: ``text[end]`` is its closing brace."""
+    """``(start, end)`` of every box's contents: ``text[end]`` is a braced box's closing brace.
+
+    A box without braces takes one token, as in TeX: ``\\boxed 5`` is ``5``. Only a bare digit
+    run or a single letter counts (``\\boxed 3.5`` would box just the ``3`` in TeX, so it is
+    skipped rather than misread); ``end`` is then just past the token.
+    """
     out: list[tuple[int, int]] = []
-    pat = re.compile(r"\\(?:%s)\s*\{" % "|".join(re.escape(c) for c in commands))
+    names = "|".join(re.escape(c) for c in commands)
+    pat = re.compile(r"\\(?:%s)(?:\s*\{|\s*(\d+)%s|\s+([A-Za-z])%s)" % (names, _BARE_END, _BARE_END))
     pos = 0
     n = len(text)
     while True:
         m = pat.search(text, pos)
         if m is None:
             break
+        bare = m.lastindex
+        if bare:
+            out.append((m.start(bare), m.end(bare)))
+            pos = m.end()
+            continue
         i = m.end()
         depth = 1
         j = i

@@ -64,9 +64,17 @@ _DROP_RE = re.compile(
 )
 _THOUSANDS_THIN = re.compile(r"(?<=\d)(?:\\,|\{,\}|\\ |~)(?=\d{3}(?!\d))")
 _TEXT_CMD = r"\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox|operatorname)"
-_TRAILING_UNIT = re.compile(r"(?<=[\d}).])(?:\s*" + _TEXT_CMD + r"\{[^{}]*\})+\s*$")
+_TRAILING_UNIT = re.compile(r"(?<=[\d}).])(?:\s*" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?)+\s*$")
+# Digits in a text group glued to a number are part of it: "1\text{2}" reads 12, "5\mathrm{.5}" 5.5.
+_GLUED_DIGITS = re.compile(r"(?<=[\d.])" + _TEXT_CMD + r"\{([.,]?\d+(?:[.,]\d+)*)\}")
+# What a unit written as text can contain: words, "/", powers and abbreviation dots ("cm",
+# " square meters", "m/s^2", "sq. ft"). No digits or punctuation that can change the value.
+_UNIT_WORD = r"[A-Za-z]+\.?(?:\^\{?-?\d\}?)?"
+_UNIT_TEXT = re.compile(r"\s*(?:" + _UNIT_WORD + r"(?:(?:\s*/\s*|\s+)" + _UNIT_WORD + r")*)?\s*")
 _WHOLE_TEXT = re.compile(r"^" + _TEXT_CMD + r"\{([^{}]*)\}$")
-_PERCENT_WORD = re.compile(r"(?<=\d)\s*(?:" + _TEXT_CMD + r"\{\s*percent\s*\}|percent)\s*$", re.IGNORECASE)
+_PERCENT_WORD = re.compile(
+    r"(?<=\d)\s*(?:" + _TEXT_CMD + r"\{\s*(?:percent|\\?%)\s*\}|percent)\s*$", re.IGNORECASE
+)
 _CONTROL_SPACE = re.compile(r"(?<!\\)\\ ")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b")
 # "x = 3", "x_1 = 3", "f(x) = 2x", "x \\in [1, 2]": a single named thing on the left.
@@ -85,24 +93,44 @@ _VALUE_WORDS = _FUNCTION_WORDS | {
     "multiplied", "power", "powers", "root", "roots", "factorial", "percent", "percentage", "is", "are", "was",
     "not", "no", "never", "wrong", "incorrect", "false", "but", "than", "more", "less", "fewer", "except",
     "approximately", "about", "roughly", "around", "least", "most", "maybe", "perhaps", "probably", "or",
+    "millionth", "millionths", "billionth", "billionths", "fifths", "sixths", "sevenths", "eighths", "ninths",
+    "double", "doubled", "triple", "tripled", "twice", "thrice", "halved", "negative", "inverse", "reciprocal",
+    "tens", "hundreds", "thousands", "dozen", "dozens", "score", "minus", "plus",
 }
+# Words that join or qualify values inside one text group: "5 \text{ to 7}", "5 \text{ (approx. 6)}".
+_CONNECTIVES = {"to", "and", "or", "nor", "approx", "vs", "versus", "through", "till", "until", "from", "between"}
 _WORD = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
 _DOLLAR = re.compile(r"^\\\$\s*|\\\$$")
 
 
-def _not_a_unit(text: str) -> bool:
-    """Whether trailing words (plain or ``\\text{...}``) would change the value if dropped."""
-    words = re.findall(r"[A-Za-z]+", re.sub(_TEXT_CMD, " ", text))
-    return bool({w.lower() for w in words} & _VALUE_WORDS)
+def _words(text: str) -> set[str]:
+    return {w.lower() for w in re.findall(r"[A-Za-z]+", text)}
+
+
+def _unit_text(text: str) -> bool:
+    """Whether the content of a ``\\text{...}`` after a number reads as a unit, safe to drop."""
+    return bool(_UNIT_TEXT.fullmatch(text)) and not _words(text) & (_VALUE_WORDS | _CONNECTIVES)
+
+
+def _unit_words(text: str) -> bool:
+    """Whether plain words after a number read as its unit or counted noun ("5 dollars",
+    "12 apples"): none of them changes, joins or negates the value ("5 million", "5 to 7")."""
+    words = {w.rstrip(".") for w in _words(text)}
+    return bool(words) and not words & (_VALUE_WORDS | _CONNECTIVES)
 
 
 _TEXT_ARG = re.compile(_TEXT_CMD + r"\{([^{}]*)\}")
 
 
 def _value_text(s: str) -> bool:
-    """``\\text{...}`` with a word that changes the value ("or"/"and" join inequalities)."""
-    return any(({w.lower() for w in re.findall(r"[A-Za-z]+", t)} - {"or", "and"}) & _VALUE_WORDS
-               for t in _TEXT_ARG.findall(s))
+    """``\\text{...}`` that changes the value: a value word, a connective or a digit (sympy
+    drops text, so "5 \\text{ and 6}" would read 5). A bare "or"/"and" joins inequalities."""
+    for t in _TEXT_ARG.findall(s):
+        if t.strip().lower() in ("or", "and"):
+            continue
+        if _words(t) & (_VALUE_WORDS | _CONNECTIVES) or re.search(r"(?<![\^{])\d", t):
+            return True
+    return False
 
 
 def normalize(s: str) -> str:
@@ -116,11 +144,10 @@ def normalize(s: str) -> str:
     s = _DOLLAR.sub("", s.strip())
     s = s.strip().rstrip(".").strip()
     s = _PERCENT_WORD.sub(r"\\%", s)  # "50 percent" is "50%"
-    for _ in range(3):  # units may stack: "5 \text{m} \text{s}"
-        t = _TRAILING_UNIT.sub(lambda m: m.group(0) if _not_a_unit(m.group(0)) else "", s).strip()
-        if t == s:
-            break
-        s = t
+    s = _GLUED_DIGITS.sub(lambda m: m.group(1), s)
+    m = _TRAILING_UNIT.search(s)  # units may stack: "5 \text{m} \text{s}"
+    if m and all(_unit_text(t) for t in _TEXT_ARG.findall(m.group(0))):
+        s = s[: m.start()].strip()
     m = _WHOLE_TEXT.match(s)
     if m:
         s = m.group(1).strip()
@@ -473,10 +500,29 @@ def _sym_equal(a: Any, b: Any) -> bool:
     return a == b
 
 
+class GoldError(ValueError):
+    """The gold answer cannot be parsed: a data error, never a wrong answer."""
+
+
+# Prose that sympy cannot parse ("St. Louis"): a text gold, compared as text.
+_PROSE = re.compile(r"[A-Za-z]{2,}\.?(?:[ '-]+[A-Za-z]+\.?)*")
+
+
 def sympy_equal(pred: str, gold: str) -> bool:
-    """Exact equality of two LaTeX strings via sympy. Unbounded time: call it in a worker."""
+    """Exact equality of two LaTeX strings via sympy. Unbounded time: call it in a worker.
+
+    Raises :class:`GoldError` when the gold cannot be parsed: every answer would silently be
+    wrong, which hides a data bug.
+    """
     try:
-        a, b = _parse_sympy(pred), _parse_sympy(gold)
+        b = _parse_sympy(gold)
+    except Exception as e:  # noqa: BLE001 - sympy raises many types on odd input
+        if _PROSE.fullmatch(gold.strip()):
+            return pred.strip().lower() == gold.strip().lower()
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GoldError(f"sympy cannot parse {gold!r}: {why}") from e
+    try:
+        a = _parse_sympy(pred)
     except Exception:  # noqa: BLE001 - an unparseable answer is simply not equal
         return False
     try:
@@ -540,7 +586,7 @@ def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool 
         if p == g:
             return True
     m = _TRAILING_WORDS.match(p)
-    if m and not _not_a_unit(p[m.end(1):]):
+    if m and _unit_words(p[m.end(1):]):
         p = m.group(1)
     if _value_text(p) and not _value_text(g):
         return False  # "5 \\text{ million}": sympy would drop the text and read 5
@@ -732,6 +778,8 @@ def _grade(completion: str, gold: Any, cfg: MathConfig) -> Grade:
                 raise _Undecided
     except _Undecided:
         return Grade.error("sympy step exceeded its time budget", extracted=extracted)
+    except GoldError as e:  # a data bug, like an empty gold
+        return Grade.error(f"unparseable gold answer {gold!r}; {e}", extracted=extracted)
     return Grade(1.0 if ok else 0.0, extracted=extracted, reason=why)
 
 
