@@ -35,6 +35,21 @@ CASES = [
     ("<think>a</think><answer></answer>", BAD, "empty answer"),
     ("<think>a</think>\\boxed{ }", BAD, "empty answer"),
     ("<think>\u200b\ufeff</think><answer>5</answer>", BAD, "empty think"),
+    ("<think>\u3164\u3164</think><answer>5</answer>", BAD, "empty think"),
+    # an answer that typesets as nothing is missing
+    ("<think>a</think>\\boxed{{}}", BAD, "empty answer"),
+    ("<think>a</think>\\boxed{\\ }", BAD, "empty answer"),
+    ("<think>a</think>\\boxed{\\text{ }\\quad\\,}", BAD, "empty answer"),
+    ("<think>a</think>\\boxed{\u3164}", BAD, "empty answer"),
+    ("<think>a</think><answer>\u3164\u3164</answer>", BAD, "empty answer"),
+    ("<think>a</think><answer>\u2800\u115f\u00a0\u3000\u200b</answer>", BAD, "empty answer"),
+    ("<think>a</think><answer>\x01</answer>", BAD, "empty answer"),
+    # ...but an answer that only looks sparse is kept
+    ("<think>a</think>\\boxed{\\{\\}}", OK, ""),
+    ("<think>a</think>\\boxed{\\emptyset}", OK, ""),
+    ("<think>a</think>\\boxed{\\text{no}}", OK, ""),
+    ("<think>a</think>\\boxed{\\quad 0}", OK, ""),
+    ("<think>a</think><answer>\u4e00</answer>", OK, ""),
 ]
 
 

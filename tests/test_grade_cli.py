@@ -107,6 +107,7 @@ def test_row_fields_named_like_pool_arguments_stay_row_metadata(app, tmp_path):
     got = [json.loads(x) for x in out.read_text().splitlines()]
     assert got[0]["score"] is None and "timed out" in got[0]["error"]
     assert got[1]["score"] == 1.0 and got[1]["grader"] == "math@1"
+    assert got[1]["input_grader"] == "format"  # the row's own value is kept, not overwritten
 
 
 def test_unwritable_output_is_a_clear_error(app, tmp_path):
@@ -114,6 +115,98 @@ def test_unwritable_output_is_a_clear_error(app, tmp_path):
     (tmp_path / "a_file").write_text("")
     r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(tmp_path / "a_file" / "o.jsonl"), "-q"])
     assert r.exit_code == 2 and "cannot write the output" in r.output, r.output
+
+
+def test_output_that_is_a_directory_fails_before_grading(app, tmp_path, monkeypatch):
+    def no_grading(*a, **k):
+        raise AssertionError("graded although the output cannot be written")
+
+    monkeypatch.setattr("thinkgym.verifiers.pool.GraderPool", no_grading)
+    inp = _write(tmp_path / "rows.jsonl", MATH_ROWS[:1])
+    (tmp_path / "outdir").mkdir()
+    for out, message in [(tmp_path / "outdir", "it is a directory"),
+                         (tmp_path / "rows.jsonl" / "x" / "o.jsonl", "rows.jsonl is not a directory")]:
+        r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(out), "-q"])
+        assert r.exit_code == 2 and "cannot write the output" in r.output and message in r.output, r.output
+        assert "Traceback" not in r.output
+    assert list((tmp_path / "outdir").iterdir()) == []
+    assert inp.read_text() == json.dumps(MATH_ROWS[0]) + "\n"
+
+
+def test_failed_final_rename_keeps_the_graded_rows(app, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def refuse(self, target):
+        raise IsADirectoryError(21, "Is a directory")
+
+    monkeypatch.setattr(Path, "replace", refuse)
+    inp = _write(tmp_path / "rows.jsonl", MATH_ROWS[:2])
+    r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(tmp_path / "o.jsonl"), "-q", "-w", "1"])
+    assert r.exit_code == 2 and "the graded rows are in" in r.output, r.output
+    kept = [json.loads(x) for x in (tmp_path / "o.jsonl.partial").read_text().splitlines()]
+    assert [x["score"] for x in kept] == [1.0, 0.0]
+
+
+def test_lone_surrogate_escape_is_written_back_unchanged(app, tmp_path):
+    inp = tmp_path / "rows.jsonl"
+    inp.write_text('{"completion": "</think>\\\\boxed{4} \\ud800 é", "gold": "4", "note": "\\udc00"}\n', encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(out), "-q", "-w", "1"])
+    assert r.exit_code == 0, r.output
+    text = out.read_text(encoding="utf-8")
+    assert "\\ud800 é" in text  # the escape is kept and other text stays readable
+    row = json.loads(text)
+    assert row["completion"] == "</think>\\boxed{4} \ud800 é" and row["note"] == "\udc00" and row["score"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"completion": "x", "gold": ' + "1" * 5000 + "}", "rows.jsonl:2: an integer with more than"),
+        ('{"completion": "x", "gold": ' + "[" * 100000 + "]" * 100000 + "}", "rows.jsonl:2: JSON nested too deeply"),
+    ],
+)
+def test_json_that_python_refuses_is_a_clear_error(app, tmp_path, line, message):
+    inp = _write(tmp_path / "rows.jsonl", [MATH_ROWS[0], line])
+    out = tmp_path / "o.jsonl"
+    r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(out), "-q"])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not out.exists()
+
+
+def test_countdown_gold_object_is_accepted(app, tmp_path):
+    rows = [{"id": "ok", "completion": "<think>t</think><answer>12 + 1</answer>", "gold": {"numbers": [12, 1, 12, 9], "target": 13}},
+            {"id": "str", "completion": "<think>t</think><answer>12 + 1</answer>", "gold": '{"numbers": [12, 1], "target": 13}'},
+            {"id": "bad", "completion": "<think>t</think><answer>12 + 1</answer>", "gold": {"numbers": [12, 1.9], "target": 13}}]
+    inp = _write(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "o.jsonl"
+    r = CliRunner().invoke(app, ["grade", "-g", "countdown", "-i", str(inp), "-o", str(out), "-q", "-w", "1"])
+    assert r.exit_code == 0, r.output
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["score"] for x in got] == [1.0, 1.0, None]
+    assert got[0]["gold"] == rows[0]["gold"] and "numbers must be integers" in got[2]["error"]
+
+
+def test_input_columns_named_like_results_are_kept_with_a_prefix(app, tmp_path):
+    row = {"id": "a", "completion": "<think>t</think>\\boxed{4}", "gold": "4", "grader": "x", "score": 0.5,
+           "reason": "r", "error": "e", "extracted": "z", "elapsed_s": 9, "input_score": "older", "input_reason": "kept"}
+    inp = _write(tmp_path / "rows.jsonl", [row])
+    out = tmp_path / "o.jsonl"
+    r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(out), "-q", "-w", "1"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(out.read_text())
+    assert got["score"] == 1.0 and got["grader"] == "math@1" and got["error"] is None
+    assert {k: got["input_" + k] for k in ("grader", "score", "reason", "error", "extracted", "elapsed_s")} == \
+        {"grader": "x", "score": 0.5, "reason": "r", "error": "e", "extracted": "z", "elapsed_s": 9}
+    assert got["input_input_score"] == "older" and got["input_input_reason"] == "kept"
+    # Re-grading the output keeps both rounds of results.
+    again = tmp_path / "o2.jsonl"
+    r = CliRunner().invoke(app, ["grade", "-g", "format", "-i", str(out), "-o", str(again), "-q", "-w", "1"])
+    assert r.exit_code == 0, r.output
+    got2 = json.loads(again.read_text())
+    assert got2["grader"] == "format@1" and got2["input_grader"] == "math@1" and got2["input_input_grader"] == "x"
+    assert got2["input_input_input_score"] == "older"
+    assert len(got2) == len(got) + 6  # every column survived, none merged
 
 
 def test_format_rows_need_no_gold(app, tmp_path):

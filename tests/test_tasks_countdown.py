@@ -108,3 +108,58 @@ def test_huge_or_deep_input_is_rejected_quickly():
     assert grade("countdown", c("9" * 40 + " * 9"), GOLD).score == 0.0
     assert grade("countdown", c("(" * 150 + "1" + ")" * 150), GOLD).score == 0.0
     assert grade("countdown", c("-" * 250 + "1"), GOLD).score == 0.0
+
+
+@pytest.mark.parametrize(
+    "answer, gold",
+    [
+        ("\\frac{12}{12} + 12", {"numbers": [12, 12, 12, 9], "target": 13}),
+        ("12 + \\dfrac{12}{12}", {"numbers": [12, 12, 12, 9], "target": 13}),
+        ("\\frac{8}{3 - \\frac{8}{3}}", {"numbers": [3, 3, 8, 8], "target": 24}),  # nested
+        ("\\frac { 8 } { 3 - \\tfrac{8}{3} }", {"numbers": [3, 3, 8, 8], "target": 24}),
+        ("12 \\div 12 \\cdot 1 + 12", {"numbers": [12, 1, 12, 12], "target": 13}),
+    ],
+)
+def test_latex_fractions_are_division(answer, gold):
+    g = grade("countdown", c(answer), gold)
+    assert g.score == 1.0, g
+
+
+def test_unbraced_or_unclosed_latex_fraction_is_not_an_expression():
+    gold = {"numbers": [12, 12, 12], "target": 13}
+    for answer in ("\\frac12 + 12", "\\frac{12}{12 + 12"):
+        g = grade("countdown", c(answer), gold)
+        assert g.score == 0.0 and "not an arithmetic expression" in g.reason, g
+
+
+def test_stated_result_may_be_written_as_a_decimal():
+    gold = {"numbers": [12, 1, 12, 9], "target": 13}
+    for answer in ("12 + 1 = 13.0", "12 + 1 = 13.00", "12 + 1 = 13"):
+        assert grade("countdown", c(answer), gold).score == 1.0, answer
+    for answer in ("12 + 1 = 14.0", "12 + 1 = 13.5", "12 + 1 = 13.0 = 12.0"):
+        g = grade("countdown", c(answer), gold)
+        assert g.score == 0.0 and "not the target" in g.reason, (answer, g)
+    g = grade("countdown", c("12.0 + 1 = 13"), gold)  # a float in the expression is still no number
+    assert g.score == 0.0 and "not allowed" in g.reason, g
+
+
+@pytest.mark.parametrize(
+    "gold, why",
+    [
+        ({"numbers": [12, 1.9], "target": 13}, "numbers must be integers, got 1.9"),
+        ({"numbers": [12, True], "target": 13}, "numbers must be integers, got True"),
+        ({"numbers": [12, 1], "target": 13.5}, "target must be an integer, got 13.5"),
+        ({"numbers": [], "target": 13}, "numbers must be a non-empty list"),
+        ({"numbers": "12", "target": 13}, "numbers must be a non-empty list"),
+        ([], "countdown gold must be"),
+        ("[]", "countdown gold must be"),
+        ("not json", "not JSON"),
+    ],
+)
+def test_invalid_gold_is_a_data_error(gold, why):
+    g = grade("countdown", c("12 + 1"), gold)
+    assert g.score is None and why in g.reason, g
+
+
+def test_gold_integers_written_losslessly_otherwise_are_accepted():
+    assert grade("countdown", c("12 + 1"), {"numbers": [12.0, "1"], "target": "13"}).score == 1.0

@@ -28,7 +28,48 @@ class ExpressionError(ValueError):
     """The answer is not an allowed arithmetic expression."""
 
 
+_FRAC = re.compile(r"\\[dt]?frac(?![a-zA-Z])")
+
+
+def _brace_group_end(s: str, i: int) -> int | None:
+    """Index just past the ``{...}`` group that starts at ``s[i]`` (after spaces), or None."""
+    while i < len(s) and s[i].isspace():
+        i += 1
+    if i >= len(s) or s[i] != "{":
+        return None
+    depth = 0
+    for j in range(i, len(s)):
+        depth += {"{": 1, "}": -1}.get(s[j], 0)
+        if depth == 0:
+            return j + 1
+    return None
+
+
+def _fracs_to_division(expr: str) -> str:
+    r"""``\frac{a}{b}`` -> ``(a)/(b)``, nested ones included.
+
+    The rightmost ``\frac`` is rewritten first: its arguments hold no ``\frac`` still to do, so
+    plain brace matching finds them and no recursion is needed. A ``\frac`` without two brace
+    groups (``\frac12``) is left as is and fails to parse.
+    """
+    while True:
+        fracs = list(_FRAC.finditer(expr))
+        if not fracs:
+            return expr
+        m = fracs[-1]
+        num_end = _brace_group_end(expr, m.end())
+        den_end = _brace_group_end(expr, num_end) if num_end is not None else None
+        if den_end is None:
+            return expr
+        num = expr[m.end():num_end].strip()[1:-1]
+        den = expr[num_end:den_end].strip()[1:-1]
+        expr = f"{expr[:m.start()]}({num})/({den}){expr[den_end:]}"
+
+
 def _normalize(expr: str) -> str:
+    if len(expr) > 4 * _MAX_CHARS:
+        return expr  # far too long to be an answer even after rewriting: evaluate() rejects it
+    expr = _fracs_to_division(expr)
     # Common typography: x and · for times, ÷ for divide, unicode minus, LaTeX operators.
     for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("·", "*"), ("÷", "/"),
                  ("−", "-"), ("\\left", ""), ("\\right", ""), ("{", "("), ("}", ")"), ("$", "")):
@@ -76,13 +117,47 @@ def evaluate(expr: str) -> tuple[Fraction, list[int]]:
     return ev(tree.body), used
 
 
+def _gold_int(x: Any, what: str) -> int:
+    """An integer from the gold, converted only when nothing is lost (12.0, "12"); else ValueError."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return x
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    if isinstance(x, str) and re.fullmatch(r"\s*-?\d{1,%d}\s*" % _MAX_NUMBER_DIGITS, x):
+        return int(x)
+    # Truncating 1.9 to 1 would grade against a puzzle nobody asked.
+    raise ValueError(f"countdown gold {what}, got {x!r:.80}")
+
+
 def _parse_gold(gold: Any) -> tuple[list[int], Fraction]:
+    """Validated ``(numbers, target)``; a bad gold is a data error (ValueError), never a score."""
     if isinstance(gold, str):
-        gold = json.loads(gold)
+        try:
+            gold = json.loads(gold)
+        except ValueError:
+            raise ValueError(f"countdown gold is a string but not JSON: {gold[:80]!r}") from None
     if not isinstance(gold, dict) or "numbers" not in gold or "target" not in gold:
-        raise ValueError(f"countdown gold must be {{'numbers': [...], 'target': N}}, got {gold!r}")
-    nums = [int(x) for x in gold["numbers"]]
-    return nums, Fraction(gold["target"])
+        raise ValueError(f"countdown gold must be {{'numbers': [...], 'target': N}}, got {gold!r:.80}")
+    numbers = gold["numbers"]
+    if not isinstance(numbers, list) or not numbers:
+        raise ValueError(f"countdown gold numbers must be a non-empty list, got {numbers!r:.80}")
+    nums = [_gold_int(x, "numbers must be integers") for x in numbers]
+    return nums, Fraction(_gold_int(gold["target"], "target must be an integer"))
+
+
+_DECIMAL = re.compile(r"\s*-?\d{1,%d}\.\d{1,%d}\s*" % (_MAX_NUMBER_DIGITS, _MAX_NUMBER_DIGITS))
+
+
+def _stated_result(rhs: str) -> Fraction:
+    """Exact value of what follows ``=``.
+
+    A result written as a decimal (``13.0``) is a claim about the value, not a use of a number,
+    so it is read exactly; the expression itself stays integers only.
+    """
+    text = _normalize(rhs)
+    if _DECIMAL.fullmatch(text):
+        return Fraction(text.strip())
+    return evaluate(text)[0]
 
 
 def check_expression(expr: str, numbers: list[int], target: Fraction | int, exactly_once: bool = False) -> tuple[bool, str]:
@@ -101,7 +176,7 @@ def _verdict(expr: str, numbers: list[int], target: Fraction | int, exactly_once
         lhs = parts[0]
         for rhs in parts[1:]:
             try:
-                stated, _ = evaluate(_normalize(rhs))
+                stated = _stated_result(rhs)
             except ExpressionError as e:
                 return False, False, f"after '=': {e}"
             if stated != target:

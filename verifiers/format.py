@@ -2,13 +2,15 @@
 
 A completion passes when it has exactly one non-empty think block at the start, then exactly one
 answer (one ``\\boxed{}`` or one ``<answer>…</answer>``) and nothing substantive after it.
-Duplicated or interleaved tags, an empty think block, or text after the answer fail. Each check is
+Duplicated or interleaved tags, an empty think block, an answer that typesets as nothing
+(``\\boxed{{}}``, ``\\boxed{\\ }``, filler characters) or text after the answer fail. Each check is
 reported in ``Grade.components`` so a rubric can log them.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +46,33 @@ _TRIVIAL_TAIL = re.compile(r"^[\s.,;:!$)\]\\]*$")
 
 
 _INVISIBLE = re.compile(r"[\s\u200b-\u200f\u2060-\u2064\ufeff\u00ad]+")
+# Letters and symbols that render as nothing: Hangul fillers, braille blank, grapheme joiner,
+# variation selectors. Their categories (Lo, So, Mn) do not give them away.
+_BLANK_CHARS = re.compile("[\x00-\x1f\x7f\u115f\u1160\u3164\uffa0\u2800\u034f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
+_BLANK_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
+# LaTeX that typesets as space or nothing, and wrappers that are nothing without an argument.
+_LATEX_SPACE = re.compile(
+    r"\\\\|\\[ ,;:!>]|~"
+    r"|\\(?:q?quad|(?:en|thin|med|thick|negthin|negmed|negthick)?space)(?![a-zA-Z])"
+    r"|\\(?:[hv]space\*?|[hv]?phantom)\s*\{[^{}]*\}"
+)
+_LATEX_WRAPPER = re.compile(r"\\(?:text[a-z]*|math[a-z]*|mbox|hbox|operatorname|displaystyle|textstyle)(?![a-zA-Z])")
+_GROUPING = re.compile(r"(?<!\\)[{}$]")  # braces and math delimiters; \{ and \$ are content
 
 
 def _visible(s: str) -> str:
-    """``s`` without whitespace and invisible format characters (zero-width spaces, BOM)."""
-    return _INVISIBLE.sub("", s)
+    """``s`` without whitespace, invisible format characters (zero-width spaces, BOM) and blank
+    characters such as the Hangul filler."""
+    s = _BLANK_CHARS.sub("", _INVISIBLE.sub("", s))
+    if s.isascii():
+        return s
+    return "".join(ch for ch in s if unicodedata.category(ch) not in _BLANK_CATEGORIES)
+
+
+def _blank_answer(s: str) -> bool:
+    """True when the answer typesets as nothing: ``{}``, ``\\ ``, ``\\text{ }``, fillers."""
+    s = _LATEX_WRAPPER.sub("", _LATEX_SPACE.sub("", s))
+    return not _visible(_GROUPING.sub("", s))
 
 
 def _after_answer_ok(tail: str) -> bool:
@@ -96,7 +120,7 @@ def check_format(completion: str, cfg: FormatConfig = DEFAULT_FORMAT) -> Grade:
         contents = [final[i:j] for i, j in spans]
     n_answers = len(a_open) + (0 if a_open else len(spans))
     tags_ok = len(a_open) == len(a_close) and all(o[1] < c[1] for o, c in zip(a_open, a_close))
-    check("answer", n_answers >= 1 and tags_ok and all(_visible(c) for c in contents),
+    check("answer", n_answers >= 1 and tags_ok and not any(_blank_answer(c) for c in contents),
           "no well-formed answer (\\boxed{} or <answer>) after </think>" if n_answers == 0 or not tags_ok
           else "empty answer")
     check("single_answer", n_answers >= 1 and (cfg.allow_multiple_answers or n_answers <= 1),
