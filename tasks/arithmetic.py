@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Sequence
 
 from thinkgym.tasks.base import Item, TaskSource, format_solution, register_task
 
@@ -90,6 +91,37 @@ def evaluation_trace(tree: Node) -> tuple[list[str], Fraction]:
     return lines, t.value  # type: ignore[return-value]
 
 
+# Upper bounds on the knobs. Trees, their rendering and their traces recurse once per operand,
+# and Python cannot print an integer of more than 4,300 digits, so both the operand count and
+# the size of a number stay where every item can be built and shown.
+MAX_OPERANDS = 50
+MAX_VALUE = 10**12
+MAX_NUMBERS = 10  # countdown
+MAX_NUMBER = 10**6  # countdown
+# Up to this max_value a divisor is picked from a full scan of 2..max_value (the original
+# method, which fixes the items of every existing configuration); above it, from trial division.
+_DIVISOR_SCAN = 10_000
+
+
+def _divisors(v: int, hi: int) -> Sequence[int]:
+    """The divisors of ``v`` in ``[2, hi]``, ascending (all of them when ``v`` is 0).
+
+    For ``hi`` above ``_DIVISOR_SCAN`` the work is bounded by that many trial divisions instead
+    of ``hi``: the list is then complete when ``|v| <= _DIVISOR_SCAN**2`` and otherwise holds the
+    divisors up to ``_DIVISOR_SCAN`` and their cofactors up to ``hi``.
+    """
+    if v == 0:
+        return range(2, hi + 1)
+    v = abs(v)
+    if hi <= _DIVISOR_SCAN:
+        return [d for d in range(2, hi + 1) if v % d == 0]
+    found = set()
+    for d in range(1, min(_DIVISOR_SCAN, math.isqrt(v)) + 1):
+        if v % d == 0:
+            found.update(x for x in (d, v // d) if 2 <= x <= hi)
+    return sorted(found)
+
+
 def _span(v: Any, name: str) -> tuple[int, int]:
     """A knob given as an int or as [lo, hi]."""
     if isinstance(v, int) and not isinstance(v, bool):
@@ -111,11 +143,15 @@ class Arithmetic(TaskSource):
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         p = super().validate_params(params)
-        lo, _ = _span(p["n_operands"], "n_operands")
+        lo, hi = _span(p["n_operands"], "n_operands")
         if lo < 2:
             raise ValueError(f"n_operands must be >= 2, got {p['n_operands']!r}")
+        if hi > MAX_OPERANDS:
+            raise ValueError(f"n_operands must be <= {MAX_OPERANDS}, got {p['n_operands']!r}")
         if not isinstance(p["max_value"], int) or p["max_value"] < 2:
             raise ValueError(f"max_value must be an int >= 2, got {p['max_value']!r}")
+        if p["max_value"] > MAX_VALUE:
+            raise ValueError(f"max_value must be <= {MAX_VALUE}, got {p['max_value']!r}")
         if not p["ops"] or set(p["ops"]) - set("+-*/"):
             raise ValueError(f"ops must be a non-empty string of + - * /, got {p['ops']!r}")
         return p
@@ -129,7 +165,7 @@ class Arithmetic(TaskSource):
             # Exact division: the divisor is a leaf that divides the left operand's value.
             left = self._tree(rng, n - 1)
             v = left.eval()
-            divs = [d for d in range(2, hi + 1) if v % d == 0]
+            divs = _divisors(int(v), hi)  # values stay integers: every division is exact
             if not divs:
                 return Node(op="*", left=left, right=_num(rng.randint(2, hi)))
             return Node(op="/", left=left, right=_num(rng.choice(divs)))
@@ -189,14 +225,26 @@ class Countdown(TaskSource):
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         p = super().validate_params(params)
-        lo, _ = _span(p["n_numbers"], "n_numbers")
+        lo, hi = _span(p["n_numbers"], "n_numbers")
         tlo, _ = _span(p["target"], "target")
         if lo < 2:
             raise ValueError(f"n_numbers must be >= 2, got {p['n_numbers']!r}")
+        if hi > MAX_NUMBERS:
+            raise ValueError(f"n_numbers must be <= {MAX_NUMBERS}, got {p['n_numbers']!r}")
         if not isinstance(p["max_number"], int) or p["max_number"] < 2:
             raise ValueError(f"max_number must be an int >= 2, got {p['max_number']!r}")
+        if p["max_number"] > MAX_NUMBER:
+            raise ValueError(f"max_number must be <= {MAX_NUMBER}, got {p['max_number']!r}")
         if tlo < 1:
             raise ValueError(f"target must be positive, got {p['target']!r}")
+        # Intermediates are positive integers and a + b <= a * b for a, b >= 2, so no expression
+        # over n numbers of at most max_number exceeds max_number ** n.
+        reach = p["max_number"] ** hi
+        if tlo > reach:
+            raise ValueError(
+                f"target {p['target']!r} is out of reach: with n_numbers {p['n_numbers']!r} and "
+                f"max_number {p['max_number']} no expression exceeds {reach}"
+            )
         return p
 
     def generate(self, i: int, rng: random.Random) -> Item:
@@ -215,7 +263,11 @@ class Countdown(TaskSource):
             if t.denominator == 1 and tlo <= t <= thi and not (len(used) > 1 and t in nums):
                 break
         else:
-            raise ValueError(f"countdown: no solvable instance found for params {self.params}")
+            raise ValueError(
+                f"countdown: no instance with a target in {[tlo, thi]} found in 10000 tries with "
+                f"n_numbers {self.params['n_numbers']!r} and max_number {self.params['max_number']}; "
+                "widen target or change n_numbers or max_number"
+            )
         target = int(t)
         expr = tree.render()
         steps, _ = evaluation_trace(tree)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -55,6 +56,58 @@ def open_source(spec: str, seed: int = 0, params: dict[str, Any] | None = None, 
 def _fail(msg: str, code: int = 2) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
+
+
+def _encodes(text: str) -> bool:
+    """Whether stdout can write ``text`` (a lone surrogate from a ``\\udXXX`` escape cannot)."""
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    """``text`` with what stdout cannot write shown as backslash escapes (display only)."""
+    if _encodes(text):
+        return text
+    enc = getattr(sys.stdout, "encoding", None) or "utf-8"
+    return text.encode(enc, "backslashreplace").decode(enc)
+
+
+def _non_json(item: dict[str, Any]) -> list[str]:
+    """The fields of ``item`` that hold NaN or Infinity (``metadata.KEY`` for metadata)."""
+    fields = {k: v for k, v in item.items() if k != "metadata"}
+    fields.update({f"metadata.{k}": v for k, v in (item.get("metadata") or {}).items()})
+    bad = []
+    for name, v in fields.items():
+        try:
+            json.dumps(v, allow_nan=False)
+        except ValueError:
+            bad.append(name)
+    return bad
+
+
+def json_line(obj: dict[str, Any], what: str) -> str:
+    """``obj`` as one line of standard JSON that stdout can write.
+
+    NaN and Infinity have no JSON spelling, so they are an error naming ``what`` rather than
+    output a JSON parser rejects; text stdout cannot encode is written as ``\\u`` escapes.
+    """
+    try:
+        text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        _fail(f"{what}: {', '.join(_non_json(obj)) or 'a field'} holds NaN or Infinity, which JSON cannot represent")
+    return text if _encodes(text) else json.dumps(obj, allow_nan=False)
+
+
+def get_item(src: Any, i: int, label: str) -> dict[str, Any]:
+    """Item ``i`` of ``src``; a failure to build it is a CLI error naming the source and index."""
+    try:
+        return src[i]
+    except Exception as e:  # a task source may fail in many ways; none should end in a traceback
+        why = str(e) if isinstance(e, (ValueError, TypeError)) else f"{type(e).__name__}: {e}"
+        _fail(f"{label} item {i}: {why}")
 
 
 def print_rows(rows: list[dict[str, Any]], as_json: bool, title: str, columns: tuple[str, ...],
@@ -118,25 +171,25 @@ def register(app: typer.Typer) -> None:
             src = open_source(task, seed=seed, params=parse_params(param))
         except typer.BadParameter:
             raise
-        except (TypeError, ValueError, KeyError, FileNotFoundError) as e:
+        except (TypeError, ValueError, KeyError, OSError) as e:
             _fail(str(e))
         if start >= len(src):
             _fail(f"--start {start} is past the end of {task!r} (size {len(src)})")
         end = min(start + n, len(src))
         for i in range(start, end):
-            it = src[i]
+            it = get_item(src, i, repr(task))
             if as_json:
-                typer.echo(json.dumps({"index": i, **it}, ensure_ascii=False))
+                typer.echo(json_line({"index": i, **it}, f"{task!r} item {i}"))
                 continue
             md = dict(it["metadata"])
             sol = md.pop("solution", None)
             ans = it["answer"] if isinstance(it["answer"], str) else json.dumps(it["answer"], ensure_ascii=False)
             typer.echo(f"=== {src.name or task} seed={seed} index={i} ===")
-            typer.echo(f"question: {it['question']}")
-            typer.echo(f"answer: {ans}")
-            typer.echo(f"metadata: {json.dumps(md, ensure_ascii=False)}")
+            typer.echo(_printable(f"question: {it['question']}"))
+            typer.echo(_printable(f"answer: {ans}"))
+            typer.echo(_printable(f"metadata: {json.dumps(md, ensure_ascii=False)}"))
             if sol:
-                typer.echo(f"solution:\n{sol}")
+                typer.echo(_printable(f"solution:\n{sol}"))
             typer.echo("")
 
     @app.command("contamination")
@@ -165,10 +218,10 @@ def register(app: typer.Typer) -> None:
         try:
             tr = open_source(train, seed=train_seed, params=parse_params(train_param))
             ev = open_source(eval_, seed=eval_seed, params=parse_params(eval_param))
-        except (TypeError, ValueError, KeyError, FileNotFoundError) as e:
+        except (TypeError, ValueError, KeyError, OSError) as e:
             _fail(str(e))
-        tr_items = [tr[i] for i in range(min(train_limit, len(tr)))]
-        ev_items = [ev[i] for i in range(min(eval_limit, len(ev)))]
+        tr_items = [get_item(tr, i, f"--train {train!r}") for i in range(min(train_limit, len(tr)))]
+        ev_items = [get_item(ev, i, f"--eval {eval_!r}") for i in range(min(eval_limit, len(ev)))]
         report = contamination_report(tr_items, ev_items, n=n)
         over = report.rate > threshold
         if as_json:
@@ -176,9 +229,9 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(report.summary(examples=0))
             for e, t, g in report.contaminated[:show]:
-                typer.echo(f"  eval #{e}: {ev_items[e]['question'][:100]!r}")
-                typer.echo(f"    train #{t}: {tr_items[t]['question'][:100]!r}")
-                typer.echo(f"    shared: {g!r}")
+                typer.echo(_printable(f"  eval #{e}: {ev_items[e]['question'][:100]!r}"))
+                typer.echo(_printable(f"    train #{t}: {tr_items[t]['question'][:100]!r}"))
+                typer.echo(_printable(f"    shared: {g!r}"))
             if len(report.contaminated) > show:
                 typer.echo(f"  ... {len(report.contaminated) - show} more (use --show)")
             typer.echo(("FAIL" if over else "OK") + f": rate {report.rate:.2%} vs threshold {threshold:.2%}")

@@ -9,6 +9,7 @@ per version per process (envs are built per episode); a changed file is read aga
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
 import threading
@@ -23,6 +24,23 @@ from thinkgym.tasks.base import Item, TaskSource, register_task
 
 class DatasetRowError(ValueError):
     """A dataset row is missing a field or has a value of the wrong type."""
+
+
+def _has_non_finite(x: Any) -> bool:
+    """Whether ``x`` is, or (in a list or mapping) holds, a float NaN or infinity."""
+    if isinstance(x, float):
+        return not math.isfinite(x)
+    if isinstance(x, Mapping):
+        return any(_has_non_finite(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return any(_has_non_finite(v) for v in x)
+    return False
+
+
+def _short(x: Any, limit: int = 60) -> str:
+    """``repr(x)``, cut to about ``limit`` characters for an error message."""
+    r = repr(x)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def _row_to_item(
@@ -44,9 +62,18 @@ def _row_to_item(
     a = row[answer_field]
     if a is None:
         raise DatasetRowError(f"{where}: field {answer_field!r} is null")
+    if _has_non_finite(a):
+        # No grader can match NaN or an infinity, and JSON has no spelling for them.
+        raise DatasetRowError(f"{where}: field {answer_field!r} holds NaN or Infinity, got {a!r}")
     meta: dict[str, Any] = {}
-    if isinstance(row.get("metadata"), Mapping) and "metadata" not in (question_field, answer_field):
-        meta.update(row["metadata"])
+    md = row.get("metadata")
+    if isinstance(md, Mapping) and "metadata" not in (question_field, answer_field):
+        meta.update(md)
+    elif md is not None and "metadata" not in (question_field, answer_field, *(metadata_fields or ())):
+        # Only an object can be merged; anything else would vanish (null holds nothing to lose).
+        raise DatasetRowError(
+            f"{where}: field 'metadata' must be an object, got {type(md).__name__} {_short(md)}"
+        )
     if metadata_fields is None:
         # Keep every other field: loading a dataset must not silently lose columns.
         extra = [k for k in row if k not in (question_field, answer_field, "metadata")]
@@ -56,6 +83,12 @@ def _row_to_item(
             raise DatasetRowError(f"{where}: missing metadata field(s) {missing} (fields: {sorted(row)})")
         extra = list(metadata_fields)
     for k in extra:
+        if k in meta and meta[k] != row[k]:
+            # Either value would silently replace the other.
+            raise DatasetRowError(
+                f"{where}: field {k!r} is both a field and a key of 'metadata', with different values "
+                f"({_short(row[k])} vs {_short(meta[k])})"
+            )
         meta[k] = row[k]
     return {"question": q, "answer": a, "metadata": meta}
 

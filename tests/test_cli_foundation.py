@@ -122,3 +122,57 @@ def test_installed_script_runs():
     assert r.returncode == 0, r.stderr
     item = json.loads(r.stdout)
     assert item == {"index": 0, **make_task("latex_math")[0]}
+
+
+def _no_traceback(r) -> None:
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output
+
+
+def test_item_generation_errors_are_messages():
+    # Reachable in principle, but the search for an instance gives up: a message, not a traceback.
+    rare = ["-p", "n_numbers=[6,6]", "-p", "max_number=5", "-p", "target=[15000,15625]"]
+    r = invoke("sample-tasks", "countdown", "-n", "1", *rare)
+    _no_traceback(r)
+    assert r.exit_code == 2 and "'countdown' item 0: countdown: no instance with a target in [15000, 15625]" in r.output
+    r = invoke("contamination", "--train", "countdown", "--eval", "countdown", "--train-limit", "5",
+               *[x.replace("-p", "--train-param") for x in rare])
+    _no_traceback(r)
+    assert r.exit_code == 2 and "--train 'countdown' item 0: countdown: no instance" in r.output
+    # Out of reach altogether: refused before any item is built, in either command.
+    unreachable = ["n_numbers=[2,2]", "max_number=2", "target=[100,200]"]
+    r = invoke("sample-tasks", "countdown", "-n", "1", *[a for p in unreachable for a in ("--param", p)])
+    assert r.exit_code == 2 and "target [100, 200] is out of reach" in r.output
+    r = invoke("contamination", "--train", "countdown", "--eval", "countdown",
+               *[a for p in unreachable for a in ("--train-param", p)])
+    assert r.exit_code == 2 and "target [100, 200] is out of reach" in r.output
+
+
+def test_sample_tasks_bounds_knobs_instead_of_recursing():
+    r = invoke("sample-tasks", "arithmetic", "--param", "n_operands=3000", "--param", "parens=false")
+    _no_traceback(r)
+    assert r.exit_code == 2 and "n_operands must be <= 50" in r.output
+
+
+def test_sample_tasks_output_is_valid_json_and_utf8(tmp_path):
+    # A lone surrogate (a valid JSON escape, not valid Unicode) cannot be written as UTF-8.
+    p = tmp_path / "s.jsonl"
+    p.write_text('{"question": "caf\\u00e9 \\ud800?", "answer": "1", "metadata": {"note": "\\udfff"}}\n')
+    r = invoke("sample-tasks", str(p), "--json")
+    _no_traceback(r)
+    assert r.exit_code == 0, r.output
+    item = json.loads(r.output)
+    assert item["question"] == "caf\u00e9 \ud800?" and item["metadata"]["note"] == "\udfff"  # nothing lost
+    r = invoke("sample-tasks", str(p))
+    _no_traceback(r)
+    assert r.exit_code == 0 and "question: caf\u00e9 \\ud800?" in r.output
+    # NaN has no JSON spelling: a message naming the item and field, not `NaN` in the output.
+    nan = tmp_path / "n.jsonl"
+    nan.write_text('{"question": "q", "answer": "1"}\n{"question": "q", "answer": "2", "metadata": {"score": NaN}}\n')
+    r = invoke("sample-tasks", str(nan), "--json")
+    _no_traceback(r)
+    assert r.exit_code == 2 and "item 1: metadata.score holds NaN or Infinity" in r.output
+    assert json.loads(r.output.splitlines()[0])["answer"] == "1"
+    nan.write_text('{"question": "q", "answer": NaN}\n')
+    r = invoke("sample-tasks", str(nan), "--json")
+    assert r.exit_code == 2 and "n.jsonl:1: field 'answer' holds NaN or Infinity" in r.output

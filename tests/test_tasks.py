@@ -384,3 +384,103 @@ def test_row_loaders_do_not_cache(tmp_path):
     assert make_task("jsonl", path=str(p))[0]["question"] == "q1"
     p.write_text(json.dumps({"question": "q2", "answer": "2"}) + "\n")
     assert make_task("jsonl", path=str(p))[0]["question"] == "q2"
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("arithmetic", {"n_operands": 3000}, "n_operands must be <= 50"),
+        ("arithmetic", {"n_operands": [2, 3000], "parens": False}, "n_operands must be <= 50"),
+        ("arithmetic", {"max_value": 10**12 + 1}, "max_value must be <= 1000000000000"),
+        ("countdown", {"n_numbers": [3, 11]}, "n_numbers must be <= 10"),
+        ("countdown", {"max_number": 10**6 + 1}, "max_number must be <= 1000000"),
+    ],
+)
+def test_knob_upper_bounds_are_clear_errors(name, params, match):
+    """Too many operands overflow the recursion of tree building and tracing; numbers too large
+    cannot be printed. Both are refused when the source is built, naming the knob."""
+    with pytest.raises(ValueError, match=match):
+        make_task(name, **params)
+
+
+def test_arithmetic_at_the_upper_bounds_builds_items():
+    from thinkgym.tasks.arithmetic import MAX_OPERANDS, MAX_VALUE
+
+    for ops in ("+-*/", "*", "/"):
+        src = make_task("arithmetic", seed=1, n_operands=MAX_OPERANDS, max_value=MAX_VALUE, ops=ops, parens=False)
+        it = src[0]
+        assert len(it["metadata"]["solution"].splitlines()) > MAX_OPERANDS
+        assert Fraction(it["answer"]).denominator == 1
+
+
+def test_division_with_a_huge_max_value_does_not_scan_every_divisor():
+    """Picking a divisor must not take time linear in max_value; items stay exact and seeded."""
+    code = (
+        "import json; from thinkgym.tasks import make_task\n"
+        "s = make_task('arithmetic', seed=2, ops='/', n_operands=[2, 6], max_value=10**11)\n"
+        "print(json.dumps([s[i] for i in range(20)]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    items = json.loads(r.stdout)
+    assert items == json.loads(json.dumps([make_task("arithmetic", seed=2, ops="/", n_operands=[2, 6],
+                                                     max_value=10**11)[i] for i in range(20)]))
+    assert any("/" in it["metadata"]["expression"] for it in items)
+    for it in items:
+        assert Fraction(it["answer"]).denominator == 1  # every division in the tree is exact
+
+
+def test_divisors_match_a_full_scan():
+    """Trial division finds the same divisors as scanning 2..max_value (so the same item) whenever
+    the value is at most _DIVISOR_SCAN squared, and only true divisors beyond that."""
+    import random
+
+    from thinkgym.tasks.arithmetic import _DIVISOR_SCAN as S
+    from thinkgym.tasks.arithmetic import _divisors
+
+    def scan(v, hi):
+        return [d for d in range(2, hi + 1) if v % d == 0]
+
+    r = random.Random(0)
+    for hi in (2, 3, 100, 1000, S, S + 1, 30_000):
+        for v in [0, 1, -1, S * S, -S * S, 7919 * 7907, 2**26, *(r.randint(-S * S, S * S) for _ in range(20))]:
+            assert list(_divisors(v, hi)) == scan(v, hi), (v, hi)
+    big = 2**40 * 3**20
+    assert all(big % d == 0 and 2 <= d <= 10**11 for d in _divisors(big, 10**11))
+
+
+@pytest.mark.parametrize(
+    "name, params, digest",
+    [
+        ("arithmetic", {}, "1f3c178799aa3206"),
+        ("arithmetic", {"ops": "+-*/", "n_operands": [2, 6]}, "df5d44dc7e557076"),
+        ("countdown", {}, "a83befaac3e40819"),
+        ("countdown", {"n_numbers": [3, 3], "max_number": 12, "target": [1, 99], "exactly_once": True},
+         "303e015dd3c3f842"),
+    ],
+)
+def test_items_of_common_knobs_are_pinned(name, params, digest):
+    """Recorded results and other code depend on these exact items: a change to generation must
+    leave them as they are."""
+    import hashlib
+
+    src = make_task(name, seed=0, **params)
+    h = hashlib.sha256()
+    for i in range(300):
+        h.update(json.dumps(src[i], sort_keys=True).encode())
+    assert h.hexdigest()[:16] == digest
+
+
+def test_countdown_unreachable_target_fails_at_construction():
+    with pytest.raises(ValueError, match=r"target \[100, 200\] is out of reach: with n_numbers \[2, 2\] and "
+                                         r"max_number 2 no expression exceeds 4"):
+        make_task("countdown", n_numbers=[2, 2], max_number=2, target=[100, 200])
+    assert make_task("countdown", n_numbers=[2, 2], max_number=2, target=[4, 4])[0]["answer"]["target"] == 4
+
+
+def test_countdown_search_failure_names_the_knobs():
+    """A reachable but very rare target is found at generation time; the error says which knobs."""
+    src = make_task("countdown", n_numbers=[6, 6], max_number=5, target=[15000, 15625])
+    with pytest.raises(ValueError, match=r"no instance with a target in \[15000, 15625\].*n_numbers \[6, 6\] "
+                                         r"and max_number 5; widen target"):
+        src[0]

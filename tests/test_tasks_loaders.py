@@ -189,3 +189,33 @@ def test_change_is_seen_when_the_clock_runs_ahead_of_the_file_system(tmp_path, m
     assert len(reads) == 1  # trusted: the file looks an hour old
     _write(p, [{"question": "newer?", "answer": "2"}])
     assert make_task("jsonl", path=str(p))[0]["question"] == "newer?" and len(reads) == 2
+
+
+@pytest.mark.parametrize("metadata", ["notadict", [1, 2], 3, True])
+def test_jsonl_metadata_that_is_not_an_object_is_an_error(tmp_path, metadata):
+    # Only an object can be merged into an item's metadata; anything else would vanish.
+    p = _write(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}, {"question": "q", "answer": "a", "metadata": metadata}])
+    with pytest.raises(DatasetRowError, match=r"d\.jsonl:2: field 'metadata' must be an object, got "):
+        JsonlSource(p)
+
+
+def test_jsonl_metadata_null_or_listed_is_kept_as_is(tmp_path):
+    p = _write(tmp_path / "d.jsonl", [{"question": "q", "answer": "a", "metadata": None}])
+    assert JsonlSource(p)[0]["metadata"] == {"grader": "math", "source": "jsonl", "index": 0}
+    p = _write(tmp_path / "e.jsonl", [{"question": "q", "answer": "a", "metadata": "a note"}])
+    assert JsonlSource(p, metadata_fields=["metadata"])[0]["metadata"]["metadata"] == "a note"
+
+
+def test_jsonl_field_clashing_with_a_metadata_key_is_an_error(tmp_path):
+    p = _write(tmp_path / "d.jsonl", [{"question": "q", "answer": "a", "level": 2, "metadata": {"level": 5}}])
+    with pytest.raises(DatasetRowError, match=r"d\.jsonl:1: field 'level' is both a field and a key of 'metadata'"):
+        JsonlSource(p)
+    p = _write(tmp_path / "e.jsonl", [{"question": "q", "answer": "a", "level": 2, "metadata": {"level": 2}}])
+    assert JsonlSource(p)[0]["metadata"]["level"] == 2  # the same value twice loses nothing
+
+
+@pytest.mark.parametrize("answer", ["NaN", "Infinity", "-Infinity", '{"numbers": [1, NaN]}'])
+def test_jsonl_non_finite_answer_is_an_error(tmp_path, answer):
+    p = _write(tmp_path / "d.jsonl", ['{"question": "q", "answer": 1}', '{"question": "q", "answer": %s}' % answer])
+    with pytest.raises(DatasetRowError, match=r"d\.jsonl:2: field 'answer' holds NaN or Infinity"):
+        JsonlSource(p)
