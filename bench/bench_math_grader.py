@@ -85,6 +85,8 @@ def make_rows(n: int, seed: int) -> list[tuple[str, object, str, bool]]:
         "wrong fraction": lambda: (lambda a, b: (f"\\frac{{{a}}}{{{b}}}", f"\\frac{{{b}}}{{{a}}}"))(*rng.sample(range(1, 30), 2)),
         "set differs": lambda: (lambda xs: ("\\{" + ", ".join(map(str, xs)) + "\\}", "\\{" + ", ".join(map(str, xs[:-1] + [xs[-1] + 1])) + "\\}"))(rng.sample(range(-20, 20), 3)),
         "sci exponent off": lambda: (lambda m, e: (f"{m}\\times10^{{{e}}}", f"{m}\\times10^{{{e + 1}}}"))(rng.randint(2, 9), rng.randint(3, 20)),
+        "range in text": lambda: (lambda k: (str(k), f"{k} \\text{{ to {k + rng.randint(1, 9)}}}"))(rng.randint(1, 99)),
+        "digits in text": lambda: (lambda k: (str(k), f"{k}\\text{{{rng.choice(['000', '.5', '-7', ', 6'])}}}"))(rng.randint(1, 99)),
     }
     rows = []
     per_eq = max(1, n // 2 // len(eq))
