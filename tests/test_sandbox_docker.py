@@ -120,6 +120,20 @@ def test_hangs_time_out_and_the_pool_recovers(dsb):
     assert time.monotonic() - t0 < 30
 
 
+def test_an_abandoned_started_ahead_run_cannot_kill_the_next(dsb, monkeypatch):
+    """A warm run starts the next run's exec ahead of time. When the next run is a different
+    command, that exec is dropped, but its reset (kill every process of the sandbox uid, empty
+    /tmp) still runs whenever it gets the CPU: on a busy host, after the next run has started.
+    The reset is slowed down here so that order is certain; the next run must still finish."""
+    import thinkgym.verifiers.docker_sandbox as dmod
+
+    monkeypatch.setattr(dmod, "_RESET", "sleep 0.5; " + dmod._RESET)
+    lim = Limits(wall_s=10.0)
+    assert dsb.run([dsb.python, "-I", "-S", "-c", "print(1)"], b"", lim, warm=True).returncode == 0
+    r = dsb.run([dsb.python, "-I", "-S", "-c", "import time; time.sleep(1); print('alive')"], b"", lim)
+    assert r.returncode == 0 and r.stdout.strip() == b"alive", r
+
+
 def test_daemons_die_and_nothing_persists_between_runs(dsb):
     marker = b"4343.25"
     daemon = (

@@ -51,6 +51,10 @@ _RESET = (
 )
 
 
+class _StillRunning(Exception):
+    """An abandoned started-ahead exec did not exit: its container cannot be reused safely."""
+
+
 class DockerSandbox:
     """Warm pool of locked-down containers driven through the ``docker`` SDK."""
 
@@ -194,7 +198,16 @@ class DockerSandbox:
                     return RunResult(None, error=f"could not start a sandbox container: {e}",
                                      elapsed_s=time.monotonic() - t0)
             cmd = self._command(argv, lim)
-            started = self._unpark(box, cmd if warm else None)
+            try:
+                started = self._unpark(box, cmd if warm else None)
+            except _StillRunning:
+                self._discard(box.c)
+                try:
+                    box = _Box(*self._create(lim))
+                except Exception as e:  # noqa: BLE001
+                    return RunResult(None, error=f"could not start a sandbox container: {e}",
+                                     elapsed_s=time.monotonic() - t0)
+                started = None
             if started is None:
                 try:
                     started = self._exec_start(box, cmd)
@@ -226,8 +239,9 @@ class DockerSandbox:
                               environment=self._env, workdir="/tmp")["Id"]
         return eid, api.exec_start(eid, socket=True)
 
-    def _unpark(self, box: "_Box", cmd: list[str] | None) -> tuple[str, Any] | None:
-        """The exec started ahead for ``cmd``, if any; a parked exec for another command is closed."""
+    def _unpark(self, box: "_Box", cmd: list[str] | None, reuse: bool = True) -> tuple[str, Any] | None:
+        """The exec started ahead for ``cmd``, if any; a parked exec for another command is closed
+        (and, when the container is to be ``reuse``d, waited for)."""
         if box.parked is None:
             return None
         pcmd, fut = box.parked
@@ -242,7 +256,23 @@ class DockerSandbox:
             started[1].close()
         except OSError:
             pass
+        # Its reset (``kill -9 -1``, emptying /tmp) may not have run yet on a busy host; a run
+        # started now could be killed by it. Start the next one only once it has exited.
+        if reuse and not self._exited(started[0], 5.0):
+            raise _StillRunning
         return None
+
+    def _exited(self, eid: str, wait_s: float) -> bool:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                if not self.client.api.exec_inspect(eid).get("Running"):
+                    return True
+            except Exception:  # noqa: BLE001 - cannot tell: treat it as still running
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
     def _exec_io(self, eid: str, sock: Any, stdin: bytes, lim: Limits, deadline: float) -> tuple[RunResult, bool]:
         api = self.client.api
@@ -332,7 +362,7 @@ class DockerSandbox:
             boxes = [b for q in self._pools.values() for b in _drain(q)]
             self._pools.clear()
         for b in boxes:
-            self._unpark(b, None)
+            self._unpark(b, None, reuse=False)
         self._parker.shutdown(wait=False)
         for c in cs:
             try:
