@@ -53,6 +53,15 @@ def _drop_timings(x: Any) -> Any:
     return x
 
 
+def _positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1; bools and floats are refused rather than truncated or misread."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # ints and numpy integers
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
 def _grade_info(g: Grade) -> dict[str, Any]:
     # Wall-clock timings are left out of the transition so that a seeded step is reproducible
     # (Gymnasium's checker compares infos); they stay available on ``env.last_grade``.
@@ -81,6 +90,8 @@ class TaskEnv(gym.Env[str, str]):
                 raise ValueError("task_params/size apply to a task name, not to a TaskSource instance")
             self.source = task
         elif isinstance(task, str):
+            if size is not None:
+                size = _positive_int("size", size)
             self.source = make_task(task, seed=seed, size=size, **(task_params or {}))
         else:
             raise TypeError(f"task must be a registered task name or a TaskSource, got {type(task).__name__}")
@@ -93,6 +104,8 @@ class TaskEnv(gym.Env[str, str]):
         # Fail at construction on an unknown grader, not mid-rollout.
         get_grader(grader or self.source.grader)
         self.grader_kwargs = dict(grader_kwargs or {})
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise TypeError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")
         self.system_prompt = system_prompt
         self.render_mode = render_mode
         self.observation_space = TextSpace(MAX_TEXT)
@@ -261,11 +274,13 @@ class MultiTurnEnv(TaskEnv):
         feedback_fn: Callable[[Grade, Item], str] = default_feedback,
         **kwargs: Any,
     ) -> None:
-        if max_turns < 1:
-            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        self.max_turns = _positive_int("max_turns", max_turns)
+        if isinstance(success_score, bool) or not isinstance(success_score, numbers.Real) or not 0.0 <= success_score <= 1.0:
+            raise ValueError(f"success_score must be a number in [0, 1], got {success_score!r}")
+        if not callable(feedback_fn):
+            raise TypeError(f"feedback_fn must be callable, got {type(feedback_fn).__name__}")
         super().__init__(task, **kwargs)
-        self.max_turns = max_turns
-        self.success_score = success_score
+        self.success_score = float(success_score)
         self.feedback_fn = feedback_fn
 
     def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
@@ -299,11 +314,11 @@ class ToolEnv(TaskEnv):
         system_prompt: str | None = TOOL_SYSTEM_PROMPT,
         **kwargs: Any,
     ) -> None:
-        if max_turns < 1:
-            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        self.max_turns = _positive_int("max_turns", max_turns)
+        self.max_calls_per_turn = _positive_int("max_calls_per_turn", max_calls_per_turn)
+        if not callable(tool):
+            raise TypeError(f"tool must be callable, got {type(tool).__name__}")
         super().__init__(task, system_prompt=system_prompt, **kwargs)
-        self.max_turns = max_turns
-        self.max_calls_per_turn = max_calls_per_turn
         self.tool = tool
 
     def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:

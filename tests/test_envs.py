@@ -324,3 +324,44 @@ def test_grade_gets_item_grader_kwargs_and_env_overrides():
     plain = SingleTurnEnv("countdown", grader="test_envs_echo_meta")
     plain.reset(options={"index": 0})
     assert plain.step("x")[4]["grade"]["details"]["meta"] == {}
+
+
+def test_tool_call_after_characters_that_lowercase_longer():
+    env = gym.make("thinkgym/CalculatorTool-v0")
+    env.reset(options={"index": 0})
+    obs, *_ = env.step("İ<tool>12+30</tool>")
+    assert obs == "<result>42</result>"
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, exc, msg",
+    [
+        (ToolEnv, {"max_calls_per_turn": -1}, ValueError, "max_calls_per_turn must be >= 1, got -1"),
+        (ToolEnv, {"max_calls_per_turn": 0}, ValueError, "max_calls_per_turn must be >= 1"),
+        (ToolEnv, {"max_calls_per_turn": 2.0}, TypeError, "max_calls_per_turn must be a positive int, got float"),
+        (ToolEnv, {"max_turns": 2.5}, TypeError, "max_turns must be a positive int, got float 2.5"),
+        (ToolEnv, {"max_turns": True}, TypeError, "max_turns must be a positive int, got bool"),
+        (ToolEnv, {"tool": "calc"}, TypeError, "tool must be callable"),
+        (MultiTurnEnv, {"max_turns": 2.5}, TypeError, "max_turns must be a positive int"),
+        (MultiTurnEnv, {"max_turns": "3"}, TypeError, "max_turns must be a positive int, got str"),
+        (MultiTurnEnv, {"success_score": 1.5}, ValueError, r"success_score must be a number in \[0, 1\]"),
+        (MultiTurnEnv, {"success_score": True}, ValueError, "success_score"),
+        (MultiTurnEnv, {"feedback_fn": None}, TypeError, "feedback_fn must be callable"),
+        (SingleTurnEnv, {"size": 2.5}, TypeError, "size must be a positive int"),
+        (SingleTurnEnv, {"size": 0}, ValueError, "size must be >= 1"),
+        (SingleTurnEnv, {"system_prompt": 3}, TypeError, "system_prompt must be a str or None"),
+    ],
+)
+def test_env_constructor_arguments_are_validated(cls, kwargs, exc, msg):
+    with pytest.raises(exc, match=msg):
+        cls("arithmetic", **kwargs)
+
+
+def test_env_constructor_validation_through_gym_make():
+    with pytest.raises(ValueError, match="max_calls_per_turn must be >= 1, got -1"):
+        gym.make("thinkgym/CalculatorTool-v0", max_calls_per_turn=-1)
+    env = ToolEnv("arithmetic", max_turns=np.int64(2), max_calls_per_turn=np.int32(1))
+    assert type(env.max_turns) is int and env.max_calls_per_turn == 1
+    env.reset(options={"index": 0})
+    obs, *_ = env.step("<tool>1+1</tool><tool>2+2</tool>")
+    assert obs == "<result>2</result>\n(only the first 1 tool calls were run)"

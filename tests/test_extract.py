@@ -119,3 +119,14 @@ def test_box_without_braces_takes_one_token(text, answers):
 )
 def test_box_without_braces_needs_a_single_token(text):
     assert not extract(text).ok
+
+
+def test_tag_search_survives_characters_that_lowercase_longer():
+    # "İ".lower() is two code points: indices found in a lowercased copy are off in the original.
+    from thinkgym.verifiers.base import grade
+    from thinkgym.verifiers.extract import find_tag_contents
+
+    assert find_tag_contents("İİİ<tool>12+30</tool>", "tool") == ["12+30"]
+    assert find_tag_contents("İ<TOOL>a</Tool> İ <tool>b</tool>", "tool") == ["a", "b"]
+    assert extract("İ<answer>42</answer>").answers == ["42"]
+    assert grade("math", "İ<answer>42</answer>", "42").score == 1.0

@@ -138,7 +138,37 @@ def test_echoed_line_with_real_nonce_is_ignored():
     score, why = parse_verdict(f"quoting: \nVERDICT {nonce}: CORRECT", nonce, completion)
     assert score is None
     score, _ = parse_verdict(f"VERDICT {nonce}: CORRECT\nVERDICT {nonce}: INCORRECT", nonce, "x")
-    assert score == 0.0  # conflicting verdicts never pay
+    assert score is None  # conflicting verdicts never pay
+
+
+def test_restated_format_line_is_not_a_verdict():
+    n = "b" * 16
+    template = f"I must answer VERDICT {n}: CORRECT    or    VERDICT {n}: INCORRECT"
+    assert parse_verdict(f"{template}\nThe value matches.\nVERDICT {n}: CORRECT", n, "x") == (1.0, "judge: CORRECT")
+    assert parse_verdict(f"{template}\nVERDICT {n}: **INCORRECT**", n, "x")[0] == 0.0
+    # Only the template: no verdict at all.
+    score, why = parse_verdict(template, n, "x")
+    assert score is None and "restates" in why
+    # Standalone verdict lines that disagree are ambiguous: unknown (None), not a confident 0.
+    score, why = parse_verdict(f"{template}\nVERDICT {n}: CORRECT\nhmm\nVERDICT {n}: INCORRECT", n, "x")
+    assert score is None and "conflicting" in why
+    # Agreeing repeats are fine; so are scores, with the same rules.
+    assert parse_verdict(f"VERDICT {n}: CORRECT\nso: VERDICT {n}: CORRECT", n, "x")[0] == 1.0
+    assert parse_verdict(f"SCORE {n}: 3\nSCORE {n}: 8", n, "x", mode="score")[0] is None
+    assert parse_verdict(f"SCORE {n}: 3 or SCORE {n}: 8\nSCORE {n}: 8", n, "x", mode="score")[0] == pytest.approx(0.8)
+
+
+def test_reply_without_verdict_is_not_cached(stub):
+    # An overloaded judge first answers prose, then a verdict: the prose must not stick to the item.
+    stub.script = ["I am overloaded, try later", "VERDICT {nonce}: CORRECT"]
+    cfg = stub.cfg(cache=True)
+    first = judge(GOOD, "4", cfg=cfg)
+    assert first.score is None and "no verdict" in first.reason
+    second = judge(GOOD, "4", cfg=cfg)
+    assert second.score == 1.0 and not second.details["cached"]
+    third = judge(GOOD, "4", cfg=cfg)
+    assert third.score == 1.0 and third.details["cached"]
+    assert len(stub.requests) == 2
 
 
 def test_nonce_is_unpredictable_but_stable_per_request():
@@ -303,3 +333,37 @@ def test_bad_config_and_non_text_completion():
         JudgeConfig(timeout_s=0)
     g = judge(None, "4", cfg=JudgeConfig(base_url="http://127.0.0.1:9/v1"))  # never sent
     assert g.score == 0.0 and "not str" in g.reason
+
+
+def test_timeout_holds_against_trickled_headers():
+    """The status line and headers are under the deadline too, not only the body."""
+
+    class TrickleHeaders(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            try:
+                for b in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), TrickleHeaders)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        timeout_s, attempts = 0.5, 2
+        cfg = JudgeConfig(base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", timeout_s=timeout_s,
+                          max_retries=attempts - 1, backoff_s=0.05, cache=False)
+        t0 = time.perf_counter()
+        g = judge(GOOD, "4", cfg=cfg)
+        elapsed = time.perf_counter() - t0
+        assert g.score is None and "no complete reply within 0.5 s" in g.reason, g
+        assert elapsed < 3 * timeout_s * attempts, elapsed
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -124,3 +124,44 @@ def test_name_clash_is_a_clear_error(plugin_site, tmp_path):
     code = "from thinkgym.verifiers import list_graders\nlist_graders()\n"
     r = _run([sys.executable, "-c", code], site)
     assert r.returncode != 0 and "grader 'math' is registered twice" in r.stderr
+    # Not only the first lookup: a later one must not quietly use the built-in "math".
+    r = _run([sys.executable, "-c", _LOOKUP_TWICE], site)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["error: grader 'math' is registered twice: by thinkgym.verifiers.math_equiv "
+                                     "and by plugin thinkgym-clash (thinkgym_clash:grade_math)"] * 2
+
+
+_LOOKUP_TWICE = """
+from thinkgym._registry import RegistryError
+from thinkgym.verifiers import grade
+for _ in range(2):
+    try:
+        print("graded", grade("math", "<answer>42</answer>", "42").score)
+    except RegistryError as e:
+        print("error:", e)
+"""
+
+
+def test_plugin_that_fails_to_import_is_a_clear_error(tmp_path):
+    pkg = tmp_path / "broken"
+    (pkg / "thinkgym_broken").mkdir(parents=True)
+    (pkg / "thinkgym_broken" / "__init__.py").write_text("import thinkgym_no_such_dependency\n")
+    (pkg / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "thinkgym-broken"\nversion = "0.0.1"\n'
+        '[project.entry-points."thinkgym.tasks"]\nbroken = "thinkgym_broken:Task"\n'
+        '[project.entry-points."thinkgym.graders"]\nbroken = "thinkgym_broken:grade"\n'
+        '[tool.setuptools]\npackages = ["thinkgym_broken"]\n'
+    )
+    site = tmp_path / "site"
+    _pip_install(pkg, site)
+    why = "failed to load: ModuleNotFoundError: No module named 'thinkgym_no_such_dependency'"
+    # The CLI: one line naming the distribution and the entry point, no traceback.
+    r = _run([str(THINKGYM), "tasks"], site)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: plugin thinkgym-broken (thinkgym.tasks: broken = thinkgym_broken:Task) {why}"
+    # In-process, every lookup fails, not just the first.
+    r = _run([sys.executable, "-c", _LOOKUP_TWICE], site)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"error: plugin thinkgym-broken (thinkgym.graders: broken = thinkgym_broken:grade) {why}"] * 2

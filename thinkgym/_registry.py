@@ -22,6 +22,11 @@ class RegistryError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def _one_line(e: BaseException) -> str:
+    # The CLI reports a registry error as a single line.
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
 class Registry(Generic[T]):
     """Maps names to objects; ``group`` is the entry-point group scanned for plugins."""
 
@@ -31,6 +36,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._origin: dict[str, str] = {}
         self._plugins_loaded = False
+        self._plugin_error: RegistryError | None = None
 
     def add(self, name: str, obj: T, origin: str = "thinkgym") -> T:
         if not name or not isinstance(name, str):
@@ -53,19 +59,43 @@ class Registry(Generic[T]):
         return deco
 
     def load_plugins(self) -> None:
-        """Import every entry point of ``group``; each may register on import or return an object."""
+        """Import every entry point of ``group``; each may register on import or return an object.
+
+        Plugins load once. If one fails (it raises on import, or claims a name already taken),
+        the error is kept and raised again on every later listing or lookup: a registry missing
+        a plugin, or holding a built-in where a plugin meant to override it, is never used
+        silently.
+        """
+        if self._plugin_error is not None:
+            raise RegistryError(str(self._plugin_error)) from self._plugin_error
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        for ep in metadata.entry_points(group=self.group):
+        try:
+            for ep in metadata.entry_points(group=self.group):
+                self._load_entry_point(ep)
+        except RegistryError as e:
+            self._plugin_error = e
+            raise
+
+    def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
+        dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+        where = f"plugin {dist} ({self.group}: {ep.name} = {ep.value})"
+        try:
             obj = ep.load()
-            dist = ep.dist.name if ep.dist is not None else ep.value
-            if ep.name in self._items and self._items[ep.name] is obj:
-                continue
-            if callable(obj) and getattr(obj, "__thinkgym_register__", False):
+        except Exception as e:  # noqa: BLE001 - any import failure of third-party code
+            raise RegistryError(f"{where} failed to load: {_one_line(e)}") from e
+        if ep.name in self._items and self._items[ep.name] is obj:
+            return
+        if callable(obj) and getattr(obj, "__thinkgym_register__", False):
+            try:
                 obj()  # a hook that registers several entries itself
-                continue
-            self.add(ep.name, obj, origin=f"plugin {dist} ({ep.value})")
+            except RegistryError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise RegistryError(f"{where} failed to register: {_one_line(e)}") from e
+            return
+        self.add(ep.name, obj, origin=f"plugin {dist} ({ep.value})")
 
     def get(self, name: str) -> T:
         # Always load plugins first, so a plugin that claims a built-in name is an error

@@ -9,11 +9,12 @@ is a plain 0.0.
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol
 
-from thinkgym._registry import Registry
+from thinkgym._registry import Registry, RegistryError
 
 log = logging.getLogger("thinkgym.verifiers")
 
@@ -62,9 +63,15 @@ class GraderSpec:
             g = self.fn(completion, gold, **meta)
             if not isinstance(g, Grade):
                 raise TypeError(f"grader returned {type(g).__name__}, expected Grade")
-            if g.score is not None and not (0.0 <= g.score <= 1.0):
-                raise ValueError(f"grader returned score {g.score} outside [0, 1]")
-        except Exception as e:  # noqa: BLE001 - a crashing grader must not crash training
+            if g.score is not None:
+                # bool is an int subclass: Grade(True) would pass as 1 while serialising as true.
+                if isinstance(g.score, bool) or not isinstance(g.score, numbers.Real):
+                    raise TypeError(f"grader returned score {g.score!r} ({type(g.score).__name__}), expected a number or None")
+                if not 0.0 <= g.score <= 1.0:
+                    raise ValueError(f"grader returned score {g.score} outside [0, 1]")
+        # A crashing grader must not crash training; a grader calling sys.exit() must not end
+        # the process either (KeyboardInterrupt still stops it).
+        except (Exception, SystemExit) as e:  # noqa: BLE001
             log.error("grader %s failed: %s: %s", self.fingerprint, type(e).__name__, e)
             g = Grade.error(f"grader error: {type(e).__name__}: {e}")
         g.elapsed_s = time.perf_counter() - t0
@@ -89,6 +96,10 @@ def register_grader(name: str, version: str = "1", description: str = "") -> Cal
 def get_grader(name: str) -> GraderSpec:
     spec = GRADERS.get(name)
     if not isinstance(spec, GraderSpec):
+        if not callable(spec):
+            raise RegistryError(
+                f"grader {name!r} ({GRADERS.origin(name)}) is not callable: got {type(spec).__name__}"
+            )
         # An entry point may export a bare function; wrap it once.
         spec = GraderSpec(name, getattr(spec, "__version__", "1"), spec)
         GRADERS._items[name] = spec

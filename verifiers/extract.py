@@ -151,19 +151,21 @@ def find_tag_contents(text: str, tag: str) -> list[str]:
     A regex ``<tag>(.*?)</tag>`` rescans the rest of the text from every unclosed ``<tag>``,
     which is quadratic: 20k unclosed tags took half a minute.
     """
-    low = text.lower()
-    open_, close = f"<{tag.lower()}>", f"</{tag.lower()}>"
+    # Match case-insensitively on ``text`` itself: indices found in ``text.lower()`` do not
+    # index ``text`` once a character lowercases to several ("İ" becomes two code points).
+    open_ = re.compile(re.escape(f"<{tag}>"), re.IGNORECASE)
+    close = re.compile(re.escape(f"</{tag}>"), re.IGNORECASE)
     out: list[str] = []
     pos = 0
     while True:
-        i = low.find(open_, pos)
-        if i < 0:
+        i = open_.search(text, pos)
+        if i is None:
             break
-        j = low.find(close, i + len(open_))
-        if j < 0:
+        j = close.search(text, i.end())
+        if j is None:
             break  # no close anywhere after: no later open can close either
-        out.append(text[i + len(open_) : j])
-        pos = j + len(close)
+        out.append(text[i.end() : j.start()])
+        pos = j.end()
     return out
 
 

@@ -11,12 +11,17 @@ Prompt-injection defences:
   completion are defanged;
 * the verdict only counts on a line ``VERDICT <nonce>: CORRECT|INCORRECT``; verdicts without the
   nonce, verdicts inside an echoed copy of the completion, and lines copied verbatim from the
-  completion are ignored; conflicting verdicts score 0;
+  completion are ignored;
+* a line holding both verdicts (the judge restating the answer format) is not a verdict; the
+  remaining verdict lines must agree. Verdict lines that disagree are an ambiguous reply, so
+  ``score=None`` like any reply without a verdict: the grade is unknown, not a confident 0
+  (callers count ``None`` grades, so a policy that learns to confuse the judge shows up there);
 * by default the judge sees only the final section (after ``</think>``), not the reasoning.
 
 Network failures and 429/5xx are retried with exponential backoff; a request that still fails, or
 a reply without a verdict, is an infrastructure error (``score=None``), never 0. Identical requests
-are answered from an in-memory cache.
+are answered from an in-memory cache, which keeps only replies that carry a verdict: an overloaded
+judge answering "try later" must not fix that answer for the item.
 """
 
 from __future__ import annotations
@@ -24,17 +29,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import io
 import json
 import logging
 import os
 import random
 import re
+import socket
 import threading
 import time
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from thinkgym.verifiers.base import Grade, register_grader
 from thinkgym.verifiers.extract import final_section
@@ -140,22 +147,26 @@ def parse_verdict(reply: str, nonce: str, completion: str, mode: str = "binary")
     else:
         # An integer, optionally "/10"; "7.5", "10/100" and "-3" are not verdicts.
         pat = re.compile(rf"SCORE\s+{nonce}\s*:\s*\**\s*(\d{{1,2}})(?:\s*/\s*10(?![\d.]))?(?![\d.]|\s*/)", re.IGNORECASE)
-    found = []
+    # One entry per line that carries a verdict. A line with two different values is the judge
+    # restating the format ("VERDICT n: CORRECT or VERDICT n: INCORRECT"), not a verdict.
+    lines: list[set[str]] = []
     for line in text.splitlines():
         if line.strip() in echoed:
             continue
-        found += pat.findall(line)
-    if not found:
+        vals = pat.findall(line)
+        if vals:
+            lines.append({v.upper() for v in vals} if mode == "binary" else {str(int(v)) for v in vals})
+    if not lines:
         return None, "no verdict line with the request nonce in the judge's reply"
+    verdicts = {next(iter(v)) for v in lines if len(v) == 1}
+    if not verdicts:
+        return None, "the judge's reply only restates the verdict format"
+    if len(verdicts) > 1:
+        return None, f"ambiguous reply: conflicting {'verdicts' if mode == 'binary' else 'scores'} {sorted(verdicts)}"
+    (v,) = verdicts
     if mode == "binary":
-        vals = {v.upper() for v in found}
-        if len(vals) > 1:
-            return 0.0, "conflicting verdicts"
-        return (1.0, "judge: CORRECT") if vals == {"CORRECT"} else (0.0, "judge: INCORRECT")
-    nums = {int(v) for v in found}
-    if len(nums) > 1:
-        return 0.0, "conflicting scores"
-    (n,) = nums
+        return (1.0, "judge: CORRECT") if v == "CORRECT" else (0.0, "judge: INCORRECT")
+    n = int(v)
     if n > 10:
         return None, f"score {n} out of range 0-10"
     return n / 10, f"judge: {n}/10"
@@ -175,8 +186,12 @@ class JudgeClient:
         self._lock = threading.Lock()
         self.http_requests = 0  #: HTTP attempts made (cache hits make none)
 
-    def chat(self, messages: list[dict]) -> tuple[str, bool]:
-        """``(reply text, from_cache)``; raises :class:`JudgeError` after the retries."""
+    def chat(self, messages: list[dict], cache_if: Callable[[str], bool] | None = None) -> tuple[str, bool]:
+        """``(reply text, from_cache)``; raises :class:`JudgeError` after the retries.
+
+        With ``cache_if``, a reply is cached only when ``cache_if(reply)`` is true (the grader
+        caches verdicts, not replies it could not read).
+        """
         cfg = self.cfg
         body = {"model": cfg.model, "messages": messages, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
         key = hashlib.sha256(json.dumps([cfg.base_url, body], sort_keys=True).encode()).hexdigest()
@@ -214,7 +229,7 @@ class JudgeClient:
                 raise JudgeError(f"malformed judge response: {type(e).__name__}: {e}") from None
             if not isinstance(text, str):
                 raise JudgeError(f"malformed judge response: content is {type(text).__name__}")
-            if cfg.cache:
+            if cfg.cache and (cache_if is None or cache_if(text)):
                 with self._lock:
                     self._cache[key] = text
                     while len(self._cache) > self.cache_size:
@@ -226,9 +241,53 @@ class JudgeClient:
 _MAX_REPLY_BYTES = 8 << 20
 
 
+class _DeadlineReader(io.RawIOBase):
+    """Raw reads from ``sock``, each allowed only the time left before the deadline."""
+
+    def __init__(self, sock: socket.socket, left: Callable[[], float]) -> None:
+        super().__init__()
+        self._sock = sock
+        self._left = left
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        self._sock.settimeout(self._left())
+        return self._sock.recv_into(buf)
+
+
+class _DeadlineSocket:
+    """A connected socket whose every blocking send and receive gets only the time left.
+
+    ``http.client`` reads the status line and headers one buffer fill at a time, each under the
+    socket's timeout; a server sending a byte just inside that timeout would hold the request
+    forever. Here each send and receive may wait only until the attempt's deadline.
+    """
+
+    def __init__(self, sock: socket.socket, left: Callable[[], float]) -> None:
+        self._sock = sock
+        self._left = left
+
+    def sendall(self, data: Any) -> None:
+        self._sock.settimeout(self._left())
+        self._sock.sendall(data)
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._left))
+
+    def close(self) -> None:
+        # http.client closes the connection as soon as the headers say it will not be reused,
+        # before the body is read; the real socket is closed by _post when the exchange is over.
+        pass
+
+
 def _post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> tuple[int, bytes]:
-    """POST ``data``; ``(status, body)``. ``timeout_s`` bounds the whole exchange: a server that
-    trickles its reply a byte at a time still times out (a per-read timeout would not)."""
+    """POST ``data``; ``(status, body)``. ``timeout_s`` bounds the exchange: every send and
+    receive of the request, status line, headers and body may wait only until one deadline, so
+    a server that trickles its reply a byte at a time still times out (a per-read timeout would
+    not). Connecting (a TLS handshake included) runs under that deadline's socket timeout;
+    name resolution is not bounded here."""
     deadline = time.monotonic() + timeout_s
 
     def left() -> float:
@@ -242,15 +301,16 @@ def _post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> t
         raise JudgeError(f"judge base_url must be http(s)://host[:port]/..., got {url!r}")
     cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
     conn = cls(u.hostname, u.port, timeout=left())
+    sock = None
     try:
+        conn.connect()
+        sock = conn.sock
+        conn.sock = _DeadlineSocket(sock, left)
         path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         conn.request("POST", path, body=data, headers=headers)
-        sock = conn.sock  # the response keeps reading from it after the connection lets go
-        sock.settimeout(left())
         resp = conn.getresponse()
         chunks, size = [], 0
         while True:
-            sock.settimeout(left())
             chunk = resp.read1(65536)
             if not chunk:
                 break
@@ -259,8 +319,12 @@ def _post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> t
                 raise http.client.HTTPException(f"reply larger than {_MAX_REPLY_BYTES} bytes")
             chunks.append(chunk)
         return resp.status, b"".join(chunks)
+    except TimeoutError:
+        raise TimeoutError(f"no complete reply within {timeout_s:g} s") from None
     finally:
         conn.close()
+        if sock is not None:
+            sock.close()
 
 
 _CLIENTS: dict[JudgeConfig, JudgeClient] = {}
@@ -292,7 +356,9 @@ def judge(completion: str, gold: Any = None, *, question: str | None = None, rub
     text = _cut(text, cfg.max_completion_chars)
     messages, nonce = build_messages(text, gold, question, rubric, cfg)
     try:
-        reply, cached = client_for(cfg).chat(messages)
+        reply, cached = client_for(cfg).chat(
+            messages, cache_if=lambda r: parse_verdict(r, nonce, text, cfg.mode)[0] is not None
+        )
     except JudgeError as e:
         log.warning("judge failed: %s", e)
         return Grade.error(str(e))
