@@ -27,29 +27,22 @@ def sft(
     Writes OUTPUT_DIR/final (HF model that vLLM and transformers load), OUTPUT_DIR/best (lowest eval
     loss), resumable checkpoints, TensorBoard logs, metrics.jsonl and loss.png.
     """
-    import yaml
-
-    from thinkgym.config import ConfigError, load_config
-    from thinkgym.sft_coldstart.train import SFTConfig, train
+    from thinkgym.config import ConfigError, load_config, parse_sets
+    from thinkgym.sft_coldstart.data import DataError
+    from thinkgym.sft_coldstart.train import SFTConfig, check_config, train
 
     overrides: dict = {"max_steps": max_steps, "output_dir": str(output_dir) if output_dir else None, "model": model}
     if resume:
         overrides["resume"] = True
-    for kv in set_:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set expects KEY=VALUE, got {kv!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
     try:
+        overrides.update(parse_sets(set_))
         cfg = load_config(SFTConfig, config, overrides)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    from thinkgym.sft_coldstart.data import DataError
-
-    try:
+        try:
+            check_config(cfg)
+        except ConfigError as e:  # name the file, as load_config does
+            raise ConfigError(f"{config}: {e}") from None
         res = train(cfg)
-    except DataError as e:
+    except (ConfigError, DataError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     keys = ("final", "best", "steps", "best_eval_loss", "best_eval_accuracy", "tokens_per_s", "seconds")

@@ -70,12 +70,17 @@ def row_to_conversation(row: Any, where: str, messages_field: str = "messages") 
         return validate_conversation(row[messages_field], where)
     if "prompt" in row and "completion" in row:
         p, c = row["prompt"], row["completion"]
+        for key, v in (("prompt", p), ("completion", c)):
+            if not isinstance(v, (str, list)):
+                raise DataError(f"{where}: field {key!r}: expected a string or a message list, got {_short(v)}")
         prompt = [{"role": "user", "content": p}] if isinstance(p, str) else p
         completion = [{"role": "assistant", "content": c}] if isinstance(c, str) else c
-        if not isinstance(prompt, list) or not isinstance(completion, list):
-            raise DataError(f"{where}: fields 'prompt'/'completion': expected strings or message lists")
         return validate_conversation(prompt + completion, where)
     if "question" in row and "solution" in row:
+        # Checked here: past this point the values are messages[0/1].content, not the row's fields.
+        for key in ("question", "solution"):
+            if not isinstance(row[key], str):
+                raise DataError(f"{where}: field {key!r}: expected a string, got {_short(row[key])}")
         return validate_conversation(
             [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["solution"]}], where
         )

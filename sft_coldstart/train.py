@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from thinkgym.config import ConfigError
 from thinkgym.sft_coldstart.data import DEFAULT_SYSTEM_PROMPT
 
 
@@ -109,27 +111,119 @@ class SFTConfig:
     stage: Literal["sft", "pretrain"] = "sft"  #: "pretrain" trains every token of plain task text
 
     def validate(self) -> None:
+        """Checks on the values alone (no filesystem, no registries); see :func:`check_config`."""
+        for name, lo in _INT_MIN.items():
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+            if lo is not None and v < lo:
+                raise ValueError(f"{name} must be >= {lo}, got {v}{_ZERO_MEANS.get(name, '')}")
+        for name, (lo, hi, lo_open, hi_open) in _FLOAT_RANGE.items():
+            v = getattr(self, name)
+            # NaN fails every comparison, so a plain `v <= 0` would let it through.
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+            if v < lo or (lo_open and v == lo) or (hi is not None and (v > hi or (hi_open and v == hi))):
+                rule = (f"{'>' if lo_open else '>='} {lo}" if hi is None
+                        else f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+                raise ValueError(f"{name} must be {rule}, got {v}{_RANGE_WHY.get(name, '')}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        attn = self.attn_implementation
+        if not isinstance(attn, str) or (attn not in _ATTN_IMPLEMENTATIONS and not _HUB_KERNEL.fullmatch(attn)):
+            raise ValueError(f"attn_implementation must be one of {sorted(_ATTN_IMPLEMENTATIONS)} "
+                             f"(or a hub kernel repo, ORG/NAME), got {self.attn_implementation!r}")
+        if not self.output_dir:
+            raise ValueError("output_dir must not be empty")
+        if not self.messages_field:
+            raise ValueError("messages_field must not be empty")
+        if not (isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.adam_betas)):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1) (beta1, beta2), got {self.adam_betas!r}")
         if not self.tasks and not self.datasets:
             raise ValueError("no data: set tasks and/or datasets")
+        for key in ("tasks", "datasets"):
+            for s in getattr(self, key):
+                if not isinstance(s, str) or not s:
+                    raise ValueError(f"{key} entries must be non-empty strings, got {s!r}")
+        twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if twice:
+            # One task_params entry per name: a repeated name can only duplicate the same items.
+            raise ValueError(f"tasks: {twice} listed more than once")
+        self._validate_task_params()
         if self.packing and self.pack_length < self.max_length:
             raise ValueError(f"pack_length ({self.pack_length}) must be >= max_length ({self.max_length})")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
         if self.lora_r and self.zero_stage == 3:
             raise ValueError("LoRA with ZeRO-3 is not supported (merging needs whole weights); use zero_stage 2")
-        for name in ("micro_batch_size", "gradient_accumulation_steps", "max_length", "eval_env_items", "eval_max_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.eval_threads < 0:
-            raise ValueError(f"eval_threads must be >= 0, got {self.eval_threads}")
-        if self.best_metric not in ("loss", "accuracy"):
-            raise ValueError(f"best_metric must be 'loss' or 'accuracy', got {self.best_metric!r}")
+        if self.lora_r and not self.lora_target_modules:
+            raise ValueError("lora_target_modules must not be empty when lora_r > 0")
+        if self.pretrain_steps and not self.pretrain_examples:
+            raise ValueError("pretrain_examples must be >= 1 when pretrain_steps > 0 (the pretraining text)")
         if self.best_metric == "accuracy" and not self.eval_env:
             raise ValueError("best_metric 'accuracy' needs eval_env (the env whose items are graded)")
+        if not isinstance(self.eval_env_kwargs, dict):
+            raise ValueError(f"eval_env_kwargs must be a mapping, got {self.eval_env_kwargs!r}")
         if self.eval_env and self.zero_stage == 3:
             # Generation stops at different steps on different ranks; ZeRO-3's collective
             # weight gathers would then wait forever.
             raise ValueError("eval_env (greedy dev accuracy) is not supported with ZeRO-3; use zero_stage <= 2")
+
+    def _validate_task_params(self) -> None:
+        # Params of a task that is not trained on would be ignored without a word (a typo in
+        # the task name trains on the defaults), so every key must name a configured task.
+        if not isinstance(self.task_params, dict):
+            raise ValueError(f"task_params must be a mapping {{task_name: {{param: value}}}}, got {self.task_params!r}")
+        stray = [k for k in self.task_params if k not in self.tasks]
+        if stray:
+            import difflib
+
+            hint = "; ".join(f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), self.tasks, 1)) else "")
+                             for k in stray)
+            raise ValueError(f"task_params: {hint} not in tasks {self.tasks}")
+        for name, params in self.task_params.items():
+            if not isinstance(params, dict):
+                raise ValueError(f"task_params.{name} must be a mapping of parameter names to values, got {params!r}")
+
+
+# Integer fields and their smallest value (None: any integer). Where 0 is allowed it means
+# "off", "derive it" or "none".
+_INT_MIN: dict[str, int | None] = {
+    "task_seed": None, "seed": None, "train_examples": 0, "eval_examples": 0, "max_length": 1,
+    "pack_length": 1, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "max_steps": 0, "warmup_steps": 0,
+    "zero_stage": 0, "lora_r": 0, "lora_alpha": 1, "pretrain_steps": 0, "pretrain_examples": 0, "eval_every": 0,
+    "save_every": 0, "keep_checkpoints": 1, "eval_env_items": 1, "eval_max_tokens": 1, "eval_threads": 0,
+    "stop_after_steps": 0,
+}
+_ZERO_MEANS = {
+    "max_steps": " (0 = derive from epochs)", "warmup_steps": " (0 = use warmup_ratio)", "lora_r": " (0 = full fine-tuning)",
+    "eval_every": " (0 = only at the end)", "save_every": " (0 = no periodic checkpoints)",
+    "keep_checkpoints": " (checkpoints kept on disk; 0 would keep all of them)",
+}
+# Number fields: (low, high or None, low excluded, high excluded).
+_FLOAT_RANGE = {
+    "epochs": (0, None, True, False), "learning_rate": (0, None, True, False), "min_lr_ratio": (0, 1, False, False),
+    "warmup_ratio": (0, 1, False, False), "weight_decay": (0, None, False, False), "adam_eps": (0, None, True, False),
+    "max_grad_norm": (0, None, False, False), "lora_dropout": (0, 1, False, True),
+    # split_holdout keeps every round(1/f)-th row (at least every 2nd), so 0.5 is the largest share.
+    "eval_fraction": (0, 0.5, False, False),
+    "pretrain_learning_rate": (0, None, True, False), "max_time_s": (0, None, False, False),
+    "max_train_s": (0, None, False, False),
+}
+_RANGE_WHY = {
+    "max_grad_norm": " (0 = no clipping)", "eval_fraction": " (every k-th dataset row is held out, k >= 2)",
+    "max_time_s": " (0 = no limit)", "max_train_s": " (0 = no budget)",
+}
+# Literal fields, checked here too for configs built in code rather than loaded from YAML.
+_CHOICES = {
+    "dtype": ("float32", "bfloat16", "float16"), "overlong": ("drop", "truncate"),
+    "render_method": ("auto", "generation", "prefix"), "best_metric": ("loss", "accuracy"), "stage": ("sft", "pretrain"),
+    "zero_stage": (0, 1, 2, 3),
+}
+# transformers' built-in attention implementations; a hub kernel is named by its repo.
+_ATTN_IMPLEMENTATIONS = frozenset({"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4",
+                                   "flex_attention", "paged|eager"})
+_HUB_KERNEL = re.compile(r"[^/:]+/[^/:]+(?:@[^/:]+)?(?::[^/:]+)?")
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -151,7 +245,8 @@ def _ensure_tiny(cfg: SFTConfig, out: Path) -> Path:
     return path
 
 
-def _build_data(cfg: SFTConfig, tok: Any) -> tuple[list, list, int]:
+def _build_data(cfg: SFTConfig, tok: Any) -> tuple[list, list, int, int]:
+    """-> (train examples, eval examples, train rows dropped, eval rows dropped)."""
     from thinkgym.sft_coldstart import data as D
 
     train_convs, eval_convs, train_text, eval_text = [], [], [], []
@@ -173,12 +268,19 @@ def _build_data(cfg: SFTConfig, tok: Any) -> tuple[list, list, int]:
             train_convs, eval_convs = train_convs + tr, eval_convs + ev
     if cfg.stage == "pretrain":
         return ([D.pretrain_example(tok, t, cfg.max_length) for t in train_text],
-                [D.pretrain_example(tok, t, cfg.max_length) for t in eval_text], 0)
+                [D.pretrain_example(tok, t, cfg.max_length) for t in eval_text], 0, 0)
     train, dropped = D.build_examples(tok, train_convs, cfg.max_length, cfg.overlong, cfg.render_method)
-    evals, _ = D.build_examples(tok, eval_convs, cfg.max_length, cfg.overlong, cfg.render_method)
+    evals, eval_dropped = D.build_examples(tok, eval_convs, cfg.max_length, cfg.overlong, cfg.render_method)
     if not train:
         raise D.DataError(f"no training examples left (dropped {dropped} longer than max_length={cfg.max_length})")
-    return train, evals, dropped
+    if eval_convs and not evals and cfg.best_metric == "loss":
+        # Eval rows were asked for, but without any the eval loss is never measured: best/ would
+        # never be written and no eval curve drawn, which a run should not find out at its end.
+        raise D.DataError(
+            f"all {eval_dropped} eval examples were dropped (longer than max_length={cfg.max_length} or nothing to "
+            "train on), so there is no eval loss for best_metric 'loss'; raise max_length, set overlong: truncate, "
+            "or set eval_examples / eval_fraction to 0 to run without an eval set")
+    return train, evals, dropped, eval_dropped
 
 
 def _epoch_micro_batches(cfg: SFTConfig, examples: list, epoch: int, rank: int, world: int) -> list[list[int]]:
@@ -290,17 +392,124 @@ def _check_dev_env(cfg: SFTConfig) -> None:
     import gymnasium
 
     from thinkgym.envs import register_envs
-    from thinkgym.sft_coldstart.data import DataError
 
     register_envs()
     try:
         env = gymnasium.make(cfg.eval_env, **cfg.eval_env_kwargs)
     except Exception as e:  # noqa: BLE001 - re-raised with the config key that caused it
-        raise DataError(f"eval_env {cfg.eval_env!r} with eval_env_kwargs {cfg.eval_env_kwargs}: {e}") from e
+        raise ConfigError(f"eval_env {cfg.eval_env!r} with eval_env_kwargs {cfg.eval_env_kwargs}: {e}") from e
     n = len(env.unwrapped.source)
     env.close()
     if n < cfg.eval_env_items:
-        raise DataError(f"eval_env {cfg.eval_env!r} has {n} items, fewer than eval_env_items={cfg.eval_env_items}")
+        raise ConfigError(f"eval_env {cfg.eval_env!r} has {n} items, fewer than eval_env_items={cfg.eval_env_items}")
+
+
+def check_config(cfg: SFTConfig) -> None:
+    """Checks that need the filesystem or the registries, run before anything heavy starts:
+    the model, the data sources and the dev env. Raises :class:`ConfigError` naming the key."""
+    _check_model(cfg.model)
+    _check_datasets(cfg.datasets)
+    _check_tasks(cfg)
+    if cfg.eval_env:
+        _check_dev_env(cfg)
+
+
+# A hub repo id: [ORG/]NAME (letters, digits, "-", "_", "."; "gpt2" has no org), not a filesystem path.
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
+
+
+def _hf_offline() -> bool:
+    # The variables huggingface_hub and transformers read, with huggingface_hub's truth values.
+    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _check_model(model: str) -> None:
+    if model in ("", "tiny"):
+        return
+    p = Path(model).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"model: {model!r} is a directory without config.json, not an HF model directory")
+        return
+    if not p.exists() and _HUB_ID.fullmatch(model):
+        if not _hf_offline():
+            return  # a hub id: transformers resolves it (from the cache or the hub)
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return
+        raise ConfigError(f"model: {model!r} is not a local directory, and HF offline mode is on "
+                          "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) while it is not in the local HF cache")
+    raise ConfigError(f"model: {model!r} is not an HF model directory (no such directory), a hub id ([ORG/]NAME) "
+                      "or 'tiny'")
+
+
+def _check_datasets(specs: list[str]) -> None:
+    for spec in specs:
+        if spec.startswith("hf:"):
+            name = spec[3:].partition(":")[0]
+            if not name:
+                raise ConfigError(f"datasets: {spec!r} names no dataset (hf:NAME_OR_DIR[:SPLIT])")
+            # A path-like name must exist; anything else is left to `datasets` (a hub name).
+            if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+                raise ConfigError(f"datasets: {spec!r}: no such directory {name}")
+            continue
+        p = Path(spec)
+        if p.is_dir():
+            raise ConfigError(f"datasets: {spec!r} is a directory; a saved HF dataset is written hf:{spec}")
+        if not p.is_file():
+            raise ConfigError(f"datasets: {spec!r}: no such file")
+        with p.open("rb") as f:  # stops at the first row: the rows themselves are read with the tokenizer
+            if not any(line.strip() for line in f):
+                raise ConfigError(f"datasets: {spec!r} is empty (no rows)")
+
+
+def _task_param_names(cls: type) -> set[str] | None:
+    """The knobs a task source takes, or None when its constructor does not say."""
+    import inspect
+
+    if getattr(cls, "defaults", None):
+        return set(cls.defaults)
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(q.kind is q.VAR_KEYWORD for q in params):
+        return None
+    return {q.name for q in params if q.name not in ("self", "seed", "size")}
+
+
+def _check_tasks(cfg: SFTConfig) -> None:
+    import difflib
+
+    from thinkgym.tasks import TASKS
+
+    known = TASKS.names()
+    unknown = [t for t in cfg.tasks if t not in known]
+    if unknown:
+        hint = "; ".join(f"{t!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(t, known, 1)) else "")
+                         for t in unknown)
+        raise ConfigError(f"tasks: unknown task source(s) {hint}; known: {', '.join(known)}")
+    # Items used per task: eval block, training block, then the pretraining text (see _build_data).
+    need = cfg.eval_examples + cfg.train_examples
+    if cfg.stage == "pretrain" or cfg.pretrain_steps:
+        need += cfg.pretrain_examples
+    for name in cfg.tasks:
+        cls, params = TASKS.get(name), cfg.task_params.get(name, {})
+        names = _task_param_names(cls)
+        bad = sorted(set(params) - names) if names is not None else []
+        if bad:
+            hint = "; ".join(f"task_params.{name}.{k}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, names, 1)) else "")
+                             for k in bad)
+            raise ConfigError(f"{hint}: unknown parameter of task {name!r}; known: {sorted(names)}")
+        try:
+            src = cls(seed=cfg.task_seed, **params)
+        except (TypeError, ValueError, KeyError, OSError) as e:
+            raise ConfigError(f"task_params.{name}: {e}") from None
+        if len(src) < need:
+            raise ConfigError(f"tasks: {name!r} has {len(src)} items, fewer than the {need} this run reads "
+                              "(eval_examples + train_examples, + pretrain_examples when pretraining)")
+        sol = src[0]["metadata"].get("solution") if cfg.stage == "sft" and cfg.eval_examples + cfg.train_examples else "-"
+        if not (isinstance(sol, str) and sol):
+            raise ConfigError(f"tasks: {name!r} items have no worked solution (metadata.solution) to train on; "
+                              "use its data through datasets instead")
 
 
 def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, world: int) -> float:
@@ -368,6 +577,7 @@ def _plot(curve: _Curve, path: Path, title: str) -> None:
 def train(cfg: SFTConfig) -> dict[str, Any]:
     """Run SFT (or pretraining, then SFT) and return a summary with checkpoint paths and losses."""
     cfg.validate()
+    check_config(cfg)  # model, data and dev env, before the tiny build and distributed setup
     out = Path(cfg.output_dir)
     if cfg.model in ("", "tiny"):
         cfg = dataclasses.replace(cfg, model=str(_ensure_tiny(cfg, out)))
@@ -396,15 +606,23 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     random.seed(cfg.seed)
 
     # Data first: a bad row fails before the model loads.
-    tok = AutoTokenizer.from_pretrained(cfg.model)
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.model)
+    except OSError as e:  # a hub id that does not resolve (check_config leaves hub ids to transformers)
+        raise ConfigError(f"model: cannot load {cfg.model!r}: {' '.join(str(e).split())}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    train_ex, eval_ex, dropped = _build_data(cfg, tok)
-    if cfg.eval_env:
-        _check_dev_env(cfg)
+    train_ex, eval_ex, dropped, eval_dropped = _build_data(cfg, tok)
+    if main and eval_dropped:
+        left = f"{len(eval_ex)} left" if eval_ex else "none left: no eval loss will be measured"
+        print(f"[{cfg.stage}] warning: {eval_dropped} eval examples dropped (longer than max_length={cfg.max_length}"
+              f" or nothing to train on), {left}", file=sys.stderr)
     n_micro = len(_epoch_micro_batches(cfg, train_ex, 0, rank, world))
     if n_micro < 1:
-        raise ValueError(f"{len(train_ex)} examples make no micro-batch for {world} process(es)")
+        from thinkgym.sft_coldstart.data import DataError
+
+        raise DataError(f"{len(train_ex)} training examples make no micro-batch (micro_batch_size="
+                        f"{cfg.micro_batch_size}) for {world} process(es)")
     steps_per_epoch = max(1, n_micro // cfg.gradient_accumulation_steps)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
@@ -529,7 +747,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                    TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:,.0f} tok/s"),
                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not (main and cfg.progress))
     if main:
-        print(f"[{cfg.stage}] {len(train_ex)} train / {len(eval_ex)} eval examples ({dropped} dropped), "
+        print(f"[{cfg.stage}] {len(train_ex)} train / {len(eval_ex)} eval examples ({dropped} train, {eval_dropped} eval dropped), "
               f"{n_train:,}/{n_all:,} trainable params, {total} steps, {steps_per_epoch} steps/epoch, "
               f"ZeRO-{cfg.zero_stage}, {world} process(es), {'packed' if cfg.packing else 'padded'}", file=sys.stderr)
 
@@ -625,14 +843,18 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m thinkgym.sft_coldstart.train CONFIG.yaml [key=value ...]`` (for launchers)."""
     from thinkgym.config import load_config
 
+    from thinkgym.config import ConfigError, parse_sets
+    from thinkgym.sft_coldstart.data import DataError
+
     args = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--local_rank")]
     if not args:
         raise SystemExit("usage: python -m thinkgym.sft_coldstart.train CONFIG.yaml [key=value ...]")
-    overrides = dict(a.split("=", 1) for a in args[1:])
-    import yaml
-
-    cfg = load_config(SFTConfig, args[0], {k: yaml.safe_load(v) for k, v in overrides.items()})
-    res = train(cfg)
+    try:
+        cfg = load_config(SFTConfig, args[0], parse_sets(args[1:], flag="override"))
+        res = train(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: res[k] for k in ("final", "best", "steps", "best_eval_loss", "best_eval_accuracy", "tokens_per_s")}))
 

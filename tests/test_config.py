@@ -1,4 +1,6 @@
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +43,36 @@ def test_bad_config_names_file_and_key(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as e:
         load_config(Cfg, p)
     assert str(p) in str(e.value)
+
+
+def test_sft_config_rejects_nan_naming_file_and_key(tmp_path):
+    # NaN passes `x <= 0`; the SFT config must still refuse it, naming where it came from.
+    from thinkgym.sft_coldstart.train import SFTConfig
+
+    p = tmp_path / "sft.yaml"
+    p.write_text("tasks: [arithmetic]\nlearning_rate: .nan\n")
+    with pytest.raises(ConfigError, match=r"sft\.yaml: learning_rate must be a finite number, got nan"):
+        load_config(SFTConfig, p)
+
+
+def test_parse_sets_values_are_yaml_and_errors_are_one_line():
+    from thinkgym.config import ConfigError, parse_sets
+
+    assert parse_sets(["lr=0.5", " envs = [a, b]", "name=x=y"]) == {"lr": 0.5, "envs": ["a", "b"], "name": "x=y"}
+    for bad, msg in (("lr", "--set expects KEY=VALUE, got 'lr'"), ("=1", "--set expects KEY=VALUE"),
+                     ("tasks=[a", "--set tasks: value '[a' is not valid YAML")):
+        with pytest.raises(ConfigError, match=re.escape(msg)) as e:
+            parse_sets([bad])
+        assert "\n" not in str(e.value)
+
+
+def test_sft_launcher_entry_reports_bad_overrides_without_a_traceback(capsys):
+    from thinkgym.sft_coldstart.train import main
+
+    cfg = str(Path(__file__).resolve().parents[1] / "examples" / "sft-tiny-cpu.yaml")
+    for args in ([cfg, "tasks=[a"], [cfg, "learning_rate"], [cfg, "learning_rate=-1"]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err

@@ -88,6 +88,16 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
     p.write_text(json.dumps({"text": "x"}) + "\n")
     with pytest.raises(DataError, match=r":1: field 'messages' missing"):
         load_jsonl(p)
+    # question/solution and prompt/completion rows: the row's own field is named, not the message it becomes
+    p.write_text(json.dumps({"question": "q", "solution": ["a"]}) + "\n")
+    with pytest.raises(DataError, match=r":1: field 'solution': expected a string, got \['a'\]"):
+        load_jsonl(p)
+    p.write_text(json.dumps({"question": 7, "solution": "a"}) + "\n")
+    with pytest.raises(DataError, match=r":1: field 'question': expected a string, got 7"):
+        load_jsonl(p)
+    p.write_text(json.dumps({"prompt": "q", "completion": 5}) + "\n")
+    with pytest.raises(DataError, match=r":1: field 'completion': expected a string or a message list, got 5"):
+        load_jsonl(p)
     # prompt/completion rows are accepted
     p.write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n" + json.dumps(good) + "\n")
     assert [len(c) for c in load_jsonl(p)] == [2, 2]

@@ -198,7 +198,7 @@ def test_cli_sft_with_example_config(tmp_path):
          "--output-dir", str(tmp_path / "bad-env"), "--set", "eval_env=thinkgym/Nope-v0"],
         capture_output=True, text=True, timeout=200, cwd=ROOT, env=_child_env(),
     )
-    assert bad_env.returncode == 2 and "error: eval_env 'thinkgym/Nope-v0'" in bad_env.stderr, bad_env.stderr[-2000:]
+    assert bad_env.returncode == 2 and "sft-tiny-cpu.yaml: eval_env 'thinkgym/Nope-v0'" in bad_env.stderr, bad_env.stderr[-2000:]
     assert "Traceback" not in bad_env.stderr
 
 
@@ -445,3 +445,172 @@ def test_bad_dev_env_fails_before_training(kw, msg, tiny_model_dir, data_file, t
     with pytest.raises(ValueError, match=msg):
         train(_cfg(tiny_model_dir, data_file, out, **kw))
     assert not (out / "metrics.jsonl").exists()  # nothing ran
+
+
+# ----------------------------------------------------------------------------- config checks (fast: nothing trains)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"learning_rate": -1}, r"learning_rate must be > 0"),
+    ({"learning_rate": float("nan")}, r"learning_rate must be a finite number"),
+    ({"learning_rate": float("inf")}, r"learning_rate must be a finite number"),
+    ({"epochs": -1}, r"epochs must be > 0"),
+    ({"epochs": 0}, r"epochs must be > 0"),
+    ({"max_steps": -3}, r"max_steps must be >= 0"),
+    ({"train_examples": -5}, r"train_examples must be >= 0"),
+    ({"eval_examples": -1}, r"eval_examples must be >= 0"),
+    ({"eval_fraction": 2.0}, r"eval_fraction must be in \[0, 0.5\]"),
+    ({"eval_fraction": -0.1}, r"eval_fraction must be in"),
+    ({"adam_betas": [0.9]}, r"adam_betas must be two numbers"),
+    ({"adam_betas": [0.9, 1.0]}, r"adam_betas must be two numbers in \[0, 1\)"),
+    ({"adam_eps": 0}, r"adam_eps must be > 0"),
+    ({"lora_r": -4}, r"lora_r must be >= 0"),
+    ({"lora_alpha": 0}, r"lora_alpha must be >= 1"),
+    ({"lora_dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),
+    ({"lora_r": 8, "lora_target_modules": []}, r"lora_target_modules must not be empty"),
+    ({"keep_checkpoints": 0}, r"keep_checkpoints must be >= 1"),
+    ({"min_lr_ratio": 5}, r"min_lr_ratio must be in \[0, 1\]"),
+    ({"warmup_steps": -5}, r"warmup_steps must be >= 0"),
+    ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\]"),
+    ({"weight_decay": -0.1}, r"weight_decay must be >= 0"),
+    ({"max_grad_norm": -1}, r"max_grad_norm must be >= 0"),
+    ({"max_grad_norm": float("nan")}, r"max_grad_norm must be a finite number"),
+    ({"attn_implementation": "bogus"}, r"attn_implementation must be one of"),
+    ({"zero_stage": 4}, r"zero_stage must be one of \[0, 1, 2, 3\]"),
+    ({"pack_length": 0, "packing": False}, r"pack_length must be >= 1"),
+    ({"eval_every": -1}, r"eval_every must be >= 0"),
+    ({"save_every": -1}, r"save_every must be >= 0"),
+    ({"stop_after_steps": -1}, r"stop_after_steps must be >= 0"),
+    ({"pretrain_steps": -1}, r"pretrain_steps must be >= 0"),
+    ({"pretrain_steps": 5, "pretrain_examples": 0}, r"pretrain_examples must be >= 1 when pretrain_steps"),
+    ({"pretrain_learning_rate": 0}, r"pretrain_learning_rate must be > 0"),
+    ({"max_time_s": -1}, r"max_time_s must be >= 0"),
+    ({"max_train_s": float("nan")}, r"max_train_s must be a finite number"),
+    ({"output_dir": ""}, r"output_dir must not be empty"),
+    ({"messages_field": ""}, r"messages_field must not be empty"),
+    ({"tasks": ["arithmetic", "arithmetic"]}, r"tasks: \['arithmetic'\] listed more than once"),
+    ({"task_params": {"arithmatic": {"max_value": 3}}}, r"task_params: 'arithmatic' \(did you mean 'arithmetic'\?\) not in tasks"),
+    ({"task_params": {"arithmetic": 3}}, r"task_params.arithmetic must be a mapping"),
+])
+def test_config_values_are_range_checked(kw, msg):
+    from thinkgym.config import ConfigError, load_config
+    from thinkgym.sft_coldstart.train import SFTConfig
+
+    with pytest.raises(ConfigError, match=msg):
+        load_config(SFTConfig, None, {"tasks": ["arithmetic"], **kw})
+
+
+def test_config_zero_means_off_where_documented():
+    from thinkgym.config import load_config
+    from thinkgym.sft_coldstart.train import SFTConfig
+
+    cfg = load_config(SFTConfig, None, {
+        "tasks": ["arithmetic"], "max_steps": 0, "warmup_steps": 0, "warmup_ratio": 0, "max_grad_norm": 0, "lora_r": 0,
+        "eval_every": 0, "save_every": 0, "eval_fraction": 0, "eval_examples": 0, "max_time_s": 0, "max_train_s": 0,
+        "pretrain_steps": 0, "eval_threads": 0, "weight_decay": 0, "min_lr_ratio": 0, "seed": -1,
+        "attn_implementation": "kernels-community/flash-attn", "task_params": {"arithmetic": {"max_value": 3}},
+    })
+    assert cfg.max_grad_norm == 0 and cfg.task_params == {"arithmetic": {"max_value": 3}}
+
+
+def _check(tmp_path, **kw):
+    from thinkgym.sft_coldstart.train import SFTConfig, check_config
+
+    base = {"tasks": ["arithmetic"], "train_examples": 8, "eval_examples": 2, "output_dir": str(tmp_path / "out"), **kw}
+    check_config(SFTConfig(**base))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"task_params": {"arithmetic": {"max_valu": 3}}}, r"task_params\.arithmetic\.max_valu \(did you mean 'max_value'\?\)"),
+    ({"task_params": {"arithmetic": {"max_value": -3}}}, r"task_params\.arithmetic: max_value must be"),
+    ({"tasks": ["arithmetc"]}, r"tasks: unknown task source\(s\) 'arithmetc' \(did you mean 'arithmetic'\?\)"),
+    ({"tasks": ["jsonl"], "task_params": {"jsonl": {"pth": "x"}}}, r"task_params\.jsonl\.pth \(did you mean 'path'\?\)"),
+    ({"tasks": ["jsonl"], "task_params": {"jsonl": {"path": "/nonexistent.jsonl"}}}, r"task_params\.jsonl: .*no such file"),
+    ({"train_examples": 2_000_000}, r"tasks: 'arithmetic' has 1000000 items, fewer than"),
+    ({"model": "/nonexistent/model"}, r"model: '/nonexistent/model' is not an HF model directory"),
+    ({"model": "runs/sft/final"}, r"model: 'runs/sft/final' is not an HF model directory"),
+    ({"datasets": ["/nonexistent/chat.jsonl"]}, r"datasets: '/nonexistent/chat.jsonl': no such file"),
+    ({"datasets": ["hf:/nonexistent/ds"]}, r"datasets: 'hf:/nonexistent/ds': no such directory"),
+    ({"eval_env": "thinkgym/NoSuchEnv-v0"}, r"eval_env 'thinkgym/NoSuchEnv-v0'"),
+])
+def test_check_config_names_the_key(kw, msg, tmp_path):
+    from thinkgym.config import ConfigError
+
+    with pytest.raises(ConfigError, match=msg):
+        _check(tmp_path, **kw)
+
+
+def test_check_config_model_and_dataset_files(tmp_path, monkeypatch):
+    from thinkgym.config import ConfigError
+
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ConfigError, match="model: .* is a directory without config.json"):
+        _check(tmp_path, model=str(tmp_path / "m"))
+    (tmp_path / "m" / "config.json").write_text("{}")
+    _check(tmp_path, model=str(tmp_path / "m"))
+    _check(tmp_path, model="tiny")
+    # A hub id is left to transformers, unless offline mode rules out a download.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    _check(tmp_path, model="SomeOrg/SomeModel-0.5B")
+    _check(tmp_path, model="gpt2")  # hub ids without an org exist too
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="model: 'SomeOrg/SomeModel-0.5B' is not a local directory, and HF offline mode is on"):
+        _check(tmp_path, model="SomeOrg/SomeModel-0.5B")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(ConfigError, match=r"datasets: '.*empty\.jsonl' is empty"):
+        _check(tmp_path, datasets=[str(empty)])
+    with pytest.raises(ConfigError, match=r"datasets: '.*' is a directory; a saved HF dataset is written hf:"):
+        _check(tmp_path, datasets=[str(tmp_path)])
+
+
+def test_bad_model_fails_before_any_setup(tmp_path):
+    from thinkgym.config import ConfigError
+    from thinkgym.sft_coldstart.train import train
+
+    out = tmp_path / "run"
+    cfg = _cfg("/nonexistent/model", tmp_path / "missing.jsonl", out)
+    with pytest.raises(ConfigError, match="model: '/nonexistent/model'"):
+        train(cfg)
+    assert not out.exists()  # no tiny build, no run directory
+
+
+def test_all_eval_rows_dropped_is_an_error(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from thinkgym.sft_coldstart.data import DataError
+    from thinkgym.sft_coldstart.train import _build_data
+
+    # eval_fraction 0.5 holds out the even rows (seed 0); make exactly those too long.
+    rows = _chat_rows(12)
+    for r in rows[::2]:
+        r["messages"][1]["content"] += " padding" * 60
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = _cfg(tiny_model_dir, data, tmp_path / "out", eval_fraction=0.5, max_length=64)
+    with pytest.raises(DataError, match=r"all 6 eval examples were dropped .* no eval loss for best_metric 'loss'"):
+        _build_data(cfg, tok)
+    # With best_metric accuracy the dev accuracy still picks best/: the drop is reported, not fatal.
+    acc = _cfg(tiny_model_dir, data, tmp_path / "out", eval_fraction=0.5, max_length=64, best_metric="accuracy",
+               eval_env="thinkgym/Arithmetic-v0")
+    train_ex, eval_ex, dropped, eval_dropped = _build_data(acc, tok)
+    assert (len(train_ex), dropped, len(eval_ex), eval_dropped) == (6, 0, 0, 6)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--set", "tasks=[arith"], "--set tasks: value '[arith' is not valid YAML"),
+    (["--set", "=3"], "--set expects KEY=VALUE"),
+    (["--set", "model=/nonexistent/model"], "sft-tiny-cpu.yaml: model: '/nonexistent/model'"),
+    (["--set", "task_params={arithmetic: {max_valu: 3}}"], "task_params.arithmetic.max_valu"),
+    (["--set", "epochs=-1"], "epochs must be > 0"),
+])
+def test_cli_bad_input_is_one_error_line(args, msg, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinkgym.cli", "sft", "--config", str(ROOT / "examples/sft-tiny-cpu.yaml"),
+         "--output-dir", str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env=_child_env(),
+    )
+    assert proc.returncode == 2 and msg in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

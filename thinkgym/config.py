@@ -138,3 +138,27 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def parse_sets(items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """``["kl_coef=0.01", "envs=[a, b]"]`` -> overrides, each value parsed as YAML.
+
+    A malformed entry is a :class:`ConfigError` naming it, on one line (a YAML error's own text
+    spans several lines with a caret drawing)."""
+    import yaml
+
+    out = {}
+    for kv in items:
+        key, sep, value = kv.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {kv!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{flag} {key}: value {value!r} is not valid YAML ({problem}{where})") from None
+    return out
+
