@@ -27,7 +27,7 @@ def train(
     `torchrun --nproc_per_node N $(which thinkgym) train ...`. Writes checkpoints, metrics.jsonl,
     TensorBoard scalars, curves.png and summary.json to OUTPUT_DIR.
     """
-    from thinkgym.config import ConfigError, load_config
+    from thinkgym.config import ConfigError, load_config, parse_sets
     from thinkgym.grpo.train import GRPOConfig, check_config
     from thinkgym.grpo.train import train as run
 
@@ -48,21 +48,6 @@ def train(
         raise typer.Exit(1)
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["kl_coef=0.01", "envs=[a, b]"]`` -> overrides (values parsed as YAML)."""
-    import yaml
-
-    from thinkgym.config import ConfigError
-
-    out = {}
-    for kv in items:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got {kv!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m thinkgym.grpo.train --config X.yaml ...``: the same flags as ``thinkgym train``."""
     import argparse
@@ -77,14 +62,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], dest="sets")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     a = p.parse_args(argv)
-    from thinkgym.config import ConfigError, load_config
+    from thinkgym.config import ConfigError, load_config, parse_sets
     from thinkgym.grpo.train import GRPOConfig, check_config
 
     try:
         cfg = load_config(GRPOConfig, a.config, {"max_steps": a.max_steps, "output_dir": a.output_dir,
                                                  "model": a.model, **parse_sets(a.sets)})
         check_config(cfg)
-    except ConfigError as e:
+    except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     from thinkgym.grpo.train import train as run

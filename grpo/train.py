@@ -42,12 +42,13 @@ processes use ``deepspeed --num_gpus N --module thinkgym.grpo.train --config ...
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -65,7 +66,8 @@ from thinkgym.grpo.engine import (
 )
 from thinkgym.grpo.forward import by_group_length, collate, policy_forward, take, value_forward
 from thinkgym.grpo.monitor import Monitor, plot_curves, rollout_metrics
-from thinkgym.grpo.rollouts import batch_groups, collect_groups, evaluate, task_size
+from thinkgym.grpo.rollouts import batch_groups, collect_groups, evaluate, sampling_config, task_size
+from thinkgym.sampler.checks import check_sampler
 
 
 @dataclass
@@ -140,13 +142,28 @@ class GRPOConfig:
     tensorboard: bool = True  #: write TensorBoard scalars
 
     def validate(self) -> None:
+        """Checks on the values alone (no filesystem, no imports of heavy packages)."""
+        # YAML's .nan / .inf and `--set lr=nan` load as floats, and every comparison with NaN is
+        # False: without this a NaN would pass all the range checks below.
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{f.name} must be a finite number, got {v}")
         pos = ["max_steps", "prompts_per_step", "group_size", "max_tokens", "ppo_epochs", "minibatches",
-               "micro_batch_size", "max_sampling_tries", "keep_checkpoints", "save_every"]
+               "micro_batch_size", "max_sampling_tries", "keep_checkpoints", "save_every", "max_bad_steps"]
         for k in pos:
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        # 0 means "off" for these: no warmup, eval only at the end, no held-out eval.
+        for k in ("warmup_steps", "eval_every", "eval_prompts"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not self.model:
             raise ValueError("model is required (an HF model directory)")
+        if not self.output_dir:
+            raise ValueError("output_dir must be a non-empty path")
+        if not 0 <= self.seed < 2**31:  # numpy's seed must be in [0, 2**32) after adding the rank
+            raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
         if self.max_turns is not None and self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1 or null, got {self.max_turns}")
         if not self.envs:
@@ -166,20 +183,44 @@ class GRPOConfig:
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.lr <= 0 or self.kl_coef < 0 or self.temperature <= 0:
-            raise ValueError("lr and temperature must be > 0 and kl_coef >= 0")
+        # The learner divides its logits by the temperature, so greedy (0) cannot train.
+        for k in ("lr", "vf_lr", "temperature"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
+        # max_grad_norm 0 = no clipping; a negative value would silently mean the same.
+        for k in ("kl_coef", "entropy_coef", "weight_decay", "max_grad_norm", "overlong_penalty"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        for k in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                raise ValueError(f"{k} must be in [0, 1], got {getattr(self, k)}")
         if self.overlong_buffer < 0 or self.overlong_buffer > self.max_tokens:
             raise ValueError(f"overlong_buffer must be in [0, max_tokens], got {self.overlong_buffer}")
-        if self.tis_cap is not None and self.tis_cap <= 0:
-            raise ValueError("tis_cap must be > 0 or null")
+        for k in ("tis_cap", "value_clip"):
+            if getattr(self, k) is not None and getattr(self, k) <= 0:
+                raise ValueError(f"{k} must be > 0 or null, got {getattr(self, k)}")
         if self.kl_in_reward and self.kl_coef == 0:
             raise ValueError("kl_in_reward needs kl_coef > 0")
+        # Every rollout builds this SamplingConfig; its own rules (top_p, think_budget,
+        # answer_budget, stop, ...) would otherwise first fire at step 1, after the policy loaded.
+        sampling_config(self, self.seed, self.group_size)
 
 
 def check_config(cfg: GRPOConfig) -> int:
     """Checks that need the filesystem / registries / envs, before any model loads. -> task size"""
+    try:
+        cfg.validate()  # a GRPOConfig built in code has not been through load_config
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"model: {cfg.model!r} is not an HF model directory (no config.json)")
+    out = Path(cfg.output_dir)
+    there = next((p for p in (out, *out.parents) if p.exists()), None)
+    if there is not None and not there.is_dir():
+        raise ConfigError(f"output_dir: {str(there)!r} exists and is not a directory")
+    check_sampler(cfg.sampler_backend, cfg.sampler_kwargs)
     import gymnasium as gym
 
     from thinkgym.envs import register_envs
@@ -191,7 +232,7 @@ def check_config(cfg: GRPOConfig) -> int:
             raise ConfigError(f"envs: unknown env id {env_id!r}; registered: {known}")
     try:
         n_items = task_size(cfg)
-    except (TypeError, ValueError, KeyError) as e:
+    except (TypeError, ValueError, KeyError, OSError, gym.error.Error) as e:
         raise ConfigError(f"env_kwargs / eval_env_kwargs: {type(e).__name__}: {e}") from None
     if n_items <= cfg.eval_prompts:
         raise ConfigError(f"eval_prompts={cfg.eval_prompts} leaves no training items (task size {n_items})")

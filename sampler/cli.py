@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
         if cfg.model and not (Path(cfg.model) / "config.json").is_file():
             typer.echo(f"error: {cfg.model}: not an HF model directory (no config.json)", err=True)
             raise typer.Exit(2)
+        import gymnasium
+
         from thinkgym.tasks.contamination import ContaminationError
 
         try:
@@ -54,7 +56,7 @@ def register(app: typer.Typer) -> None:
         except ContaminationError as e:
             typer.echo(f"error: refusing to evaluate: {e}", err=True)
             raise typer.Exit(3) from None
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, gymnasium.error.Error) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         print_summary(summary)

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -78,6 +78,59 @@ class EvalConfig:
             raise ValueError("backend vllm-server needs base_url")
         if self.contamination not in ("error", "warn"):
             raise ValueError(f"contamination must be 'error' or 'warn', got {self.contamination!r}")
+        # YAML's .nan / .inf load as floats and NaN passes every range check.
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{f.name} must be a finite number, got {v}")
+        if self.offset < 0:
+            raise ValueError(f"offset must be >= 0, got {self.offset}")
+        for k in ("train_size", "contamination_n"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("max_turns", "num_threads", "max_model_len"):
+            if getattr(self, k) is not None and getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1 or null, got {getattr(self, k)}")
+        if self.backend == "vllm-server" and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000, got {self.base_url!r}")
+        sampling_config(self)  # SamplingConfig's own rules, before any sampler is built
+
+
+def sampling_config(cfg: EvalConfig) -> Any:
+    """The sampling settings of every eval request (``collect_rollouts`` fans out the ``n``)."""
+    from thinkgym.sampler.types import SamplingConfig
+
+    return SamplingConfig(
+        n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed,
+        stop=list(cfg.stop or []), think_budget=cfg.think_budget, answer_budget=cfg.answer_budget,
+        budget_mode=cfg.budget_mode,  # type: ignore[arg-type]
+    )
+
+
+def check_env(cfg: EvalConfig) -> None:
+    """The env id is registered and has the items ``offset .. offset+limit-1``: checked before
+    any model loads, since a missing env or item otherwise fails only once sampling starts."""
+    import gymnasium
+
+    from thinkgym.config import ConfigError
+    from thinkgym.envs import register_envs
+
+    register_envs()
+    if cfg.env not in gymnasium.registry:
+        known = sorted(k for k in gymnasium.registry if k.startswith("thinkgym/"))
+        raise ConfigError(f"env: unknown env id {cfg.env!r}; registered: {known} (see `thinkgym envs`)")
+    try:
+        env = gymnasium.make(cfg.env)
+    except (TypeError, ValueError, KeyError, OSError, gymnasium.error.Error) as e:
+        raise ConfigError(f"env: {cfg.env!r} could not be built: {type(e).__name__}: {e}") from None
+    try:
+        source = getattr(env.unwrapped, "source", None)  # every TaskEnv has one; a plugin env may not
+        size = len(source) if source is not None else None
+    finally:
+        env.close()
+    if size is not None and cfg.offset + cfg.limit > size:
+        raise ConfigError(f"offset + limit: items {cfg.offset}..{cfg.offset + cfg.limit - 1} asked for, "
+                          f"but {cfg.env} has {size} items")
 
 
 # -- estimators -------------------------------------------------------------------------------
@@ -184,9 +237,9 @@ def evaluate(cfg: EvalConfig, sampler: Any = None) -> dict[str, Any]:
     """Run the eval (building a sampler from ``cfg`` unless one is given); return the summary."""
     from thinkgym.sampler import make_sampler
     from thinkgym.sampler.rollout import collect_rollouts, format_ok
-    from thinkgym.sampler.types import SamplingConfig
 
     cfg.validate()
+    check_env(cfg)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     indices = list(range(cfg.offset, cfg.offset + cfg.limit))
@@ -202,11 +255,7 @@ def evaluate(cfg: EvalConfig, sampler: Any = None) -> dict[str, Any]:
         elif cfg.backend == "vllm-server":
             kw = {"base_url": cfg.base_url}
         sampler = make_sampler(cfg.backend, cfg.model, **kw)
-    scfg = SamplingConfig(
-        n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed,
-        stop=list(cfg.stop or []), think_budget=cfg.think_budget, answer_budget=cfg.answer_budget,
-        budget_mode=cfg.budget_mode,  # type: ignore[arg-type]
-    )
+    scfg = sampling_config(cfg)
     t0 = time.perf_counter()
     try:
         batch = collect_rollouts(

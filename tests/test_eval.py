@@ -87,6 +87,87 @@ def test_eval_config_validation():
         from_dict(EvalConfig, {"model": "m", "nn": 3})
 
 
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"max_tokens": 0}, "max_tokens must be a positive integer"),
+        ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
+        ({"temperature": float("nan")}, "temperature must be a finite number"),
+        ({"top_p": 5.0}, r"top_p must be in \(0, 1\]"),
+        ({"budget_mode": "bogus"}, "budget_mode must be 'force' or 'truncate'"),
+        ({"think_budget": -1}, "think_budget must be"),
+        ({"answer_budget": 0}, "answer_budget must be a positive integer"),
+        ({"stop": [""]}, "stop must be a list of non-empty strings"),
+        ({"correct_threshold": float("nan")}, "correct_threshold must be a finite number"),
+        ({"offset": -1}, "offset must be >= 0"),
+        ({"max_turns": 0}, "max_turns must be >= 1"),
+        ({"num_threads": 0}, "num_threads must be >= 1"),
+        ({"backend": "vllm-server", "base_url": "localhost:8000"}, "base_url must be an http"),
+    ],
+)
+def test_eval_sampling_values_rejected_by_the_config(kw, msg):
+    from thinkgym.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match=msg):
+        from_dict(EvalConfig, {"model": "m", **kw})
+
+
+def test_sampling_config_rejects_non_finite_temperature():
+    from thinkgym.sampler.types import SamplingConfig
+
+    for t in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number"):
+            SamplingConfig(temperature=t)
+    assert SamplingConfig(temperature=0.0).greedy
+
+
+class _NoSampler:
+    """Fails the test if evaluate() gets as far as sampling."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the sampler was used ({name}) before the config was checked")
+
+
+def test_evaluate_checks_the_env_before_sampling(tmp_path):
+    from thinkgym.config import ConfigError
+    from thinkgym.sampler.eval import evaluate
+
+    cfg = EvalConfig(model="m", env="thinkgym/Nope-v0", output_dir=str(tmp_path / "e"))
+    with pytest.raises(ConfigError, match="env: unknown env id 'thinkgym/Nope-v0'"):
+        evaluate(cfg, sampler=_NoSampler())
+    cfg = EvalConfig(model="m", offset=999_999, limit=2, output_dir=str(tmp_path / "e"))
+    with pytest.raises(ConfigError, match="offset \\+ limit.*has 1000000 items"):
+        evaluate(cfg, sampler=_NoSampler())
+    cfg = EvalConfig(model="m", budget_mode="bogus", output_dir=str(tmp_path / "e"))
+    with pytest.raises(ValueError, match="budget_mode"):
+        evaluate(cfg, sampler=_NoSampler())
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--env", "thinkgym/Nope-v0"], "env: unknown env id 'thinkgym/Nope-v0'"),
+        (["--env", "Nope-v0"], "env: unknown env id 'Nope-v0'"),
+        (["--config", "{cfg}"], "budget_mode must be 'force' or 'truncate'"),
+    ],
+)
+def test_eval_cli_bad_env_or_sampling_is_one_line_before_the_model_loads(tmp_path, args, msg):
+    # A config.json that no model loads from: reaching the sampler would fail differently.
+    model = tmp_path / "fake-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "c.yaml").write_text("budget_mode: bogus\n")
+    args = [a.replace("{cfg}", str(tmp_path / "c.yaml")) for a in args]
+    cmd = [sys.executable, "-m", "thinkgym.cli", "eval", "--model", str(model), "--backend", "hf",
+           "--output-dir", str(tmp_path / "e"), *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip().startswith("error:") and msg in p.stderr, p.stderr[-2000:]
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "e").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_thinkgym_eval_cli(tiny_model_dir, tmp_path):

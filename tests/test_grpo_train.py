@@ -43,6 +43,37 @@ def write_cfg(tmp_path: Path, **kw) -> Path:
         ({"model": "m", "max_turns": 0}, "max_turns"),
         ({"model": "m", "min_lr_ratio": 1.5}, "min_lr_ratio must be in"),
         ({}, "model is required"),
+        # SamplingConfig's rules, which otherwise first fire at step 1 (after the policy loaded)
+        ({"model": "m", "top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ({"model": "m", "top_p": 5.0}, r"top_p must be in \(0, 1\]"),
+        ({"model": "m", "think_budget": -5}, "think_budget must be"),
+        ({"model": "m", "answer_budget": 0}, "answer_budget must be a positive integer"),
+        ({"model": "m", "answer_budget": -2}, "answer_budget must be a positive integer"),
+        ({"model": "m", "stop": [""]}, "stop must be a list of non-empty strings"),
+        # NaN / inf pass every comparison-based range check
+        ({"model": "m", "lr": float("nan")}, "lr must be a finite number"),
+        ({"model": "m", "lr": "nan"}, "lr must be a finite number"),
+        ({"model": "m", "temperature": float("nan")}, "temperature must be a finite number"),
+        ({"model": "m", "kl_coef": float("inf")}, "kl_coef must be a finite number"),
+        ({"model": "m", "dual_clip": float("nan")}, "dual_clip must be a finite number"),
+        ({"model": "m", "tis_cap": float("inf")}, "tis_cap must be a finite number"),
+        # ranges of the remaining fields
+        ({"model": "m", "warmup_steps": -1}, "warmup_steps must be >= 0"),
+        ({"model": "m", "eval_every": -1}, "eval_every must be >= 0"),
+        ({"model": "m", "eval_prompts": -1}, "eval_prompts must be >= 0"),
+        ({"model": "m", "max_grad_norm": -1.0}, "max_grad_norm must be >= 0"),
+        ({"model": "m", "weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ({"model": "m", "entropy_coef": -0.1}, "entropy_coef must be >= 0"),
+        ({"model": "m", "overlong_penalty": -1.0}, "overlong_penalty must be >= 0"),
+        ({"model": "m", "gamma": 5.0}, r"gamma must be in \[0, 1\]"),
+        ({"model": "m", "lam": -1.0}, r"lam must be in \[0, 1\]"),
+        ({"model": "m", "vf_lr": 0.0}, "vf_lr must be > 0"),
+        ({"model": "m", "lr": 0.0}, "lr must be > 0"),
+        ({"model": "m", "temperature": 0.0}, "temperature must be > 0"),
+        ({"model": "m", "value_clip": 0.0}, "value_clip must be > 0 or null"),
+        ({"model": "m", "max_bad_steps": 0}, "max_bad_steps must be >= 1"),
+        ({"model": "m", "seed": -1}, "seed must be in"),
+        ({"model": "m", "output_dir": ""}, "output_dir must be a non-empty path"),
     ],
 )
 def test_bad_config_rejected(tmp_path, kw, msg):
@@ -81,6 +112,101 @@ def test_cli_bad_config_exits_fast_with_one_message(tmp_path):
     # no model, engine or sampler was touched (those take seconds to import alone)
     assert time.perf_counter() - t0 < 60
     assert not (tmp_path / "runs").exists()
+
+
+def fake_model_dir(tmp_path: Path) -> Path:
+    """Passes the config.json check, but no model could load from it: a check that fires has
+    fired before any loading."""
+    d = tmp_path / "fake-model"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text("{}")
+    return d
+
+
+def test_zero_means_off_where_documented(tmp_path):
+    cfg = load_config(GRPOConfig, None, {
+        "model": str(fake_model_dir(tmp_path)), "output_dir": str(tmp_path / "out"), "sampler_backend": "hf",
+        "warmup_steps": 0, "eval_every": 0, "eval_prompts": 0, "max_grad_norm": 0.0, "overlong_buffer": 0,
+        "think_budget": 0, "tis_cap": None, "value_clip": None, "gamma": 0.0, "lam": 1.0})
+    assert check_config(cfg) > 0
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"sampler_backend": "hf", "sampler_kwargs": {"num_thread": 1}},
+         "sampler_kwargs: unknown key.*'num_thread' \\(did you mean 'num_threads'"),
+        ({"sampler_backend": "hf", "sampler_kwargs": {"model_path_or_model": "x"}}, "unknown key"),
+        ({"sampler_backend": "vllm-server"}, "needs sampler_kwargs.base_url"),
+        ({"sampler_backend": "vllm-server", "sampler_kwargs": {"base_url": "localhost:8000"}}, "needs sampler_kwargs.base_url"),
+        ({"sampler_backend": "vllm-server", "sampler_kwargs": {"base_url": "http://h:1", "timeout": 3}},
+         "did you mean 'timeout_s'"),
+        ({"sampler_backend": "hf", "sampler_kwargs": {"num_threads": float("nan")}}, "sampler_kwargs.num_threads must be a finite"),
+    ],
+)
+def test_sampler_kwargs_checked_against_the_backend(tmp_path, kw, msg):
+    cfg = load_config(GRPOConfig, None, {"model": str(fake_model_dir(tmp_path)), **kw})
+    with pytest.raises(ConfigError, match=msg):
+        check_config(cfg)
+
+
+def test_good_sampler_kwargs_pass(tmp_path):
+    model = str(fake_model_dir(tmp_path))
+    for kw in ({"sampler_backend": "hf", "sampler_kwargs": {"num_threads": 1, "max_batch_size": 8}},
+               {"sampler_backend": "vllm-server", "sampler_kwargs": {"base_url": "http://127.0.0.1:8000",
+                                                                     "model": "m", "timeout_s": 5}},
+               {"sampler_backend": "vllm", "sampler_kwargs": {"max_model_len": 256, "dtype": "float32"}}):
+        assert check_config(load_config(GRPOConfig, None, {"model": model, **kw})) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_engine_kwargs_checked(tmp_path):
+    """Keys VLLMSampler hands on to vllm.LLM are checked against vLLM's own engine arguments."""
+    model = str(fake_model_dir(tmp_path))
+    ok = load_config(GRPOConfig, None, {"model": model, "sampler_kwargs": {"enable_chunked_prefill": False}})
+    assert check_config(ok) > 0
+    bad = load_config(GRPOConfig, None, {"model": model, "sampler_kwargs": {"gpu_mem": 0.3}})
+    with pytest.raises(ConfigError, match="'gpu_mem' \\(did you mean 'gpu_memory_utilization'"):
+        check_config(bad)
+
+
+def test_check_config_validates_configs_built_in_code(tmp_path):
+    """train() calls check_config first: a GRPOConfig that never went through load_config is
+    checked too, before the policy, DeepSpeed or the sampler start."""
+    cfg = GRPOConfig(model=str(fake_model_dir(tmp_path)), top_p=5.0, sampler_backend="hf")
+    with pytest.raises(ConfigError, match=r"top_p must be in \(0, 1\]"):
+        check_config(cfg)
+    cfg = GRPOConfig(model=str(fake_model_dir(tmp_path)), lr=float("nan"))
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
+        check_config(cfg)
+
+
+def test_output_dir_under_a_file_rejected(tmp_path):
+    (tmp_path / "f").write_text("")
+    cfg = load_config(GRPOConfig, None, {"model": str(fake_model_dir(tmp_path)), "output_dir": str(tmp_path / "f" / "run")})
+    with pytest.raises(ConfigError, match="output_dir: .* is not a directory"):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize("entry", [["-m", "thinkgym.cli", "train"], ["-m", "thinkgym.grpo.train"]])
+@pytest.mark.parametrize(
+    "sets, msg",
+    [
+        (["x=[a"], "--set x: value '[a' is not valid YAML"),
+        (["lr=nan"], "lr must be a finite number"),
+        (["top_p=5", "sampler_backend=hf"], "top_p must be in (0, 1]"),
+        (["sampler_backend=vllm-server"], "needs sampler_kwargs.base_url"),
+    ],
+)
+def test_cli_set_errors_are_one_line(tmp_path, entry, sets, msg):
+    cfg = write_cfg(tmp_path, model=str(fake_model_dir(tmp_path)), output_dir=str(tmp_path / "run"))
+    args = [a for kv in sets for a in ("--set", kv)]
+    r = subprocess.run([sys.executable, *entry, "--config", str(cfg), *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().startswith("error:") and msg in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_example_configs_are_valid():
