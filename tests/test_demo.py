@@ -73,6 +73,24 @@ def test_heldout_is_disjoint_from_training(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_bad_seed_or_output_dir_fails_before_any_stage(tmp_path):
+    """Caught up front: a negative seed would otherwise fail in GRPO, after minutes of SFT."""
+    from typer.testing import CliRunner
+
+    from thinkgym.cli import app
+    from thinkgym.demo import MAX_SEED, run_demo
+
+    (tmp_path / "file").write_text("x")
+    for kw, msg in (({"seed": -1}, "seed must be in"), ({"seed": MAX_SEED + 1}, "seed must be in"),
+                    ({"output_dir": str(tmp_path / "file" / "run")}, "exists and is not a directory")):
+        with pytest.raises(ValueError, match=msg):
+            run_demo(DemoConfig.quick_preset(**{"output_dir": str(tmp_path / "run"), **kw}))
+    assert not (tmp_path / "run").exists()  # nothing written
+    DemoConfig(seed=MAX_SEED).validate()
+    r = CliRunner().invoke(app, ["demo", "--quick", "--output-dir", str(tmp_path / "file")])
+    assert r.exit_code == 2 and "error: output_dir:" in r.output and "Traceback" not in r.output, r.output
+
+
 def test_demo_quick_end_to_end(tmp_path):
     from typer.testing import CliRunner
 

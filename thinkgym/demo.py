@@ -43,6 +43,7 @@ from typing import Any
 import typer
 
 HELDOUT_ENV = "thinkgym/DemoHeldout-v0"
+MAX_SEED = (2**31 - 1 - 3) // 3  #: the largest --seed whose derived seeds all stay below 2**31
 
 
 @dataclass
@@ -80,6 +81,16 @@ class DemoConfig:
     max_sampling_tries: int = 1  #: DAPO dynamic-sampling rounds (1: no refills, a round costs as much as a step)
     micro_batch_size: int = 64  #: learner micro-batch (sequences; whole groups share their prompt's forward)
     quick: bool = False  #: tiny sizes for a smoke test
+
+    def validate(self) -> None:
+        """Bad knobs fail here, not minutes later in the stage that first uses them."""
+        # Every stage seeds from seed (the splits use seed * 3 + 3); the learner's seed must be < 2**31.
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
+        out = Path(self.output_dir)
+        there = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            raise ValueError(f"output_dir: {str(there)!r} exists and is not a directory")
 
     def split_seed(self, split: str) -> int:
         """Seed of the countdown source behind one data split: ``sft``, ``rl``, ``heldout`` or ``dev``."""
@@ -423,9 +434,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage; returns (and writes) the summary."""
     from thinkgym.sft_coldstart.tiny import build_tiny_model
 
+    cfg.validate()
     t_start = time.perf_counter()
     run = Path(cfg.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"output_dir: cannot create {str(run)!r}: {e.strerror or e}") from None
     (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     timings: dict[str, float] = {}
     say = lambda msg: print(f"[demo {time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)  # noqa: E731
@@ -528,7 +543,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         output_dir: Path = typer.Option(Path("runs/demo"), "--output-dir", "-o", help="Run directory."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the task splits, the model and every stage."),
+        seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the task splits, the model and every stage."),
         quick: bool = typer.Option(False, "--quick", help="Tiny sizes: a 1-2 minute smoke test, not a result."),
     ) -> None:
         """Tiny model from scratch -> cold-start SFT -> GRPO vs an equal-time SFT control, on held-out countdown.
@@ -539,6 +554,9 @@ def register(app: typer.Typer) -> None:
         cfg = mk(output_dir=str(output_dir), seed=seed)
         try:
             run_demo(cfg)
+        except ValueError as e:  # bad input, found before any stage ran
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
         except RuntimeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
