@@ -530,6 +530,34 @@ def test_case_time_limit_counts_cpu_not_wall_clock():
     assert g("import time\ntime.sleep(1.5)\nprint('ok')\n", st, limits={"case_s": 0.5, "case_wall_s": 8.0}).score == 1.0
 
 
+CPU_IN_CHILD = (
+    "import os, time\n"
+    "def f(x):\n"
+    "    r, w = os.pipe()\n"
+    "    if os.fork() == 0:\n"
+    "        t = time.process_time()\n"
+    "        while time.process_time() - t < x:\n"
+    "            pass\n"
+    "        os.write(w, b'ok')\n"
+    "        os._exit(0)\n"
+    "    os.read(r, 2)\n"
+    "    os.wait()\n"
+    "    return x\n"
+)
+
+
+def test_cpu_spent_in_a_child_counts_against_the_case():
+    """Computing in a forked child (the parent only waits) or in a daemon left at import must
+    not slip past the per-case CPU limit; in stdio mode as well."""
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [1.5], "expected": 1.5}]}
+    r = g(CPU_IN_CHILD, t, limits={"case_s": 0.5, "case_wall_s": 30.0, "wall_s": 40.0})
+    assert r.score == 0.0 and r.details["cases"][0]["status"] == "timeout", r.details
+    st = {"type": "stdio", "cases": [{"stdin": "", "expected_stdout": "ok"}]}
+    r = g(CPU_IN_CHILD.replace("    return x\n", "    return x\nf(1.5)\nprint('ok')\n"), st,
+          limits={"case_s": 0.5, "case_wall_s": 30.0, "wall_s": 40.0})
+    assert r.score == 0.0 and r.details["cases"][0]["status"] == "timeout", r.details
+
+
 def test_result_frame_must_carry_the_nonce_and_nothing_else():
     from thinkgym.verifiers.code import read_result
 

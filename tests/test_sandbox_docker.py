@@ -120,6 +120,12 @@ def test_hangs_time_out_and_the_pool_recovers(dsb):
     assert time.monotonic() - t0 < 30
 
 
+def test_cpu_spent_in_a_child_counts_against_the_case(dsb):
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [1.5], "expected": 1.5}]}
+    r = dg(cg.CPU_IN_CHILD, t, limits={"case_s": 0.5, "case_wall_s": 30.0, "wall_s": 40.0})
+    assert r.score == 0.0 and r.details["cases"][0]["status"] == "timeout", r.details
+
+
 def test_an_abandoned_started_ahead_run_cannot_kill_the_next(dsb, monkeypatch):
     """A warm run starts the next run's exec ahead of time. When the next run is a different
     command, that exec is dropped, but its reset (kill every process of the sandbox uid, empty

@@ -81,13 +81,14 @@ t_end = time.monotonic() + job["budget_s"]
 CASE_S, CASE_WALL, OUT_CAP = job["case_s"], job["case_wall_s"], job["out_cap"]
 CLK = os.sysconf("SC_CLK_TCK")
 
-def cpu_of(pid):
-    """CPU seconds (all threads) used so far by ``pid``: time limits count CPU, not wall
-    clock, so a busy machine does not turn honest programs into timeouts."""
+def cpu_of(pid, reaped=False):
+    """CPU seconds (all threads) used so far by ``pid`` (with ``reaped``, also by the children
+    it has waited for): time limits count CPU, not wall clock, so a busy machine does not
+    turn honest programs into timeouts."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK
+        return sum(int(x) for x in fields[11:15 if reaped else 13]) / CLK
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -103,6 +104,16 @@ def owned(p):
     except (OSError, ValueError):
         pass
     return False
+
+def program_cpu(pid):
+    """CPU seconds used so far by the program: ``pid`` and the children it reaped, plus every
+    other live process of the sandbox uid. A program must not escape the limit by computing
+    in a child (or a daemon it left) while ``pid`` waits."""
+    total = cpu_of(pid, reaped=True)
+    for p in os.listdir("/proc"):
+        if p.isdigit() and int(p) not in (pid, PID) and owned(p):
+            total += cpu_of(int(p))
+    return total
 
 def kill_all():
     # Every process of the sandbox uid except us: candidates, their daemons and orphans.
@@ -215,7 +226,7 @@ def pump(pid, r_out, w_in, data, deadline):
             status = "timeout"
             break
         ready = sel.poll(min(left, 0.05) * 1000)
-        if rc is None and cpu_of(pid) > CASE_S:
+        if rc is None and program_cpu(pid) > CASE_S:
             status = "timeout"
             break
         if not ready and rc is None:
@@ -353,7 +364,7 @@ class Worker:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None, "timeout"
-            if cpu_of(self.pid) - cpu0 > CASE_S:
+            if program_cpu(self.pid) - cpu0 > CASE_S:
                 return None, "timeout"
             sel = select.poll()
             sel.register(self.r_resp, select.POLLIN)
@@ -459,7 +470,7 @@ def run_function(src, entry, inputs):
                 w = None
                 results.append({"status": "load_error", "error": load_error})
                 continue
-        cpu0 = cpu_of(w.pid)
+        cpu0 = program_cpu(w.pid)
         w.send(args)
         msg, why = w.recv(min(time.monotonic() + CASE_WALL, t_end), cpu0)
         dt = round(time.monotonic() - t0, 4)
