@@ -558,6 +558,35 @@ def test_cpu_spent_in_a_child_counts_against_the_case():
     assert r.score == 0.0 and r.details["cases"][0]["status"] == "timeout", r.details
 
 
+def test_memory_is_capped_per_run_not_only_per_process():
+    """RLIMIT_AS bounds each process; children (or memfd / SysV shm) could add up to several
+    times memory_mb. As root the local backend puts the whole run in a memory cgroup."""
+    from thinkgym.verifiers.sandbox import get_sandbox
+
+    if not any(c.root and "memory" in c.root for c in getattr(get_sandbox("local"), "_cgroups", [])):
+        pytest.skip("no writable memory cgroup here (needs root and cgroup v1 memory or v2)")
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [3], "expected": 0}]}
+    # Each child holds 150 MB (under RLIMIT_AS); together 450 MB, past the 256 + 16 + 64 MB cap.
+    children = (
+        "import os, time\n"
+        "def f(n):\n"
+        "    kids = []\n"
+        "    for _ in range(n):\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        "            b = bytearray(150 << 20)\n"
+        "            for k in range(0, len(b), 4096):\n"
+        "                b[k] = 1\n"
+        "            time.sleep(1)\n"
+        "            os._exit(0)\n"
+        "        kids.append(pid)\n"
+        "    return sum(os.waitpid(p, 0)[1] != 0 for p in kids)  # children killed\n"
+    )
+    lim = {"case_s": 4.0, "wall_s": 15.0, "memory_mb": 256, "scratch_mb": 16}
+    assert g(children, t, limits=lim).score == 0.0
+    assert g(children.replace("150 << 20", "40 << 20"), t, limits=lim).score == 1.0  # 120 MB fits
+
+
 def test_result_frame_must_carry_the_nonce_and_nothing_else():
     from thinkgym.verifiers.code import read_result
 

@@ -8,9 +8,11 @@ Two backends share one interface, :class:`Sandbox`: ``run(argv, stdin, limits) -
   size-limited tmpfs as scratch and ``HOME``, and a clean environment. The program runs as a
   non-root uid with rlimits on CPU, address space, file size, open files and processes.
   Root ignores ``RLIMIT_NPROC``, so as root each concurrent run claims its own uid (a slot,
-  locked across processes with ``flock``) and, where the pids cgroup is writable, a cgroup with
-  ``pids.max``; as a normal user bubblewrap makes a user namespace, in which ``RLIMIT_NPROC``
-  counts only that sandbox's processes. When the run ends or times out, the namespace's init
+  locked across processes with ``flock``) and, where cgroups are writable, a pids cgroup with
+  ``pids.max`` and a memory cgroup capping the whole run at memory + scratch + 64 MB
+  (``RLIMIT_AS`` caps each process only: children, memfd and SysV shm would add up). As a normal
+  user bubblewrap makes a user namespace, in which ``RLIMIT_NPROC`` counts only that sandbox's
+  processes; memory is then capped per process only. When the run ends or times out, the namespace's init
   dies, which kills every process in it (daemons, double forks, SIGTERM-ignorers), and the
   cgroup is swept until empty. The scratch tmpfs vanishes with the namespace, so nothing persists.
   A seccomp filter (x86-64) refuses new namespaces, mounts, ptrace, BPF, io_uring and keyrings.
@@ -260,45 +262,47 @@ def seccomp_program() -> bytes | None:
     return b"".join(struct.pack("<HBBI", *ins) for ins in prog)
 
 
-class _PidsCgroup:
-    """A writable pids cgroup per slot (cgroup v1 ``pids`` or v2), if the OS lets us make one."""
+class _SlotCgroup:
+    """A writable cgroup per slot for one controller (cgroup v1 or v2), if the OS lets us make one."""
 
-    def __init__(self) -> None:
+    def __init__(self, controller: str, limit_v1: str, limit_v2: str, probe: str) -> None:
         self.root: str | None = None
         self.v2 = False
-        for base, v2 in (("/sys/fs/cgroup/pids", False), ("/sys/fs/cgroup", True)):
+        self.limit_file = limit_v1
+        for base, v2 in ((f"/sys/fs/cgroup/{controller}", False), ("/sys/fs/cgroup", True)):
             if v2 and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
                 continue
             if not os.path.isdir(base):
                 continue
+            limit = limit_v2 if v2 else limit_v1
             try:
                 if v2:
                     with open("/sys/fs/cgroup/cgroup.controllers") as f:
-                        if "pids" not in f.read().split():
+                        if controller not in f.read().split():
                             continue
                 root = os.path.join(base, "thinkgym-sandbox")
                 os.makedirs(root, exist_ok=True)
                 if v2:
                     with open(os.path.join(root, "cgroup.subtree_control"), "w") as f:
-                        f.write("+pids")
-                probe = os.path.join(root, "probe")
-                os.makedirs(probe, exist_ok=True)
-                with open(os.path.join(probe, "pids.max"), "w") as f:
-                    f.write("8")
-                os.rmdir(probe)
-                self.root, self.v2 = root, v2
+                        f.write("+" + controller)
+                probe_dir = os.path.join(root, "probe")
+                os.makedirs(probe_dir, exist_ok=True)
+                with open(os.path.join(probe_dir, limit), "w") as f:
+                    f.write(probe)
+                os.rmdir(probe_dir)
+                self.root, self.v2, self.limit_file = root, v2, limit
                 return
             except OSError:
                 continue
 
-    def slot(self, i: int, nproc: int) -> str | None:
+    def slot(self, i: int, value: int) -> str | None:
         if self.root is None:
             return None
         path = os.path.join(self.root, f"slot-{i}")
         try:
             os.makedirs(path, exist_ok=True)
-            with open(os.path.join(path, "pids.max"), "w") as f:
-                f.write(str(nproc))
+            with open(os.path.join(path, self.limit_file), "w") as f:
+                f.write(str(value))
             return path
         except OSError:
             return None
@@ -382,7 +386,7 @@ class _Started:
 
 
 class LocalSandbox:
-    """bubblewrap + rlimits (+ pids cgroup as root). See the module docstring."""
+    """bubblewrap + rlimits (+ pids and memory cgroups as root). See the module docstring."""
 
     name = "local"
 
@@ -408,7 +412,12 @@ class LocalSandbox:
         self.spares = self.max_parallel if spares is None else spares
         self._sem = threading.BoundedSemaphore(self.max_parallel)
         self._uids = _Uids(enabled=self.root)
-        self._cgroup = _PidsCgroup() if self.root else None
+        # As root: per-slot cgroups. pids caps processes (root ignores RLIMIT_NPROC); memory caps
+        # the whole run, where RLIMIT_AS caps each process only (children, memfd and SysV shm
+        # would otherwise add up past memory_mb).
+        self._cgroups = ([_SlotCgroup("pids", "pids.max", "pids.max", "8"),
+                          _SlotCgroup("memory", "memory.limit_in_bytes", "memory.max", str(64 << 20))]
+                         if self.root else [])
         self._prefix_args = self._static_args([prefix, *ro_binds])
         self._seccomp = seccomp_program() if seccomp else None
         self._spare: dict[tuple, list[_Started]] = {}
@@ -465,11 +474,18 @@ class LocalSandbox:
             uid = _UID_BASE + slot
             cmd += [self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
-            cg = self._cgroup.slot(slot, limits.nproc + 4) if self._cgroup else None
+            # The memory cap holds the scratch tmpfs too, as the Docker backend's does.
+            values = (limits.nproc + 4, (limits.memory_mb + limits.scratch_mb + 64) * mb)
+            cgs = [c.slot(slot, v) for c, v in zip(self._cgroups, values)]
+            cg = cgs[0] if cgs else None
+            joined = list(dict.fromkeys(c for c in cgs if c))  # cgroup v2: one directory for both
+            if joined:
+                # Join the cgroups before bwrap forks, so nothing in the sandbox starts outside them.
+                cmd += list(argv)
+                join = " && ".join(f'echo $$ > "${i}/cgroup.procs"' for i in range(len(joined)))
+                sh = ["/bin/sh", "-c", f'{join} && shift {len(joined) - 1} && exec "$@"'.replace("shift 0 && ", ""), *joined]
+                return sh + cmd, cg
         cmd += list(argv)
-        if cg:
-            # Join the cgroup before bwrap forks, so nothing in the sandbox starts outside it.
-            cmd = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg, *cmd]
         return cmd, cg
 
     def _start(self, argv: Sequence[str], limits: Limits) -> _Started:
@@ -506,7 +522,7 @@ class LocalSandbox:
                     f.close()
             st.proc.wait()
             if st.cgroup:
-                swept = _PidsCgroup.sweep(st.cgroup)
+                swept = _SlotCgroup.sweep(st.cgroup)
         finally:
             self._uids.release(st.slot)
         return swept
