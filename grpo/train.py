@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from thinkgym.config import ConfigError
+from thinkgym.config import ConfigError, check_output_dir
 from thinkgym.grpo.engine import (
     all_ranks,
     build_engine,
@@ -216,10 +216,7 @@ def check_config(cfg: GRPOConfig) -> int:
         raise ConfigError(str(e)) from None
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"model: {cfg.model!r} is not an HF model directory (no config.json)")
-    out = Path(cfg.output_dir)
-    there = next((p for p in (out, *out.parents) if p.exists()), None)
-    if there is not None and not there.is_dir():
-        raise ConfigError(f"output_dir: {str(there)!r} exists and is not a directory")
+    check_output_dir(cfg.output_dir)
     check_sampler(cfg.sampler_backend, cfg.sampler_kwargs)
     import gymnasium as gym
 

@@ -162,3 +162,11 @@ def parse_sets(items: list[str], flag: str = "--set") -> dict[str, Any]:
             raise ConfigError(f"{flag} {key}: value {value!r} is not valid YAML ({problem}{where})") from None
     return out
 
+
+def check_output_dir(path: str | Path, key: str = "output_dir") -> None:
+    """A run directory that could be created: neither it nor a parent is an existing file
+    (checked before a run starts, so it does not fail at its first write)."""
+    out = Path(path)
+    there = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if there is not None and not there.is_dir():
+        raise ConfigError(f"{key}: {str(there)!r} exists and is not a directory")

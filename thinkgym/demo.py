@@ -87,10 +87,9 @@ class DemoConfig:
         # Every stage seeds from seed (the splits use seed * 3 + 3); the learner's seed must be < 2**31.
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
-        out = Path(self.output_dir)
-        there = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
-        if there is not None and not there.is_dir():
-            raise ValueError(f"output_dir: {str(there)!r} exists and is not a directory")
+        from thinkgym.config import check_output_dir
+
+        check_output_dir(self.output_dir)  # a ConfigError, which is a ValueError
 
     def split_seed(self, split: str) -> int:
         """Seed of the countdown source behind one data split: ``sft``, ``rl``, ``heldout`` or ``dev``."""
