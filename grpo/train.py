@@ -42,17 +42,16 @@ processes use ``deepspeed --num_gpus N --module thinkgym.grpo.train --config ...
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from thinkgym.config import ConfigError, check_output_dir
+from thinkgym.config import ConfigError, check_finite, check_output_dir
 from thinkgym.grpo.engine import (
     all_ranks,
     build_engine,
@@ -143,12 +142,7 @@ class GRPOConfig:
 
     def validate(self) -> None:
         """Checks on the values alone (no filesystem, no imports of heavy packages)."""
-        # YAML's .nan / .inf and `--set lr=nan` load as floats, and every comparison with NaN is
-        # False: without this a NaN would pass all the range checks below.
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"{f.name} must be a finite number, got {v}")
+        check_finite(self)  # before the range checks below, which a NaN would pass
         pos = ["max_steps", "prompts_per_step", "group_size", "max_tokens", "ppo_epochs", "minibatches",
                "micro_batch_size", "max_sampling_tries", "keep_checkpoints", "save_every", "max_bad_steps"]
         for k in pos:

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -78,11 +78,9 @@ class EvalConfig:
             raise ValueError("backend vllm-server needs base_url")
         if self.contamination not in ("error", "warn"):
             raise ValueError(f"contamination must be 'error' or 'warn', got {self.contamination!r}")
-        # YAML's .nan / .inf load as floats and NaN passes every range check.
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"{f.name} must be a finite number, got {v}")
+        from thinkgym.config import check_finite
+
+        check_finite(self)  # before the range checks below, which a NaN would pass
         if self.offset < 0:
             raise ValueError(f"offset must be >= 0, got {self.offset}")
         for k in ("train_size", "contamination_n"):

@@ -170,3 +170,14 @@ def check_output_dir(path: str | Path, key: str = "output_dir") -> None:
     there = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
     if there is not None and not there.is_dir():
         raise ConfigError(f"{key}: {str(there)!r} exists and is not a directory")
+
+
+def check_finite(cfg: Any) -> None:
+    """Every float field of the dataclass ``cfg`` is finite: YAML's ``.nan`` / ``.inf`` and
+    ``--set lr=nan`` load as floats, and a NaN passes every range check (all comparisons are False)."""
+    import math
+
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{f.name} must be a finite number, got {v}")
