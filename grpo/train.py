@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from thinkgym.config import ConfigError, check_finite, check_output_dir
+from thinkgym.grpo.checks import check_config, validate_values
 from thinkgym.grpo.engine import (
     all_ranks,
     build_engine,
@@ -65,8 +65,7 @@ from thinkgym.grpo.engine import (
 )
 from thinkgym.grpo.forward import by_group_length, collate, policy_forward, take, value_forward
 from thinkgym.grpo.monitor import Monitor, plot_curves, rollout_metrics
-from thinkgym.grpo.rollouts import batch_groups, collect_groups, evaluate, sampling_config, task_size
-from thinkgym.sampler.checks import check_sampler
+from thinkgym.grpo.rollouts import batch_groups, collect_groups, evaluate
 
 
 @dataclass
@@ -142,92 +141,7 @@ class GRPOConfig:
 
     def validate(self) -> None:
         """Checks on the values alone (no filesystem, no imports of heavy packages)."""
-        check_finite(self)  # before the range checks below, which a NaN would pass
-        pos = ["max_steps", "prompts_per_step", "group_size", "max_tokens", "ppo_epochs", "minibatches",
-               "micro_batch_size", "max_sampling_tries", "keep_checkpoints", "save_every", "max_bad_steps"]
-        for k in pos:
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        # 0 means "off" for these: no warmup, eval only at the end, no held-out eval.
-        for k in ("warmup_steps", "eval_every", "eval_prompts"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
-        if not self.model:
-            raise ValueError("model is required (an HF model directory)")
-        if not self.output_dir:
-            raise ValueError("output_dir must be a non-empty path")
-        if not 0 <= self.seed < 2**31:  # numpy's seed must be in [0, 2**32) after adding the rank
-            raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
-        if self.max_turns is not None and self.max_turns < 1:
-            raise ValueError(f"max_turns must be >= 1 or null, got {self.max_turns}")
-        if not self.envs:
-            raise ValueError("envs must list at least one env id")
-        n = self.prompts_per_step * self.group_size
-        if n % self.minibatches or (n // self.minibatches) % self.micro_batch_size:
-            raise ValueError(
-                f"prompts_per_step*group_size={n} must split into minibatches={self.minibatches} "
-                f"of a multiple of micro_batch_size={self.micro_batch_size}")
-        if self.group_size < 2 and self.advantage != "gae":
-            raise ValueError(f"advantage={self.advantage!r} needs group_size >= 2")
-        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
-            raise ValueError("clip_low must be in [0, 1) and clip_high >= 0")
-        if self.dual_clip is not None and self.dual_clip <= 1:
-            raise ValueError(f"dual_clip must be > 1, got {self.dual_clip}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        # The learner divides its logits by the temperature, so greedy (0) cannot train.
-        for k in ("lr", "vf_lr", "temperature"):
-            if getattr(self, k) <= 0:
-                raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
-        # max_grad_norm 0 = no clipping; a negative value would silently mean the same.
-        for k in ("kl_coef", "entropy_coef", "weight_decay", "max_grad_norm", "overlong_penalty"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
-        for k in ("gamma", "lam"):
-            if not 0.0 <= getattr(self, k) <= 1.0:
-                raise ValueError(f"{k} must be in [0, 1], got {getattr(self, k)}")
-        if self.overlong_buffer < 0 or self.overlong_buffer > self.max_tokens:
-            raise ValueError(f"overlong_buffer must be in [0, max_tokens], got {self.overlong_buffer}")
-        for k in ("tis_cap", "value_clip"):
-            if getattr(self, k) is not None and getattr(self, k) <= 0:
-                raise ValueError(f"{k} must be > 0 or null, got {getattr(self, k)}")
-        if self.kl_in_reward and self.kl_coef == 0:
-            raise ValueError("kl_in_reward needs kl_coef > 0")
-        # Every rollout builds this SamplingConfig; its own rules (top_p, think_budget,
-        # answer_budget, stop, ...) would otherwise first fire at step 1, after the policy loaded.
-        sampling_config(self, self.seed, self.group_size)
-
-
-def check_config(cfg: GRPOConfig) -> int:
-    """Checks that need the filesystem / registries / envs, before any model loads. -> task size"""
-    try:
-        cfg.validate()  # a GRPOConfig built in code has not been through load_config
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if not (Path(cfg.model) / "config.json").is_file():
-        raise ConfigError(f"model: {cfg.model!r} is not an HF model directory (no config.json)")
-    check_output_dir(cfg.output_dir)
-    check_sampler(cfg.sampler_backend, cfg.sampler_kwargs)
-    import gymnasium as gym
-
-    from thinkgym.envs import register_envs
-
-    register_envs()
-    for env_id in cfg.envs:
-        if env_id not in gym.registry:
-            known = sorted(k for k in gym.registry if k.startswith("thinkgym/"))
-            raise ConfigError(f"envs: unknown env id {env_id!r}; registered: {known}")
-    try:
-        n_items = task_size(cfg)
-    except (TypeError, ValueError, KeyError, OSError, gym.error.Error) as e:
-        raise ConfigError(f"env_kwargs / eval_env_kwargs: {type(e).__name__}: {e}") from None
-    if n_items <= cfg.eval_prompts:
-        raise ConfigError(f"eval_prompts={cfg.eval_prompts} leaves no training items (task size {n_items})")
-    return n_items
+        validate_values(self)
 
 
 def reuses_training_logprobs(cfg: GRPOConfig) -> bool:
