@@ -55,7 +55,9 @@ class TaskSource(ABC):
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {seed!r}")
         self.seed = seed
-        self.size = self.default_size if size is None else int(size)
+        if size is not None and (isinstance(size, bool) or not hasattr(size, "__index__")):
+            raise TypeError(f"size must be an int or None, got {size!r}")  # int(2.5) would drop items silently
+        self.size = self.default_size if size is None else size.__index__()
         if self.size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         self.params = self.validate_params(params)

@@ -288,6 +288,20 @@ def test_bad_params_are_clear_errors(name, params, match):
         make_task(name, **params)[0]
 
 
+@pytest.mark.parametrize("size", [2.5, 3.0, "3", True])
+def test_size_must_be_an_int(size):
+    """A float size used to be truncated (2.5 gave 2 items) and a string parsed."""
+    with pytest.raises(TypeError, match="size must be an int"):
+        make_task("arithmetic", size=size)
+
+
+def test_size_accepts_int_like_values():
+    import numpy as np
+
+    assert len(make_task("arithmetic", size=np.int64(3))) == 3
+    assert len(make_task("arithmetic", size=0)) == 0
+
+
 def test_params_are_part_of_item_identity():
     a = make_task("arithmetic", seed=0)
     b = make_task("arithmetic", seed=0, max_value=1000)
