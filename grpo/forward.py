@@ -96,8 +96,11 @@ def shared_prefix_logits(model: Any, b: dict[str, Tensor]) -> tuple[Tensor, Tens
     src = rpre[:, None] + torch.arange(S, device=dev)[None]  # (n, S) original position of suffix slot j
     in_row = src < length[:, None]  # (n, S)
     sid = ids.gather(1, src.clamp(max=T - 1)) * in_row  # (n, S)
+    # Padding slots of a row with a long prefix would sit past T - 1: out of range for learned
+    # position embeddings, and a larger max position rescales dynamic / LongRoPE frequencies.
     logits = model(input_ids=sid, attention_mask=torch.cat([pre_mask, in_row.to(attn.dtype)], 1),
-                   position_ids=src, past_key_values=cache, use_cache=cache is not None).logits[:, :-1]  # (n, S-1, V)
+                   position_ids=src.clamp(max=T - 1), past_key_values=cache,
+                   use_cache=cache is not None).logits[:, :-1]  # (n, S-1, V)
     labels = sid[:, 1:]  # (n, S-1)
     t = src[:, :-1]  # (n, S-1) the shifted position each suffix logit scores
     keep = in_row[:, 1:]  # (n, S-1) the label is a real token
@@ -107,6 +110,21 @@ def shared_prefix_logits(model: Any, b: dict[str, Tensor]) -> tuple[Tensor, Tens
         return out.scatter_add(1, t.clamp(max=T - 2), x * keep)
 
     return logits, labels, to_full
+
+
+def rope_length_limit(model: Any) -> int | None:
+    """Longest sequence up to which the model's RoPE frequencies do not depend on the batch.
+
+    Dynamic NTK and LongRoPE rescale every position once the largest position id in a forward
+    passes this length; the prefix and suffix forwards see smaller maxima than the plain forward,
+    so beyond it they would disagree. None: the frequencies are fixed.
+    """
+    cfg = getattr(getattr(model, "module", model), "config", None)  # a DeepSpeed engine wraps the model
+    rp = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    per_layer = [p for p in rp.values() if isinstance(p, dict)] or [rp]  # {layer_type: params} or params
+    limits = [min(p.get("original_max_position_embeddings") or cfg.max_position_embeddings, cfg.max_position_embeddings)
+              for p in per_layer if "dynamic" in str(p.get("rope_type", "")) or p.get("rope_type") == "longrope"]
+    return int(min(limits)) if limits else None
 
 
 def collate(episodes: list[Any], pad_id: int, device: Any) -> dict[str, Any]:
@@ -122,10 +140,12 @@ def collate(episodes: list[Any], pad_id: int, device: Any) -> dict[str, Any]:
 def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool | str = False) -> tuple[Any, Any]:
     """Token logprobs (n, T-1) under ``engine``; entropies too if ``entropy`` (``"metric"``: no grad).
 
-    A batch with ``gids`` runs each group's shared prompt once (:func:`shared_prefix_logits`)."""
+    A batch with ``gids`` runs each group's shared prompt once (:func:`shared_prefix_logits`), unless
+    it is longer than :func:`rope_length_limit`."""
     from thinkgym.grpo import core
 
-    if "gids" in b:
+    limit = rope_length_limit(engine)
+    if "gids" in b and (limit is None or b["input_ids"].shape[1] <= limit):
         logits, labels, to_full = shared_prefix_logits(engine, b)  # (n, S-1, V): suffixes only
     else:
         logits, labels = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1], b["labels"]

@@ -90,3 +90,69 @@ def test_shared_prefix_matches_the_plain_forward(tiny_model_dir, temperature):
     assert (lp1[~m] == 0).all()  # nothing outside the scored suffix
     for a, c in zip(g0, g1):
         torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-3)
+
+
+def _rows_with_far_padding() -> dict:
+    """Group 0 caches a 13-token prompt and keeps short suffixes; group 1 shares nothing and has a
+    14-token suffix, so the suffix forward pads group 0's rows 14 slots past their prefix."""
+    p = list(range(10, 24))
+    return batch([(p, [[40, 41], [42]]), ([5], [[60 + i for i in range(13)], [61, 62]])])
+
+
+def _assert_shared_equals_plain(model, b: dict) -> None:
+    plain = {k: v for k, v in b.items() if k != "gids"}
+    with torch.no_grad():
+        lp0, _ = policy_forward(model, plain, 1.0)
+        lp1, _ = policy_forward(model, b, 1.0)
+    m = b["mask"] > 0
+    torch.testing.assert_close(lp1[m], lp0[m], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_keeps_padding_positions_inside_the_sequence():
+    """Learned position embeddings sized to the batch: suffix padding must not index past T - 1."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    b = _rows_with_far_padding()
+    T = b["input_ids"].shape[1]
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=T,
+                                       bos_token_id=1, eos_token_id=1)).eval()
+    assert prefix_lengths(b["input_ids"], b["attention_mask"], b["mask"], b["gids"]).tolist() == [13, 0]
+    _assert_shared_equals_plain(model, b)
+
+
+def _dynamic_rope_model(max_positions: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=max_positions,
+                      rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def test_shared_prefix_matches_plain_with_dynamic_rope():
+    # Within the model's context the frequencies are fixed, as long as no position id passes it.
+    b = _rows_with_far_padding()
+    _assert_shared_equals_plain(_dynamic_rope_model(b["input_ids"].shape[1]), b)
+    # Beyond it they follow each forward's largest position: the plain forward is used instead.
+    _assert_shared_equals_plain(_dynamic_rope_model(b["input_ids"].shape[1] - 4), b)
+
+
+def test_rope_length_limit():
+    from transformers import Qwen2Config
+
+    from thinkgym.grpo.forward import rope_length_limit
+
+    def model(**kw):
+        return SimpleNamespace(config=Qwen2Config(max_position_embeddings=64, **kw))
+
+    assert rope_length_limit(model()) is None
+    assert rope_length_limit(model(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4,
+                                                    "original_max_position_embeddings": 16})) is None
+    assert rope_length_limit(model(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})) == 64
+    long = {"rope_type": "longrope", "rope_theta": 1e4, "original_max_position_embeddings": 16,
+            "short_factor": [1.0] * 32, "long_factor": [2.0] * 32}
+    assert rope_length_limit(model(rope_parameters=long)) == 16
+    assert rope_length_limit(SimpleNamespace(module=model(rope_parameters=long))) == 16  # a DeepSpeed engine
+    assert rope_length_limit(object()) is None
