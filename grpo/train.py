@@ -326,8 +326,10 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             # by a generator of their own (an async sampler thread draws from torch's global one).
             shuffle = torch.Generator().manual_seed(mix_seed(cfg.seed, step, epoch, rank))
             perm = torch.cat([torch.nonzero(gids == g)[:, 0] for g in torch.randperm(len(groups), generator=shuffle).tolist()])
-            for mb in perm.tensor_split(cfg.minibatches):
+            # fill_batch: false may leave fewer rows than minibatches; every rank has the same count.
+            for mb in perm.tensor_split(min(cfg.minibatches, len(perm))):
                 norm = {"num_tokens": float(mask[mb].sum()), "num_seqs": float(len(mb))}
+                sums: dict[str, float] = {}  # over the minibatch: losses add up, token metrics are token-weighted
                 logs.setdefault("lr", []).append(float(policy_eng.get_lr()[0]))  # the lr this optimiser step uses
                 micro = by_group_length(mb, gids, row_len).split(cfg.micro_batch_size)
                 for k, idx in enumerate(micro):
@@ -343,7 +345,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                     if cfg.tis_cap is not None:
                         w = core.truncated_is_weights(old, b["sampler_lp"], cfg.tis_cap)  # (n, T-1)
                         pg = pg * w
-                        logs.setdefault("tis_weight", []).append(float(core.masked_mean(w, m)))
+                        sums["tis_weight"] = sums.get("tis_weight", 0.0) + float((w * m).sum())
                     loss = core.aggregate(pg, m, **agg_kw, **norm)
                     if ref_eng is not None and not cfg.kl_in_reward:
                         kl = core.kl_estimate(lp, ref_lp[idx, :t], cfg.kl_estimator)
@@ -360,10 +362,9 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                     gnorm = policy_eng.get_global_grad_norm() if k == len(micro) - 1 else None  # set at the boundary
                     if gnorm is not None:
                         logs.setdefault("grad_norm", []).append(float(gnorm))
-                    for k, v in (("loss", loss), ("clipfrac", core.masked_mean(clipped, m)),
-                                 ("entropy", core.masked_mean(ent.detach(), m)),
-                                 ("ratio", core.masked_mean(torch.exp(lp.detach() - old), m))):
-                        logs.setdefault(k, []).append(float(v.detach()))
+                    for name, v in (("loss", loss.detach()), ("tokens", m.sum()), ("clipfrac", (clipped * m).sum()),
+                                    ("entropy", (ent.detach() * m).sum()), ("ratio", (torch.exp(lp.detach() - old) * m).sum())):
+                        sums[name] = sums.get(name, 0.0) + float(v)
                     if critic_eng is not None:
                         v_new = value_forward(critic_eng, b)
                         vl = core.aggregate(core.clipped_value_loss(v_new, values[idx, :t], returns[idx, :t], cfg.value_clip),
@@ -371,7 +372,10 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                         critic_eng.backward(vl, scale_wrt_gas=False)
                         critic_opt.skip_next = bad or not all_ranks(bool(torch.isfinite(vl)))
                         critic_eng.step()
-                        logs.setdefault("value_loss", []).append(float(vl.detach()))
+                        sums["value_loss"] = sums.get("value_loss", 0.0) + float(vl.detach())
+                tokens = max(sums.pop("tokens"), 1.0)
+                for name, v in sums.items():
+                    logs.setdefault(name, []).append(v if name in ("loss", "value_loss") else v / tokens)
         t_learn = time.perf_counter() - t1
 
         # ---- 5. sync weights to the sampler ------------------------------------------------

@@ -328,6 +328,46 @@ def test_single_update_reuses_training_logprobs_with_the_same_result(tmp_path, t
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_logged_metrics_do_not_depend_on_micro_batching(tmp_path, tiny_model_dir):
+    """The same step (same seeds, rollouts and update) split into 4 micro-batches or run as one
+    logs the same loss, entropy, ratio and IS weight. Losses used to be averaged over micro-batches
+    (each already divided by the minibatch's tokens: a quarter of the true loss), and token
+    metrics weighted every micro-batch alike however many tokens it held."""
+    from thinkgym.grpo.train import train
+
+    kw = dict(max_steps=1, minibatches=1, prompts_per_step=2, group_size=4, tis_cap=2.0, tensorboard=False)
+    one = train(tiny_cfg(tiny_model_dir, tmp_path / "one", micro_batch_size=8, **kw))["history"][0]
+    four = train(tiny_cfg(tiny_model_dir, tmp_path / "four", micro_batch_size=2, **kw))["history"][0]
+    assert one["reward"] == four["reward"] and one["response_len"] == four["response_len"]  # same rollouts
+    assert abs(one["loss"]) > 1e-6
+    for k in ("loss", "entropy", "ratio", "clipfrac", "tis_weight", "kl"):
+        assert four[k] == pytest.approx(one[k], rel=1e-4, abs=1e-7), k
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_fill_batch_false_with_fewer_rows_than_minibatches(tmp_path, tiny_model_dir):
+    """Every group flat: ``fill_batch: false`` trains one group (2 rows) in a config of 4
+    minibatches. Empty minibatches used to crash the step."""
+    from thinkgym.grpo.train import train
+    from thinkgym.verifiers import Grade, register_grader
+
+    @register_grader("test_grpo_flat", version="0")
+    def flat(completion: str, gold, **meta) -> Grade:
+        return Grade(0.0, reason="always 0")
+
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"question": f"Say something {i}.", "answer": "x"}) + "\n" for i in range(16)))
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", max_steps=1, prompts_per_step=4, group_size=2, micro_batch_size=2,
+                   minibatches=4, dynamic_sampling=True, max_sampling_tries=1, fill_batch=False, tensorboard=False,
+                   overlong_buffer=0, env_kwargs={"task": "jsonl", "task_params": {"path": str(items), "grader": "test_grpo_flat"}})
+    (row,) = train(cfg)["history"]
+    assert row["groups_trained"] == 1 and row["groups_dropped"] == 4
+    assert math.isfinite(row["loss"]) and row["skipped"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_async_rollouts_sample_one_update_behind(tmp_path, tiny_model_dir, monkeypatch):
     """``async_rollouts``: step k+1's rollouts are sampled in a background thread while step k
     learns, by the weights before step k's update (the sampler's weights change only once it is
