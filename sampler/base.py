@@ -14,7 +14,9 @@ Thinking budget, in two phases:
    ``think_budget``; ``force`` appends ``</think>`` (inserted, ``sampled_mask=False``) and
    lets the model answer within ``answer_budget`` tokens.
 
-Phase 2 runs as one batched call over every completion that needs it.
+Phase 2 runs as one batched call over every completion that needs it. A completion that ran
+into the context window (``max_model_len``) first is a plain ``length`` finish: it is neither
+budget-exhausted nor continued.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ class BaseSampler:
     def vocab_size(self) -> int | None:
         return len(self.tokenizer) if self.tokenizer is not None else None
 
+    @property
+    def max_context(self) -> int | None:
+        """Context window (prompt + completion tokens), or None if the backend sets none."""
+        return getattr(self, "max_model_len", None)
+
     # -- public API ---------------------------------------------------------------------
 
     def generate(
@@ -88,6 +95,11 @@ class BaseSampler:
                 return request_seed(cfg, i, j, phase)
             return request_seed(replace(cfg, seed=seeds[i]), 0, j, phase)
 
+        ctx = self.max_context
+        if ctx is not None:
+            for i, p in enumerate(prompts):
+                if len(p) >= ctx:
+                    raise ValueError(f"prompt {i} has {len(p)} tokens and does not fit max_model_len={ctx}")
         keys = [(i, j) for i in range(len(prompts)) for j in range(cfg.n)]
         budget = cfg.think_budget
         phase1_max = cfg.max_tokens if budget is None else max(1, min(budget, cfg.max_tokens))
@@ -111,15 +123,21 @@ class BaseSampler:
             for k, ((i, j), st) in enumerate(zip(keys, state)):
                 if st["finish"] != "length":
                     continue
+                # Tokens the context window still holds after this completion (None: no limit).
+                room = None if ctx is None else ctx - len(prompts[i]) - len(st["ids"])
                 closed = self._think_closed(st["ids"])
                 if closed:
                     left = cfg.max_tokens - len(st["ids"])
+                    if room is not None:
+                        left = min(left, room)
                     if left > 0:
                         cont.append((k, SampleRequest(prompts[i] + st["ids"], left, rseed(i, j, 1), list(cfg.stop))))
-                elif phase1_max < budget:
-                    pass  # max_tokens ran out before the budget: a plain length finish
+                elif phase1_max < budget or len(st["ids"]) < phase1_max:
+                    pass  # max_tokens or the context window ran out before the budget: a plain length finish
                 elif cfg.budget_mode == "truncate":
                     st["finish"] = "think_budget"
+                elif room is not None and room <= len(close_ids):
+                    pass  # the budget ran out just as the context did: no room to close and answer
                 else:
                     st["forced"] = list(close_ids)
                     st["ids"] += close_ids

@@ -55,7 +55,7 @@ class EvalConfig:
     num_threads: int | None = None
     """torch threads for the vllm/hf backends on CPU (1 is fastest for tiny models)."""
     max_model_len: int | None = None
-    """vLLM context window (default: the model's)."""
+    """Context window of the vllm / hf backends (default: the model's)."""
     correct_threshold: float = 1.0
     """A sample counts as correct for pass@k / maj@k when its reward reaches this."""
     train_task: str | None = None
@@ -76,6 +76,14 @@ class EvalConfig:
             raise ValueError(f"backend must be vllm, hf or vllm-server, got {self.backend!r}")
         if self.backend == "vllm-server" and not self.base_url:
             raise ValueError("backend vllm-server needs base_url")
+        if self.base_url and self.backend != "vllm-server":
+            # Otherwise the eval would quietly run a local model instead of the server's.
+            raise ValueError(f"base_url is only used by backend vllm-server, but backend is {self.backend!r}")
+        if self.backend == "vllm-server" and self.max_model_len is not None:
+            raise ValueError("max_model_len: a vllm-server's context window is set when the server starts")
+        from thinkgym.config import check_output_dir
+
+        check_output_dir(self.output_dir)  # before any sampling, not at the first write
         if self.contamination not in ("error", "warn"):
             raise ValueError(f"contamination must be 'error' or 'warn', got {self.contamination!r}")
         from thinkgym.config import check_finite
@@ -83,6 +91,8 @@ class EvalConfig:
         check_finite(self)  # before the range checks below, which a NaN would pass
         if self.offset < 0:
             raise ValueError(f"offset must be >= 0, got {self.offset}")
+        if not 0 <= self.seed < 2**32:  # the vLLM engine seed's range
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         for k in ("train_size", "contamination_n"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -249,7 +259,7 @@ def evaluate(cfg: EvalConfig, sampler: Any = None) -> dict[str, Any]:
         if cfg.backend == "vllm":
             kw = {"max_model_len": cfg.max_model_len, "seed": cfg.seed, "num_threads": cfg.num_threads}
         elif cfg.backend == "hf":
-            kw = {"num_threads": cfg.num_threads}
+            kw = {"max_model_len": cfg.max_model_len, "num_threads": cfg.num_threads}
         elif cfg.backend == "vllm-server":
             kw = {"base_url": cfg.base_url}
         sampler = make_sampler(cfg.backend, cfg.model, **kw)

@@ -9,6 +9,7 @@ completion depends only on its prompt, seed and the weights, not on what else is
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,8 +30,14 @@ class HFSampler(BaseSampler):
         dtype: str = "float32",
         max_batch_size: int = 64,
         num_threads: int | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         import torch
+
+        if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
+        if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 2):
+            raise ValueError(f"max_model_len must be None or an integer >= 2, got {max_model_len!r}")
 
         if num_threads is not None:
             torch.set_num_threads(num_threads)  # process-wide; 1 is fastest for tiny models on CPU
@@ -55,6 +62,12 @@ class HFSampler(BaseSampler):
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
+        # The same context window as vLLM's default (the model's own), so both backends stop a
+        # completion at the same length and refuse the same prompts.
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_model_len: int | None = max_model_len or limit
+        if max_model_len is not None and limit and max_model_len > limit:
+            raise ValueError(f"max_model_len={max_model_len} exceeds the model's max_position_embeddings={limit}")
 
     @property
     def vocab_size(self) -> int | None:
@@ -69,6 +82,9 @@ class HFSampler(BaseSampler):
     def _sample_batch(self, reqs: list[SampleRequest], cfg: SamplingConfig) -> list[RawSample]:
         import torch
 
+        if self.max_model_len is not None:
+            # Leave room in the context window instead of running past it (as vLLM does).
+            reqs = [replace(r, max_tokens=min(r.max_tokens, self.max_model_len - len(r.prompt_ids))) for r in reqs]
         B = len(reqs)
         dev = self.device
         L = max(len(r.prompt_ids) for r in reqs)

@@ -264,6 +264,8 @@ def collect_rollouts(
         raise ValueError(f"reward_reduce must be 'last', 'max' or 'sum', got {reward_reduce!r}")
     if max_turns is not None and max_turns < 1:
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+    if max_context is not None and max_context < 2:
+        raise ValueError(f"max_context must be >= 2 or None, got {max_context}")
     indices = [int(i) for i in indices]
     if isinstance(envs_or_ids, (str, bytes)) or callable(envs_or_ids):
         envs_or_ids = [envs_or_ids] * len(indices)
@@ -301,6 +303,8 @@ def collect_rollouts(
         return lv.env.step(text)
 
     generate_s = 0.0
+    takes_seeds = _takes_seeds(sampler)
+    batches = 0
     ready = list(live)
     pending: dict[Future, _Live] = {}
     with ThreadPoolExecutor(max_workers=max(1, grade_workers), thread_name_prefix="thinkgym-grade") as pool:
@@ -309,10 +313,14 @@ def collect_rollouts(
                 batch = sorted(ready, key=lambda x: (x.ep.group_id, x.ep.member))
                 ready = []
                 t0 = time.perf_counter()
-                outs = sampler.generate(
-                    [lv.next_prompt for lv in batch], cfg1,
-                    **({"seeds": [_turn_seed(lv) for lv in batch]} if _takes_seeds(sampler) else {}),
-                )
+                if takes_seeds:
+                    outs = sampler.generate([lv.next_prompt for lv in batch], cfg1, seeds=[_turn_seed(lv) for lv in batch])
+                else:
+                    # A sampler without per-prompt seeds seeds by batch position: give each batch its
+                    # own base seed, or every turn would replay the noise of the first.
+                    bcfg = cfg1 if cfg.seed is None else replace(cfg1, seed=mix_seed(cfg.seed, batches))
+                    outs = sampler.generate([lv.next_prompt for lv in batch], bcfg)
+                batches += 1
                 generate_s += time.perf_counter() - t0
                 for lv, group in zip(batch, outs):
                     c = group[0]

@@ -22,8 +22,10 @@ need a GPU process group and are not wired here.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import math
 import shutil
 import tempfile
 import urllib.error
@@ -59,10 +61,20 @@ class VLLMServerSampler(BaseSampler):
     ) -> None:
         from transformers import AutoTokenizer
 
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000, got {base_url!r}")
+        # Written so that NaN fails too; a zero timeout would make every request non-blocking.
+        if not (0 < timeout_s < math.inf):
+            raise ValueError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
+        if not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.max_concurrency = max_concurrency
-        served = self._get("/v1/models")["data"]
+        models = self._get("/v1/models")
+        served = models.get("data") if isinstance(models, dict) else None
+        if not isinstance(served, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in served):
+            raise ServerError(f"GET /v1/models: not an OpenAI model list: {str(models)[:200]}")
         if not served:
             raise ServerError(f"{self.base_url} serves no model")
         self.model = model or served[0]["id"]
@@ -71,10 +83,20 @@ class VLLMServerSampler(BaseSampler):
         root = next(m for m in served if m["id"] == self.model).get("root") or self.model
         self.tokenizer_path = str(tokenizer_path or root)
         self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
-        self.max_model_len = next(m for m in served if m["id"] == self.model).get("max_model_len")
+        mml = next(m for m in served if m["id"] == self.model).get("max_model_len")
+        if mml is not None and (not isinstance(mml, int) or isinstance(mml, bool) or mml < 2):
+            raise ServerError(f"GET /v1/models: max_model_len must be an integer >= 2, got {mml!r}")
+        self.max_model_len: int | None = mml
         self._tied = _is_tied(Path(self.tokenizer_path))
+        self._model_vocab = _config(Path(self.tokenizer_path)).get("vocab_size")
         self._own_sync_dir = sync_dir is None
         self.sync_dir = Path(sync_dir or tempfile.mkdtemp(prefix="thinkgym-sync-"))
+
+    @property
+    def vocab_size(self) -> int:
+        # The model's embedding may be padded past the tokenizer: those ids are still token ids.
+        v = self._model_vocab
+        return max(len(self.tokenizer), v if isinstance(v, int) else 0)
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -91,7 +113,17 @@ class VLLMServerSampler(BaseSampler):
             raise ServerError(f"{method} {path}: HTTP {e.code}: {detail}{hint}") from None
         except urllib.error.URLError as e:
             raise ServerError(f"{method} {self.base_url}{path}: {e.reason}") from None
-        return json.loads(raw) if raw else None
+        except TimeoutError:
+            # A read timeout is not wrapped in URLError: the server accepted but did not answer.
+            raise ServerError(f"{method} {self.base_url}{path}: no reply within timeout_s={self.timeout_s}") from None
+        except (OSError, http.client.HTTPException) as e:  # reset, closed mid-reply, bad status line
+            raise ServerError(f"{method} {self.base_url}{path}: {type(e).__name__}: {e}") from None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ServerError(f"{method} {path}: the reply is not JSON: {raw[:200]!r}") from None
 
     def _get(self, path: str) -> Any:
         return self._request("GET", path)
@@ -114,16 +146,45 @@ class VLLMServerSampler(BaseSampler):
             if cfg.logprobs:
                 body["logprobs"] = 0
             if self.max_model_len:
-                body["max_tokens"] = min(r.max_tokens, int(self.max_model_len) - len(r.prompt_ids))
-            ch = self._post("/v1/completions", body)["choices"][0]
-            ids = list(ch.get("token_ids") or [])
-            lps: list[float] = []
-            if cfg.logprobs and ch.get("logprobs"):
-                lps = [float(x) if x is not None else 0.0 for x in ch["logprobs"]["token_logprobs"]]
-            return RawSample(ids, lps, "length" if ch.get("finish_reason") == "length" else "stop")
+                # Leave room in the context window instead of failing the request.
+                body["max_tokens"] = min(r.max_tokens, self.max_model_len - len(r.prompt_ids))
+            return self._parse_choice(self._post("/v1/completions", body), cfg)
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(requests)))) as pool:
             return list(pool.map(one, requests))
+
+    def _parse_choice(self, reply: Any, cfg: SamplingConfig) -> RawSample:
+        """One sample from a ``/v1/completions`` reply; a reply that is not a complete sample is a
+        :class:`ServerError`, never an empty or cut completion."""
+        where = "POST /v1/completions"
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+            raise ServerError(f"{where}: expected one choice, got {str(reply)[:200]}")
+        ch = choices[0]
+        ids = ch.get("token_ids")
+        if not isinstance(ids, list):
+            raise ServerError(f"{where}: the reply has no token_ids (a vLLM server with return_token_ids "
+                              "support is needed)")
+        vocab = self.vocab_size
+        if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids):
+            raise ServerError(f"{where}: token_ids are not token ids of this tokenizer: {str(ids)[:200]}")
+        reason = ch.get("finish_reason")
+        if reason not in ("stop", "length"):
+            # "abort" / "error" / none: the sample is cut short and must not be graded as finished.
+            raise ServerError(f"{where}: the request did not finish (finish_reason={reason!r})")
+        lps: list[float] = []
+        if cfg.logprobs:
+            lp = ch.get("logprobs")
+            got = lp.get("token_logprobs") if isinstance(lp, dict) else None
+            if not isinstance(got, list) or len(got) != len(ids):
+                raise ServerError(f"{where}: expected {len(ids)} token logprobs, got {str(got)[:200]}")
+            try:
+                lps = [float(x) for x in got]
+            except (TypeError, ValueError):
+                raise ServerError(f"{where}: token logprobs are not numbers: {str(got)[:200]}") from None
+            if not all(-math.inf < x <= 0.0 for x in lps):  # also false for NaN
+                raise ServerError(f"{where}: token logprobs must be finite and <= 0, got {str(got)[:200]}")
+        return RawSample(list(ids), lps, reason)
 
     # -- weights -----------------------------------------------------------------------------
 
@@ -164,9 +225,11 @@ class VLLMServerSampler(BaseSampler):
             shutil.rmtree(self.sync_dir, ignore_errors=True)
 
 
-def _is_tied(model_dir: Path) -> bool:
+def _config(model_dir: Path) -> dict[str, Any]:
     cfg_path = model_dir / "config.json"
-    if not cfg_path.is_file():
-        return False
-    cfg = json.loads(cfg_path.read_text())
+    return json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+
+
+def _is_tied(model_dir: Path) -> bool:
+    cfg = _config(model_dir)
     return bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))

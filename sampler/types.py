@@ -23,6 +23,13 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 
+def _is_int(x: Any) -> bool:
+    """An integer (numpy's too), not a bool: ``True`` as a token count is a typo, not 1."""
+    import numbers
+
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 @dataclass
 class SamplingConfig:
     """How to sample a group of completions per prompt."""
@@ -57,19 +64,25 @@ class SamplingConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.n, int) or self.n < 1:
+        if not _is_int(self.n) or self.n < 1:
             raise ValueError(f"n must be a positive integer, got {self.n!r}")
         # Written so that NaN (false under every comparison) fails it too; inf is no temperature.
         if not (0 <= self.temperature < math.inf):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if self.think_budget is not None and (not isinstance(self.think_budget, int) or self.think_budget < 0):
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.think_budget is not None and (not _is_int(self.think_budget) or self.think_budget < 0):
             raise ValueError(f"think_budget must be None or an integer >= 0, got {self.think_budget!r}")
-        if not isinstance(self.answer_budget, int) or self.answer_budget < 1:
+        if not _is_int(self.answer_budget) or self.answer_budget < 1:
             raise ValueError(f"answer_budget must be a positive integer, got {self.answer_budget!r}")
+        if not isinstance(self.logprobs, bool):
+            raise ValueError(f"logprobs must be true or false, got {self.logprobs!r}")
         if self.budget_mode not in ("force", "truncate"):
             raise ValueError(f"budget_mode must be 'force' or 'truncate', got {self.budget_mode!r}")
         if isinstance(self.stop, str):
@@ -164,6 +177,9 @@ def check_prompts(prompts: Any, vocab_size: int | None = None) -> list[list[int]
             raise TypeError(f"prompt {i} must be a list of token ids, got {type(p).__name__}")
         if not p:
             raise ValueError(f"prompt {i} is empty")
+        bad = next((t for t in p if not _is_int(t)), None)
+        if bad is not None:  # int() would silently floor 3.7 or parse "5"
+            raise TypeError(f"prompt {i} has a token id that is not an integer: {bad!r}")
         ids = [int(t) for t in p]
         if vocab_size is not None and any(t < 0 or t >= vocab_size for t in ids):
             raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {vocab_size})")

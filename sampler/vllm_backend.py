@@ -23,7 +23,11 @@ log = logging.getLogger("thinkgym.sampler")
 
 
 def _finish(reason: str | None) -> str:
-    return "length" if reason == "length" else "stop"
+    """vLLM's finish reason of a finished sample: ``stop`` or ``length``. An aborted or failed
+    request is cut short, so it is an error rather than a completion to grade."""
+    if reason in ("stop", "length"):
+        return reason
+    raise RuntimeError(f"vLLM did not finish a request (finish_reason={reason!r})")
 
 
 class VLLMSampler(BaseSampler):
@@ -53,6 +57,9 @@ class VLLMSampler(BaseSampler):
         num_threads: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            # vLLM seeds numpy with it, which takes only [0, 2**32): checked before the engine starts.
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
         model_path = Path(model_path)
         if not (model_path / "config.json").is_file():
             raise FileNotFoundError(f"{model_path}: not an HF model directory (no config.json)")

@@ -100,9 +100,13 @@ def test_eval_config_validation():
         ({"stop": [""]}, "stop must be a list of non-empty strings"),
         ({"correct_threshold": float("nan")}, "correct_threshold must be a finite number"),
         ({"offset": -1}, "offset must be >= 0"),
+        ({"seed": -1}, "seed must be in \\[0, 2\\*\\*32\\)"),
         ({"max_turns": 0}, "max_turns must be >= 1"),
         ({"num_threads": 0}, "num_threads must be >= 1"),
         ({"backend": "vllm-server", "base_url": "localhost:8000"}, "base_url must be an http"),
+        ({"backend": "hf", "base_url": "http://127.0.0.1:8000"}, "base_url is only used by backend vllm-server"),
+        ({"backend": "vllm-server", "base_url": "http://127.0.0.1:8000", "max_model_len": 256},
+         "max_model_len: a vllm-server's context window is set when the server starts"),
     ],
 )
 def test_eval_sampling_values_rejected_by_the_config(kw, msg):
@@ -110,6 +114,15 @@ def test_eval_sampling_values_rejected_by_the_config(kw, msg):
 
     with pytest.raises(ConfigError, match=msg):
         from_dict(EvalConfig, {"model": "m", **kw})
+
+
+def test_output_dir_that_is_a_file_is_a_config_error(tmp_path):
+    from thinkgym.config import ConfigError, from_dict
+
+    (tmp_path / "f").write_text("")
+    for out in ("f", "f/sub"):
+        with pytest.raises(ConfigError, match="output_dir: .* exists and is not a directory"):
+            from_dict(EvalConfig, {"model": "m", "output_dir": str(tmp_path / out)})
 
 
 def test_sampling_config_rejects_non_finite_temperature():

@@ -201,3 +201,21 @@ def test_large_seeded_batch(sampler):
     a = sampler.generate(prompts, cfg)
     assert [len(g) for g in a] == [8] * 48
     assert [c.token_ids for c in a[5]] == [c.token_ids for c in sampler.generate(prompts[:6], cfg)[5]]
+
+
+@pytest.mark.parametrize("mode", ["force", "truncate"])
+def test_context_running_out_inside_the_budget_is_a_length_finish(sampler, mode):
+    """A completion that reaches max_model_len before its think budget ends as a plain length
+    finish: no forced </think> (there is no room to answer) and no think_budget reason. The
+    rest of the batch is sampled as usual."""
+    tok = sampler.tokenizer
+    head = chat_prompt_ids(tok, [{"role": "user", "content": "What is 2 + 3?"}]) + tok.encode("<think>", add_special_tokens=False)
+    long = tok.encode("7", add_special_tokens=False)[:1] * (sampler.max_model_len - 12 - len(head)) + head
+    cfg = SamplingConfig(n=3, max_tokens=40, think_budget=30, seed=0, budget_mode=mode)
+    out = sampler.generate([long, head], cfg)
+    ended = [c for c in out[0] if c.finish_reason != "stop"]
+    assert ended, "the tiny model does not stop within 12 tokens in every sample"
+    for c in ended:
+        assert c.finish_reason == "length" and not c.forced and len(long) + len(c.token_ids) == sampler.max_model_len
+    # The short prompt still has its budget enforced.
+    assert any(c.finish_reason == "think_budget" if mode == "truncate" else c.forced for c in out[1])
