@@ -201,7 +201,6 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     n_items = check_config(cfg)  # before anything heavy
     import numpy as np
     import torch
-    import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
     from thinkgym.grpo import core

@@ -28,12 +28,11 @@ import logging
 import math
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
+from thinkgym import deadline_http
 from thinkgym.sampler.base import BaseSampler, RawSample, SampleRequest, load_checkpoint
 from thinkgym.sampler.types import SamplingConfig
 
@@ -44,8 +43,14 @@ class ServerError(RuntimeError):
     """The vLLM server answered with an error (or not at all)."""
 
 
+_MAX_REPLY_BYTES = 64 << 20  # a completion reply with logprobs; weights travel by file, not here
+
+
 class VLLMServerSampler(BaseSampler):
-    """Sample from a vLLM server at ``base_url``; ``tokenizer_path`` is the model dir."""
+    """Sample from a vLLM server at ``base_url``; ``tokenizer_path`` is the model dir.
+
+    Every HTTP exchange, reply included, must finish within ``timeout_s`` (a weight reload
+    too: raise it for models that take longer to load)."""
 
     backend = "vllm-server"
 
@@ -102,22 +107,21 @@ class VLLMServerSampler(BaseSampler):
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        where = f"{method} {self.base_url}{path}"
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                raw = r.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:2000]
-            hint = " (start the server with VLLM_SERVER_DEV_MODE=1)" if e.code == 404 and path in ("/collective_rpc", "/reset_prefix_cache") else ""
-            raise ServerError(f"{method} {path}: HTTP {e.code}: {detail}{hint}") from None
-        except urllib.error.URLError as e:
-            raise ServerError(f"{method} {self.base_url}{path}: {e.reason}") from None
+            # The whole exchange within timeout_s: a server trickling its reply cannot stall a step.
+            status, raw = deadline_http.request(method, self.base_url + path, data, {"Content-Type": "application/json"},
+                                                self.timeout_s, _MAX_REPLY_BYTES)
+        except deadline_http.BadURL as e:
+            raise ServerError(f"{where}: {e}") from None
         except TimeoutError:
-            # A read timeout is not wrapped in URLError: the server accepted but did not answer.
-            raise ServerError(f"{method} {self.base_url}{path}: no reply within timeout_s={self.timeout_s}") from None
-        except (OSError, http.client.HTTPException) as e:  # reset, closed mid-reply, bad status line
-            raise ServerError(f"{method} {self.base_url}{path}: {type(e).__name__}: {e}") from None
+            raise ServerError(f"{where}: no complete reply within timeout_s={self.timeout_s}") from None
+        except (OSError, http.client.HTTPException) as e:  # refused, reset, closed mid-reply, bad status line
+            raise ServerError(f"{where}: {type(e).__name__}: {e}") from None
+        if status >= 300:
+            detail = raw.decode(errors="replace")[:2000]
+            hint = " (start the server with VLLM_SERVER_DEV_MODE=1)" if status == 404 and path in ("/collective_rpc", "/reset_prefix_cache") else ""
+            raise ServerError(f"{method} {path}: HTTP {status}: {detail}{hint}")
         if not raw:
             return None
         try:

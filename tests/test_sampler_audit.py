@@ -152,6 +152,16 @@ class _Fake(BaseHTTPRequestHandler):
                   "logprobs": {"token_logprobs": [-0.5] * len(ids)}}
         if mode == "slow":
             time.sleep(1.5)
+        elif mode == "trickle":  # every byte well inside the 0.5 s timeout, the whole far past it
+            try:
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n":
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+            return
         elif mode == "drop":
             self.close_connection = True
             return  # no status line at all
@@ -202,7 +212,8 @@ def test_server_client_reads_a_good_reply(client):
 @pytest.mark.parametrize(
     "mode, msg",
     [
-        ("slow", "no reply within timeout_s=0.5"),
+        ("slow", "no complete reply within timeout_s=0.5"),
+        ("trickle", "no complete reply within timeout_s=0.5"),
         ("drop", "RemoteDisconnected"),
         ("html", "the reply is not JSON"),
         ("no_choices", "expected one choice"),
@@ -213,11 +224,15 @@ def test_server_client_reads_a_good_reply(client):
     ],
 )
 def test_server_client_bad_replies_are_server_errors(client, mode, msg):
+    """Each a one-line ServerError, and within the timeout: a server trickling its headers a
+    byte at a time used to hold the request for as long as it kept sending."""
     from thinkgym.sampler.server import ServerError
 
     _Fake.mode = mode
+    t0 = time.monotonic()
     with pytest.raises(ServerError, match=msg):
         client.generate([[1, 2, 3]], SamplingConfig(n=1, max_tokens=3))
+    assert time.monotonic() - t0 < 2.0
 
 
 def test_server_client_rejects_bad_settings(fake_server, tiny_model_dir):

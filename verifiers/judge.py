@@ -29,20 +29,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import io
 import json
 import logging
 import os
 import random
 import re
-import socket
 import threading
 import time
-import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+from thinkgym import deadline_http
 from thinkgym.verifiers.base import Grade, register_grader
 from thinkgym.verifiers.extract import final_section
 
@@ -241,90 +239,13 @@ class JudgeClient:
 _MAX_REPLY_BYTES = 8 << 20
 
 
-class _DeadlineReader(io.RawIOBase):
-    """Raw reads from ``sock``, each allowed only the time left before the deadline."""
-
-    def __init__(self, sock: socket.socket, left: Callable[[], float]) -> None:
-        super().__init__()
-        self._sock = sock
-        self._left = left
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        self._sock.settimeout(self._left())
-        return self._sock.recv_into(buf)
-
-
-class _DeadlineSocket:
-    """A connected socket whose every blocking send and receive gets only the time left.
-
-    ``http.client`` reads the status line and headers one buffer fill at a time, each under the
-    socket's timeout; a server sending a byte just inside that timeout would hold the request
-    forever. Here each send and receive may wait only until the attempt's deadline.
-    """
-
-    def __init__(self, sock: socket.socket, left: Callable[[], float]) -> None:
-        self._sock = sock
-        self._left = left
-
-    def sendall(self, data: Any) -> None:
-        self._sock.settimeout(self._left())
-        self._sock.sendall(data)
-
-    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._left))
-
-    def close(self) -> None:
-        # http.client closes the connection as soon as the headers say it will not be reused,
-        # before the body is read; the real socket is closed by _post when the exchange is over.
-        pass
-
-
 def _post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> tuple[int, bytes]:
-    """POST ``data``; ``(status, body)``. ``timeout_s`` bounds the exchange: every send and
-    receive of the request, status line, headers and body may wait only until one deadline, so
-    a server that trickles its reply a byte at a time still times out (a per-read timeout would
-    not). Connecting (a TLS handshake included) runs under that deadline's socket timeout;
-    name resolution is not bounded here."""
-    deadline = time.monotonic() + timeout_s
-
-    def left() -> float:
-        t = deadline - time.monotonic()
-        if t <= 0:
-            raise TimeoutError(f"no complete reply within {timeout_s:g} s")
-        return t
-
-    u = urllib.parse.urlsplit(url)
-    if u.scheme not in ("http", "https") or not u.hostname:
-        raise JudgeError(f"judge base_url must be http(s)://host[:port]/..., got {url!r}")
-    cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-    conn = cls(u.hostname, u.port, timeout=left())
-    sock = None
+    """POST ``data``; ``(status, body)``, the whole exchange within ``timeout_s`` (a server that
+    trickles its reply a byte at a time still times out)."""
     try:
-        conn.connect()
-        sock = conn.sock
-        conn.sock = _DeadlineSocket(sock, left)
-        path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        conn.request("POST", path, body=data, headers=headers)
-        resp = conn.getresponse()
-        chunks, size = [], 0
-        while True:
-            chunk = resp.read1(65536)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > _MAX_REPLY_BYTES:
-                raise http.client.HTTPException(f"reply larger than {_MAX_REPLY_BYTES} bytes")
-            chunks.append(chunk)
-        return resp.status, b"".join(chunks)
-    except TimeoutError:
-        raise TimeoutError(f"no complete reply within {timeout_s:g} s") from None
-    finally:
-        conn.close()
-        if sock is not None:
-            sock.close()
+        return deadline_http.request("POST", url, data, headers, timeout_s, _MAX_REPLY_BYTES)
+    except deadline_http.BadURL as e:
+        raise JudgeError(f"judge base_url: {e}") from None
 
 
 _CLIENTS: dict[JudgeConfig, JudgeClient] = {}
