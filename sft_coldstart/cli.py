@@ -24,8 +24,8 @@ def sft(
 ) -> None:
     """Cold-start SFT: chat-template data, assistant-only loss, packing, DeepSpeed, HF checkpoint out.
 
-    Writes OUTPUT_DIR/final (HF model that vLLM and transformers load), OUTPUT_DIR/best (lowest eval
-    loss), resumable checkpoints, TensorBoard logs, metrics.jsonl and loss.png.
+    Writes OUTPUT_DIR/final (HF model that vLLM and transformers load), OUTPUT_DIR/best (by best_metric:
+    lowest eval loss or highest dev accuracy), resumable checkpoints, TensorBoard logs, metrics.jsonl and loss.png.
     """
     from thinkgym.config import ConfigError, load_config, parse_sets
     from thinkgym.sft_coldstart.data import DataError

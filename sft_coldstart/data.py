@@ -14,6 +14,7 @@ for any template that renders a conversation as the concatenation of its turns.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -50,10 +51,22 @@ def validate_conversation(conv: Any, where: str) -> Conversation:
             raise DataError(f"{where}: field 'messages[{j}].role': expected one of {list(ROLES)}, got {_short(role)}")
         if not isinstance(content, str):
             raise DataError(f"{where}: field 'messages[{j}].content': expected a string, got {_short(content)}")
+        if role == "assistant" and not content.strip():
+            # The turn would teach the model to answer with nothing but the end-of-turn token.
+            raise DataError(f"{where}: field 'messages[{j}].content': empty assistant turn")
+        dropped = [k for k in _UNRENDERED if m.get(k)]
+        if dropped:
+            # Only role and content reach the template: these would vanish from the trained turn.
+            raise DataError(f"{where}: field 'messages[{j}].{dropped[0]}': not supported (only role and content are "
+                            "rendered); put it into content")
         out.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in out):
         raise DataError(f"{where}: field 'messages': no assistant turn, nothing to train on")
     return out
+
+
+# Message fields that carry trainable text in some chat formats but are not rendered here.
+_UNRENDERED = ("tool_calls", "function_call", "reasoning_content", "reasoning", "thinking")
 
 
 def _short(x: Any) -> str:
@@ -155,6 +168,10 @@ def item_conversation(question: str, solution: str, system_prompt: str | None = 
 # ----------------------------------------------------------------------------- rendering
 
 
+# The `{% generation %}` tag with any whitespace control, as transformers detects it.
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
 def render(tokenizer: Any, conv: Conversation, max_length: int | None = None, method: str = "auto") -> dict[str, list[int]]:
     """Tokenize ``conv`` with the chat template; labels are -100 except on assistant tokens.
 
@@ -163,9 +180,14 @@ def render(tokenizer: Any, conv: Conversation, max_length: int | None = None, me
     """
     if getattr(tokenizer, "chat_template", None) is None:
         raise DataError("tokenizer has no chat_template; set one (e.g. tokenizer.chat_template = ...) before SFT")
+    has_markers = bool(_GENERATION_TAG.search(tokenizer.chat_template))
     if method == "auto":
-        method = "generation" if "{% generation %}" in tokenizer.chat_template or "{%- generation %}" in tokenizer.chat_template else "prefix"
+        method = "generation" if has_markers else "prefix"
     if method == "generation":
+        if not has_markers:
+            # transformers would return an all-zero mask (a warning, no error): every row dropped.
+            raise DataError("render_method 'generation' needs {% generation %} markers in the chat template; "
+                            "use 'prefix' or 'auto' for this template")
         enc = tokenizer.apply_chat_template(
             conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
         )
@@ -197,20 +219,25 @@ def _render_by_prefix(tokenizer: Any, conv: Conversation) -> tuple[list[int], li
                 "use a template with {% generation %} markers"
             )
         start, end = len(before), len(through)
-        # Train the content and the end-of-turn token, not the template's trailing separators.
-        at = full.find(m["content"], start, end)
+        # Train from the content through what the template closes the turn with (<|im_end|>,
+        # <|eot_id|>, ...: the model has to learn to emit it, and it is often not the tokenizer's
+        # eos token), but not the whitespace that separates turns. Templates that trim the
+        # content are matched by the trimmed text.
+        content = m["content"]
+        at = full.find(content, start, end)
+        if at < 0:
+            at = full.find(content.strip(), start, end)
         if at >= 0:
-            stop = at + len(m["content"])
-            eos = tokenizer.eos_token or ""
-            if eos and full.startswith(eos, stop):
-                stop += len(eos)
-            start, end = at, stop
+            start = at
+        end = start + len(full[start:end].rstrip())
         spans.append((start, end))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [IGNORE_INDEX] * len(ids)
+    # A token that overlaps a span is trained (as transformers' generation mask does): a token
+    # that merges the template's last character with the content's first is the answer's first token.
     for k, (a, b) in enumerate(enc["offset_mapping"]):
-        if b > a and any(s <= a and b <= e for s, e in spans):
+        if b > a and any(a < e and s < b for s, e in spans):
             labels[k] = ids[k]
     return ids, labels
 

@@ -54,14 +54,19 @@ def pack_examples(examples: Sequence[dict[str, list[int]]], pack_length: int, se
     return bins
 
 
-def collate_packed(examples: Sequence[dict[str, list[int]]], bins: Sequence[Sequence[int]], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
+def collate_packed(examples: Sequence[dict[str, list[int]]], bins: Sequence[Sequence[int]], pad_id: int,
+                   pad_to: int | None = None, one_row: bool = False) -> dict[str, Any]:
     """Build a packed batch: one row per bin, right-padded to the longest row (or ``pad_to``).
 
     Padding gets its own position run (0, 1, …), so it forms a separate segment that no real
-    token attends to; its targets are -100.
+    token attends to; its targets are -100. ``one_row`` concatenates all bins into a single row
+    instead: transformers' flash-attention path finds packed examples in the position ids only
+    for a batch of one row, and attends across the whole row otherwise.
     """
     import torch
 
+    if one_row:
+        bins = [[i for b in bins for i in b]]
     rows = []
     for b in bins:
         ids, tgt, pos = [], [], []

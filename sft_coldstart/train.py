@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from thinkgym.config import ConfigError
+from thinkgym.config import ConfigError, check_fresh_run, check_output_dir, clear_earlier_run
 from thinkgym.sft_coldstart.data import DEFAULT_SYSTEM_PROMPT
 
 
@@ -101,6 +101,7 @@ class SFTConfig:
     eval_max_tokens: int = 256  #: generation budget per dev answer
     eval_threads: int = 1  #: torch CPU threads while answering dev items (0 = unchanged); see dev_accuracy
     resume: bool = False  #: continue from the latest checkpoint in output_dir/checkpoints
+    overwrite: bool = False  #: a fresh run replaces an earlier run's checkpoints, best/ and final/ in output_dir (else an error)
     stop_after_steps: int = 0  #: stop (and checkpoint) after this many steps without changing the schedule
     max_time_s: float = 0.0  #: stop (and checkpoint) after this many seconds of training (0 = no limit)
     max_train_s: float = 0.0  #: finish (final/ is written) once optimizer steps, evals excluded, took this long (0 = no budget)
@@ -223,6 +224,9 @@ _CHOICES = {
 # transformers' built-in attention implementations; a hub kernel is named by its repo.
 _ATTN_IMPLEMENTATIONS = frozenset({"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4",
                                    "flex_attention", "paged|eager"})
+# Implementations that build a block-causal mask per row from packed position ids; the others
+# (flash-attention kernels) separate packed examples only in a batch of one row.
+_MASKED_ATTENTION = frozenset({"eager", "sdpa", "flex_attention"})
 _HUB_KERNEL = re.compile(r"[^/:]+/[^/:]+(?:@[^/:]+)?(?::[^/:]+)?")
 
 
@@ -299,11 +303,25 @@ def _epoch_micro_batches(cfg: SFTConfig, examples: list, epoch: int, rank: int, 
     return mbs[rank * per_rank : (rank + 1) * per_rank]
 
 
+def _data_order(cfg: SFTConfig, examples: list, world: int) -> str:
+    """A digest of everything the data cursor's meaning depends on: the examples themselves and
+    how :func:`_epoch_micro_batches` orders and batches them."""
+    import hashlib
+    from array import array
+
+    h = hashlib.sha256(repr((cfg.packing, cfg.pack_length, cfg.micro_batch_size, cfg.seed, world)).encode())
+    for e in examples:
+        h.update(array("q", [len(e["input_ids"])]).tobytes())
+        h.update(array("q", e["input_ids"]).tobytes())
+        h.update(array("q", e["labels"]).tobytes())
+    return h.hexdigest()
+
+
 def _collate(cfg: SFTConfig, examples: list, mb: list[list[int]], pad_id: int) -> dict:
     from thinkgym.sft_coldstart.packing import collate_packed, collate_padded
 
     if cfg.packing:
-        return collate_packed(examples, mb, pad_id)
+        return collate_packed(examples, mb, pad_id, one_row=cfg.attn_implementation not in _MASKED_ATTENTION)
     return collate_padded(examples, [u[0] for u in mb], pad_id)
 
 
@@ -369,10 +387,11 @@ def _over_budget(cfg: SFTConfig, elapsed: float, train_s: float, device: Any) ->
     t = torch.tensor([elapsed, train_s], dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    if cfg.max_time_s and t[0] >= cfg.max_time_s:
-        return "max_time_s"
+    # A spent training budget finishes the run (final/), which outranks a pause for a resume.
     if cfg.max_train_s and t[1] >= cfg.max_train_s:
         return "max_train_s"
+    if cfg.max_time_s and t[0] >= cfg.max_time_s:
+        return "max_time_s"
     return None
 
 
@@ -404,9 +423,16 @@ def _check_dev_env(cfg: SFTConfig) -> None:
         raise ConfigError(f"eval_env {cfg.eval_env!r} has {n} items, fewer than eval_env_items={cfg.eval_env_items}")
 
 
+# What an SFT run leaves in output_dir that a fresh run would prune, mix with its own or overwrite.
+EARLIER_RUN = ("checkpoints/step-*", "checkpoints/latest", "best", "final")
+
+
 def check_config(cfg: SFTConfig) -> None:
     """Checks that need the filesystem or the registries, run before anything heavy starts:
     the model, the data sources and the dev env. Raises :class:`ConfigError` naming the key."""
+    check_output_dir(cfg.output_dir)
+    if not (cfg.resume and (Path(cfg.output_dir) / "checkpoints" / "latest").exists()):  # a fresh run
+        check_fresh_run(cfg.output_dir, EARLIER_RUN, cfg.overwrite)
     _check_model(cfg.model)
     _check_datasets(cfg.datasets)
     _check_tasks(cfg)
@@ -638,10 +664,13 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     if cfg.lora_r:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM",
-        ))
+        try:
+            model = get_peft_model(model, LoraConfig(
+                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM",
+            ))
+        except ValueError as e:  # peft: no module of the model matches the names
+            raise ConfigError(f"lora_target_modules {cfg.lora_target_modules}: {e}") from None
     params = [p for p in model.parameters() if p.requires_grad]
     n_train, n_all = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
@@ -665,25 +694,38 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
 
     # Resume: weights, optimizer, scheduler from DeepSpeed; RNG and data cursor from client state.
     ckpt_dir = out / "checkpoints"
-    step, micro_cursor, tokens_seen = 0, 0, 0
+    step, micro_cursor, tokens_seen, train_s = 0, 0, 0, 0.0  # train_s: optimizer steps only, without evals
     best: dict[str, Any] = {"step": None, "loss": None, "accuracy": None}  # the eval that made best/
+    order = _data_order(cfg, train_ex, world)
     if cfg.resume and (ckpt_dir / "latest").exists():
         path, client = engine.load_checkpoint(str(ckpt_dir))
         if path is None:
             raise RuntimeError(f"could not load checkpoint from {ckpt_dir}")
         step, micro_cursor = client["step"], client["micro_cursor"]
         tokens_seen = client["tokens_seen"]
+        # max_train_s budgets the whole run: a resumed run gets what the checkpoint left of it.
+        train_s = client.get("train_seconds", 0.0)
         if "best" in client:
             best = client["best"]
         elif client.get("best_eval", float("inf")) < float("inf"):  # checkpoints from before best_metric
             best = {**best, "loss": client["best_eval"]}
+        if client.get("data_order", order) != order:  # checkpoints from before the check carry none
+            # The cursor counts micro-batches of the checkpoint's data order: on another order it
+            # would repeat some examples and skip others without a word.
+            raise ConfigError(
+                "resume: the training data or its batching changed since the checkpoint in "
+                f"{ckpt_dir} (rows, max_length, overlong, packing, pack_length, micro_batch_size, seed or "
+                "process count), so its data cursor no longer points at the same examples; resume with the "
+                "same settings, or start a fresh run (e.g. model: <checkpoint's final/>, another output_dir)")
         _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
         mf = out / "metrics.jsonl"
         if main and mf.exists():  # drop records of steps after the checkpoint (they are redone)
             keep = [l for l in mf.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
             mf.write_text("".join(l + "\n" for l in keep))
-    elif main and out.exists() and not cfg.resume:
+    elif main and out.exists():
         (out / "metrics.jsonl").unlink(missing_ok=True)
+        if cfg.overwrite:  # check_config refused an earlier run's files otherwise
+            clear_earlier_run(out, EARLIER_RUN, cfg.stage)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         import yaml
@@ -695,6 +737,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         dist.all_gather_object(rng, _rng_state())
         engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={
             "step": step, "micro_cursor": micro_cursor, "best": best, "tokens_seen": tokens_seen, "rng": rng,
+            "train_seconds": train_s, "data_order": order,
         })
         if main:  # prune old ones
             tags = sorted((p for p in ckpt_dir.glob("step-*") if p.is_dir()), key=lambda p: int(p.name[5:]))
@@ -754,7 +797,6 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     # ------------------------------------------------------------------ loop
     engine.train()
     t0, stop_reason, start_step, tokens0 = time.perf_counter(), "done", step, tokens_seen
-    train_s = 0.0  # optimizer steps only, without evals
     epoch_cache: dict[int, list] = {}
     with bar:
         task = bar.add_task("train", total=total, completed=step, loss=float("nan"), tps=0.0)
@@ -767,7 +809,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 stop_reason = over
                 break
             # Fetch this step's micro-batches first so the loss can be normalized by the
-            # number of trainable tokens in the whole step (a true per-token mean).
+            # number of trainable tokens in the whole step, on every rank (a true per-token mean).
             batches = []
             for _ in range(cfg.gradient_accumulation_steps):
                 epoch, idx = divmod(micro_cursor, n_micro)
@@ -775,30 +817,42 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                     epoch_cache = {epoch: _epoch_micro_batches(cfg, train_ex, epoch, rank, world)}
                 batches.append(_collate(cfg, train_ex, epoch_cache[epoch][idx], tok.pad_token_id))
                 micro_cursor += 1
-            n_tgt = sum(int((b["targets"] != -100).sum()) for b in batches)
-            n_tok = sum(int(b.get("attention_mask", b["input_ids"] != tok.pad_token_id).sum()) for b in batches)
+            counts = torch.tensor([sum(int((b["targets"] != -100).sum()) for b in batches),
+                                   sum(int(b.get("attention_mask", b["input_ids"] != tok.pad_token_id).sum()) for b in batches)],
+                                  dtype=torch.float64, device=device)
+            if world > 1:  # every rank's tokens: ranks' counts differ
+                dist.all_reduce(counts)
+            n_tgt, n_tok = int(counts[0]), int(counts[1])
             ts = time.perf_counter()
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             for b in batches:
                 b = {k: v.to(device) for k, v in b.items()}
                 # Project to the vocabulary only where a target exists (assistant tokens): the
                 # prompt's logits would be thrown away, and on large vocabularies they dominate memory.
                 keep = (b["targets"] != -100).any(0).nonzero().squeeze(-1)
                 logits = engine(**model_inputs(b), logits_to_keep=keep).logits
-                loss = token_loss(logits, b["targets"][:, keep]) / max(1, n_tgt)
+                # DeepSpeed averages gradients over ranks, so `* world` makes the step's gradient the
+                # mean over all ranks' trainable tokens, not a mean of per-rank means.
+                loss = token_loss(logits, b["targets"][:, keep]) * world / max(1, n_tgt)
                 engine.backward(loss, scale_wrt_gas=False)
                 engine.step()
-                loss_sum += loss.item()
+                loss_sum += loss.detach().double() / world
+            if world > 1:
+                dist.all_reduce(loss_sum)
+            loss_sum = loss_sum.item()
             step += 1
-            tokens_seen += n_tok * world
+            tokens_seen += n_tok
             dt = time.perf_counter() - ts
             train_s += dt
             gn = engine.get_global_grad_norm()
             rec = {"step": step, "train/loss": loss_sum, "train/lr": scheduler.get_last_lr()[0],
-                   "train/tokens_per_s": n_tok * world / dt, "train/tokens": tokens_seen, "train/seconds": train_s,
+                   "train/tokens_per_s": n_tok / dt, "train/tokens": tokens_seen, "train/seconds": train_s,
                    "train/grad_norm": float(gn) if gn is not None else None}
             curve.train.append((step, loss_sum))
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
+            # The step that spends the training budget is the run's last: it is evaluated like step == total.
+            last = step == total or (cfg.max_train_s > 0
+                                     and _over_budget(cfg, time.perf_counter() - t0, train_s, device) == "max_train_s")
+            if (cfg.eval_every and step % cfg.eval_every == 0) or last:
                 ev = evaluate()
                 acc = dev_accuracy(cfg, engine.module, tok, device, rank, world) if cfg.eval_env else None
                 if acc is not None:

@@ -225,3 +225,92 @@ def test_sft_modules_import_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- template edge cases
+
+
+def test_prefix_trains_the_end_of_turn_marker_when_it_is_not_eos(tiny_model_dir):
+    """A base model's eos (<|endoftext|>) is not what its chat template closes turns with
+    (<|im_end|>): the marker must still be trained, or the model never learns to stop."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = PLAIN_CHATML
+    tok.eos_token = "<|endoftext|>"
+    ex = render(tok, MULTI, method="prefix")
+    assert trainable_text(tok, ex) == [m["content"] + "<|im_end|>" for m in MULTI if m["role"] == "assistant"]
+
+
+def test_prefix_trains_the_answers_first_token_when_it_merges_with_the_template(tiny_model_dir):
+    """"Assistant: The" tokenizes as [..., ":", " The"]: the token that carries the template's
+    space is the answer's first token and must be trained (as the generation mask does)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = (
+        "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{{ 'User: ' + m['content'] + '\n' }}"
+        "{%- else -%}{{ 'Assistant: ' + m['content'] + '<|im_end|>\n' }}{%- endif -%}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ 'Assistant: ' }}{%- endif -%}"
+    )
+    conv = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "The sum is 5."}]
+    ex = render(tok, conv)
+    assert trainable_text(tok, ex) == [" The sum is 5.<|im_end|>"]
+
+
+def test_generation_markers_with_whitespace_control_are_used(tiny_model_dir):
+    """``{%- generation -%}`` is a generation marker too: auto must use it rather than fall back
+    to prefix rendering, which this template (an end marker only after the last turn) breaks."""
+    from transformers import AutoTokenizer
+
+    from thinkgym.sft_coldstart.tiny import CHAT_TEMPLATE
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = (CHAT_TEMPLATE.replace("{% generation %}", "{%- generation -%}")
+                         .replace("{% endgeneration %}", "{%- endgeneration -%}")
+                         + "{%- if not add_generation_prompt -%}{{ '<|endoftext|>' }}{%- endif -%}")
+    ex = render(tok, MULTI)
+    assert trainable_text(tok, ex) == [m["content"] + "<|im_end|>" for m in MULTI if m["role"] == "assistant"]
+
+
+def test_generation_method_without_markers_is_an_error(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = PLAIN_CHATML
+    # transformers returns an all-zero mask here: every row would be dropped as "nothing to train on".
+    with pytest.raises(DataError, match=r"render_method 'generation' needs \{% generation %\} markers"):
+        build_examples(tok, [MULTI], 512, method="generation")
+
+
+@pytest.mark.parametrize("message, msg", [
+    ({"role": "assistant", "content": ""}, r":1: field 'messages\[1\]\.content': empty assistant turn"),
+    ({"role": "assistant", "content": " \n"}, r":1: field 'messages\[1\]\.content': empty assistant turn"),
+    ({"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+     r":1: field 'messages\[1\]\.content': empty assistant turn"),
+    ({"role": "assistant", "content": "Calling f.", "tool_calls": [{"type": "function"}]},
+     r":1: field 'messages\[1\]\.tool_calls': not supported"),
+    ({"role": "assistant", "content": "5", "reasoning_content": "2 + 3 = 5"},
+     r":1: field 'messages\[1\]\.reasoning_content': not supported"),
+])
+def test_assistant_turns_that_would_train_the_wrong_text_are_errors(tmp_path, message, msg):
+    p = tmp_path / "chat.jsonl"
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "What is 2 + 3?"}, message]}) + "\n")
+    with pytest.raises(DataError, match=msg):
+        load_jsonl(p)
+
+
+def test_flash_attention_gets_a_micro_batch_as_one_packed_row():
+    """transformers' flash-attention path separates packed examples by their position ids only
+    in a batch of one row; with two rows it attends across each whole row."""
+    from thinkgym.sft_coldstart.train import SFTConfig, _collate
+
+    exs = [{"input_ids": [5] * n, "labels": [5] * n} for n in (3, 4, 2)]
+    mb = [[0, 2], [1]]  # two packed bins: one micro-batch of micro_batch_size 2
+    for attn in ("flash_attention_2", "kernels-community/flash-attn"):
+        b = _collate(SFTConfig(datasets=["x"], attn_implementation=attn, micro_batch_size=2), exs, mb, pad_id=0)
+        assert b["input_ids"].shape == (1, 9)
+        assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
+        assert b["targets"].tolist() == [[5, 5, -100, 5, -100, 5, 5, 5, -100]]
+    b = _collate(SFTConfig(datasets=["x"], attn_implementation="sdpa", micro_batch_size=2), exs, mb, pad_id=0)
+    assert b["input_ids"].shape == (2, 5)  # mask-based attention: one row per bin, as before

@@ -614,3 +614,136 @@ def test_cli_bad_input_is_one_error_line(args, msg, tmp_path):
     )
     assert proc.returncode == 2 and msg in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- run directory, budgets, resume
+
+
+def test_fresh_run_in_an_old_run_directory_is_refused_or_replaces_it(tiny_model_dir, data_file, tmp_path):
+    """A fresh run into an earlier run's directory is a one-line error before anything loads (its
+    checkpoints, best/ and final/ stay). With ``overwrite`` they are replaced: the earlier run's
+    checkpoints (higher steps) must not outrank the fresh run's when old ones are pruned, nor its
+    best/ pass for the fresh run's; the fresh run then resumes from its own."""
+    from thinkgym.config import ConfigError
+    from thinkgym.sft_coldstart.train import train
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, data_file, out, max_steps=6, save_every=2, eval_every=3))
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-4", "step-6"]
+    before = (out / "final" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="holds an earlier run .*best.*--resume.*overwrite: true"):
+        train(_cfg(tiny_model_dir, data_file, out, max_steps=6, save_every=2, eval_every=0, eval_fraction=0))
+    assert (out / "final" / "model.safetensors").read_bytes() == before and (out / "best").is_dir()
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-4", "step-6"]
+    first = train(_cfg(tiny_model_dir, data_file, out, max_steps=6, save_every=2, stop_after_steps=3,
+                       eval_every=0, eval_fraction=0, overwrite=True))
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-2", "step-3"]
+    assert first["best"] is None and not (out / "best").exists()  # no eval in this run
+    assert not (out / "final").exists() and len(_losses(out)) == 3
+    second = train(_cfg(tiny_model_dir, data_file, out, max_steps=6, save_every=2, eval_every=0, eval_fraction=0,
+                        resume=True))
+    assert second["steps"] == 6 and second["stop_reason"] == "done" and len(_losses(out)) == 6
+
+
+def test_training_time_budget_spans_a_resume(tiny_model_dir, data_file, tmp_path):
+    """``max_train_s`` budgets the run, not each process: a resumed run keeps the training time
+    its checkpoint recorded, and one whose budget is already spent trains no further."""
+    from thinkgym.sft_coldstart.train import train
+
+    out = tmp_path / "run"
+    first = train(_cfg(tiny_model_dir, data_file, out, max_steps=50, stop_after_steps=2, eval_every=0))
+    assert first["stop_reason"] == "stop_after_steps" and first["train_seconds"] > 0
+    res = train(_cfg(tiny_model_dir, data_file, out, max_steps=50, eval_every=0, resume=True,
+                     max_train_s=first["train_seconds"]))
+    assert res["stop_reason"] == "max_train_s" and res["steps"] == 2
+    assert res["train_seconds"] == first["train_seconds"] and Path(res["final"], "model.safetensors").exists()
+
+
+def test_the_step_that_spends_the_training_budget_is_evaluated(tiny_model_dir, data_file, tmp_path):
+    """The run ends at that step with final/, so it is a candidate for best/ like step == total."""
+    from thinkgym.sft_coldstart.train import train
+
+    out = tmp_path / "run"
+    res = train(_cfg(tiny_model_dir, data_file, out, max_steps=10_000, max_train_s=0.3, eval_every=1000))
+    assert res["stop_reason"] == "max_train_s" and len(res["eval_loss"]) == 1
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == res["steps"] == res["best_step"] and last["eval/loss"] == res["best_eval_loss"]
+    assert Path(res["best"], "model.safetensors").exists()
+
+
+def test_output_dir_that_is_a_file_is_a_config_error(tmp_path):
+    from thinkgym.config import ConfigError
+
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(ConfigError, match=r"output_dir: '.*taken' exists and is not a directory"):
+        _check(tmp_path, output_dir=str(tmp_path / "taken" / "run"))
+
+
+def test_lora_target_modules_that_match_nothing_are_a_config_error(tiny_model_dir, data_file, tmp_path):
+    from thinkgym.config import ConfigError
+    from thinkgym.sft_coldstart.train import train
+
+    with pytest.raises(ConfigError, match=r"lora_target_modules \['qproj'\]: .*not found"):
+        train(_cfg(tiny_model_dir, data_file, tmp_path / "run", lora_r=4, lora_target_modules=["qproj"]))
+
+
+def test_resume_with_other_training_data_is_an_error(tiny_model_dir, data_file, tmp_path):
+    """The data cursor counts micro-batches of the checkpoint's data order; on other data or
+    batching it would silently repeat some examples and skip others."""
+    from thinkgym.config import ConfigError
+    from thinkgym.sft_coldstart.train import train
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, data_file, out, stop_after_steps=2, eval_every=0))
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in _chat_rows(200, seed=1)))
+    for kw in ({"datasets": [str(other)]}, {"micro_batch_size": 2}, {"seed": 1}):
+        with pytest.raises(ConfigError, match=r"resume: the training data or its batching changed"):
+            train(_cfg(tiny_model_dir, data_file, out, resume=True, eval_every=0, **kw))
+    # The same data and batching resume; other settings (the step count here) may change.
+    res = train(_cfg(tiny_model_dir, data_file, out, resume=True, eval_every=0, max_steps=4))
+    assert res["steps"] == 4 and len(_losses(out)) == 4
+
+
+@pytest.mark.slow
+def test_two_ranks_average_over_all_their_tokens(tiny_model_dir, tmp_path):
+    """With two ranks whose micro-batches hold different numbers of trainable tokens, the step's
+    gradient is the mean over all tokens (checked through its norm against one process), not
+    the mean of the two ranks' means."""
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thinkgym.sft_coldstart.packing import collate_padded, model_inputs, token_loss
+    from thinkgym.sft_coldstart.train import SFTConfig, _build_data, _epoch_micro_batches
+
+    rows = [{"messages": [{"role": "user", "content": "Count."},
+                          {"role": "assistant", "content": " ".join(str(k) for k in range(4 * i + 1))}]} for i in range(16)]
+    data = tmp_path / "uneven.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    conf = {"model": str(tiny_model_dir), "output_dir": str(tmp_path / "ddp"), "datasets": [str(data)],
+            "eval_fraction": 0, "max_length": 128, "packing": False, "max_steps": 1, "eval_every": 0,
+            "save_best": False, "zero_stage": 2, "max_grad_norm": 1e9, "progress": False, "tensorboard": False,
+            "plot": False}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+         "-m", "thinkgym.sft_coldstart.train", str(tmp_path / "c.yaml")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=_child_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[0])
+
+    cfg = SFTConfig(**{k: v for k, v in conf.items()})
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    train_ex = _build_data(cfg, tok)[0]
+    batches = [collate_padded(train_ex, [mb[0][0]], tok.pad_token_id)
+               for rank in (0, 1) for mb in _epoch_micro_batches(cfg, train_ex, 0, rank, 2)[:1]]
+    counts = [int((b["targets"] != -100).sum()) for b in batches]
+    assert counts[0] != counts[1], counts  # the ranks' means and the mean over all tokens differ
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    loss = sum(token_loss(model(**model_inputs(b)).logits, b["targets"]) for b in batches) / sum(counts)
+    loss.backward()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])).item()
+    assert logged["train/loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert logged["train/grad_norm"] == pytest.approx(norm, rel=1e-4)

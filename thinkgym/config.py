@@ -172,6 +172,38 @@ def check_output_dir(path: str | Path, key: str = "output_dir") -> None:
         raise ConfigError(f"{key}: {str(there)!r} exists and is not a directory")
 
 
+def earlier_run(out: str | Path, patterns: tuple[str, ...]) -> list[Path]:
+    """What an earlier run left in ``out``: the paths matching ``patterns`` (globs under ``out``)."""
+    return sorted(p for pat in patterns for p in Path(out).glob(pat))
+
+
+def check_fresh_run(out: str | Path, patterns: tuple[str, ...], overwrite: bool) -> None:
+    """A fresh run may start in ``out`` only if no earlier run left checkpoints or models there,
+    or ``overwrite`` says to replace them: they would otherwise be pruned, mixed with this run's
+    (old checkpoints outrank new ones by step) or overwritten without a word."""
+    found = earlier_run(out, patterns)
+    if found and not overwrite:
+        names = ", ".join(str(p.relative_to(out)) for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise ConfigError(f"output_dir: {str(out)!r} holds an earlier run ({names}); continue it with --resume, "
+                          "set overwrite: true to replace it, or choose another output_dir")
+
+
+def clear_earlier_run(out: str | Path, patterns: tuple[str, ...], who: str) -> None:
+    """Remove what :func:`check_fresh_run` found (the run was told to overwrite it), saying so."""
+    import shutil
+    import sys
+
+    found = earlier_run(out, patterns)
+    if found:
+        print(f"[{who}] overwrite: removing an earlier run's {', '.join(str(p.relative_to(out)) for p in found)} "
+              f"in {out}", file=sys.stderr)
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def check_finite(cfg: Any) -> None:
     """Every float field of the dataclass ``cfg`` is finite: YAML's ``.nan`` / ``.inf`` and
     ``--set lr=nan`` load as floats, and a NaN passes every range check (all comparisons are False)."""
