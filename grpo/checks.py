@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from thinkgym.config import ConfigError, check_finite, check_output_dir
+from thinkgym.config import ConfigError, check_finite, check_fresh_run, check_output_dir
 from thinkgym.grpo.rollouts import sampling_config, task_size
 from thinkgym.sampler.checks import check_sampler
 
@@ -74,7 +74,11 @@ def validate_values(cfg: GRPOConfig) -> None:
     sampling_config(cfg, cfg.seed, cfg.group_size)
 
 
-def check_config(cfg: GRPOConfig) -> int:
+# What a GRPO run leaves in output_dir that a fresh run would prune or mix with its own.
+EARLIER_RUN = ("checkpoints/step_*", "checkpoints/latest")
+
+
+def check_config(cfg: GRPOConfig, resume: bool = False) -> int:
     """Checks that need the filesystem / registries / envs, before any model loads. -> task size"""
     try:
         cfg.validate()  # a GRPOConfig built in code has not been through load_config
@@ -85,6 +89,8 @@ def check_config(cfg: GRPOConfig) -> int:
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"model: {cfg.model!r} is not an HF model directory (no config.json)")
     check_output_dir(cfg.output_dir)
+    if not (resume and (Path(cfg.output_dir) / "checkpoints" / "latest").is_file()):  # a fresh run
+        check_fresh_run(cfg.output_dir, EARLIER_RUN, cfg.overwrite)
     check_sampler(cfg.sampler_backend, cfg.sampler_kwargs)
     import gymnasium as gym
 

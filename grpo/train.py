@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from thinkgym.grpo.checks import check_config, validate_values
+from thinkgym.config import clear_earlier_run
+from thinkgym.grpo.checks import EARLIER_RUN, check_config, validate_values
 from thinkgym.grpo.engine import (
     all_ranks,
     build_engine,
@@ -131,6 +132,7 @@ class GRPOConfig:
     shared_prefix: bool = True  #: run each group's shared prompt once per micro-batch (same logprobs, fewer tokens; off with gradient_checkpointing)
     # -- bookkeeping
     save_every: int = 50  #: checkpoint every N steps (and on SIGTERM and at the end)
+    overwrite: bool = False  #: a fresh run replaces an earlier run's checkpoints in output_dir (else an error)
     keep_checkpoints: int = 2  #: how many checkpoints to keep
     eval_every: int = 0  #: held-out eval every N steps (0 = only at the end if eval_prompts > 0)
     eval_prompts: int = 0  #: held-out prompts per eval (greedy, one sample each)
@@ -198,7 +200,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     ``on_step(step, policy_engine, sampler, row)`` runs after each step's weight sync and metrics
     (extensions and tests: e.g. check that the sampler now serves the learner's weights).
     """
-    n_items = check_config(cfg)  # before anything heavy
+    n_items = check_config(cfg, resume)  # before anything heavy
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
@@ -211,6 +213,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ck = latest_checkpoint(out) if resume else None
+    if ck is None and cfg.overwrite and rank == 0:  # check_config refused an earlier run's files otherwise
+        clear_earlier_run(out, EARLIER_RUN, "grpo")
     if resume and ck is None and rank == 0:
         print(f"[thinkgym] --resume: no checkpoint in {out}/checkpoints, starting from {cfg.model}")
     dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32

@@ -368,6 +368,30 @@ def test_fill_batch_false_with_fewer_rows_than_minibatches(tmp_path, tiny_model_
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_fresh_run_in_an_earlier_runs_directory_is_refused_or_replaces_it(tmp_path, tiny_model_dir):
+    """A fresh run into a directory with an earlier run's checkpoints is a one-line error before
+    anything loads; ``overwrite`` replaces them (the earlier run's later steps used to survive the
+    pruning while the new run's own were deleted); ``--resume`` continues it."""
+    from thinkgym.grpo.train import train
+
+    out = tmp_path / "run"
+    kw = dict(tensorboard=False, save_every=1, keep_checkpoints=2)
+    train(tiny_cfg(tiny_model_dir, out, max_steps=2, **kw))
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_000001", "step_000002"]
+    with pytest.raises(ConfigError, match="holds an earlier run .*step_000001.*--resume.*overwrite: true"):
+        check_config(tiny_cfg(tiny_model_dir, out, max_steps=1, **kw))
+    with pytest.raises(ConfigError, match="holds an earlier run"):
+        train(tiny_cfg(tiny_model_dir, out, max_steps=1, **kw))
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_000001", "step_000002"]
+    assert check_config(tiny_cfg(tiny_model_dir, out, max_steps=3, **kw), resume=True) > 0
+    res = train(tiny_cfg(tiny_model_dir, out, max_steps=1, overwrite=True, **kw))
+    assert res["checkpoint"].name == "step_000001" and len(res["history"]) == 1
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_000001"]
+    assert (out / "checkpoints" / "latest").read_text() == "step_000001"
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_async_rollouts_sample_one_update_behind(tmp_path, tiny_model_dir, monkeypatch):
     """``async_rollouts``: step k+1's rollouts are sampled in a background thread while step k
     learns, by the weights before step k's update (the sampler's weights change only once it is

@@ -211,7 +211,7 @@ def sft_config(cfg: DemoConfig, model: str, out: Path, data: Path, **over: Any) 
              # loss bottoms out while accuracy is still climbing.
              best_metric="accuracy", eval_env="thinkgym/Countdown-v0", eval_env_items=cfg.dev_items,
              eval_env_kwargs={"task_params": cfg.task_params, "seed": cfg.split_seed("dev"), "system_prompt": None},
-             eval_max_tokens=cfg.max_tokens)
+             eval_max_tokens=cfg.max_tokens, overwrite=True)  # the demo owns its run directory: a rerun replaces it
     d.update(over)
     return d
 
@@ -230,7 +230,7 @@ def grpo_config(cfg: DemoConfig, model: str, out: Path) -> dict[str, Any]:
         # for bf16 samplers) would be 1, and without it the sampler skips computing logprobs.
         tis_cap=None, lr=cfg.grpo_lr, min_lr_ratio=cfg.grpo_min_lr_ratio, ppo_epochs=1, minibatches=1, micro_batch_size=min(cfg.micro_batch_size, n),
         zero_stage=2, dtype="fp32", save_every=max(cfg.grpo_steps, 1), keep_checkpoints=1, eval_prompts=0,
-        progress=False, tensorboard=False)
+        progress=False, tensorboard=False, overwrite=True)
 
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.S)
