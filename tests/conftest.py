@@ -19,3 +19,13 @@ def tiny_model_dir(tmp_path_factory):
     from thinkgym.sft_coldstart.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def free_port() -> int:
+    """A loopback port free right now (tests that start servers or torchrun: fixed ports clash
+    when two test runs share a machine)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 from thinkgym.config import ConfigError, load_config
 from thinkgym.grpo.train import GRPOConfig, check_config
@@ -600,8 +601,6 @@ def test_two_process_deepspeed_keeps_ranks_identical(tmp_path, tiny_model_dir):
     Flat groups are dropped (``fill_batch: false``; raw rewards are all 0 here, so each rank keeps
     one group, the agreed minimum): both ranks run fewer micro-batches than DeepSpeed's configured
     accumulation, and the per-step boundary still makes them step together."""
-    import socket
-
     import torch
     from safetensors.torch import load_file
 
@@ -609,9 +608,7 @@ def test_two_process_deepspeed_keeps_ranks_identical(tmp_path, tiny_model_dir):
                    tensorboard=False, overlong_buffer=16, dynamic_sampling=True, max_sampling_tries=1,
                    fill_batch=False)
     path = yaml_cfg(tmp_path, cfg)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "--master_port", str(port), "-m", "thinkgym.grpo.train", "--config", str(path)],
                        capture_output=True, text=True, timeout=600, cwd=REPO)

@@ -22,6 +22,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import free_port
 
 from thinkgym.verifiers import grade
 from thinkgym.verifiers.judge import JudgeClient, JudgeConfig, build_messages, client_for, judge, parse_verdict
@@ -238,16 +239,10 @@ def test_unclosed_think_is_zero_without_a_request(stub):
     assert g.score == 0.0 and not stub.requests
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_protocol_against_real_vllm_server(tiny_model_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from conftest import free_port
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("vllm")
@@ -21,12 +21,6 @@ from thinkgym.sampler.server import ServerError  # noqa: E402
 from thinkgym.sampler.types import chat_prompt_ids  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

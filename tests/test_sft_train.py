@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -271,7 +272,7 @@ def test_two_process_torchrun(tiny_model_dir, const_data, tmp_path):
     }))
     env = _child_env()
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          "-m", "thinkgym.sft_coldstart.train", str(cfg)],
         capture_output=True, text=True, timeout=500, cwd=ROOT, env=env,
     )
@@ -321,7 +322,7 @@ def test_time_budget_stops_every_rank_at_the_same_step(tiny_model_dir, const_dat
         "zero_stage": 2, "learning_rate": 3e-3, "progress": False, "tensorboard": False, "plot": False,
     }))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          str(tmp_path / "fast_clock.py"), str(cfg)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_child_env(), start_new_session=True,
     )
@@ -727,7 +728,7 @@ def test_two_ranks_average_over_all_their_tokens(tiny_model_dir, tmp_path):
             "plot": False}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          "-m", "thinkgym.sft_coldstart.train", str(tmp_path / "c.yaml")],
         capture_output=True, text=True, timeout=300, cwd=ROOT, env=_child_env(),
     )
