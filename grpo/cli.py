@@ -35,9 +35,13 @@ def train(
         overrides = {"max_steps": max_steps, "output_dir": str(output_dir) if output_dir else None, "model": model}
         overrides.update(parse_sets(set_))
         cfg = load_config(GRPOConfig, config, overrides)
-        check_config(cfg, resume)
     except (ConfigError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        check_config(cfg, resume)
+    except (ConfigError, ValueError) as e:  # name the file, as load_config does
+        typer.echo(f"error: {config}: {e}", err=True)
         raise typer.Exit(2) from None
     res = run(cfg, resume=resume)
     final = res["history"][-1] if res["history"] else {}
@@ -68,9 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(GRPOConfig, a.config, {"max_steps": a.max_steps, "output_dir": a.output_dir,
                                                  "model": a.model, **parse_sets(a.sets)})
-        check_config(cfg, a.resume)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        check_config(cfg, a.resume)
+    except (ConfigError, ValueError) as e:  # name the file, as load_config does
+        print(f"error: {a.config}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     from thinkgym.grpo.train import train as run
 

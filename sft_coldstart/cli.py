@@ -38,15 +38,30 @@ def sft(
         overrides.update(parse_sets(set_))
         cfg = load_config(SFTConfig, config, overrides)
         try:
+            _check_local_model(cfg.model)
             check_config(cfg)
         except ConfigError as e:  # name the file, as load_config does
             raise ConfigError(f"{config}: {e}") from None
+        if cfg.resume and not (Path(cfg.output_dir) / "checkpoints" / "latest").exists():
+            typer.echo(f"--resume: no checkpoint in {cfg.output_dir}/checkpoints, starting a fresh run", err=True)
         res = train(cfg)
     except (ConfigError, DataError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     keys = ("final", "best", "steps", "best_eval_loss", "best_eval_accuracy", "tokens_per_s", "seconds")
     typer.echo(json.dumps({k: res[k] for k in keys}, indent=1))
+
+
+def _check_local_model(model: str) -> None:
+    """``runs/sft/fnal``: a typo in a local path reads like a hub id ``ORG/NAME``, and would cost a
+    minute of hub retries offline. When ``ORG`` is a folder here, it is meant as a local path."""
+    from thinkgym.config import ConfigError
+
+    if model in ("", "tiny") or Path(model).expanduser().exists() or "/" not in model:
+        return
+    first = model.split("/", 1)[0]
+    if first and Path(first).is_dir():
+        raise ConfigError(f"model: {model!r}: no such directory (and not a hub id: {first}/ is a local folder)")
 
 
 def tiny_model(
@@ -61,6 +76,7 @@ def tiny_model(
     task: list[str] = typer.Option([], "--task", help="Train the tokenizer on this task source's text too (repeatable)."),
     corpus_items: int = typer.Option(2000, "--corpus-items", help="Items per --task for the tokenizer corpus."),
     seed: int = typer.Option(0, "--seed", help="Weight init seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in OUT."),
 ) -> None:
     """Build a tiny random-init Qwen2 model + BPE tokenizer (chat template, <think>/<answer> tokens).
 
@@ -75,6 +91,11 @@ def tiny_model(
         cfg.validate()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    held = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if (out / n).exists()]
+    if held and not overwrite:  # e.g. a trained checkpoint's folder: never replaced silently
+        typer.echo(f"error: {out} already holds a model ({', '.join(held)}); pass --overwrite to replace it, "
+                   "or choose another --out", err=True)
+        raise typer.Exit(2)
     corpus = task_corpus(task, corpus_items) if task else None
     path = build_tiny_model(out, cfg, corpus)
     cfgj = json.loads((path / "config.json").read_text())

@@ -47,7 +47,13 @@ def open_source(spec: str, seed: int = 0, params: dict[str, Any] | None = None, 
     if path.suffix == ".jsonl" and path.is_file():
         return make_task("jsonl", seed=seed, size=size, path=str(path), **params)
     if path.exists():
-        return make_task("hf_dataset", seed=seed, size=size, path=str(path), **params)
+        try:
+            return make_task("hf_dataset", seed=seed, size=size, path=str(path), **params)
+        except (TypeError, ValueError, KeyError, OSError):
+            raise
+        except Exception as e:  # datasets / pyarrow refusing the files (mixed schemas, corrupt parquet, ...)
+            why = " ".join(str(e.__cause__ or e).split())
+            raise ValueError(f"{spec}: cannot read it as an HF dataset: {why[:300]}") from None
     raise typer.BadParameter(
         f"{spec!r} is neither a registered task ({', '.join(TASKS.names())}), an env id, nor an existing file or folder"
     )

@@ -176,3 +176,81 @@ def test_sample_tasks_output_is_valid_json_and_utf8(tmp_path):
     nan.write_text('{"question": "q", "answer": NaN}\n')
     r = invoke("sample-tasks", str(nan), "--json")
     assert r.exit_code == 2 and "n.jsonl:1: field 'answer' holds NaN or Infinity" in r.output
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_version_flag_needs_no_command():
+    from thinkgym import __version__
+
+    r = invoke("--version")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == __version__
+
+
+def test_grade_bad_code_tests_and_directory_input_are_messages(tmp_path):
+    # A test spec the sandbox cannot run is bad input: one line naming file, line and field.
+    p = tmp_path / "programs.jsonl"
+    ok = {"program": "print(1)", "tests": {"type": "stdio", "cases": [{"stdin": "", "expected_stdout": "1"}]}}
+    bad = {"program": "print(1)", "tests": {"cases": [{"input": 1}]}}
+    p.write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
+    r = invoke("grade", "--grader", "code", "--input", str(p), "--output", str(tmp_path / "out.jsonl"), "-q")
+    _no_traceback(r)
+    assert r.exit_code == 2 and "programs.jsonl:2: field 'tests': code tests 'type' must be" in r.output
+    assert not (tmp_path / "out.jsonl").exists()
+    r = invoke("grade", "--grader", "math", "--input", str(tmp_path), "--output", str(tmp_path / "out.jsonl"))
+    assert r.exit_code == 2 and "is a directory, not a JSONL file" in r.output
+
+
+def test_sample_tasks_unreadable_hf_folder_is_a_message(tmp_path):
+    # Two JSONL files whose columns disagree: `datasets` refuses them with its own exception type.
+    (tmp_path / "a.jsonl").write_text(json.dumps({"question": "q", "answer": "1", "x": "s"}) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"question": "q", "answer": "1", "x": [1]}) + "\n")
+    for args in (("sample-tasks", str(tmp_path)), ("contamination", "--train", str(tmp_path), "--eval", "arithmetic")):
+        r = invoke(*args)
+        _no_traceback(r)
+        assert r.exit_code == 2 and "cannot read it as an HF dataset" in r.output, r.output
+
+
+def test_train_config_check_errors_name_the_file(tmp_path):
+    cfg = EXAMPLES / "grpo-tiny-cpu.yaml"
+    r = invoke("train", "--config", str(cfg), "--model", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "g"))
+    _no_traceback(r)
+    assert r.exit_code == 2 and f"error: {cfg}: model: " in r.output, r.output
+
+
+def test_sft_mistyped_local_model_path_fails_fast(tmp_path, monkeypatch):
+    # `runs/nope` reads like a hub id ORG/NAME; with a runs/ folder here it is a mistyped path.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never reach the hub, whatever the code does
+    (tmp_path / "runs").mkdir()
+    r = invoke("sft", "--config", str(EXAMPLES / "sft-tiny-cpu.yaml"), "--model", "runs/nope", "-o", "out")
+    _no_traceback(r)
+    assert r.exit_code == 2 and "'runs/nope': no such directory" in r.output, r.output
+
+
+def test_sft_resume_without_checkpoint_says_so(tmp_path, monkeypatch):
+    import thinkgym.sft_coldstart.train as sft_train
+
+    seen = {}
+
+    def fake_train(cfg):
+        seen["resume"] = cfg.resume
+        return {"final": "f", "best": "b", "steps": 0, "best_eval_loss": None, "best_eval_accuracy": None,
+                "tokens_per_s": 0.0, "seconds": 0.0}
+
+    monkeypatch.setattr(sft_train, "train", fake_train)
+    r = invoke("sft", "--config", str(EXAMPLES / "sft-tiny-cpu.yaml"), "-o", str(tmp_path / "run"), "--resume")
+    assert r.exit_code == 0, r.output
+    assert seen == {"resume": True} and "--resume: no checkpoint in" in r.output and "starting a fresh run" in r.output
+
+
+def test_tiny_model_does_not_replace_a_model_silently(tmp_path):
+    out = tmp_path / "final"
+    out.mkdir()
+    (out / "config.json").write_text('{"trained": true}')
+    r = invoke("tiny-model", "--out", str(out))
+    _no_traceback(r)
+    assert r.exit_code == 2 and "already holds a model (config.json)" in r.output and "--overwrite" in r.output
+    assert (out / "config.json").read_text() == '{"trained": true}'

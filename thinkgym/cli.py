@@ -32,15 +32,22 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    # A parameter callback runs while the options are parsed, so `thinkgym --version` works
+    # without a command (the group's own callback would only run once a command is given).
+    if value:
         from thinkgym import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version, expose_value=False),
+) -> None:
+    pass
 
 
 def _load_commands() -> RegistryError | None:

@@ -50,6 +50,13 @@ def read_rows(path: Path, grader: str) -> list[dict[str, Any]]:
                 raise InputError(f"{where}: missing field {key!r}")
             if not isinstance(row[key], tp) or isinstance(row[key], bool):
                 raise InputError(f"{where}: field {key!r} has type {type(row[key]).__name__}")
+        if grader == "code":  # a bad test spec is bad input, found before any grading
+            from thinkgym.verifiers.code import validate_tests
+
+            try:
+                validate_tests(row["tests"])
+            except ValueError as e:
+                raise InputError(f"{where}: field 'tests': {e}") from None
         row.setdefault("id", int(where.rsplit(":", 1)[1]))
         rows.append(row)
     return rows
@@ -162,6 +169,8 @@ def run_grade(grader: str, input: Path, output: Path, workers: Optional[int], ti
     if grader != "code":
         get_grader(grader)  # unknown name: fail before reading anything
     _check_output(output)
+    if input.is_dir():  # iter_jsonl would only say "no such file"
+        raise InputError(f"{input}: is a directory, not a JSONL file")
     rows = read_rows(input, grader)
     tmp = output.with_name(output.name + ".partial")
     try:
