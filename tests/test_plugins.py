@@ -95,6 +95,34 @@ print(json.dumps({"q": obs, "ok": ok, "bad": bad, "retry": [r1, t1, tr1, r2, t2,
     assert out["retry"] == [0.0, False, False, 1.0, True, False]
 
 
+@pytest.mark.parametrize("first", ["import thinkgym_plugin_demo", "from thinkgym.verifiers import grade"])
+def test_plugin_works_whichever_module_is_imported_first(plugin_site, tmp_path, first):
+    """The plugin imports thinkgym.envs, which registers the envs (plugins included) at import.
+    Importing the plugin first, or a grader lookup loading it (as grader worker processes do),
+    used to load the half-imported plugin and keep that failure for the whole process."""
+    code = first + r"""
+import json
+import gymnasium as gym
+from thinkgym.envs import register_envs
+from thinkgym.verifiers import grade
+
+register_envs()
+env = gym.make("demo/LetterShiftRetry-v0")
+obs, info = env.reset(options={"index": 0})
+print(json.dumps({"direct": grade("exact_text", "<answer>abc</answer>", "abc").score,
+                  "env": env.step(info["item"]["metadata"]["solution"])[1]}))
+"""
+    r = _run([sys.executable, "-c", code], plugin_site)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"direct": 1.0, "env": 1.0}
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"completion": "<answer>abc</answer>", "gold": "abc"}) + "\n")
+    r = _run([str(THINKGYM), "grade", "-g", "exact_text", "-i", str(rows), "-o", str(tmp_path / "out.jsonl")],
+             plugin_site)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out.jsonl").read_text())["score"] == 1.0
+
+
 def test_name_clash_is_a_clear_error(plugin_site, tmp_path):
     # A second plugin that claims the built-in task name "arithmetic" and the grader "math".
     pkg = tmp_path / "clash"

@@ -8,6 +8,7 @@ are an error, never a silent override.
 from __future__ import annotations
 
 import logging
+import sys
 from importlib import metadata
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -25,6 +26,15 @@ class RegistryError(KeyError):
 def _one_line(e: BaseException) -> str:
     # The CLI reports a registry error as a single line.
     return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def _initializing(module: str) -> bool:
+    """Whether ``module`` (or its top-level package) is being imported right now."""
+    for name in (module, module.split(".", 1)[0]):
+        spec = getattr(sys.modules.get(name), "__spec__", None)
+        if getattr(spec, "_initializing", False):
+            return True
+    return False
 
 
 class Registry(Generic[T]):
@@ -70,9 +80,14 @@ class Registry(Generic[T]):
             raise RegistryError(str(self._plugin_error)) from self._plugin_error
         if self._plugins_loaded:
             return
+        eps = list(metadata.entry_points(group=self.group))
+        if any(_initializing(ep.value.split(":", 1)[0].strip()) for ep in eps):
+            # Reached from inside a plugin's own import (it imported thinkgym.envs, which registers
+            # the envs at once): its objects do not exist yet. Load at the next listing or lookup.
+            return
         self._plugins_loaded = True
         try:
-            for ep in metadata.entry_points(group=self.group):
+            for ep in eps:
                 self._load_entry_point(ep)
         except RegistryError as e:
             self._plugin_error = e
