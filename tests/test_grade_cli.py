@@ -68,6 +68,9 @@ def test_math_file_graded_in_order_with_summary(app, tmp_path):
         ([{"id": 1, "completion": 5, "gold": "1"}], "rows.jsonl:1: field 'completion' has type int"),
         ([{"id": 1, "completion": "x", "gold": None}], "rows.jsonl:1: field 'gold' has type NoneType"),
         (["[1, 2]"], "rows.jsonl:1: a row must be a JSON object"),
+        # Python's json would read these; a NaN gold then "equals" a NaN answer (1.0).
+        (['{"completion": "<answer>NaN</answer>", "gold": NaN}'], "rows.jsonl:1: invalid JSON (NaN is not a JSON value"),
+        (['{"completion": "x", "gold": -Infinity}'], "rows.jsonl:1: invalid JSON (-Infinity is not a JSON value"),
     ],
 )
 def test_bad_input_names_file_line_and_field(app, tmp_path, lines, message):

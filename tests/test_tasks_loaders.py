@@ -217,5 +217,6 @@ def test_jsonl_field_clashing_with_a_metadata_key_is_an_error(tmp_path):
 @pytest.mark.parametrize("answer", ["NaN", "Infinity", "-Infinity", '{"numbers": [1, NaN]}'])
 def test_jsonl_non_finite_answer_is_an_error(tmp_path, answer):
     p = _write(tmp_path / "d.jsonl", ['{"question": "q", "answer": 1}', '{"question": "q", "answer": %s}' % answer])
-    with pytest.raises(DatasetRowError, match=r"d\.jsonl:2: field 'answer' holds NaN or Infinity"):
+    # JSON has no NaN or Infinity; Python's json would read them (a NaN gold never equals an answer).
+    with pytest.raises(DatasetRowError, match=r"d\.jsonl:2: invalid JSON \(-?(NaN|Infinity) is not a JSON value"):
         JsonlSource(p)

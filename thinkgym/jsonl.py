@@ -35,9 +35,20 @@ def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterato
             yield where, _loads(line, where, error)
 
 
+class _NotJSON(ValueError):
+    pass
+
+
+def _no_constant(token: str) -> Any:
+    # Python's json reads NaN / Infinity, which JSON does not have: a NaN gold would equal a NaN answer.
+    raise _NotJSON(token)
+
+
 def _loads(line: str, where: str, error: type[Exception]) -> Any:
     try:
-        return json.loads(line)
+        return json.loads(line, parse_constant=_no_constant)
+    except _NotJSON as e:
+        raise error(f"{where}: invalid JSON ({e} is not a JSON value; write it as a string)") from None
     except json.JSONDecodeError as e:
         raise error(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:
