@@ -166,16 +166,22 @@ def test_sample_tasks_output_is_valid_json_and_utf8(tmp_path):
     r = invoke("sample-tasks", str(p))
     _no_traceback(r)
     assert r.exit_code == 0 and "question: caf\u00e9 \\ud800?" in r.output
-    # NaN has no JSON spelling: a message naming the item and field, not `NaN` in the output.
-    nan = tmp_path / "n.jsonl"
-    nan.write_text('{"question": "q", "answer": "1"}\n{"question": "q", "answer": "2", "metadata": {"score": NaN}}\n')
-    r = invoke("sample-tasks", str(nan), "--json")
+    # NaN has no JSON spelling: a message naming the item and field, not `NaN` in the output. An HF
+    # dataset holds it as a float; a JSONL file cannot (JSON has no NaN) and is refused at its line.
+    import datasets
+
+    rows = [{"question": "q", "answer": "1", "metadata": {"score": 1.0}},
+            {"question": "q", "answer": "2", "metadata": {"score": float("nan")}}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "nan_ds"))
+    r = invoke("sample-tasks", str(tmp_path / "nan_ds"), "--json")
     _no_traceback(r)
     assert r.exit_code == 2 and "item 1: metadata.score holds NaN or Infinity" in r.output
     assert json.loads(r.output.splitlines()[0])["answer"] == "1"
-    nan.write_text('{"question": "q", "answer": NaN}\n')
+    nan = tmp_path / "n.jsonl"
+    nan.write_text('{"question": "q", "answer": "1"}\n{"question": "q", "answer": NaN}\n')
     r = invoke("sample-tasks", str(nan), "--json")
-    assert r.exit_code == 2 and "n.jsonl:1: field 'answer' holds NaN or Infinity" in r.output
+    _no_traceback(r)
+    assert r.exit_code == 2 and "n.jsonl:2: invalid JSON (NaN is not a JSON value" in r.output
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
