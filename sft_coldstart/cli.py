@@ -38,7 +38,6 @@ def sft(
         overrides.update(parse_sets(set_))
         cfg = load_config(SFTConfig, config, overrides)
         try:
-            _check_local_model(cfg.model)
             check_config(cfg)
         except ConfigError as e:  # name the file, as load_config does
             raise ConfigError(f"{config}: {e}") from None
@@ -50,18 +49,6 @@ def sft(
         raise typer.Exit(2) from None
     keys = ("final", "best", "steps", "best_eval_loss", "best_eval_accuracy", "tokens_per_s", "seconds")
     typer.echo(json.dumps({k: res[k] for k in keys}, indent=1))
-
-
-def _check_local_model(model: str) -> None:
-    """``runs/sft/fnal``: a typo in a local path reads like a hub id ``ORG/NAME``, and would cost a
-    minute of hub retries offline. When ``ORG`` is a folder here, it is meant as a local path."""
-    from thinkgym.config import ConfigError
-
-    if model in ("", "tiny") or Path(model).expanduser().exists() or "/" not in model:
-        return
-    first = model.split("/", 1)[0]
-    if first and Path(first).is_dir():
-        raise ConfigError(f"model: {model!r}: no such directory (and not a hub id: {first}/ is a local folder)")
 
 
 def tiny_model(

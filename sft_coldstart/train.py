@@ -457,6 +457,11 @@ def _check_model(model: str) -> None:
         if not (p / "config.json").is_file():
             raise ConfigError(f"model: {model!r} is a directory without config.json, not an HF model directory")
         return
+    first = model.split("/", 1)[0]
+    if not p.exists() and "/" in model and first and Path(first).is_dir():
+        # runs/sft/fnal reads like a hub id ORG/NAME: offline that costs a minute of hub retries.
+        raise ConfigError(f"model: {model!r} is not an HF model directory ({model!r}: no such directory; "
+                          f"and not a hub id: {first}/ is a local folder)")
     if not p.exists() and _HUB_ID.fullmatch(model):
         if not _hf_offline():
             return  # a hub id: transformers resolves it (from the cache or the hub)
