@@ -222,6 +222,29 @@ def test_unreachable_server_gives_none():
     assert g.score is None and "unreachable after 3 attempts" in g.reason and g.grader == "judge@1"
 
 
+def test_name_resolution_is_under_the_deadline(stub, monkeypatch):
+    """A resolver that hangs must not hold a grade past its deadline. The hanging resolver is a
+    stand-in (no real DNS server may be contacted in tests): it blocks, then fails."""
+    real = socket.getaddrinfo
+
+    def hanging(host, *a, **kw):
+        if host == "judge.invalid":
+            time.sleep(5.0)
+            raise socket.gaierror("no such host")
+        return real(host, *a, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    cfg = JudgeConfig(base_url="http://judge.invalid:8000/v1", timeout_s=0.4, max_retries=1, backoff_s=0.05, cache=False)
+    t0 = time.monotonic()
+    g = judge(GOOD, "4", cfg=cfg)
+    assert g.score is None and "no complete reply within 0.4 s" in g.reason, g
+    assert time.monotonic() - t0 < 2.0
+    # A name that resolves (to loopback) still works, whichever of its addresses listens.
+    stub.script = ["VERDICT {nonce}: CORRECT"]
+    stub.url = stub.url.replace("127.0.0.1", "localhost")
+    assert judge(GOOD, "4", cfg=stub.cfg()).score == 1.0
+
+
 def test_identical_requests_are_cached(stub):
     stub.script = ["VERDICT {nonce}: CORRECT"]
     cfg = stub.cfg(cache=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import io
 import socket
+import threading
 import time
 import urllib.parse
 from typing import Any, Callable
@@ -62,8 +63,8 @@ def request(method: str, url: str, data: bytes | None, headers: dict[str, str], 
 
     Raises :class:`TimeoutError` when the reply is not complete ``timeout_s`` after the start,
     ``http.client.HTTPException`` for a reply over ``max_bytes`` or a broken one, ``OSError`` for
-    network errors and :class:`BadURL`. Connecting (a TLS handshake included) runs under the
-    deadline's socket timeout; name resolution is not bounded here.
+    network errors and :class:`BadURL`. Name resolution, connecting and the TLS handshake run
+    under the deadline too.
     """
     deadline = time.monotonic() + timeout_s
 
@@ -82,6 +83,9 @@ def request(method: str, url: str, data: bytes | None, headers: dict[str, str], 
         raise BadURL(f"bad port in URL {url!r}") from None
     cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
     conn = cls(u.hostname, port, timeout=left())
+    # http.client resolves the name with a blocking getaddrinfo that no timeout bounds (a dead
+    # resolver holds it for tens of seconds): connect to addresses resolved under the deadline.
+    conn._create_connection = lambda addr, timeout, source=None: _connect(addr[0], addr[1], left, source)
     sock = None
     try:
         conn.connect()
@@ -106,3 +110,42 @@ def request(method: str, url: str, data: bytes | None, headers: dict[str, str], 
         conn.close()
         if sock is not None:
             sock.close()
+
+
+def _resolve(host: str, port: int, left: Callable[[], float]) -> list[tuple[Any, ...]]:
+    """``getaddrinfo`` in a daemon thread, waited on only until the deadline."""
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            out["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            out["error"] = e
+
+    t = threading.Thread(target=work, name="thinkgym-resolve", daemon=True)
+    t.start()
+    t.join(left())
+    if t.is_alive():
+        raise TimeoutError(f"resolving {host!r} took too long")
+    if "error" in out:
+        raise out["error"]
+    return out["infos"]
+
+
+def _connect(host: str, port: int, left: Callable[[], float], source: Any = None) -> socket.socket:
+    """Like ``socket.create_connection``, with resolution and each attempt under the deadline."""
+    err: OSError | None = None
+    for family, kind, proto, _, addr in _resolve(host, port, left):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left())
+            if source:
+                sock.bind(source)
+            sock.connect(addr)
+            return sock
+        except OSError as e:
+            sock.close()
+            err = e
+            if isinstance(e, TimeoutError):
+                raise
+    raise err or OSError(f"no address for {host!r}")
