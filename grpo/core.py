@@ -80,9 +80,15 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer_len: int, penalty: fl
     return torch.clamp(lin, min=-penalty, max=0.0)
 
 
-def truncation_mask(finish_reasons: Sequence[str], truncated: Sequence[str] = ("length",)) -> Tensor:
-    """1 for completions that ended normally, 0 for truncated ones (DAPO overlong filtering). (N,)"""
-    return torch.tensor([0.0 if f in truncated else 1.0 for f in finish_reasons], dtype=torch.float32)
+def truncation_mask(finish_reasons: Sequence[str | Sequence[str]], truncated: Sequence[str] = ("length",)) -> Tensor:
+    """1 for completions that ended normally, 0 for truncated ones (DAPO overlong filtering). (N,)
+
+    An entry is one finish reason, or a multi-turn episode's list of them: a turn cut anywhere
+    masks the whole sequence, since its later turns answer feedback on a cut-off reply."""
+    def cut(f: str | Sequence[str]) -> bool:
+        return f in truncated if isinstance(f, str) else any(t in truncated for t in f)
+
+    return torch.tensor([0.0 if cut(f) else 1.0 for f in finish_reasons], dtype=torch.float32)
 
 
 def degenerate_groups(rewards: Tensor, group_ids: Tensor, atol: float = 1e-6) -> Tensor:

@@ -95,16 +95,20 @@ def batch_groups(cfg: GRPOConfig, groups: list[list[Any]], stats: dict[str, floa
     return groups[: max(1, all_max(int(stats["informative"])))]
 
 
-def evaluate(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], rank: int, world: int) -> float:
-    """Greedy held-out accuracy on ``eval_prompts`` fixed prompts (the same ones every time)."""
+def evaluate(cfg: GRPOConfig, sampler: Any, state: dict[str, Any], rank: int, world: int) -> tuple[float, float]:
+    """Greedy held-out accuracy on ``eval_prompts`` fixed prompts (the same ones every time), and
+    how many of them the grader failed on. Those are left out of the accuracy, not scored 0: a
+    grader outage is not the policy's (NaN when every grade failed)."""
     from thinkgym.sampler.rollout import collect_rollouts
 
     # The last eval_prompts items of the source: never trained on (see collect_groups).
     mine = [i for i in range(cfg.eval_prompts) if i % world == rank]
     indices = [state["n_items"] - 1 - i for i in mine]
-    if not indices:
-        return all_mean([])
-    batch = collect_rollouts(env_ids_for(cfg, indices), sampler, indices=indices, group_size=1,
-                             cfg=sampling_config(cfg, cfg.seed, 1, greedy=True), max_turns=cfg.max_turns,
-                             env_kwargs={**cfg.env_kwargs, **cfg.eval_env_kwargs})
-    return all_mean([is_correct(e) for e in batch.episodes])
+    episodes = []
+    if indices:
+        episodes = collect_rollouts(env_ids_for(cfg, indices), sampler, indices=indices, group_size=1,
+                                    cfg=sampling_config(cfg, cfg.seed, 1, greedy=True), max_turns=cfg.max_turns,
+                                    env_kwargs={**cfg.env_kwargs, **cfg.eval_env_kwargs}).episodes
+    graded = [e for e in episodes if not e.infra_error]
+    errors = all_mean([float(len(episodes) - len(graded))]) * max(world, 1)  # total over ranks
+    return all_mean([is_correct(e) for e in graded]), errors

@@ -100,9 +100,9 @@ class GRPOConfig:
     # -- rewards and advantages
     advantage: Literal["grpo", "rloo", "gae"] = "grpo"  #: advantage estimator (gae = PPO with a critic)
     std_normalize: bool = True  #: divide group advantages by the group std (false = Dr. GRPO)
-    overlong_buffer: int = 0  #: DAPO soft overlong penalty over the last N tokens of max_tokens (0 = off)
+    overlong_buffer: int = 0  #: DAPO soft overlong penalty over the last N tokens of max_tokens, on the longest turn (0 = off)
     overlong_penalty: float = 1.0  #: penalty at max_tokens
-    mask_truncated: bool = False  #: DAPO overlong filtering: no loss on completions cut by max_tokens
+    mask_truncated: bool = False  #: DAPO overlong filtering: no loss on episodes with a turn cut by max_tokens
     gamma: float = 1.0  #: GAE discount
     lam: float = 0.95  #: GAE lambda
     # -- loss
@@ -288,13 +288,13 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         # ---- 2. rewards: infra errors, overlong shaping / filtering -------------------------
         t1 = time.perf_counter()
         raw = core.rewards_tensor([e.reward for e in episodes])  # (N,) NaN = grader error
-        lengths = torch.tensor([e.completion_len for e in episodes])
+        lengths = torch.tensor([e.longest_turn for e in episodes])  # (N,) max_tokens caps each turn
         rewards = raw.clone()
         if cfg.overlong_buffer > 0:
             rewards = rewards + core.overlong_penalty(lengths, cfg.max_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
         seq_w = (~torch.isnan(raw)).float()  # (N,)
         if cfg.mask_truncated:
-            seq_w = seq_w * core.truncation_mask([e.finish_reason for e in episodes])
+            seq_w = seq_w * core.truncation_mask([e.finish_reasons for e in episodes])
         full = collate(episodes, pad_id, device)  # (N, T) tensors
         if shared_prefix:
             full["gids"] = gids.to(device)  # (N,) policy_forward shares each group's prompt
@@ -410,7 +410,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             print(f"\n[thinkgym] WARNING: non-finite loss at step {step}: update skipped "
                   f"({state['bad_streak']}/{cfg.max_bad_steps} in a row)", flush=True)
         if cfg.eval_prompts and (step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0)):
-            row["eval_accuracy"] = evaluate(cfg, sampler, state, rank, world)
+            row["eval_accuracy"], row["eval_grader_errors"] = evaluate(cfg, sampler, state, rank, world)
         state["history"].append(row)
         state["step"] = step
         if monitor is not None:

@@ -38,6 +38,7 @@ class Episode:
     old_logprobs: list[float]  # sampler logprobs aligned to input_ids; 0.0 where masked
     prompt_len: int
     completion_len: int = 0  # model-sampled tokens (sum of loss_mask)
+    turn_lens: list[int] = field(default_factory=list)  # model-sampled tokens per turn
     reward: float | None = None  # None: the final grade was an infrastructure error
     grades: list[dict[str, Any]] = field(default_factory=list)  # one per turn
     turn_rewards: list[float | None] = field(default_factory=list)
@@ -58,6 +59,11 @@ class Episode:
         return self.reward is None
 
     @property
+    def longest_turn(self) -> int:
+        """Most model-sampled tokens in one turn: what a per-turn ``max_tokens`` bounds."""
+        return max(self.turn_lens, default=0)
+
+    @property
     def extracted(self) -> str | None:
         return self.grades[-1].get("extracted") if self.grades else None
 
@@ -66,7 +72,7 @@ class Episode:
             "group_id": self.group_id, "member": self.member, "index": self.index, "env_id": self.env_id,
             "reward": self.reward, "turn_rewards": self.turn_rewards, "finish_reason": self.finish_reason,
             "finish_reasons": self.finish_reasons, "num_turns": self.num_turns, "prompt_len": self.prompt_len,
-            "completion_len": self.completion_len, "think_tokens": self.think_tokens,
+            "completion_len": self.completion_len, "turn_lens": self.turn_lens, "think_tokens": self.think_tokens,
             "terminated": self.terminated, "truncated": self.truncated, "texts": self.texts,
             "grades": self.grades, "messages": self.messages,
         }
@@ -368,6 +374,7 @@ def _append_completion(ep: Episode, c: Completion) -> None:
     lps = c.logprobs or [0.0] * len(c.token_ids)
     ep.old_logprobs += [lp if s else 0.0 for lp, s in zip(lps, c.sampled_mask)]
     ep.completion_len += c.num_sampled
+    ep.turn_lens.append(c.num_sampled)
     ep.num_turns += 1
     ep.texts.append(c.text)
     ep.text = c.text

@@ -543,9 +543,11 @@ def _check_tasks(cfg: SFTConfig) -> None:
                               "use its data through datasets instead")
 
 
-def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, world: int) -> float:
+def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, world: int) -> tuple[float | None, int]:
     """Greedy accuracy (reward >= 1, as the eval harness counts it) on items
-    0 .. eval_env_items-1 of ``eval_env``; each rank answers every world-th item."""
+    0 .. eval_env_items-1 of ``eval_env``; each rank answers every world-th item. Also returns
+    how many grades failed: those items are left out (a grader outage is not the policy's), and
+    the accuracy is None when every grade failed."""
     import torch
     import torch.distributed as dist
 
@@ -554,7 +556,7 @@ def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, w
     from thinkgym.sampler.types import SamplingConfig
 
     indices = list(range(rank, cfg.eval_env_items, world))
-    counts = torch.zeros(2, dtype=torch.float64, device=device)
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # right, graded, grader errors
     threads, training = torch.get_num_threads(), model.training
     if cfg.eval_threads:
         # Decode steps of a small model are tiny ops; extra OpenMP threads spin-wait on each
@@ -567,12 +569,16 @@ def dev_accuracy(cfg: SFTConfig, model: Any, tok: Any, device: Any, rank: int, w
             batch = collect_rollouts(cfg.eval_env, sampler, indices=indices, group_size=1, env_kwargs=cfg.eval_env_kwargs,
                                      cfg=SamplingConfig(n=1, temperature=0.0, max_tokens=cfg.eval_max_tokens, seed=cfg.seed))
             counts[0] = sum(e.reward is not None and e.reward >= 1.0 for e in batch.episodes)
-            counts[1] = len(batch.episodes)
+            counts[1] = sum(not e.infra_error for e in batch.episodes)
+            counts[2] = len(batch.episodes) - counts[1]
     finally:
         torch.set_num_threads(threads)
         model.train(training)  # the sampler switched the module to eval mode
     dist.all_reduce(counts)
-    return float(counts[0] / counts[1].clamp(min=1))
+    if counts[2] and rank == 0:
+        print(f"[{cfg.stage}] warning: the grader failed on {int(counts[2])} of {cfg.eval_env_items} dev items; "
+              "they are left out of the dev accuracy", file=sys.stderr, flush=True)
+    return (float(counts[0] / counts[1]) if counts[1] else None), int(counts[2])
 
 
 @dataclass
@@ -859,9 +865,11 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                                      and _over_budget(cfg, time.perf_counter() - t0, train_s, device) == "max_train_s")
             if (cfg.eval_every and step % cfg.eval_every == 0) or last:
                 ev = evaluate()
-                acc = dev_accuracy(cfg, engine.module, tok, device, rank, world) if cfg.eval_env else None
+                acc, errors = dev_accuracy(cfg, engine.module, tok, device, rank, world) if cfg.eval_env else (None, 0)
                 if acc is not None:
                     rec["eval/accuracy"] = acc
+                if cfg.eval_env:
+                    rec["eval/grader_errors"] = errors
                 if ev is not None:
                     rec["eval/loss"] = ev
                     curve.eval.append((step, ev))

@@ -97,6 +97,9 @@ def test_overlong_penalty():
 def test_truncation_mask():
     assert core.truncation_mask(["stop", "length", "think_budget"]).tolist() == [1.0, 0.0, 1.0]
     assert core.truncation_mask(["length", "think_budget"], truncated=("length", "think_budget")).tolist() == [0, 0]
+    # multi-turn episodes: a turn cut anywhere masks the episode, not only a cut last turn
+    turns = [["length", "stop"], ["stop", "stop"], ["stop", "length"], []]
+    assert core.truncation_mask(turns).tolist() == [0.0, 1.0, 0.0, 1.0]
 
 
 def test_token_level_rewards_on_last_trainable_token():

@@ -15,6 +15,7 @@ from conftest import free_port
 
 from thinkgym.config import ConfigError, load_config
 from thinkgym.grpo.train import GRPOConfig, check_config
+from thinkgym.verifiers import Grade, register_grader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -739,3 +740,28 @@ def test_no_two_rollouts_share_a_sampling_seed(tiny_model_dir, tmp_path):
         collect_groups(cfg, sampler, state, step, rank=0, world=1)
     assert len(seen) == 5 * 3 * 3 * 3  # steps x rounds x prompts x members
     assert len(set(seen)) == len(seen)
+
+
+@register_grader("test_grpo_even_gold_fails", version="0")
+def _even_gold_fails(completion, gold, **meta):
+    if int(float(gold)) % 2 == 0:
+        raise RuntimeError("grader outage")
+    return Grade(1.0)
+
+
+@pytest.mark.slow
+def test_eval_leaves_grader_errors_out_of_the_accuracy(tiny_model_dir, tmp_path):
+    """A grader outage on a held-out item is counted as an error, not as a wrong answer."""
+    from thinkgym.grpo.rollouts import evaluate
+    from thinkgym.sampler import make_sampler
+    from thinkgym.tasks import make_task
+
+    kw = {"task_params": {"n_operands": 2, "max_value": 9}, "grader": "test_grpo_even_gold_fails"}
+    cfg = tiny_cfg(tiny_model_dir, tmp_path, env_kwargs=kw, eval_prompts=8, max_tokens=4, overlong_buffer=0)
+    n_items = 1000
+    src = make_task("arithmetic", seed=0, **kw["task_params"])  # the env's default task seed
+    even = sum(int(float(src[n_items - 1 - i]["answer"])) % 2 == 0 for i in range(8))
+    assert 0 < even < 8  # the check below needs both kinds of item
+    sampler = make_sampler("hf", tiny_model_dir, num_threads=1)
+    acc, errors = evaluate(cfg, sampler, {"n_items": n_items}, rank=0, world=1)
+    assert errors == even and acc == 1.0

@@ -55,6 +55,8 @@ def test_multi_turn_masks_and_tokens(sampler, multi: EpisodeBatch):
         assert e.completion_len == sum(e.loss_mask)
         segs = runs(e.loss_mask)
         assert len(segs) == e.num_turns  # one sampled run per turn; feedback in between is masked
+        # max_tokens caps each turn: overlong shaping reads the longest turn, not the total
+        assert e.turn_lens == [b - a for a, b in segs] and e.longest_turn == max(e.turn_lens) <= 24
         for (a, b), text in zip(segs, e.texts):
             assert tok.decode(e.input_ids[a:b], skip_special_tokens=True) == text
         masked_out = tok.decode([t for t, m in zip(e.input_ids, e.loss_mask) if not m], skip_special_tokens=False)

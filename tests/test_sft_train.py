@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
+from thinkgym.verifiers import get_grader, register_grader
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -387,6 +389,27 @@ def test_best_checkpoint_by_dev_accuracy(tiny_model_dir, const_data, tmp_path):
     saved = json.loads((out / "result.json").read_text())
     assert saved["best_step"] == want["step"] and "train_loss" not in saved
     assert 0 < saved["train_seconds"] <= saved["seconds"]
+
+
+@register_grader("test_sft_gold8_outage", version="0")
+def _gold8_outage(completion, gold, **meta):
+    if str(gold).strip() == "8":
+        raise RuntimeError("grader outage")
+    return get_grader("math")(completion, gold, **meta)
+
+
+def test_dev_accuracy_leaves_grader_errors_out(tiny_model_dir, const_data, tmp_path):
+    """Items the grader fails on are counted as errors, not as wrong answers."""
+    from thinkgym.sft_coldstart.train import train
+
+    data, env_kwargs = const_data
+    env_kwargs = {**env_kwargs, "task_params": {**env_kwargs["task_params"], "grader": "test_sft_gold8_outage"}}
+    out = tmp_path / "acc"
+    res = train(_cfg(tiny_model_dir, data, out, max_steps=16, eval_every=4, best_metric="accuracy",
+                     eval_env="thinkgym/Arithmetic-v0", eval_env_kwargs=env_kwargs, eval_env_items=12, eval_max_tokens=16))
+    evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "eval/accuracy" in l]
+    assert [r["eval/grader_errors"] for r in evals] == [4] * len(evals)  # the 4 items whose gold is 8
+    assert res["best_eval_accuracy"] == 1.0  # every graded item (gold 7) is answered right
 
 
 def test_resume_keeps_the_best_dev_accuracy(tiny_model_dir, const_data, tmp_path):
