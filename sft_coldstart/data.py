@@ -9,7 +9,9 @@ Assistant tokens come from the template's ``{% generation %}`` markers when it h
 (``return_assistant_tokens_mask``); otherwise from incremental prefix rendering: the text of
 ``messages[:i]`` + generation prompt is a prefix of the text of ``messages[:i+1]``, so the
 assistant turn is the character span between the two, mapped to tokens by offsets. That works
-for any template that renders a conversation as the concatenation of its turns.
+for any template that renders a conversation as the concatenation of its turns. A trained turn
+always ends on a special token (the template's end-of-turn marker, else an inserted eos), so
+the model learns to stop.
 """
 
 from __future__ import annotations
@@ -198,9 +200,41 @@ def render(tokenizer: Any, conv: Conversation, max_length: int | None = None, me
         ids, labels = _render_by_prefix(tokenizer, conv)
     else:
         raise ValueError(f"unknown render method {method!r}")
+    ids, labels = _close_turns(tokenizer, ids, labels)
     if max_length is not None and len(ids) > max_length:
         ids, labels = ids[:max_length], labels[:max_length]
     return {"input_ids": ids, "labels": labels}
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", None) or ())
+    for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(t, "special", False):
+            ids.add(int(i))
+    return ids
+
+
+def _close_turns(tokenizer: Any, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    """Every trained assistant turn must end on a special token, or the model never learns to
+    stop. A turn that ends on text is closed by the special token the template puts right after
+    it (trained too: markers that leave ``<|im_end|>`` outside), else by the tokenizer's eos,
+    inserted (templates such as Alpaca's close a turn with plain text or nothing)."""
+    special = _special_ids(tokenizer)
+    ends = [k for k in range(len(ids)) if labels[k] != IGNORE_INDEX and (k + 1 == len(ids) or labels[k + 1] == IGNORE_INDEX)]
+    ids, labels = list(ids), list(labels)
+    for k in reversed(ends):  # from the end: inserting shifts only later positions
+        if ids[k] in special:
+            continue
+        if k + 1 < len(ids) and ids[k + 1] in special:
+            labels[k + 1] = ids[k + 1]
+            continue
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is None:
+            raise DataError("the chat template ends assistant turns without a special token and the tokenizer "
+                            "has no eos token, so the model could never learn to stop; set tokenizer.eos_token")
+        ids.insert(k + 1, eos)
+        labels.insert(k + 1, eos)
+    return ids, labels
 
 
 def _render_by_prefix(tokenizer: Any, conv: Conversation) -> tuple[list[int], list[int]]:

@@ -273,6 +273,44 @@ def test_generation_markers_with_whitespace_control_are_used(tiny_model_dir):
     assert trainable_text(tok, ex) == [m["content"] + "<|im_end|>" for m in MULTI if m["role"] == "assistant"]
 
 
+ALPACA = (
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{{ '### Instruction:\n' + m['content'] + '\n\n' }}"
+    "{%- elif m['role'] == 'assistant' -%}{{ '### Response:\n' + m['content'] + '\n\n' }}{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '### Response:\n' }}{%- endif -%}"
+)
+
+
+def test_template_that_closes_turns_with_plain_text_gets_a_trained_eos(tiny_model_dir):
+    """Alpaca-style templates end a response with blank lines only: an eos is inserted and
+    trained after each assistant turn, or the model would never learn to stop."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = ALPACA
+    conv = [m for m in MULTI if m["role"] in ("user", "assistant")]
+    ex = render(tok, conv)
+    assert trainable_text(tok, ex) == [m["content"] + tok.eos_token for m in conv if m["role"] == "assistant"]
+    assert ex["input_ids"].count(tok.eos_token_id) == 3
+    # Without an eos token the row is an error rather than a model that cannot stop.
+    tok.eos_token = None
+    with pytest.raises(DataError, match="never learn to stop"):
+        render(tok, conv)
+
+
+def test_end_of_turn_marker_outside_the_generation_markers_is_trained(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from thinkgym.sft_coldstart.tiny import CHAT_TEMPLATE
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = CHAT_TEMPLATE.replace("{{ message['content'] + '<|im_end|>' }}{% endgeneration %}",
+                                              "{{ message['content'] }}{% endgeneration %}{{ '<|im_end|>' }}")
+    assert tok.chat_template != CHAT_TEMPLATE
+    ex = render(tok, MULTI, method="generation")
+    assert trainable_text(tok, ex) == [m["content"] + "<|im_end|>" for m in MULTI if m["role"] == "assistant"]
+    assert ex == render(AutoTokenizer.from_pretrained(tiny_model_dir), MULTI, method="generation")
+
+
 def test_generation_method_without_markers_is_an_error(tiny_model_dir):
     from transformers import AutoTokenizer
 
