@@ -378,6 +378,11 @@ def test_answers_equal_direct():
     (r"x < 1 \text{ or } x > 3", r"(-\infty,1)\cup(3,\infty)", 1.0),
     # sympy cannot compare the answer's structure: a wrong answer, not an infrastructure error
     (r"6 \mod 7", "5", 0.0),
+    # an undefined term is not dropped from a sum (sympy treats 0 * oo as a zero coefficient)
+    (r"5 + 0\cdot\infty", "5", 0.0), (r"5 + (\infty - \infty)", "5", 0.0), (r"\infty", r"\infty", 1.0),
+    # redundant pairs: 40 levels of parentheses ran past the 5 s budget in a fresh worker (score None)
+    ("(" * 80 + "5" + ")" * 80, "5", 1.0), ("f((x))", "f(x)", 1.0),
+    ("((1)+(2))", "3", 1.0), (r"\frac{{1}}{2}", "0.5", 1.0),
 ])
 def test_adversarial_answers(pred, gold, score):
     assert grade("math", B(pred), gold).score == score

@@ -365,13 +365,44 @@ def _parse_sympy(s: str) -> Any:
 
 
 def _parse_one(s: str) -> Any:
+    import sympy
     from latex2sympy2_extended import NormalizationConfig, latex2sympy
     from latex2sympy2_extended.latex2sympy2 import ConversionConfig
 
     norm = NormalizationConfig(basic_latex=True, units=True, malformed_operators=True, nits=True, boxed="none", equations=False)
     conv = ConversionConfig(interpret_as_mixed_fractions=True, lowercase_symbols=False)
     _install_fast_numbers()
-    return _exact(latex2sympy(s, normalization_config=norm, conversion_config=conv))
+    expr = _exact(latex2sympy(_collapse_parens(s), normalization_config=norm, conversion_config=conv))
+    # The parser leaves products unevaluated, and sympy drops a 0 * oo term from a sum as a
+    # zero coefficient: "5 + 0 \cdot \infty" would equal 5. An undefined value equals nothing.
+    if isinstance(expr, sympy.Basic) and expr.has(sympy.oo, sympy.zoo, sympy.nan):
+        try:
+            undefined = expr.doit().has(sympy.nan)
+        except Exception:  # noqa: BLE001 - sympy raises many types on odd input
+            undefined = False
+        if undefined:
+            raise ValueError(f"undefined value: {s!r}")
+    return expr
+
+
+def _collapse_parens(s: str) -> str:
+    """``((x))`` -> ``(x)``, ``{{x}}`` -> ``{x}``: a redundant pair changes nothing, and the
+    parser's time grows steeply with bare nesting (40 levels of parentheses around a number ran
+    past a 5 s budget; 20 levels of bare braces took minutes)."""
+    if "((" not in s and "{{" not in s:
+        return s
+    stacks: dict[str, list[int]] = {"(": [], "{": []}
+    match: dict[int, int] = {}
+    for i, c in enumerate(s):
+        if i and s[i - 1] == "\\":  # \{ \} are set braces, not grouping
+            continue
+        if c in stacks:
+            stacks[c].append(i)
+        elif c in ")}" and stacks["(" if c == ")" else "{"]:
+            match[stacks["(" if c == ")" else "{"].pop()] = i
+    drop = {i for i, j in match.items() if match.get(i + 1) == j - 1 and s[i] == s[i + 1]}
+    drop |= {match[i] for i in drop}
+    return "".join(c for i, c in enumerate(s) if i not in drop)
 
 
 def _exact(expr: Any) -> Any:
