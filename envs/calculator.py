@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ast
 import math
-from decimal import Decimal, InvalidOperation
+import sys
+from decimal import Context, Decimal, InvalidOperation
 from fractions import Fraction
 
 MAX_CHARS = 500
@@ -34,7 +35,9 @@ def _pow(a: Fraction, b: Fraction) -> Fraction:
     e = int(b)
     # Bound the size before computing: |a|^e has about e*log10|a| digits.
     mag = max(abs(a.numerator), a.denominator)
-    if mag > 1 and abs(e) * math.log10(mag) > MAX_DIGITS:
+    # mag >= 2 puts log10(mag) >= 0.3, so any |e| over 4 * MAX_DIGITS is too large; testing it
+    # first keeps a 400-digit exponent from overflowing the float product.
+    if mag > 1 and (abs(e) > 4 * MAX_DIGITS or abs(e) * math.log10(mag) > MAX_DIGITS):
         raise CalculatorError(f"power too large (more than {MAX_DIGITS} digits)")
     if a == 0 and e < 0:
         raise CalculatorError("division by zero")
@@ -48,8 +51,10 @@ def _sqrt(a: Fraction) -> Fraction:
     rn, rd = math.isqrt(n), math.isqrt(d)
     if rn * rn == n and rd * rd == d:
         return Fraction(rn, rd)
-    # Irrational: a 28-digit decimal approximation (Decimal, so huge inputs cannot overflow).
-    return Fraction(Decimal(n).sqrt() / Decimal(d).sqrt())
+    # Irrational: a 28-digit decimal approximation (Decimal, so huge inputs cannot overflow), in
+    # a context of its own: the thread's may have been changed by whoever runs the env.
+    ctx = Context(prec=28)
+    return Fraction(ctx.divide(ctx.sqrt(Decimal(n)), ctx.sqrt(Decimal(d))))
 
 
 _FUNCS = {"sqrt": 1, "abs": 1, "round": 1, "min": -1, "max": -1}
@@ -90,8 +95,8 @@ def evaluate(expr: str) -> Fraction:
                     raise CalculatorError("division by zero")
                 if isinstance(op, ast.Div):
                     return _check_size(a / b)
-                q = Fraction(math.floor(a / b))
-                return q if isinstance(op, ast.FloorDiv) else _check_size(a - q * b)
+                # Checked too: ``10**399 // 1e-300`` has 700 digits.
+                return _check_size(Fraction(a // b) if isinstance(op, ast.FloorDiv) else a % b)
             if isinstance(op, ast.Pow):
                 return _check_size(_pow(a, b))
             raise CalculatorError(f"operator {type(op).__name__} is not supported")
@@ -116,7 +121,11 @@ def format_value(v: Fraction) -> str:
     """Integers exactly; other values as a decimal with up to 12 significant digits."""
     if v.denominator == 1:
         return str(v.numerator)
-    return f"{float(v):.12g}"
+    if sys.float_info.min <= abs(v) <= sys.float_info.max:
+        return f"{float(v):.12g}"
+    # Beyond float range (or subnormal, where float keeps few digits): ``10**399 / 3`` would
+    # overflow and ``1 / 10**399`` would show as 0.
+    return f"{Context(prec=12).divide(Decimal(v.numerator), Decimal(v.denominator)).normalize():g}"
 
 
 def calculate(expr: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import numbers
 import re
+from collections.abc import Mapping
 from typing import Any, Callable, SupportsFloat
 
 import gymnasium as gym
@@ -40,6 +41,7 @@ TOOL_SYSTEM_PROMPT = (
 )
 
 MAX_TEXT = 1 << 20  # characters; bounds both prompts and completions
+MAX_RESULT_CHARS = 2000  # per tool result: a tool that answers with a book must not flood the context
 
 
 _TIMING_KEYS = frozenset({"elapsed_s", "time_s"})
@@ -60,6 +62,16 @@ def _positive_int(name: str, value: Any) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+def _mapping(name: str, value: Any) -> dict[str, Any]:
+    """``value`` (a mapping or None) as a new dict; a list of pairs or a string is refused
+    rather than half-read by ``dict()`` or rejected from deep inside a ``**`` call."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict or None, got {type(value).__name__} {value!r:.80}")
+    return dict(value)
 
 
 def _grade_info(g: Grade) -> dict[str, Any]:
@@ -92,7 +104,7 @@ class TaskEnv(gym.Env[str, str]):
         elif isinstance(task, str):
             if size is not None:
                 size = _positive_int("size", size)
-            self.source = make_task(task, seed=seed, size=size, **(task_params or {}))
+            self.source = make_task(task, seed=seed, size=size, **_mapping("task_params", task_params))
         else:
             raise TypeError(f"task must be a registered task name or a TaskSource, got {type(task).__name__}")
         if len(self.source) == 0:
@@ -103,7 +115,7 @@ class TaskEnv(gym.Env[str, str]):
         self.grader_name = grader
         # Fail at construction on an unknown grader, not mid-rollout.
         get_grader(grader or self.source.grader)
-        self.grader_kwargs = dict(grader_kwargs or {})
+        self.grader_kwargs = _mapping("grader_kwargs", grader_kwargs)
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise TypeError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")
         self.system_prompt = system_prompt
@@ -119,20 +131,21 @@ class TaskEnv(gym.Env[str, str]):
 
     # -- reset -------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-        super().reset(seed=seed)
-        options = dict(options or {})
+        options = _mapping("options", options)
         unknown = sorted(set(options) - {"index"})
         if unknown:
             raise ValueError(f"unknown reset option(s) {unknown}; known: ['index']")
         n = len(self.source)
+        i = options.get("index")
         if "index" in options:
-            i = options["index"]
             if isinstance(i, bool) or not isinstance(i, numbers.Integral):  # ints and numpy integers only
                 raise TypeError(f"options['index'] must be an int, got {type(i).__name__} {i!r}")
             i = int(i)
             if not 0 <= i < n:
                 raise IndexError(f"options['index'] = {i} out of range for task {self.task_name!r} (size {n})")
-        else:
+        # Seeded only once the options are known good: a refused reset leaves the RNG as it was.
+        super().reset(seed=seed)
+        if i is None:
             i = int(self.np_random.integers(n))
         self._item = self.source[i]
         self._index = i
@@ -169,19 +182,30 @@ class TaskEnv(gym.Env[str, str]):
         return self.grader(completion, self._item["answer"], **kwargs)
 
     # -- step --------------------------------------------------------------------------------
-    def _begin_step(self, action: Any) -> None:
+    def _begin_step(self, action: Any) -> int:
+        """Checks ``action`` and returns this step's turn number.
+
+        The episode changes only in :meth:`_finish_step`: a step that raises (a bad action, a
+        tool or ``feedback_fn`` that fails) leaves it as it was, so the step can be retried
+        without a duplicated assistant turn or a used-up attempt.
+        """
         if self._item is None:
             raise ResetNeeded("call reset() before step()")
         if self._done:
             raise ResetNeeded("the episode is over; call reset() before step()")
         if not isinstance(action, str):
             raise TypeError(f"action must be the completion text (str), got {type(action).__name__}")
-        self._turn += 1
-        self._messages.append({"role": "assistant", "content": action})
+        if not self.action_space.contains(action):
+            raise ValueError(
+                f"action is {len(action)} characters; the action space allows at most {self.action_space.max_length}"
+            )
+        return self._turn + 1
 
     def _finish_step(
-        self, g: Grade, feedback: str | None, terminated: bool, truncated: bool
+        self, action: str, g: Grade, feedback: str | None, terminated: bool, truncated: bool
     ) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        self._turn += 1
+        self._messages.append({"role": "assistant", "content": action})
         self.last_grade = g
         self._done = terminated or truncated
         if feedback is not None and not self._done:
@@ -208,7 +232,7 @@ class SingleTurnEnv(TaskEnv):
 
     def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
         self._begin_step(action)
-        return self._finish_step(self.grade(action), None, True, False)
+        return self._finish_step(action, self.grade(action), None, True, False)
 
 
 def _failing_cases(g: Grade, item: Item, limit: int = 2) -> list[str]:
@@ -239,7 +263,8 @@ def _failing_cases(g: Grade, item: Item, limit: int = 2) -> list[str]:
             got = res.get("got") or res.get("error") or res.get("status")
         else:
             line = f"for input {case.get('stdin')!r} the output should be {case.get('expected_stdout')!r}"
-            got = res.get("error") or res.get("status")
+            # What the program printed (possibly empty), not just the status "wrong_answer".
+            got = repr(res["got"]) if isinstance(res.get("got"), str) else res.get("error") or res.get("status")
         out.append(f"Test {i} failed: {line}; got: {str(got)[:300]}")
     if hidden_failed:
         out.append(f"{hidden_failed} hidden test{'s' if hidden_failed > 1 else ''} failed.")
@@ -251,8 +276,16 @@ def default_feedback(g: Grade, item: Item) -> str:
     if g.score is None:
         return "The answer could not be checked this time. Please try again."
     parts = [f"That is not correct yet (score {g.score:.2f})."]
-    if g.reason:
-        parts.append(f"Reason: {g.reason}.")
+    cases = g.details.get("cases") if isinstance(g.details, dict) else None
+    reason = g.reason
+    if isinstance(cases, list) and cases:
+        # The code grader's reason names the first failing case, hidden ones included, with the
+        # error the candidate raised there: ``raise ValueError(repr(args))`` would read a hidden
+        # input back. Only the count is told; public cases are detailed below.
+        passed = sum(isinstance(c, dict) and bool(c.get("passed")) for c in cases)
+        reason = f"{passed}/{len(cases)} cases passed"
+    if reason:
+        parts.append(f"Reason: {reason}.")
     parts += _failing_cases(g, item)
     parts.append("Try again: think inside <think> </think>, then give your final answer.")
     return "\n".join(parts)
@@ -284,17 +317,22 @@ class MultiTurnEnv(TaskEnv):
         self.feedback_fn = feedback_fn
 
     def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
-        self._begin_step(action)
+        turn = self._begin_step(action)
         g = self.grade(action)
         if g.score is not None and g.score >= self.success_score:
-            return self._finish_step(g, None, True, False)
-        if self._turn >= self.max_turns:
-            return self._finish_step(g, None, False, True)
+            return self._finish_step(action, g, None, True, False)
+        if turn >= self.max_turns:
+            return self._finish_step(action, g, None, False, True)
         assert self._item is not None
-        return self._finish_step(g, self.feedback_fn(g, self._item), False, False)
+        feedback = self.feedback_fn(g, self._item)
+        if not isinstance(feedback, str):  # it becomes the observation and a user message
+            raise TypeError(f"feedback_fn must return a str, got {type(feedback).__name__}")
+        return self._finish_step(action, g, feedback, False, False)
 
 
-_ANSWER_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
+# Whatever the graders' extraction takes as an answer channel ends the episode: <answer>,
+# \boxed and \fbox (a bare \fbox{42} was otherwise read as "no answer" and never graded).
+_ANSWER_OPEN_RE = re.compile(r"(?i:<answer>)|\\boxed|\\fbox")
 
 
 class ToolEnv(TaskEnv):
@@ -302,6 +340,7 @@ class ToolEnv(TaskEnv):
 
     Tool calls are read from the text after the last ``</think>`` (the whole text if there is
     none). Tool turns are not graded for correctness: their reward is 0 and their grade says so.
+    Each result is cut to ``max_result_chars``.
     """
 
     def __init__(
@@ -311,33 +350,43 @@ class ToolEnv(TaskEnv):
         max_turns: int = 4,
         max_calls_per_turn: int = 4,
         tool: Callable[[str], str] = calculate,
+        max_result_chars: int = MAX_RESULT_CHARS,
         system_prompt: str | None = TOOL_SYSTEM_PROMPT,
         **kwargs: Any,
     ) -> None:
         self.max_turns = _positive_int("max_turns", max_turns)
         self.max_calls_per_turn = _positive_int("max_calls_per_turn", max_calls_per_turn)
+        self.max_result_chars = _positive_int("max_result_chars", max_result_chars)
         if not callable(tool):
             raise TypeError(f"tool must be callable, got {type(tool).__name__}")
         super().__init__(task, system_prompt=system_prompt, **kwargs)
         self.tool = tool
 
+    def _run_tool(self, call: str) -> str:
+        out = str(self.tool(call))
+        if len(out) > self.max_result_chars:
+            out = out[: self.max_result_chars] + f" ...(cut to {self.max_result_chars} characters)"
+        return f"<result>{out}</result>"
+
     def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
-        self._begin_step(action)
+        turn = self._begin_step(action)
         close = action.rfind("</think>")
         section = action[close + len("</think>") :] if close >= 0 else action
-        if _ANSWER_OPEN_RE.search(section) or "\\boxed" in section:
-            return self._finish_step(self.grade(action), None, True, False)
+        if _ANSWER_OPEN_RE.search(section):
+            return self._finish_step(action, self.grade(action), None, True, False)
         calls = find_tag_contents(section, "tool")
         fp = self.grader.fingerprint
         if calls:
-            results = [f"<result>{self.tool(c)}</result>" for c in calls[: self.max_calls_per_turn]]
+            g = Grade(0.0, reason="tool call; no final answer yet", grader=fp, details={"tool_calls": len(calls)})
+        else:
+            g = Grade(0.0, reason="neither a tool call nor an answer", grader=fp)
+        if turn >= self.max_turns:
+            return self._finish_step(action, g, None, False, True)  # nobody reads a last result: no tool run
+        if calls:
+            results = [self._run_tool(c) for c in calls[: self.max_calls_per_turn]]
             if len(calls) > self.max_calls_per_turn:
                 results.append(f"(only the first {self.max_calls_per_turn} tool calls were run)")
             feedback = "\n".join(results)
-            g = Grade(0.0, reason="tool call; no final answer yet", grader=fp, details={"tool_calls": len(calls)})
         else:
             feedback = "No <tool> call and no <answer> found. Call the calculator with <tool>EXPR</tool> or give your final answer inside <answer> </answer>."
-            g = Grade(0.0, reason="neither a tool call nor an answer", grader=fp)
-        if self._turn >= self.max_turns:
-            return self._finish_step(g, None, False, True)
-        return self._finish_step(g, feedback, False, False)
+        return self._finish_step(action, g, feedback, False, False)

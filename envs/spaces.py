@@ -7,6 +7,7 @@ the spaces, newlines, punctuation and Unicode that every real prompt and complet
 
 from __future__ import annotations
 
+import numbers
 import string
 from typing import Any
 
@@ -22,8 +23,12 @@ class TextSpace(Space[str]):
     """Any Unicode string of at most ``max_length`` characters."""
 
     def __init__(self, max_length: int = 1 << 20, *, sample_max_length: int = 64, seed: int | np.random.Generator | None = None) -> None:
-        if max_length < 0:
-            raise ValueError(f"max_length must be >= 0, got {max_length}")
+        for name, value in (("max_length", max_length), ("sample_max_length", sample_max_length)):
+            # Refused rather than truncated (1.5) or compared with an int ("10").
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         self.max_length = int(max_length)
         self.sample_max_length = int(min(sample_max_length, max_length))
         super().__init__(shape=None, dtype=None, seed=seed)
