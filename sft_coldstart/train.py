@@ -54,7 +54,7 @@ class SFTConfig:
     eval_examples: int = 100  #: items per task held out for the eval loss (indices 0 .. eval_examples-1)
     datasets: list[str] = field(default_factory=list)  #: chat data: "file.jsonl" or "hf:NAME_OR_DIR[:SPLIT]"
     messages_field: str = "messages"  #: field of a dataset row holding the messages
-    eval_fraction: float = 0.05  #: share of dataset rows held out for the eval loss
+    eval_fraction: float = 0.05  #: share of dataset rows held out for the eval loss (every k-th row, offset by seed)
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  #: system turn of task conversations (None: no system turn)
     max_length: int = 1024  #: max tokens per example
     overlong: Literal["drop", "truncate"] = "drop"  #: what to do with longer examples

@@ -765,3 +765,31 @@ def test_eval_leaves_grader_errors_out_of_the_accuracy(tiny_model_dir, tmp_path)
     sampler = make_sampler("hf", tiny_model_dir, num_threads=1)
     acc, errors = evaluate(cfg, sampler, {"n_items": n_items}, rank=0, world=1)
     assert errors == even and acc == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_multi_turn_env_trains(tmp_path, tiny_model_dir):
+    """GRPO on a retry env: episodes of several turns (feedback masked in between) go through
+    the learner with overlong shaping on."""
+    import torch
+
+    from thinkgym.grpo.train import train
+
+    seen = []
+
+    def on_step(step, engine, sampler, row):
+        seen.append(row)
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", envs=["thinkgym/CountdownRetry-v0"], env_kwargs={},
+                   max_steps=2, max_turns=2, max_tokens=12, overlong_buffer=4, stop=[], minibatches=1,
+                   micro_batch_size=8, tensorboard=False, sampler_kwargs={"max_model_len": 1024})
+    res = train(cfg, on_step=on_step)
+    hist = res["history"]
+    assert [r["step"] for r in hist] == [1, 2] and len(seen) == 2
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in hist)
+    # The random model never solves countdown: both turns run, each up to 12 tokens, so an
+    # episode holds more sampled tokens than one turn's budget...
+    assert max(r["response_len"] for r in hist) > cfg.max_tokens
+    # ...and no episode is penalised past the full penalty (every turn is within max_tokens).
+    assert all(r["reward"] >= -cfg.overlong_penalty for r in hist)
