@@ -558,6 +558,139 @@ def test_cpu_spent_in_a_child_counts_against_the_case():
     assert r.score == 0.0 and r.details["cases"][0]["status"] == "timeout", r.details
 
 
+# 8 grandchildren of 0.3 s CPU each: reaped by a child that lives on, or orphaned and reaped
+# by the sandbox's init. Neither left its CPU where the harness looked.
+CPU_IN_GRANDCHILDREN = (
+    "import os, time\n"
+    "def burn():\n"
+    "    t = time.process_time()\n"
+    "    while time.process_time() - t < 0.3:\n"
+    "        pass\n"
+    "def f(x):\n"
+    "    r, w = os.pipe()\n"
+    "    if os.fork() == 0:\n"
+    "        for _ in range(8):\n"
+    "            if os.fork() == 0:\n"
+    "                burn(); os._exit(0)\n"
+    "            os.wait()\n"
+    "        os.write(w, b'k'); time.sleep(0.5); os._exit(0)\n"
+    "    os.read(r, 1)\n"
+    "    return x\n"
+)
+CPU_IN_ORPHANS = (
+    "import os, time\n"
+    "def f(x):\n"
+    "    for _ in range(8):\n"
+    "        r, w = os.pipe()\n"
+    "        if os.fork() == 0:\n"
+    "            if os.fork() == 0:\n"
+    "                t = time.process_time()\n"
+    "                while time.process_time() - t < 0.3:\n"
+    "                    pass\n"
+    "                os.write(w, b'k'); os._exit(0)\n"
+    "            os._exit(0)\n"
+    "        os.wait(); os.read(r, 1); os.close(r); os.close(w)\n"
+    "        time.sleep(0.05)\n"
+    "    return x\n"
+)
+
+
+@pytest.mark.parametrize("name", ["grandchildren", "orphans"])
+def test_cpu_spent_in_grandchildren_and_orphans_counts_against_the_case(name):
+    prog = CPU_IN_GRANDCHILDREN if name == "grandchildren" else CPU_IN_ORPHANS
+    lim = {"case_s": 0.5, "case_wall_s": 30.0, "wall_s": 40.0}
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [1], "expected": 1}]}
+    r = g(prog, t, limits=lim)
+    assert r.score == 0.0 and r.details["cases"][0]["status"] == "timeout", r.details
+    st = {"type": "stdio", "cases": [{"stdin": "", "expected_stdout": "1"}]}
+    r = g(prog + "print(f(1))\n", st, limits=lim)
+    assert r.score == 0.0 and r.details["cases"][0]["status"] == "timeout", r.details
+
+
+def test_stopping_the_harness_does_not_stretch_the_case_limits():
+    """SIGSTOP the harness (same uid), overrun the case, reply, and let a helper SIGCONT it:
+    the reply is already waiting when the harness looks again, but the case still timed out."""
+    prog = (
+        "import os, signal, time\n"
+        "def f(x):\n"
+        "    pp = os.getppid()\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(2.5); os.kill(pp, signal.SIGCONT); os._exit(0)\n"
+        "    time.sleep(0.01)\n"
+        "    os.kill(pp, signal.SIGSTOP)\n"
+        "    time.sleep(2)\n"
+        "    return x\n"
+    )
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [1], "expected": 1}]}
+    r = g(prog, t, limits={"case_s": 0.5, "case_wall_s": 1.0, "wall_s": 10.0})
+    assert r.score == 0.0 and r.details["cases"][0]["status"] == "timeout", r.details
+
+
+def test_cpu_rlimit_does_not_kill_a_worker_that_answered_many_cases():
+    """RLIMIT_CPU counts a process's whole life, while the case limit is per case: a function
+    worker that serves every case must not be killed once their sum passes cpu_s."""
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [i], "expected": i} for i in range(6)]}
+    prog = ("import time\ndef f(x):\n    t = time.process_time()\n"
+            "    while time.process_time() - t < 0.45:\n        pass\n    return x\n")
+    r = g(prog, t, limits={"case_s": 1.0, "cpu_s": 2, "wall_s": 30.0})
+    assert r.score == 1.0, r.details
+
+
+# f(x) "needs" x CPU seconds. Knowing the later inputs (the harness's memory is forked into the
+# worker), each easy case spends its spare budget on the hard one, so no single case overruns.
+AMORTIZE = (
+    "import gc, time\n"
+    "def burn(s):\n"
+    "    t = time.process_time()\n"
+    "    while time.process_time() - t < s:\n"
+    "        pass\n"
+    "owed, done = None, {}\n"
+    "def f(x):\n"
+    "    global owed\n"
+    "    if owed is None:\n"
+    "        owed = {}\n"
+    "        for o in gc.get_objects():\n"
+    "            if isinstance(o, list) and o and all(isinstance(a, list) and len(a) == 1 for a in o):\n"
+    "                owed.update((a[0], a[0]) for a in o if isinstance(a[0], float))\n"
+    "    budget = 0.8\n"
+    "    if x not in done:\n"
+    "        need = owed.pop(x, x); burn(need); done[x] = 2 * x; budget -= need\n"
+    "    for k in list(owed):\n"
+    "        step = max(min(budget, owed[k]), 0); burn(step); owed[k] -= step; budget -= step\n"
+    "        if owed[k] <= 1e-9:\n"
+    "            owed.pop(k); done[k] = 2 * k\n"
+    "    return done[x]\n"
+)
+
+
+def test_later_inputs_are_not_visible_so_cpu_cannot_be_spread_over_cases():
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [x], "expected": 2 * x} for x in (0.3, 0.31, 1.4)]}
+    r = g(AMORTIZE, t, limits={"case_s": 1.0, "case_wall_s": 10.0, "wall_s": 20.0})
+    assert r.score == 0.0 and r.details["cases"][2]["status"] == "timeout", r.details
+    # what the worker can find of the cases' inputs: its own and earlier ones
+    probe = ("import gc\ndef f(x):\n    return sorted({v for o in gc.get_objects() if isinstance(o, list)\n"
+             "                   for v in o if isinstance(v, int) and 7_000_000_000 < v < 8_000_000_000})\n")
+    marks = [7_000_000_001, 7_000_000_002, 7_000_000_003]
+    t = {"type": "function", "entry_point": "f", "cases": [{"args": [m], "expected": marks[: i + 1]} for i, m in enumerate(marks)]}
+    r = g(probe, t)
+    assert r.score == 1.0, r.details
+
+
+def test_a_failing_sandbox_is_an_infrastructure_error_not_an_exception(monkeypatch, caplog):
+    from thinkgym.verifiers.code import grade_programs
+    from thinkgym.verifiers.sandbox import get_sandbox
+
+    def boom(*a, **k):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(get_sandbox("local"), "run", boom)
+    r = g("def add(a, b):\n    return a + b\n")
+    assert r.score is None and "sandbox error" in r.reason, r.reason
+    assert "code sandbox (local) failed" in caplog.text
+    # one failing run does not take the rest of a batch down
+    assert [x.score for x in grade_programs([("def add(a, b):\n    return a + b\n", ADD)] * 2)] == [None, None]
+
+
 def test_memory_is_capped_per_run_not_only_per_process():
     """RLIMIT_AS bounds each process; children (or memfd / SysV shm) could add up to several
     times memory_mb. As root the local backend puts the whole run in a memory cgroup."""

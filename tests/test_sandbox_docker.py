@@ -172,6 +172,38 @@ def test_daemons_die_and_nothing_persists_between_runs(dsb):
     assert r.score == 1.0, r.details
 
 
+def test_a_run_that_kills_its_harness_cannot_poison_the_container(dsb):
+    """Killing the harness skips its kill_all, so a daemon of the sandbox uid outlives the run.
+    In a reused container it would kill every later run's reset before it runs (each one a
+    score=None), or worse. The daemon here gives up by itself after 15 s."""
+    evil = (
+        "import os, signal, time\n"
+        "def f(x):\n"
+        "    pp = os.getppid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid()\n"
+        "        if os.fork() == 0:\n"
+        "            me, uid, end = os.getpid(), str(os.getuid()), time.time() + 15\n"
+        "            old = set(os.listdir('/proc'))\n"
+        "            while time.time() < end:\n"
+        "                for p in set(os.listdir('/proc')) - old:\n"
+        "                    try:\n"
+        "                        if p.isdigit() and int(p) != me and open('/proc/%s/status' % p).read()"
+        ".split('Uid:')[1].split()[0] == uid:\n"
+        "                            os.kill(int(p), signal.SIGKILL)\n"
+        "                    except (OSError, IndexError):\n"
+        "                        pass\n"
+        "            os._exit(0)\n"
+        "        os._exit(0)\n"
+        "    time.sleep(0.2)\n"
+        "    os.kill(pp, signal.SIGKILL)\n"
+    )
+    assert dg(evil, cg.secret_tests(1)).score == 0.0
+    for _ in range(2):
+        r = dg("def add(a, b):\n    return a + b\n", cg.ADD)
+        assert r.score == 1.0, (r.reason, r.details)
+
+
 def test_network_none(dsb):
     prog = (
         "import socket\ndef f(x):\n    try:\n        socket.create_connection(('127.0.0.1', x), timeout=1)\n"

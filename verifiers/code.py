@@ -7,7 +7,8 @@ Test schema (shared with the code task sources)::
 
 Why the candidate cannot game the verdict:
 
-* Expected values never enter the sandbox: only the inputs do. Each function result is turned
+* Expected values never enter the sandbox: only the inputs do, each read by the harness when its
+  case starts (a candidate never sees a later case's input). Each function result is turned
   into JSON inside the sandbox and compared *here* with the expected value (floats with a
   tolerance), so ``__eq__`` overrides, patched builtins / ``unittest`` / ``math.isclose``, exit
   codes and printed "PASSED" markers change nothing. JSON can only carry plain data, so an
@@ -52,10 +53,13 @@ _START = b"\x02"
 # make it write a result the grader would accept, because the nonce is read only after every
 # candidate process is dead. Kept dependency-free (stdlib only, runs under ``python -I -S``).
 _HARNESS = r'''
-import os, sys, time, signal, select, marshal, ctypes
+import os, sys, time, signal, select, marshal, ctypes, resource
 os.write(1, b"\x02")
 # Non-dumpable: processes of the same uid can no longer open /proc/<pid>/fd|mem or ptrace us.
 ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+# Child subreaper: orphans of the candidate become our zombies until kill_all reaps them, so
+# their CPU stays visible to program_cpu (reaped by the sandbox's init, it would vanish).
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
 PID = os.getpid()
 
 def read_exact(fd, n):
@@ -77,9 +81,19 @@ def read_line(fd):
 
 # Exact-length reads: the nonce that follows the job must stay in the pipe, not in our memory.
 job = marshal.loads(read_exact(0, int(read_line(0))))
+taken = 0
+
+def next_input():
+    # Each case's input follows the job and is read only when its case starts: a candidate
+    # forked earlier (a function worker serves every case) must not see later inputs, or it
+    # could spend the CPU of easy cases precomputing a hard one.
+    global taken
+    taken += 1
+    return marshal.loads(read_exact(0, int(read_line(0))))
 t_end = time.monotonic() + job["budget_s"]
 CASE_S, CASE_WALL, OUT_CAP = job["case_s"], job["case_wall_s"], job["out_cap"]
 CLK = os.sysconf("SC_CLK_TCK")
+CPU_RLIMIT = resource.getrlimit(resource.RLIMIT_CPU)[0]
 
 def cpu_of(pid, reaped=False):
     """CPU seconds (all threads) used so far by ``pid`` (with ``reaped``, also by the children
@@ -106,13 +120,14 @@ def owned(p):
     return False
 
 def program_cpu(pid):
-    """CPU seconds used so far by the program: ``pid`` and the children it reaped, plus every
-    other live process of the sandbox uid. A program must not escape the limit by computing
-    in a child (or a daemon it left) while ``pid`` waits."""
-    total = cpu_of(pid, reaped=True)
+    """CPU seconds used so far by the program: every process of the sandbox uid (zombies
+    included) and the children each has reaped. A program must not escape the limit by
+    computing in a child (or a daemon it left, or a grandchild a live child reaps) while
+    ``pid`` waits."""
+    total = 0.0
     for p in os.listdir("/proc"):
-        if p.isdigit() and int(p) not in (pid, PID) and owned(p):
-            total += cpu_of(int(p))
+        if p.isdigit() and int(p) != PID and (int(p) == pid or owned(p)):
+            total += cpu_of(int(p), reaped=True)
     return total
 
 def kill_all():
@@ -347,33 +362,46 @@ class Worker:
     def recv(self, deadline, cpu0):
         """One length-prefixed reply, or (None, why); at most CASE_S CPU seconds past ``cpu0``."""
         while True:
-            nl = self.buf.find(b"\n")
-            if nl >= 0:
-                try:
-                    n = int(self.buf[:nl])
-                except ValueError:
-                    return None, "malformed reply"
-                if n > OUT_CAP:
-                    return None, "output_limit"
-                if len(self.buf) >= nl + 1 + n:
-                    msg = bytes(self.buf[nl + 1:nl + 1 + n])
-                    del self.buf[:nl + 1 + n]
-                    return msg, None
-            if len(self.buf) > OUT_CAP + 32:
-                return None, "output_limit"
+            msg, why = self.frame()
+            if why:
+                return None, why
             left = deadline - time.monotonic()
-            if left <= 0:
+            if msg is None and left > 0:
+                sel = select.poll()
+                sel.register(self.r_resp, select.POLLIN)
+                if sel.poll(min(left, 0.05) * 1000):
+                    b = os.read(self.r_resp, 1 << 16)
+                    if not b:
+                        return None, "crash"
+                    self.buf += b
+                    msg, why = self.frame()
+                    if why:
+                        return None, why
+                left = deadline - time.monotonic()
+            # Checked before a reply is accepted too: a program that SIGSTOPs us could
+            # otherwise compute past both limits, reply, and have a helper SIGCONT us.
+            if left <= 0 or program_cpu(self.pid) - cpu0 > CASE_S:
                 return None, "timeout"
-            if program_cpu(self.pid) - cpu0 > CASE_S:
-                return None, "timeout"
-            sel = select.poll()
-            sel.register(self.r_resp, select.POLLIN)
-            if not sel.poll(min(left, 0.05) * 1000):
-                continue
-            b = os.read(self.r_resp, 1 << 16)
-            if not b:
-                return None, "crash"
-            self.buf += b
+            if msg is not None:
+                return msg, None
+
+    def frame(self):
+        """The next complete reply in the buffer: (msg, None), (None, None) or (None, why)."""
+        nl = self.buf.find(b"\n")
+        if nl >= 0:
+            try:
+                n = int(self.buf[:nl])
+            except ValueError:
+                return None, "malformed reply"
+            if n > OUT_CAP:
+                return None, "output_limit"
+            if len(self.buf) >= nl + 1 + n:
+                msg = bytes(self.buf[nl + 1:nl + 1 + n])
+                del self.buf[:nl + 1 + n]
+                return msg, None
+        if len(self.buf) > OUT_CAP + 32:
+            return None, "output_limit"
+        return None, None
 
     def stop(self):
         for fd in (self.w_req, self.r_resp):
@@ -448,11 +476,12 @@ def call_loop(src, entry):
         except BaseException as e:
             reply({"error": short_exc(e)})
 
-def run_function(src, entry, inputs):
+def run_function(src, entry, n):
     results = []
     w = None
     load_error = None
-    for args in inputs:
+    for _ in range(n):
+        args = next_input()
         if load_error is not None:
             results.append({"status": "load_error", "error": load_error})
             continue
@@ -460,6 +489,11 @@ def run_function(src, entry, inputs):
             results.append({"status": "not_run", "error": "run out of wall-clock budget"})
             continue
         t0 = time.monotonic()
+        if w is not None and CPU_RLIMIT != resource.RLIM_INFINITY and cpu_of(w.pid) + CASE_S > CPU_RLIMIT:
+            # RLIMIT_CPU counts a process's whole life: a worker that has answered many cases
+            # would be killed mid-case though no case overran. A fresh one starts from zero.
+            w.stop()
+            w = None
         if w is None:
             w = Worker(src, entry)
             msg, why = w.recv(min(t0 + CASE_WALL, t_end), 0.0)
@@ -488,17 +522,20 @@ def run_function(src, entry, inputs):
 try:
     if job["mode"] == "stdio":
         cases = []
-        for text in job["inputs"]:
+        for _ in range(job["n_cases"]):
+            text = next_input()
             if time.monotonic() >= t_end:
                 cases.append({"status": "not_run", "error": "run out of wall-clock budget"})
             else:
                 cases.append(run_stdio(job["program"], text))
     else:
-        cases = run_function(job["program"], job["entry_point"], job["inputs"])
+        cases = run_function(job["program"], job["entry_point"], job["n_cases"])
     payload = {"cases": cases}
 except Exception as e:
     payload = {"harness_error": short_exc(e)}
 kill_all()
+while taken < job["n_cases"]:  # after a harness error: the nonce comes after every input
+    next_input()
 nonce = read_exact(0, 32)
 data = jenc(payload).encode()
 os.write(1, nonce + b" %d\n" % len(data) + data)
@@ -665,7 +702,7 @@ def grade_program(
         "mode": kind,
         "program": program,
         "entry_point": tests.get("entry_point"),
-        "inputs": [c["args"] for c in cases] if kind == "function" else [c["stdin"] for c in cases],
+        "n_cases": len(cases),
         "case_s": lim.case_s,
         "case_wall_s": lim.case_wall_s if lim.case_wall_s is not None else 2 * lim.case_s,
         "budget_s": max(lim.wall_s - _REPORT_MARGIN_S, 0.1),
@@ -673,9 +710,19 @@ def grade_program(
     }
     nonce = secrets.token_hex(16).encode()
     body = marshal.dumps(job)
+    stdin = [b"%d\n" % len(body), body]
+    for c in cases:  # each read by the harness only when its case starts
+        arg = marshal.dumps(c["args"] if kind == "function" else c["stdin"])
+        stdin += [b"%d\n" % len(arg), arg]
+    stdin.append(nonce)
     sandbox = get_sandbox(backend)
     # warm: the harness reads its job before doing anything, so it can be started ahead of time.
-    run = sandbox.run([sandbox.python, "-I", "-S", "-c", _HARNESS], b"%d\n" % len(body) + body + nonce, lim, warm=True)
+    try:
+        run = sandbox.run([sandbox.python, "-I", "-S", "-c", _HARNESS], b"".join(stdin), lim, warm=True)
+    except Exception as e:  # noqa: BLE001 - e.g. no free sandbox uid, fork EAGAIN, a Docker API error
+        # Raised, it would take a whole grade_programs batch down with it.
+        log.error("code sandbox (%s) failed: %s: %s", sandbox.name, type(e).__name__, e)
+        return Grade.error(f"sandbox error: {type(e).__name__}: {e}")
     if not run.stdout.startswith(_START):
         # Nothing of the candidate ran: the sandbox failed, not the program. Only the missing
         # start byte decides it: once the harness has started, the candidate shares its uid and

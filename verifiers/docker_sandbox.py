@@ -9,7 +9,9 @@ empty root filesystem; the host's ``/usr`` and Python install are bound into it 
 Containers are kept warm in a pool, one run at a time each, and reset before every run: every
 process of the sandbox uid is killed and the scratch tmpfs is emptied before the program starts,
 so nothing from an earlier run survives into the next. A container whose run overran its wall
-clock is killed and replaced.
+clock, or whose program did not exit with status 0, is killed and replaced: a program that kills
+its own supervisor (the code harness, which would have killed every process of the uid) may leave
+a process behind that kills the next run's reset before it runs, and with it every later run.
 """
 
 from __future__ import annotations
@@ -348,6 +350,10 @@ class DockerSandbox:
                 time.sleep(0.005)
             else:
                 healthy = False
+            # A clean exit is the program's word that nothing of it is left (the code harness
+            # exits 0 only after killing every process of the uid); anything else may have left
+            # a process of this uid that would outlive the next run's reset by killing it first.
+            healthy = healthy and rc == 0
         else:
             rc = 137
         return RunResult(rc, bytes(out), bytes(err), out_trunc, err_trunc, timed_out), healthy
