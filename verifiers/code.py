@@ -35,7 +35,7 @@ import math
 import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from thinkgym.verifiers.base import Grade, register_grader
 from thinkgym.verifiers.sandbox import Limits, get_sandbox
