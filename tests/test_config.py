@@ -76,3 +76,27 @@ def test_sft_launcher_entry_reports_bad_overrides_without_a_traceback(capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("text, match", [
+    # yaml keeps the last of two equal keys silently: a second lr further down a file would win
+    ("lr: 1e-4\nsteps: 3\nlr: 2e-4\n", r"c\.yaml: not valid YAML \(key 'lr' given twice \(lines 1 and 3\)"),
+    ("tags: [a]\nmodel:\n  x: 1\n  x: 2\n", r"key 'x' given twice \(lines 3 and 4\)"),
+    ("lr: [1\n", r"c\.yaml: not valid YAML \(expected ',' or '\]'.* at line 2, column 1\)$"),
+])
+def test_yaml_errors_are_one_line_and_duplicate_keys_are_refused(tmp_path, text, match):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_config(Cfg, p)
+    assert "\n" not in str(e.value)
+
+
+def test_yaml_merge_keys_may_be_overridden_and_non_utf8_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("<<: {steps: 5, lr: 0.1}\nlr: 0.2\n")  # a key a merge brings is no duplicate
+    c = load_config(Cfg, p)
+    assert (c.steps, c.lr) == (5, 0.2)
+    p.write_bytes(b"name: caf\xe9\n")  # latin-1
+    with pytest.raises(ConfigError, match=r"c\.yaml: not UTF-8 text \(byte 9"):
+        load_config(Cfg, p)

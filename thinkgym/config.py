@@ -124,9 +124,11 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.load(p.read_bytes().decode("utf-8"), Loader=_unique_key_loader()) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+            raise ConfigError(f"{p}: not valid YAML ({_yaml_problem(e)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping of keys to values at the top level")
         data.update(loaded)
@@ -134,6 +136,31 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         if v is not None:
             data[k] = v
     return from_dict(cls, data, source)
+
+
+def _unique_key_loader() -> Any:
+    """yaml's SafeLoader, refusing a key given twice in one mapping (it would keep the last
+    silently: a second ``lr:`` further down a long file wins unnoticed)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": keys it brings may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: construct_mapping raises its own error
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (lines {first} and {key_node.start_mark.line + 1})",
+                        key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -156,11 +183,15 @@ def parse_sets(items: list[str], flag: str = "--set") -> dict[str, Any]:
         try:
             out[key] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ConfigError(f"{flag} {key}: value {value!r} is not valid YAML ({problem}{where})") from None
+            raise ConfigError(f"{flag} {key}: value {value!r} is not valid YAML ({_yaml_problem(e)})") from None
     return out
+
+
+def _yaml_problem(e: Exception) -> str:
+    """A YAML error on one line (its own text spans several, with a caret drawing)."""
+    problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
 def check_output_dir(path: str | Path, key: str = "output_dir") -> None:
