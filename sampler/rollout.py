@@ -260,7 +260,9 @@ def collect_rollouts(
     ``envs_or_ids`` is one env id (or zero-arg env factory) for every item, or one per item.
     ``cfg.n`` is ignored (``group_size`` is the group); ``cfg.max_tokens`` is per turn.
     ``max_turns`` caps turns below the env's own limit. ``reward_reduce``: the episode reward is
-    the ``last`` turn's reward, or the ``max`` / ``sum`` over turns (infra error if any is None).
+    the ``last`` turn's reward, or the ``max`` / ``sum`` over turns (infra error if any is None);
+    with a partial-credit grader ``sum`` pays for deliberately wrong tries (0.3 + 0.3 + 1.0 beats
+    a right first answer), so it suits graders that score 0 until the answer is right.
     ``max_context`` (default: the sampler's ``max_model_len``) ends an episode whose next prompt
     would not fit (finish_reason ``context``).
     """
