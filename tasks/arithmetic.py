@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Sequence
 
-from thinkgym.tasks.base import Item, TaskSource, format_solution, register_task
+from thinkgym.tasks.base import Item, TaskSource, check_bool, format_solution, register_task, show
 
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 
@@ -126,9 +126,18 @@ def _span(v: Any, name: str) -> tuple[int, int]:
     """A knob given as an int or as [lo, hi]."""
     if isinstance(v, int) and not isinstance(v, bool):
         return v, v
-    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v) and v[0] <= v[1]:
+    if (isinstance(v, (list, tuple)) and len(v) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and v[0] <= v[1]):
         return int(v[0]), int(v[1])
-    raise ValueError(f"{name} must be an int or [lo, hi] with lo <= hi, got {v!r}")
+    raise ValueError(f"{name} must be an int or [lo, hi] with lo <= hi, got {show(v)}")
+
+
+def _as_list(p: dict[str, Any], *names: str) -> None:
+    """[lo, hi] knobs given as tuples become lists: params are part of every item's identity, so
+    (2, 4) from Python and [2, 4] from a config or another process must give the same items."""
+    for n in names:
+        if isinstance(p[n], tuple):
+            p[n] = list(p[n])
 
 
 @register_task("arithmetic")
@@ -145,15 +154,19 @@ class Arithmetic(TaskSource):
         p = super().validate_params(params)
         lo, hi = _span(p["n_operands"], "n_operands")
         if lo < 2:
-            raise ValueError(f"n_operands must be >= 2, got {p['n_operands']!r}")
+            raise ValueError(f"n_operands must be >= 2, got {show(p['n_operands'])}")
         if hi > MAX_OPERANDS:
-            raise ValueError(f"n_operands must be <= {MAX_OPERANDS}, got {p['n_operands']!r}")
+            raise ValueError(f"n_operands must be <= {MAX_OPERANDS}, got {show(p['n_operands'])}")
         if not isinstance(p["max_value"], int) or p["max_value"] < 2:
-            raise ValueError(f"max_value must be an int >= 2, got {p['max_value']!r}")
+            raise ValueError(f"max_value must be an int >= 2, got {show(p['max_value'])}")
         if p["max_value"] > MAX_VALUE:
-            raise ValueError(f"max_value must be <= {MAX_VALUE}, got {p['max_value']!r}")
-        if not p["ops"] or set(p["ops"]) - set("+-*/"):
-            raise ValueError(f"ops must be a non-empty string of + - * /, got {p['ops']!r}")
+            raise ValueError(f"max_value must be <= {MAX_VALUE}, got {show(p['max_value'])}")
+        if isinstance(p["ops"], (list, tuple)) and all(isinstance(o, str) for o in p["ops"]):
+            p["ops"] = "".join(p["ops"])  # one spelling, one set of items
+        if not isinstance(p["ops"], str) or not p["ops"] or set(p["ops"]) - set("+-*/"):
+            raise ValueError(f"ops must be a non-empty string of + - * /, got {show(p['ops'])}")
+        check_bool(p, "parens")
+        _as_list(p, "n_operands")
         return p
 
     def _tree(self, rng: random.Random, n: int) -> Node:
@@ -228,21 +241,23 @@ class Countdown(TaskSource):
         lo, hi = _span(p["n_numbers"], "n_numbers")
         tlo, _ = _span(p["target"], "target")
         if lo < 2:
-            raise ValueError(f"n_numbers must be >= 2, got {p['n_numbers']!r}")
+            raise ValueError(f"n_numbers must be >= 2, got {show(p['n_numbers'])}")
         if hi > MAX_NUMBERS:
-            raise ValueError(f"n_numbers must be <= {MAX_NUMBERS}, got {p['n_numbers']!r}")
+            raise ValueError(f"n_numbers must be <= {MAX_NUMBERS}, got {show(p['n_numbers'])}")
         if not isinstance(p["max_number"], int) or p["max_number"] < 2:
-            raise ValueError(f"max_number must be an int >= 2, got {p['max_number']!r}")
+            raise ValueError(f"max_number must be an int >= 2, got {show(p['max_number'])}")
         if p["max_number"] > MAX_NUMBER:
-            raise ValueError(f"max_number must be <= {MAX_NUMBER}, got {p['max_number']!r}")
+            raise ValueError(f"max_number must be <= {MAX_NUMBER}, got {show(p['max_number'])}")
         if tlo < 1:
-            raise ValueError(f"target must be positive, got {p['target']!r}")
+            raise ValueError(f"target must be positive, got {show(p['target'])}")
+        check_bool(p, "exactly_once")
+        _as_list(p, "n_numbers", "target")
         # Intermediates are positive integers and a + b <= a * b for a, b >= 2, so no expression
         # over n numbers of at most max_number exceeds max_number ** n.
         reach = p["max_number"] ** hi
         if tlo > reach:
             raise ValueError(
-                f"target {p['target']!r} is out of reach: with n_numbers {p['n_numbers']!r} and "
+                f"target {show(p['target'])} is out of reach: with n_numbers {show(p['n_numbers'])} and "
                 f"max_number {p['max_number']} no expression exceeds {reach}"
             )
         return p
@@ -265,7 +280,7 @@ class Countdown(TaskSource):
         else:
             raise ValueError(
                 f"countdown: no instance with a target in {[tlo, thi]} found in 10000 tries with "
-                f"n_numbers {self.params['n_numbers']!r} and max_number {self.params['max_number']}; "
+                f"n_numbers {show(self.params['n_numbers'])} and max_number {self.params['max_number']}; "
                 "widen target or change n_numbers or max_number"
             )
         target = int(t)

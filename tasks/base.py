@@ -14,12 +14,28 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Any, ClassVar, Iterator, TypedDict
 
 from thinkgym._registry import Registry
+
+
+def show(x: Any, limit: int = 80) -> str:
+    """``repr(x)`` for an error message: cut to about ``limit`` characters, and never failing
+    (Python refuses to print an int of more than 4,300 digits)."""
+    try:
+        r = repr(x)
+    except ValueError:
+        return f"a value too long to print ({type(x).__name__})"
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _is_int(x: Any) -> bool:
+    """An int or an integer-like value (numpy integers), but not a bool."""
+    return not isinstance(x, bool) and hasattr(type(x), "__index__")
 
 
 class Item(TypedDict):
@@ -52,14 +68,22 @@ class TaskSource(ABC):
     cache_items: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0, size: int | None = None, **params: Any) -> None:
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        self.seed = seed
-        if size is not None and (isinstance(size, bool) or not hasattr(size, "__index__")):
-            raise TypeError(f"size must be an int or None, got {size!r}")  # int(2.5) would drop items silently
+        if not _is_int(seed):
+            raise TypeError(f"seed must be an int, got {show(seed)}")
+        # Kept as a plain int, so a numpy seed prints, compares and serialises like the same int.
+        self.seed = seed.__index__()
+        try:
+            str(self.seed)
+        except ValueError:  # items are keyed by the seed's digits, which Python refuses past 4,300
+            raise ValueError("seed is too large (over 4,300 digits) to key items; use a smaller seed") from None
+        if size is not None and not _is_int(size):
+            raise TypeError(f"size must be an int or None, got {show(size)}")  # int(2.5) would drop items silently
         self.size = self.default_size if size is None else size.__index__()
         if self.size < 0:
-            raise ValueError(f"size must be >= 0, got {size}")
+            raise ValueError(f"size must be >= 0, got {show(size)}")
+        if self.size > sys.maxsize:
+            # len() cannot return more, so every index lookup would raise OverflowError.
+            raise ValueError(f"size must be <= {sys.maxsize}, got {show(size)}")
         self.params = self.validate_params(params)
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -89,12 +113,13 @@ class TaskSource(ABC):
         """Build item ``i`` using only ``rng`` (already seeded from (seed, i))."""
 
     def __getitem__(self, i: int) -> Item:
-        if not isinstance(i, int) or isinstance(i, bool):
-            raise TypeError(f"index must be an int, got {i!r}")
+        if not _is_int(i):
+            raise TypeError(f"index must be an int, got {show(i)}")
+        given = i = i.__index__()  # numpy integers from samplers and shuffled index arrays
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
-            raise IndexError(f"{self.name}: index {i} out of range (size {len(self)})")
+            raise IndexError(f"{self.name}: index {show(given)} out of range (size {len(self)})")
         key = (type(self), self.item_key(i)) if self.cache_items else None
         if key is not None:
             with _ITEMS_LOCK:
@@ -123,6 +148,31 @@ class TaskSource(ABC):
     def __repr__(self) -> str:
         p = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}(seed={self.seed}, size={self.size}{', ' if p else ''}{p})"
+
+
+def name_list(value: Any, known: Any, param: str, what: str) -> list[str] | None:
+    """A knob choosing among named options: None (all of them), "a,b" or a list of names.
+
+    Returned sorted, duplicates kept (they weight the choice). ``what`` names the options in the
+    error for an unknown name, e.g. "word-problem templates".
+    """
+    if value is None:
+        return None
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{param} must be a list of names or a comma-separated string, got {show(value)}")
+    bad = sorted(set(names) - set(known))
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; known: {sorted(known)}")
+    if not names:
+        raise ValueError(f"{param} must name at least one of {sorted(known)}, got {show(value)}")
+    return sorted(names)
+
+
+def check_bool(params: dict[str, Any], name: str) -> None:
+    """A yes/no knob must be a bool: the string "false" from a config would otherwise mean yes."""
+    if not isinstance(params[name], bool):
+        raise ValueError(f"{name} must be true or false, got {show(params[name])}")
 
 
 def format_solution(steps: list[str] | str, answer: Any) -> str:

@@ -22,7 +22,7 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
             raise typer.BadParameter(f"empty key in {p!r}", param_hint="--param")
         try:
             out[k] = json.loads(v)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an over-long integer, nesting too deep
             out[k] = v
     return out
 
@@ -32,6 +32,10 @@ def open_source(spec: str, seed: int = 0, params: dict[str, Any] | None = None, 
     from thinkgym.tasks import TASKS, make_task
 
     params = dict(params or {})
+    taken = sorted({"seed", "size"} & set(params))
+    if taken:
+        # make_task would fail with "got multiple values for keyword argument".
+        raise ValueError(f"{', '.join(taken)} cannot be a --param: use the command's seed and count options")
     if spec in TASKS:
         return make_task(spec, seed=seed, size=size, **params)
     path = Path(spec)
@@ -82,14 +86,15 @@ def _printable(text: str) -> str:
 
 
 def _non_json(item: dict[str, Any]) -> list[str]:
-    """The fields of ``item`` that hold NaN or Infinity (``metadata.KEY`` for metadata)."""
+    """The fields of ``item`` that JSON cannot write: NaN, Infinity or a non-JSON type
+    (``metadata.KEY`` for metadata)."""
     fields = {k: v for k, v in item.items() if k != "metadata"}
     fields.update({f"metadata.{k}": v for k, v in (item.get("metadata") or {}).items()})
     bad = []
     for name, v in fields.items():
         try:
             json.dumps(v, allow_nan=False)
-        except ValueError:
+        except (ValueError, TypeError):
             bad.append(name)
     return bad
 
@@ -104,6 +109,8 @@ def json_line(obj: dict[str, Any], what: str) -> str:
         text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
     except ValueError:
         _fail(f"{what}: {', '.join(_non_json(obj)) or 'a field'} holds NaN or Infinity, which JSON cannot represent")
+    except TypeError as e:  # a plugin source's item holding a date, bytes, ...
+        _fail(f"{what}: {', '.join(_non_json(obj)) or 'a field'} is not JSON data ({e})")
     return text if _encodes(text) else json.dumps(obj, allow_nan=False)
 
 
@@ -215,9 +222,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Report n-gram overlap between a training and an evaluation source.
 
-        Text is lower-cased, punctuation becomes spaces, and an eval item counts as contaminated
+        Text is case-folded, punctuation becomes spaces, and an eval item counts as contaminated
         when one of its n-grams occurs in any training item (texts shorter than n words are
-        compared whole). Exits with status 1 when the contaminated fraction is above --threshold.
+        compared whole, operators included). Exits with status 1 when the contaminated fraction
+        is above --threshold.
         """
         from thinkgym.tasks.contamination import contamination_report
 

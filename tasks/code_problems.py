@@ -16,7 +16,7 @@ from contextlib import redirect_stdout
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from thinkgym.tasks.base import Item, TaskSource, format_solution, register_task
+from thinkgym.tasks.base import Item, TaskSource, format_solution, name_list, register_task
 
 WORDS = (
     "alpha river stone cloud maple tiger ocean pixel candle forest lemon rocket silver garden "
@@ -248,6 +248,17 @@ def _run_reference(p: Problem) -> dict[str, Any]:
     return {"type": "stdio", "cases": cases}
 
 
+def _names(params: dict[str, Any]) -> list[str]:
+    """The templates an item may use under ``params``."""
+    names = params["templates"] or sorted(TEMPLATES)
+    form = params["form"]
+    if form != "any":
+        names = [n for n in names if n.startswith("stdio") == (form == "stdio")]
+        if not names:
+            raise ValueError(f"no code templates of form {form!r} among {params['templates']}")
+    return names
+
+
 @register_task("code")
 class CodeProblems(TaskSource):
     """Short Python problems with unit tests (function form) or stdin/stdout tests."""
@@ -262,26 +273,12 @@ class CodeProblems(TaskSource):
         p = super().validate_params(params)
         if p["form"] not in ("any", "function", "stdio"):
             raise ValueError(f"form must be 'any', 'function' or 'stdio', got {p['form']!r}")
-        if p["templates"] is not None:
-            if isinstance(p["templates"], str):
-                p["templates"] = p["templates"].split(",")
-            bad = sorted(set(p["templates"]) - set(TEMPLATES))
-            if bad or not p["templates"]:
-                raise ValueError(f"unknown code templates {bad}; known: {sorted(TEMPLATES)}")
-            p["templates"] = sorted(p["templates"])
+        p["templates"] = name_list(p["templates"], TEMPLATES, "templates", "code templates")
+        _names(p)  # templates that all have the other form fail here, not at the first item
         return p
 
-    def _names(self) -> list[str]:
-        names = self.params["templates"] or sorted(TEMPLATES)
-        form = self.params["form"]
-        if form != "any":
-            names = [n for n in names if n.startswith("stdio") == (form == "stdio")]
-            if not names:
-                raise ValueError(f"no code templates of form {form!r} among {self.params['templates']}")
-        return names
-
     def generate(self, i: int, rng: random.Random) -> Item:
-        tname = rng.choice(self._names())
+        tname = rng.choice(_names(self.params))
         p = TEMPLATES[tname](rng)
         tests = _run_reference(p)
         shown = tests["cases"][1]

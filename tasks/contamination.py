@@ -1,11 +1,12 @@
 """Train/eval contamination gate: n-gram overlap on normalized text.
 
-Text is normalized by lower-casing, turning every character that is neither a letter, a digit
+Text is normalized by NFKC, case-folding, dropping invisible format characters and thousands
+separators (``1,000`` is ``1000``), turning every character that is neither a letter, a digit
 nor whitespace into a space (so ``3+4`` becomes ``3 4``, not ``34``) and collapsing whitespace.
 An eval item is contaminated when one of its n-grams (default 13 tokens, as in the GPT-3 and
 Llama decontamination reports) also occurs in some training item. A text with fewer than ``n``
-tokens has a single "gram": its whole normalized text, so short procedural questions match only
-when identical after normalization.
+tokens has a single "gram": its whole normalized text with its arithmetic operators kept, so
+short procedural questions match only when identical after normalization.
 
 Train n-grams are indexed once in a dict (gram -> first train index), so checking is
 O(total tokens) rather than O(train x eval).
@@ -14,6 +15,7 @@ O(total tokens) rather than O(train x eval).
 from __future__ import annotations
 
 import logging
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -33,10 +35,46 @@ def _is_word_char(c: str) -> bool:
     return c.isalnum() or unicodedata.category(c) == "Mn"  # keep combining marks with their letter
 
 
-def normalize(text: str) -> str:
-    """Lower-case; punctuation and symbols become spaces; whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join("".join(c if _is_word_char(c) else " " for c in text).split())
+# A number written with thousands separators is the same number: "1,000" reads as "1000".
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+# Operators kept in texts compared whole (see ngrams), with their common spellings merged.
+_OPS = frozenset("+-*/^=<>≤≥≠±")
+_OP_ALIASES = str.maketrans({"−": "-", "×": "*", "·": "*", "⋅": "*", "∗": "*", "÷": "/", "⁄": "/", "∕": "/"})
+
+
+def _prepare(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)
+    if not text.isascii():
+        # Zero-width spaces, soft hyphens and the like are invisible: as spaces they would split
+        # a word in two, so a copy with them would no longer match its original.
+        text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return _THOUSANDS.sub("", text).casefold()
+
+
+def normalize(text: str, keep_ops: bool = False) -> str:
+    """Case-folded; punctuation and symbols become spaces; whitespace collapsed.
+
+    With ``keep_ops`` the arithmetic operators and relations stay, each as its own token: a
+    hyphen or slash between two letters ("well-known", "and/or") and runs of ``*`` (Markdown
+    bold) are still spaces.
+    """
+    text = _prepare(text)
+    if not keep_ops:
+        return " ".join("".join(c if _is_word_char(c) else " " for c in text).split())
+    text = text.translate(_OP_ALIASES)
+    out = []
+    for k, c in enumerate(text):
+        if _is_word_char(c):
+            out.append(c)
+        elif c not in _OPS:
+            out.append(" ")
+        elif c in "-/" and 0 < k < len(text) - 1 and text[k - 1].isalpha() and text[k + 1].isalpha():
+            out.append(" ")
+        elif c == "*" and "**" in text[max(k - 1, 0) : k + 2]:
+            out.append(" ")
+        else:
+            out.append(f" {c} ")
+    return " ".join("".join(out).split())
 
 
 def ngrams(text: str, n: int = 13) -> set[str]:
@@ -45,13 +83,17 @@ def ngrams(text: str, n: int = 13) -> set[str]:
     A text with fewer than ``n`` tokens (but at least one) yields its whole normalized text as
     its single gram; an empty text yields none.
     """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {n!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     toks = normalize(text).split()
     if not toks:
         return set()
     if len(toks) < n:
-        return {" ".join(toks)}
+        # Compared whole, a short text keeps its operators: "What is 2+3?" and "What is 2*3?"
+        # are different questions, and procedural tasks have many of them.
+        return {normalize(text, keep_ops=True)}
     return {" ".join(toks[i : i + n]) for i in range(len(toks) - n + 1)}
 
 
@@ -122,6 +164,7 @@ def contamination_report(train: Any, eval: Any, n: int = 13) -> ContaminationRep
     ``train`` and ``eval`` are task sources (iterate a bounded one, e.g. ``make_task(..., size=10_000)``)
     or iterables of items or strings.
     """
+    ngrams("", n)  # a bad n fails here, not only once a text has been read
     index: dict[str, int] = {}
     n_train = 0
     for ti, text in enumerate(_texts(train)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from thinkgym.tasks.base import Item, TaskSource, format_solution, register_task
+from thinkgym.tasks.base import Item, TaskSource, format_solution, name_list, register_task
 
 WORDS = (
     "apple banana cherry dragon eagle falcon guitar harbor island jungle kettle lantern meadow "
@@ -68,13 +68,7 @@ class FormatTask(TaskSource):
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         p = super().validate_params(params)
-        if p["puzzles"] is not None:
-            if isinstance(p["puzzles"], str):
-                p["puzzles"] = p["puzzles"].split(",")
-            bad = sorted(set(p["puzzles"]) - set(PUZZLES))
-            if bad or not p["puzzles"]:
-                raise ValueError(f"unknown format puzzles {bad}; known: {sorted(PUZZLES)}")
-            p["puzzles"] = sorted(p["puzzles"])
+        p["puzzles"] = name_list(p["puzzles"], PUZZLES, "puzzles", "format puzzles")
         return p
 
     def generate(self, i: int, rng: random.Random) -> Item:

@@ -7,7 +7,7 @@ import random
 from fractions import Fraction
 from typing import Any, Callable
 
-from thinkgym.tasks.base import Item, TaskSource, format_solution, register_task
+from thinkgym.tasks.base import Item, TaskSource, format_solution, name_list, register_task, show
 
 
 def tex_frac(v: Fraction) -> str:
@@ -46,6 +46,8 @@ def _lin(a: int, b: int) -> str:
 
 
 Gen = Callable[[random.Random, int], tuple[str, list[str], str, str]]
+
+MAX_VALUE = 10**12
 
 
 def _fraction_sum(rng: random.Random, hi: int) -> tuple[str, list[str], str, str]:
@@ -222,15 +224,12 @@ class LatexMath(TaskSource):
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         p = super().validate_params(params)
-        if p["kinds"] is not None:
-            if isinstance(p["kinds"], str):
-                p["kinds"] = p["kinds"].split(",")
-            bad = sorted(set(p["kinds"]) - set(KINDS))
-            if bad or not p["kinds"]:
-                raise ValueError(f"unknown latex_math kinds {bad}; known: {sorted(KINDS)}")
-            p["kinds"] = sorted(p["kinds"])
-        if not isinstance(p["max_value"], int) or p["max_value"] < 3:
-            raise ValueError(f"max_value must be an int >= 3, got {p['max_value']!r}")
+        p["kinds"] = name_list(p["kinds"], KINDS, "kinds", "latex_math kinds")
+        if not isinstance(p["max_value"], int) or isinstance(p["max_value"], bool) or p["max_value"] < 3:
+            raise ValueError(f"max_value must be an int >= 3, got {show(p['max_value'])}")
+        if p["max_value"] > MAX_VALUE:
+            # Past this, squares and products no longer print (Python's 4,300-digit limit) or stay small.
+            raise ValueError(f"max_value must be <= {MAX_VALUE}, got {show(p['max_value'])}")
         return p
 
     def generate(self, i: int, rng: random.Random) -> Item:

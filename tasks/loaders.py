@@ -37,6 +37,38 @@ def _has_non_finite(x: Any) -> bool:
     return False
 
 
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _non_json_type(x: Any) -> str | None:
+    """The type name of the first value in ``x`` that JSON has no form for (a date, bytes, an
+    image from an HF dataset column), or None. NaN is left to the callers that care."""
+    if isinstance(x, _JSON_SCALARS):
+        return None
+    if isinstance(x, (list, tuple)):
+        return next((t for t in map(_non_json_type, x) if t), None)
+    if isinstance(x, Mapping):
+        if not all(isinstance(k, str) for k in x):
+            return "a mapping with non-string keys"
+        return next((t for t in map(_non_json_type, x.values()) if t), None)
+    return type(x).__name__
+
+
+def _field_names(question_field: Any, answer_field: Any, metadata_fields: Any) -> list[str] | None:
+    """Check the field mapping; ``metadata_fields`` may be "a,b" (as from ``--param``)."""
+    for name, v in (("question_field", question_field), ("answer_field", answer_field)):
+        if not isinstance(v, str) or not v:
+            raise TypeError(f"{name} must be a field name (a non-empty string), got {v!r}")
+    if metadata_fields is None:
+        return None
+    if isinstance(metadata_fields, str):
+        # Iterating the string would ask for one field per character.
+        metadata_fields = [f for f in metadata_fields.split(",") if f]
+    if not isinstance(metadata_fields, (list, tuple)) or not all(isinstance(f, str) for f in metadata_fields):
+        raise TypeError(f"metadata_fields must be a list of field names or None, got {metadata_fields!r}")
+    return list(metadata_fields)
+
+
 def _short(x: Any, limit: int = 60) -> str:
     """``repr(x)``, cut to about ``limit`` characters for an error message."""
     r = repr(x)
@@ -62,6 +94,9 @@ def _row_to_item(
     a = row[answer_field]
     if a is None:
         raise DatasetRowError(f"{where}: field {answer_field!r} is null")
+    if isinstance(a, str) and not a.strip():
+        # Like null: no completion can match a blank gold, so the row would only ever score 0.
+        raise DatasetRowError(f"{where}: field {answer_field!r} is empty")
     if _has_non_finite(a):
         # No grader can match NaN or an infinity, and JSON has no spelling for them.
         raise DatasetRowError(f"{where}: field {answer_field!r} holds NaN or Infinity, got {a!r}")
@@ -90,6 +125,12 @@ def _row_to_item(
                 f"({_short(row[k])} vs {_short(meta[k])})"
             )
         meta[k] = row[k]
+    for name, v in ((answer_field, a), *meta.items()):
+        bad = _non_json_type(v)
+        if bad:
+            # Items are plain JSON data (rollout files, `sample-tasks --json`, grader workers).
+            hint = "" if name == answer_field else "; leave it out with metadata_fields=[...]"
+            raise DatasetRowError(f"{where}: field {name!r} holds a {bad}, which JSON cannot represent{hint}")
     return {"question": q, "answer": a, "metadata": meta}
 
 
@@ -179,6 +220,7 @@ class JsonlSource(_RowsSource):
         size: int | None = None,
     ) -> None:
         self.path = Path(path)
+        metadata_fields = _field_names(question_field, answer_field, metadata_fields)
         if not self.path.is_file():
             raise FileNotFoundError(f"jsonl task source: no such file: {self.path}")
         fields = (question_field, answer_field, None if metadata_fields is None else tuple(metadata_fields))
@@ -192,21 +234,66 @@ class JsonlSource(_RowsSource):
         return f"JsonlSource({str(self.path)!r}, size={self.size})"
 
 
+_SUFFIX = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+def _split_files(path: Path) -> tuple[str, dict[str, list[str]]]:
+    """The format and the data files of each split in folder ``path``.
+
+    Splits follow the Hub's file naming (``train-00000-of-00001.parquet``, ``data/test.jsonl``,
+    ...): reading every file as one split would put the test rows into the training data.
+    """
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    files = sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and p.suffix in _SUFFIX and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+    if not files:
+        raise FileNotFoundError(f"hf_dataset: {path} holds neither a saved dataset nor data files")
+    kinds = sorted({_SUFFIX[p.suffix] for p in files})
+    if len(kinds) > 1:
+        # One builder reads one format: the files of the others would be dropped without a word.
+        shown = ", ".join(f"{k} ({sum(_SUFFIX[p.suffix] == k for p in files)} files)" for k in kinds)
+        raise ValueError(f"hf_dataset {path}: data files of several formats: {shown}; keep one format per folder")
+    # Compared by real path: `datasets` hands back absolute paths, the caller's may be relative
+    # and a Hub cache snapshot links its files to blobs.
+    wanted = {os.path.realpath(p): p for p in files}
+    base = os.path.abspath(path)
+    splits: dict[str, list[str]] = {}
+    for name, found in DataFilesDict.from_patterns(get_data_patterns(base), base_path=base).items():
+        chosen = [f for f in found if os.path.realpath(f) in wanted]
+        if chosen:
+            splits[str(name)] = chosen
+    left = sorted(set(wanted) - {os.path.realpath(f) for chosen in splits.values() for f in chosen})
+    if left:
+        # Some files are named after a split and these are not: they would be left out.
+        shown = ", ".join(str(wanted[f]) for f in left[:3])
+        raise ValueError(
+            f"hf_dataset {path}: {len(left)} data file(s) belong to no split ({shown}); "
+            f"name every file after its split (train, validation, test) or move them out"
+        )
+    for name, chosen in splits.items():
+        dirs = sorted({os.path.relpath(os.path.dirname(f), base) for f in chosen})
+        if len(dirs) > 1:
+            # Likely several configs of one dataset (gsm8k's main/ and socratic/): never merge them.
+            raise ValueError(
+                f"hf_dataset {path}: files of split {name!r} lie in several folders {dirs}; "
+                "pass the folder of the one you mean as path"
+            )
+    return kinds[0], splits
+
+
 def _load_hf(path: Path, split: str | None) -> tuple[Iterable[Mapping[str, Any]], str]:
     import datasets  # heavy; only when an HF source is actually built
 
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         ds = datasets.load_from_disk(str(path))
     else:
-        suffix = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix in suffix)
-            if not files:
-                raise FileNotFoundError(f"hf_dataset: {path} holds neither a saved dataset nor data files")
-            kind = suffix[files[0].suffix]
-            data_files = [str(p) for p in files if suffix[p.suffix] == kind]
-        elif path.is_file() and path.suffix in suffix:
-            kind, data_files = suffix[path.suffix], [str(path)]
+            kind, data_files = _split_files(path)
+        elif path.is_file() and path.suffix in _SUFFIX:
+            kind, data_files = _SUFFIX[path.suffix], {"train": [str(path)]}
         else:
             raise FileNotFoundError(f"hf_dataset: no such dataset directory or data file: {path}")
         ds = datasets.load_dataset(kind, data_files=data_files)
@@ -241,6 +328,7 @@ class HFDatasetSource(_RowsSource):
         size: int | None = None,
     ) -> None:
         self.path = Path(path)
+        metadata_fields = _field_names(question_field, answer_field, metadata_fields)
 
         def load() -> tuple[list[Item], str]:
             ds, split_name = _load_hf(self.path, split)

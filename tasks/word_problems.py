@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-from thinkgym.tasks.base import Item, TaskSource, format_solution, register_task
+from thinkgym.tasks.base import Item, TaskSource, format_solution, name_list, register_task, show
 
 NAMES = (
     "Aisha Ben Carla Diego Elena Farid Grace Hiro Ines Jamal Kira Liam Mei Nadia Omar Priya Quinn "
@@ -291,17 +291,11 @@ class WordProblems(TaskSource):
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         p = super().validate_params(params)
-        if p["templates"] is not None:
-            if isinstance(p["templates"], str):
-                p["templates"] = p["templates"].split(",")
-            bad = sorted(set(p["templates"]) - set(TEMPLATES))
-            if bad or not p["templates"]:
-                raise ValueError(f"unknown word-problem templates {bad}; known: {sorted(TEMPLATES)}")
-            p["templates"] = sorted(p["templates"])
+        p["templates"] = name_list(p["templates"], TEMPLATES, "templates", "word-problem templates")
         d = p["difficulty"]
-        d = [d, d] if isinstance(d, int) else list(d)
-        if len(d) != 2 or not all(isinstance(x, int) and 0 <= x <= 5 for x in d) or d[0] > d[1]:
-            raise ValueError(f"difficulty must be an int in 0..5 or [lo, hi], got {p['difficulty']!r}")
+        d = [d, d] if isinstance(d, int) else list(d) if isinstance(d, (list, tuple)) else None
+        if d is None or len(d) != 2 or not all(isinstance(x, int) and 0 <= x <= 5 for x in d) or d[0] > d[1]:
+            raise ValueError(f"difficulty must be an int in 0..5 or [lo, hi], got {show(p['difficulty'])}")
         p["difficulty"] = d
         return p
 

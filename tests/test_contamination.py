@@ -25,8 +25,8 @@ def test_normalize_and_ngrams():
     g = ngrams("a b c d", n=2)
     assert g == {"a b", "b c", "c d"}
     assert len(ngrams(LONG, 13)) == len(LONG.split()) - 12
-    # Shorter than n: the whole normalized text is the single gram; empty text has none.
-    assert ngrams("What is 2 + 3?", 13) == {"what is 2 3"}
+    # Shorter than n: the whole normalized text, operators kept, is the single gram; empty text has none.
+    assert ngrams("What is 2 + 3?", 13) == {"what is 2 + 3"}
     assert ngrams(" ?! ", 13) == set()
     with pytest.raises(ValueError):
         ngrams("x", 0)
@@ -43,7 +43,7 @@ def test_report_lists_overlaps_with_indices():
     r = contamination_report(train, evals, n=13)
     assert r.n == 13 and r.eval_items == 4 and r.train_items == 3
     assert [(e, t) for e, t, _ in r.contaminated] == [(1, 1), (2, 2)]
-    assert r.contaminated[1][2] == "what is 2 3"
+    assert r.contaminated[1][2] == "what is 2 + 3"
     assert len(r.contaminated[0][2].split()) == 13 and r.contaminated[0][2] in normalize(LONG)
     assert r.rate == 0.5
     assert "2 of 4 eval items (50.00%)" in r.summary()
