@@ -220,3 +220,14 @@ def test_jsonl_non_finite_answer_is_an_error(tmp_path, answer):
     # JSON has no NaN or Infinity; Python's json would read them (a NaN gold never equals an answer).
     with pytest.raises(DatasetRowError, match=r"d\.jsonl:2: invalid JSON \(-?(NaN|Infinity) is not a JSON value"):
         JsonlSource(p)
+
+
+def test_jsonl_byte_order_mark_is_read_and_duplicate_keys_are_refused(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + b'{"question": "q1", "answer": "1"}\n{"question": "q2", "answer": "2"}\n')
+    src = JsonlSource(p)
+    assert [src[i]["question"] for i in range(len(src))] == ["q1", "q2"]
+    # json keeps the last of two equal keys: a second "answer" would silently replace the gold
+    p.write_text('{"question": "q", "answer": "5"}\n{"question": "q", "answer": "5", "answer": "6"}\n')
+    with pytest.raises(DatasetRowError, match=r"bom\.jsonl:2: invalid JSON \(key 'answer' appears twice in one object\)"):
+        JsonlSource(p)

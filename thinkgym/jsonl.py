@@ -27,7 +27,8 @@ def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterato
         for lineno, raw in enumerate(f, 1):
             where = f"{p}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                # A byte-order mark (editors on Windows write one) starts the file, not the row.
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise error(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
@@ -39,6 +40,16 @@ class _NotJSON(ValueError):
     pass
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of two equal keys silently: {"answer": "5", ..., "answer": "6"}.
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _NotJSON(f"key {dup!r} appears twice in one object")
+    return out
+
+
 def _no_constant(token: str) -> Any:
     # Python's json reads NaN / Infinity, which JSON does not have: a NaN gold would equal a NaN answer.
     raise _NotJSON(token)
@@ -46,9 +57,10 @@ def _no_constant(token: str) -> Any:
 
 def _loads(line: str, where: str, error: type[Exception]) -> Any:
     try:
-        return json.loads(line, parse_constant=_no_constant)
+        return json.loads(line, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except _NotJSON as e:
-        raise error(f"{where}: invalid JSON ({e} is not a JSON value; write it as a string)") from None
+        why = str(e) if " " in str(e) else f"{e} is not a JSON value; write it as a string"
+        raise error(f"{where}: invalid JSON ({why})") from None
     except json.JSONDecodeError as e:
         raise error(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:
