@@ -41,6 +41,16 @@ class Grade:
         return cls(score=None, reason=reason, **kw)
 
 
+def _describe(e: BaseException) -> str:
+    """``"Type: message"``, even for an exception whose ``__str__`` raises (that one escaped the
+    handler meant to contain it)."""
+    try:
+        msg = str(e)
+    except Exception:  # noqa: BLE001
+        msg = "<message unavailable>"
+    return f"{type(e).__name__}: {msg}"
+
+
 class GraderFn(Protocol):
     def __call__(self, completion: str, gold: Any, **meta: Any) -> Grade: ...
 
@@ -69,11 +79,14 @@ class GraderSpec:
                     raise TypeError(f"grader returned score {g.score!r} ({type(g.score).__name__}), expected a number or None")
                 if not 0.0 <= g.score <= 1.0:
                     raise ValueError(f"grader returned score {g.score} outside [0, 1]")
+                # A Fraction or numpy scalar passes the checks but is written to JSON as "1/2".
+                g.score = float(g.score)
         # A crashing grader must not crash training; a grader calling sys.exit() must not end
         # the process either (KeyboardInterrupt still stops it).
         except (Exception, SystemExit) as e:  # noqa: BLE001
-            log.error("grader %s failed: %s: %s", self.fingerprint, type(e).__name__, e)
-            g = Grade.error(f"grader error: {type(e).__name__}: {e}")
+            why = _describe(e)
+            log.error("grader %s failed: %s", self.fingerprint, why)
+            g = Grade.error(f"grader error: {why}")
         g.elapsed_s = time.perf_counter() - t0
         g.grader = g.grader or self.fingerprint
         return g

@@ -207,7 +207,7 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "--output", "-o", help="JSONL output: input rows + score, error, reason, elapsed_s, extracted, grader. "
                                             "An input column with one of those names is kept as input_<name>."),
         workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Parallel worker processes (default: up to 4)."),
-        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.01, help="Hard per-item budget in seconds (default 5)."),
+        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.01, max=86400, help="Hard per-item budget in seconds (default 5, at most a day)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Grade a JSONL file; exit 0 even when answers are wrong, non-zero on bad input.

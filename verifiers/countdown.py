@@ -28,6 +28,9 @@ class ExpressionError(ValueError):
     """The answer is not an allowed arithmetic expression."""
 
 
+_NOT_ARITHMETIC = re.compile(r"[^0-9+\-*/() \t\n]")
+
+
 _FRAC = re.compile(r"\\[dt]?frac(?![a-zA-Z])")
 
 
@@ -71,9 +74,11 @@ def _normalize(expr: str) -> str:
         return expr  # far too long to be an answer even after rewriting: evaluate() rejects it
     expr = _fracs_to_division(expr)
     # Common typography: x and · for times, ÷ for divide, unicode minus, LaTeX operators.
-    for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("·", "*"), ("÷", "/"),
-                 ("−", "-"), ("\\left", ""), ("\\right", ""), ("{", "("), ("}", ")"), ("$", "")):
+    for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\ast", "*"), ("\\div", "/"), ("×", "*"), ("·", "*"),
+                 ("⋅", "*"), ("∗", "*"), ("÷", "/"), ("−", "-"), ("\\left", ""), ("\\right", ""), ("{", "("),
+                 ("}", ")"), ("$", "")):
         expr = expr.replace(a, b)
+    expr = re.sub(r"\s", " ", expr)  # a no-break space is a space, not a syntax error
     return re.sub(r"(?<=[\d)\s])x(?=[\s\d(])", "*", expr)
 
 
@@ -81,6 +86,12 @@ def evaluate(expr: str) -> tuple[Fraction, list[int]]:
     """Exact value of ``expr`` and the integer literals it uses, in order."""
     if len(expr) > _MAX_CHARS:
         raise ExpressionError(f"expression longer than {_MAX_CHARS} characters")
+    # Python's grammar is wider than arithmetic: "0b1100", "0o14" and "1_2" are integer literals
+    # the model never wrote as given numbers, and "#" starts a comment that hides the rest.
+    bad = _NOT_ARITHMETIC.search(expr)
+    if bad:
+        raise ExpressionError(f"not an arithmetic expression: {bad.group()!r} is not allowed "
+                              "(only integers, + - * / and parentheses)")
     try:
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as e:
@@ -200,7 +211,9 @@ def _verdict(expr: str, numbers: list[int], target: Fraction | int, exactly_once
 def grade_countdown(completion: str, gold: Any, **meta: Any) -> Grade:
     """Countdown: the <answer>/boxed expression uses the given numbers and equals the target."""
     numbers, target = _parse_gold(gold)
-    exactly_once = bool(meta.get("exactly_once", False))
+    exactly_once = meta.get("exactly_once", False)
+    if not isinstance(exactly_once, bool):  # bool("false") is True: a quoted YAML/JSON value is a config bug
+        raise ValueError(f"exactly_once must be true or false, got {exactly_once!r}")
     ex = extract(completion)
     if not ex.ok:
         return Grade(0.0, reason=ex.reason)

@@ -2,8 +2,8 @@
 
 Policy (the defaults of :class:`ExtractConfig`):
 
-* Only the final section counts: the text after the last ``</think>``. A ``<think>`` that opens
-  and never closes leaves no final section, so there is no answer.
+* Only the final section counts: the text after the last ``</think>`` (any case). A ``<think>``
+  that opens and never closes leaves no final section, so there is no answer.
 * Answers come from channels: ``\\boxed{...}`` (nested braces handled, ``\\fbox`` too) and
   ``<answer>...</answer>``. No channel means no answer.
 * Every candidate found is returned; deciding whether several candidates are "the same value"
@@ -75,16 +75,26 @@ class Extraction:
         return self.answers[0] if len(self.answers) == 1 else " ; ".join(self.answers)
 
 
+# Case-insensitive like the answer tags and the format grader: with an exact-case search,
+# "<think>a</THINK> \boxed{5}" read as thinking that never closed while the format grader passed
+# it, and "<THINK>\boxed{4}</THINK>" had the box inside its think block graded.
+_THINK_OPEN_RE = re.compile(re.escape(THINK_OPEN), re.IGNORECASE)
+_THINK_CLOSE_RE = re.compile(re.escape(THINK_CLOSE), re.IGNORECASE)
+
+
 def final_section(text: str, cfg: ExtractConfig = DEFAULT_EXTRACT) -> str | None:
     """The graded part of ``text``: after the last ``</think>``; ``None`` if thinking never ends."""
     if not cfg.final_section_only:
         return text
-    close = text.rfind(THINK_CLOSE)
-    if close >= 0:
-        return text[close + len(THINK_CLOSE) :]
-    if THINK_OPEN in text:
+    close = None
+    for close in _THINK_CLOSE_RE.finditer(text):
+        pass
+    start = close.end() if close is not None else 0
+    # A think block reopened after the last close never ends either: "</think><think>\boxed{41}"
+    # had the box in its unfinished thinking graded as the answer.
+    if _THINK_OPEN_RE.search(text, start):
         return None
-    return text
+    return text[start:]
 
 
 def find_boxed(text: str, commands: tuple[str, ...] = ("boxed", "fbox")) -> list[str]:

@@ -9,6 +9,7 @@ reported in ``Grade.components`` so a rubric can log them.
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -54,9 +55,15 @@ _BLANK_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
 _LATEX_SPACE = re.compile(
     r"\\\\|\\[ ,;:!>]|~"
     r"|\\(?:q?quad|(?:en|thin|med|thick|negthin|negmed|negthick)?space)(?![a-zA-Z])"
-    r"|\\(?:[hv]space\*?|[hv]?phantom)\s*\{[^{}]*\}"
+    r"|\\(?:[hv]space\*?|mspace|[hv]?phantom)\s*\{[^{}]*\}"
+    r"|\\(?:[hv]skip|m?kern|mskip)\s*-?[\d.]+\s*[a-z]{2}|\\(?:left|right)\."
+    r"|\\(?:h?fill?|relax|strut|null|empty)(?![a-zA-Z])"
 )
-_LATEX_WRAPPER = re.compile(r"\\(?:text[a-z]*|math[a-z]*|mbox|hbox|operatorname|displaystyle|textstyle)(?![a-zA-Z])")
+# A box is a wrapper too: "\boxed{\boxed{}}" and "<answer>\boxed{}</answer>" typeset an empty box.
+_LATEX_WRAPPER = re.compile(
+    r"\\(?:text[a-z]*|math[a-z]*|mbox|hbox|operatorname|displaystyle|textstyle"
+    r"|boxed|fbox|framebox|boldsymbol|bm|underline|overline|smash)(?![a-zA-Z])"
+)
 _GROUPING = re.compile(r"(?<!\\)[{}$]")  # braces and math delimiters; \{ and \$ are content
 
 
@@ -113,24 +120,30 @@ def check_format(completion: str, cfg: FormatConfig = DEFAULT_FORMAT) -> Grade:
     # Checks that would pass vacuously (no think block, no answer) fail, so partial credit
     # counts only structure that is there.
     check("no_interleaving", bool(closes) and not stray, "answer tags inside the think block")
-    spans = boxed_spans(final)
-    if a_open:
-        contents = [text[o[2] : c[1]] for o, c in zip(a_open, a_close)]
-    else:
-        contents = [final[i:j] for i, j in spans]
-    n_answers = len(a_open) + (0 if a_open else len(spans))
+    f0 = closes[-1][2] if closes else 0
+    spans = [(f0 + i, f0 + j) for i, j in boxed_spans(final)]
+    pairs = list(zip(a_open, a_close))
+    # A box outside the answer tags, or a second box inside one, is another answer: extraction
+    # collects them all, so "\boxed{42}<answer>41</answer>" would otherwise pass as one answer.
+    starts = [o[2] for o, _ in pairs]
+    inside = [0] * len(pairs)
+    outside = []
+    for i, j in spans:
+        k = bisect.bisect_right(starts, i) - 1  # the last tag opened before the box (linear overall)
+        if k >= 0 and j <= pairs[k][1][1]:
+            inside[k] += 1
+        else:
+            outside.append((i, j))
+    contents = [text[o[2] : c[1]] for o, c in pairs] + [text[i:j] for i, j in outside]
+    n_answers = sum(max(1, k) for k in inside) + len(outside) + max(0, len(a_open) - len(pairs))
     tags_ok = len(a_open) == len(a_close) and all(o[1] < c[1] for o, c in zip(a_open, a_close))
     check("answer", n_answers >= 1 and tags_ok and not any(_blank_answer(c) for c in contents),
           "no well-formed answer (\\boxed{} or <answer>) after </think>" if n_answers == 0 or not tags_ok
           else "empty answer")
     check("single_answer", n_answers >= 1 and (cfg.allow_multiple_answers or n_answers <= 1),
           "more than one answer" if n_answers > 1 else "")
-    if a_close:
-        tail = text[a_close[-1][2] :]
-    elif spans:
-        tail = final[spans[-1][1] + 1 :]  # after the last box's closing brace
-    else:
-        tail = None
+    ends = [c[2] for c in a_close] + [j + 1 for _, j in spans]  # a box ends past its closing brace
+    tail = text[max(ends) :] if ends else None
     check("nothing_after_answer", tail is not None and (cfg.allow_text_after_answer or _after_answer_ok(tail)),
           "text after the answer" if tail is not None else "")
     if cfg.partial:

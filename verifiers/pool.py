@@ -3,7 +3,8 @@
 Why processes: a sympy step such as ``9^{9^{9^9}}`` is a C-level big-integer power that no
 Python-level timeout can interrupt, and ``signal.alarm`` only works on the main thread. Each
 worker is the leader of its own process group; a worker that runs past an item's budget is
-killed (the whole group, ``SIGKILL``) and replaced, and the item comes back as a timeout.
+killed (the whole group, ``SIGKILL``, and any descendant that left it) and replaced, and the item
+comes back as a timeout.
 
 Workers are started once and reused (importing sympy and the LaTeX parser costs about a second),
 preload the parser before they take work, and run with an address-space limit so a runaway
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import importlib
 import logging
 import os
@@ -58,6 +60,16 @@ class CallResult:
     error: str = ""
     timed_out: bool = False
     elapsed_s: float = 0.0
+
+
+#: The longest budget an item may get: select() and Thread.join() overflow on 1e10 s, which
+#: turned every item into a "bad reply" error and crashed close().
+MAX_TIMEOUT_S = 86400.0
+
+
+def _check_timeout(t: Any) -> None:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= MAX_TIMEOUT_S:
+        raise ValueError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {t!r}")
 
 
 def _resolve(ref: str) -> Callable[..., Any]:
@@ -101,9 +113,13 @@ def _worker_main(preload: Sequence[str], memory_mb: int) -> None:
     try:  # die with the parent even when busy in C code
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1:
             os._exit(0)
+        # PR_SET_CHILD_SUBREAPER: a descendant orphaned after leaving our process group (a
+        # daemon's double fork, setsid) is re-parented here, not to init, so kill() still finds it.
+        libc.prctl(36, 1)
     except Exception:  # noqa: BLE001 - not Linux: the EOF on stdin still ends us
         pass
     sys.setrecursionlimit(20000)
@@ -123,7 +139,7 @@ def _worker_main(preload: Sequence[str], memory_mb: int) -> None:
         except Exception:  # noqa: BLE001 - no /proc or no resource module
             pass
     _write_msg(proto_out, ("ready", os.getpid()))
-    from thinkgym.verifiers.base import get_grader
+    from thinkgym.verifiers.base import _describe, get_grader
 
     while True:
         try:
@@ -154,7 +170,7 @@ def _worker_main(preload: Sequence[str], memory_mb: int) -> None:
         except RecursionError:
             out = ("err", "RecursionError: input nested too deeply")
         except BaseException as e:  # noqa: BLE001 - report everything, keep serving
-            out = ("err", f"{type(e).__name__}: {e}")
+            out = ("err", _describe(e))
         try:
             _write_msg(proto_out, out + (time.perf_counter() - t0,))
         except Exception as e:  # noqa: BLE001 - unpicklable result
@@ -167,6 +183,31 @@ def _worker_main(preload: Sequence[str], memory_mb: int) -> None:
 
 class _WorkerDied(Exception):
     pass
+
+
+def _descendants(root: int) -> list[int]:
+    """Live (not zombie) processes below ``root``, from ``/proc``; empty where there is none."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat", "rb") as f:
+                state, ppid = f.read().rsplit(b")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if state != b"Z":
+            children.setdefault(int(ppid), []).append(int(e))
+    out, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
 
 
 class _Worker:
@@ -228,6 +269,17 @@ class _Worker:
         return pickle.loads(data)
 
     def kill(self) -> None:
+        # killpg misses descendants that started their own session; the stopped worker stays
+        # alive as their subreaper while each pass kills one generation of them.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+        for _ in range(50):
+            escaped = _descendants(self.proc.pid)
+            if not escaped:
+                break
+            for p in escaped:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGKILL)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -269,8 +321,7 @@ class GraderPool:
         preload: Sequence[str] = DEFAULT_PRELOAD,
         start_timeout_s: float = 120.0,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        _check_timeout(timeout_s)
         self.workers = max(1, workers or min(4, os.cpu_count() or 1))
         self.timeout_s = float(timeout_s)
         self.memory_mb = memory_mb
@@ -329,6 +380,7 @@ class GraderPool:
                 w.kill()
                 self.restarts += 1
                 if died:
+                    log.error("grader item failed: %s; worker %d replaced", died, w.pid)
                     res = job.on_error(died, elapsed)
                 else:
                     log.warning("grader item exceeded %.1fs budget; worker %d killed", job.timeout_s, w.pid)
@@ -336,6 +388,8 @@ class GraderPool:
             elif msg[0] == "ok":
                 res = job.on_ok(msg[1], msg[2])
             else:
+                # Logged here: the worker's own logging does not reach the caller's handlers.
+                log.error("grader item failed in worker %d: %s", w.pid, msg[1])
                 res = job.on_error(msg[1], msg[2])
             if job.future.set_running_or_notify_cancel():
                 job.future.set_result(res)  # answer first: the caller never waits for a restart
@@ -350,6 +404,7 @@ class GraderPool:
             raise RuntimeError("pool is closed")
         if os.getpid() != self._pid:
             raise RuntimeError("a GraderPool cannot be used in a forked child; create one there")
+        _check_timeout(job.timeout_s)
         # Serialise here so an unpicklable argument fails in the caller, not in a slot thread.
         job.payload = pickle.dumps(job.request, protocol=pickle.HIGHEST_PROTOCOL)
         self._jobs.put(job)
@@ -405,9 +460,14 @@ class GraderPool:
         def err(why: str, t: float) -> Grade:
             return Grade.error(why, elapsed_s=t, grader=fp)
 
+        def ok(g: Grade, t: float) -> Grade:
+            if g.score is None:  # the worker logged it where the caller's handlers never see it
+                log.error("grader %s failed in a worker: %s", g.grader or fp, g.reason)
+            return g
+
         return self._submit(
             _Job(("grade", ship, tuple(dict.fromkeys(origins)), completion, gold, meta), timeout or self.timeout_s, Future(),
-                 on_timeout=err, on_error=err, on_ok=lambda g, t: g)
+                 on_timeout=err, on_error=err, on_ok=ok)
         )
 
     def _submit_rows(self, grader: str, rows: Iterable[Any], timeout: float | None) -> list[Future]:

@@ -12,6 +12,7 @@ fraction of tests passed contributes that fraction.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -35,10 +36,11 @@ class Rubric:
         if not self.weights:
             raise ValueError("a rubric needs at least one component")
         for n, w in self.weights.items():
-            if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 or w != w:
-                raise ValueError(f"rubric {self.name!r}: weight of {n!r} must be a number >= 0, got {w!r}")
-        if sum(self.weights.values()) <= 0:
-            raise ValueError(f"rubric {self.name!r}: at least one weight must be > 0")
+            # An infinite weight makes the sum inf/inf = NaN, which the clamp below turns into 0.
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < math.inf:
+                raise ValueError(f"rubric {self.name!r}: weight of {n!r} must be a finite number >= 0, got {w!r}")
+        if not 0 < sum(self.weights.values()) < math.inf:
+            raise ValueError(f"rubric {self.name!r}: at least one weight must be > 0, and their sum finite")
 
     def __call__(self, completion: str, gold: Any, **meta: Any) -> Grade:
         per = meta.pop(self.components_meta_key, None) or {}
