@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from thinkgym.sampler.types import Completion, Sampler, SamplingConfig, chat_prompt_ids, mix_seed
+from thinkgym.verifiers.extract import THINK_OPEN
 
 log = logging.getLogger("thinkgym.sampler")
 
@@ -302,12 +303,17 @@ def collect_rollouts(
             ep = Episode(
                 group_id=g, member=m, index=idx, env_id=env_id, input_ids=list(prompt),
                 loss_mask=[0] * len(prompt), old_logprobs=[0.0] * len(prompt), prompt_len=len(prompt),
-                messages=messages,
-                think_in_prompt=tok.decode(prompt[-4:], skip_special_tokens=False).rstrip().endswith("<think>"),
+                messages=messages, think_in_prompt=_opens_think(tok, prompt),
             )
             live.append(_Live(ep, env, prompt, seed))
 
     def step(lv: _Live, text: str) -> tuple[Any, ...]:
+        # A template that opens <think> in the prompt (R1-style, Qwen3 thinking): the assistant
+        # turn is "<think>" + the completion. Graded without it, a well-formed reply fails the
+        # format grader, and one that never closes its thinking has its thinking graded as the
+        # answer (a \boxed{} mid-thought scored 1.0).
+        if _opens_think(tok, lv.next_prompt) and not text.lstrip().lower().startswith(THINK_OPEN):
+            text = THINK_OPEN + text
         return lv.env.step(text)
 
     generate_s = 0.0
@@ -355,6 +361,11 @@ def collect_rollouts(
         lv.env.close()
     eps = [lv.ep for lv in live]
     return EpisodeBatch(eps, group_size, elapsed_s=time.perf_counter() - t_start, generate_s=generate_s)
+
+
+def _opens_think(tok: Any, prompt: Sequence[int]) -> bool:
+    """Does the rendered prompt end by opening a think block?"""
+    return tok.decode(list(prompt[-4:]), skip_special_tokens=False).rstrip().endswith(THINK_OPEN)
 
 
 def _takes_seeds(sampler: Any) -> bool:

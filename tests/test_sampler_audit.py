@@ -281,3 +281,47 @@ def test_rollout_rejects_a_nonsense_context(hf):
 
     with pytest.raises(ValueError, match="max_context must be >= 2"):
         collect_rollouts("thinkgym/Arithmetic-v0", hf, indices=[0], group_size=1, cfg=SamplingConfig(), max_context=0)
+
+
+# -- templates that open <think> in the generation prompt ------------------------------------
+
+
+class _Scripted:
+    """Stands in for a trained policy (a random tiny model cannot be made to write a given
+    reply): returns fixed texts, tokenized by the real tokenizer, one per prompt in order."""
+
+    def __init__(self, tok, texts):
+        self.tokenizer, self.texts = tok, texts
+
+    def generate(self, prompts, cfg, seeds=None):
+        from thinkgym.sampler.types import Completion
+
+        out = []
+        for p, text in zip(prompts, self.texts):
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            out.append([Completion(prompt_ids=list(p), token_ids=ids, logprobs=[], text=text, finish_reason="stop")])
+        return out
+
+
+def test_a_template_that_opens_think_grades_the_whole_assistant_turn(tiny_model_dir):
+    """R1 / Qwen3-style templates end the prompt with "<think>": the completion continues the
+    thinking. A reply that closes it and answers is well-formed; one that never closes it has
+    no answer, even with a \\boxed{} mid-thought (it used to be graded as the final section)."""
+    from transformers import AutoTokenizer
+
+    from thinkgym.sampler.rollout import collect_rollouts
+    from thinkgym.tasks import make_task
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tok.chat_template = tok.chat_template.replace("{{ '<|im_start|>assistant\n' }}{%- endif -%}",
+                                                  "{{ '<|im_start|>assistant\n<think>\n' }}{%- endif -%}")
+    assert tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False,
+                                   add_generation_prompt=True).endswith("<think>\n")
+    gold = make_task("arithmetic", seed=0)[0]["answer"]
+    texts = [f"so it is \\boxed{{{gold}}} I think", f"2 steps.\n</think>\n<answer>{gold}</answer>"]
+    for grader, want in (("math", [0.0, 1.0]), ("format", [0.0, 1.0])):
+        b = collect_rollouts("thinkgym/Arithmetic-v0", _Scripted(tok, texts), indices=[0], group_size=2,
+                             cfg=SamplingConfig(max_tokens=32, seed=0), env_kwargs={"grader": grader})
+        assert all(e.think_in_prompt for e in b)
+        assert [e.reward for e in b] == want, (grader, [e.grades[-1].get("reason") for e in b])
+        assert [e.text for e in b] == texts  # the episode keeps what the model wrote
