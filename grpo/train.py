@@ -11,7 +11,7 @@ One step, top to bottom (``train`` below):
    on the informative groups only: less compute, and flat groups do not dilute a ``token_mean``
    loss (ranks still agree on one group count, the largest).
 2. **Score.** Grader infrastructure errors (``reward=None``) are counted, get advantage 0 and
-   no loss. Optional DAPO overlong shaping adds a soft length penalty; optional overlong
+   no loss; ``max_bad_steps`` steps in a row on which every grade failed stop the run. Optional DAPO overlong shaping adds a soft length penalty; optional overlong
    filtering masks truncated completions out of the loss.
 3. **Advantages**, one estimator chosen by ``advantage``: ``grpo`` (group mean-centred, divided
    by the group std if ``std_normalize``; Dr. GRPO sets it false), ``rloo`` (leave-one-out
@@ -136,7 +136,7 @@ class GRPOConfig:
     keep_checkpoints: int = 2  #: how many checkpoints to keep
     eval_every: int = 0  #: held-out eval every N steps (0 = only at the end if eval_prompts > 0)
     eval_prompts: int = 0  #: held-out prompts per eval (greedy, one sample each)
-    max_bad_steps: int = 3  #: stop after this many non-finite losses in a row
+    max_bad_steps: int = 3  #: stop after this many non-finite losses, or steps whose every grade failed, in a row
     debug_nan_steps: list[int] = field(default_factory=list)  #: fault injection for tests: force NaN loss at these steps
     progress: bool = True  #: rich progress bar on rank 0
     tensorboard: bool = True  #: write TensorBoard scalars
@@ -261,7 +261,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     stop = {"sigterm": False}  # SIGTERM: finish the step, checkpoint, exit cleanly
     prev_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
     monitor = Monitor(cfg, out, state["history"], state["step"]) if rank == 0 else None
-    last_ck, stopped = ck, "max_steps"
+    last_ck, stopped, grader_streak = ck, "max_steps", 0
     agg_kw = {"mode": cfg.aggregation, "constant": cfg.max_tokens}
     single_update = reuses_training_logprobs(cfg)
     shared_prefix = cfg.shared_prefix and not cfg.gradient_checkpointing  # checkpointing drops the KV cache
@@ -409,6 +409,14 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         if bad and rank == 0:
             print(f"\n[thinkgym] WARNING: non-finite loss at step {step}: update skipped "
                   f"({state['bad_streak']}/{cfg.max_bad_steps} in a row)", flush=True)
+        # A grader that fails on every sample teaches nothing (advantage 0 everywhere): a broken
+        # sandbox or judge endpoint stops the run instead of burning its budget.
+        all_failed = not all_ranks(not all(e.infra_error for e in sampled))
+        grader_streak = grader_streak + 1 if all_failed else 0
+        if all_failed and rank == 0:
+            why = next((e.grades[-1].get("reason") for e in sampled if e.grades), None)
+            print(f"\n[thinkgym] WARNING: the grader failed on every sample of step {step} "
+                  f"({grader_streak}/{cfg.max_bad_steps} in a row): {why}", flush=True)
         if cfg.eval_prompts and (step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0)):
             row["eval_accuracy"], row["eval_grader_errors"] = evaluate(cfg, sampler, state, rank, world)
         state["history"].append(row)
@@ -421,6 +429,9 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         # ---- checkpoint / stop -------------------------------------------------------------
         if state["bad_streak"] >= cfg.max_bad_steps:
             stopped = f"{cfg.max_bad_steps} non-finite losses in a row"
+            break
+        if grader_streak >= cfg.max_bad_steps:
+            stopped = f"the grader failed on every sample for {cfg.max_bad_steps} steps in a row"
             break
         sigterm = not all_ranks(not stop["sigterm"])
         if state["bad_streak"] == 0 and (step % cfg.save_every == 0 or step == cfg.max_steps or sigterm):

@@ -793,3 +793,24 @@ def test_multi_turn_env_trains(tmp_path, tiny_model_dir):
     assert max(r["response_len"] for r in hist) > cfg.max_tokens
     # ...and no episode is penalised past the full penalty (every turn is within max_tokens).
     assert all(r["reward"] >= -cfg.overlong_penalty for r in hist)
+
+
+@register_grader("test_grpo_grader_down", version="0")
+def _grader_down(completion, gold, **meta):
+    raise ConnectionError("judge endpoint refused the connection")
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_grader_that_fails_on_every_sample_stops_the_run(tmp_path, tiny_model_dir, capsys):
+    """Every reward None: nothing can be learnt, so the run stops after max_bad_steps such steps
+    and says why, instead of running to max_steps on zero advantages."""
+    from thinkgym.grpo.train import train
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", max_steps=6, max_bad_steps=2, overlong_buffer=0,
+                   env_kwargs={"grader": "test_grpo_grader_down"}, tensorboard=False)
+    res = train(cfg)
+    assert res["stopped"] == "the grader failed on every sample for 2 steps in a row"
+    assert [r["step"] for r in res["history"]] == [1, 2]
+    assert all(r["grader_errors"] == cfg.prompts_per_step * cfg.group_size for r in res["history"])
+    assert "judge endpoint refused the connection" in capsys.readouterr().out
