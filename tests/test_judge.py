@@ -32,8 +32,12 @@ class Stub:
     """An OpenAI-compatible chat server whose replies are scripted per test."""
 
     def __init__(self) -> None:
-        self.script: list = []  # items: str reply template ({nonce}, {candidate}), int status, ("sleep", s, reply)
+        # items: str reply template ({nonce}, {candidate}), int status, ("sleep", s, reply),
+        # bytes (a raw 200 body), ("raw", status, {header: value}, body)
+        self.script: list = []
         self.requests: list[dict] = []
+        self.paths: list[str] = []
+        self.headers: list[dict] = []
         stub = self
 
         class H(BaseHTTPRequestHandler):
@@ -43,10 +47,22 @@ class Stub:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append(body)
+                stub.paths.append(self.path)
+                stub.headers.append(dict(self.headers))
                 step = stub.script.pop(0) if len(stub.script) > 1 else stub.script[0]
                 if isinstance(step, tuple) and step[0] == "sleep":
                     time.sleep(step[1])
                     step = step[2]
+                if isinstance(step, bytes):
+                    step = ("raw", 200, {"Content-Type": "application/json"}, step)
+                if isinstance(step, tuple) and step[0] == "raw":
+                    self.send_response(step[1])
+                    for k, v in step[2].items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(step[3])))
+                    self.end_headers()
+                    self.wfile.write(step[3])
+                    return
                 if isinstance(step, int):
                     self.send_response(step)
                     self.end_headers()

@@ -16,7 +16,9 @@ Prompt-injection defences:
   remaining verdict lines must agree. Verdict lines that disagree are an ambiguous reply, so
   ``score=None`` like any reply without a verdict: the grade is unknown, not a confident 0
   (callers count ``None`` grades, so a policy that learns to confuse the judge shows up there);
-* by default the judge sees only the final section (after ``</think>``), not the reasoning.
+* by default the judge sees only the final section (after ``</think>``), not the reasoning;
+* in the reply, only text after the judge's own reasoning counts: a reply cut off inside an
+  unclosed ``<think>`` has no verdict, whatever tentative verdict its reasoning wrote.
 
 Network failures and 429/5xx are retried with exponential backoff; a request that still fails, or
 a reply without a verdict, is an infrastructure error (``score=None``), never 0. Identical requests
@@ -31,11 +33,13 @@ import hmac
 import http.client
 import json
 import logging
+import math
 import os
 import random
 import re
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
@@ -67,6 +71,8 @@ class JudgeConfig:
     max_retries: int = 3
     #: First backoff in seconds; doubles each retry (with up to 25% jitter).
     backoff_s: float = 0.5
+    #: Longest single backoff in seconds, however many retries.
+    max_backoff_s: float = 30.0
     max_tokens: int = 512
     temperature: float = 0.0
     #: Show the judge only the text after the last ``</think>``.
@@ -81,10 +87,18 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("binary", "score"):
             raise ValueError(f"JudgeConfig.mode must be 'binary' or 'score', got {self.mode!r}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"JudgeConfig.timeout_s must be > 0, got {self.timeout_s!r}")
+        # An infinite timeout or backoff crashes the socket layer or time.sleep mid-grade instead
+        # of waiting, and a negative backoff crashed time.sleep on the first retry.
+        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise ValueError(f"JudgeConfig.timeout_s must be a finite number > 0, got {self.timeout_s!r}")
         if self.max_retries < 0:
             raise ValueError(f"JudgeConfig.max_retries must be >= 0, got {self.max_retries!r}")
+        for name in ("backoff_s", "max_backoff_s"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"JudgeConfig.{name} must be a finite number >= 0, got {v!r}")
+        if self.max_completion_chars < 1:
+            raise ValueError(f"JudgeConfig.max_completion_chars must be >= 1, got {self.max_completion_chars!r}")
 
 
 SYSTEM_PROMPT = """You are a strict, impartial grader. You get a problem, a reference answer and/or a rubric, and a candidate response.
@@ -112,7 +126,8 @@ def _cut(text: str, n: int) -> str:
     if len(text) <= n:
         return text
     half = n // 2
-    return text[:half] + f"\n[... {len(text) - 2 * half} characters omitted ...]\n" + text[-half:]
+    # Not text[-half:]: for half == 0 that is the whole text, so a limit of 1 cut nothing.
+    return text[:half] + f"\n[... {len(text) - 2 * half} characters omitted ...]\n" + text[len(text) - half :]
 
 
 def build_messages(completion: str, gold: Any, question: str | None, rubric: str | None, cfg: JudgeConfig) -> tuple[list[dict], str]:
@@ -132,19 +147,32 @@ def build_messages(completion: str, gold: Any, question: str | None, rubric: str
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}], nonce
 
 
+_THINK_CLOSE = re.compile(r"</think\s*>", re.IGNORECASE)
+_THINK_OPEN = re.compile(r"<think\s*>", re.IGNORECASE)
+
+
 def parse_verdict(reply: str, nonce: str, completion: str, mode: str = "binary") -> tuple[float | None, str]:
     """``(score, reason)`` from the judge's reply; ``score=None`` when there is no usable verdict."""
     text = reply
-    if "</think>" in text:
-        text = text[text.rfind("</think>") + len("</think>") :]
+    close = None
+    for close in _THINK_CLOSE.finditer(text):
+        pass
+    if close is not None:
+        text = text[close.end() :]
     # An echoed candidate block is the completion talking, not the judge.
     text = re.sub(rf"<<<CANDIDATE {nonce}>>>.*?(<<<END {nonce}>>>|$)", "", text, flags=re.DOTALL)
+    # A reply cut off (max_tokens) inside its reasoning: a verdict there is a guess the judge
+    # may still have reversed, e.g. "<think>VERDICT n: CORRECT? No, 4 != 5, so".
+    if _THINK_OPEN.search(text):
+        return None, "the judge's reply ends inside its reasoning (<think> never closed)"
     echoed = {ln.strip() for ln in completion.splitlines() if ln.strip()}
+    deco = r"(?:[\s*_`]|</?(?:b|strong|em|i|code)>)*"  # markdown/HTML emphasis around the value
     if mode == "binary":
-        pat = re.compile(rf"VERDICT\s+{nonce}\s*:\s*\**\s*(CORRECT|INCORRECT)\b", re.IGNORECASE)
+        pat = re.compile(rf"VERDICT\s+{nonce}\s*:{deco}(CORRECT|INCORRECT)(?![a-z0-9])", re.IGNORECASE)
     else:
-        # An integer, optionally "/10"; "7.5", "10/100" and "-3" are not verdicts.
-        pat = re.compile(rf"SCORE\s+{nonce}\s*:\s*\**\s*(\d{{1,2}})(?:\s*/\s*10(?![\d.]))?(?![\d.]|\s*/)", re.IGNORECASE)
+        # An integer, optionally "/10"; "7.5", "7,5", "7-8", "10/100" and "-3" are not verdicts,
+        # but a sentence may end after one ("SCORE n: 7." was read as no verdict).
+        pat = re.compile(rf"SCORE\s+{nonce}\s*:{deco}(\d{{1,2}})(?:\s*/\s*10(?![.,]?\d))?(?![.,-]?\d|\s*/)", re.IGNORECASE)
     # One entry per line that carries a verdict. A line with two different values is the judge
     # restating the format ("VERDICT n: CORRECT or VERDICT n: INCORRECT"), not a verdict.
     lines: list[set[str]] = []
@@ -177,10 +205,14 @@ class JudgeError(RuntimeError):
 class JudgeClient:
     """Minimal OpenAI-compatible chat client (stdlib HTTP) with retries and a response cache."""
 
-    def __init__(self, cfg: JudgeConfig, cache_size: int = 10_000) -> None:
+    def __init__(self, cfg: JudgeConfig, cache_size: int = 10_000, cache_chars: int = 64 << 20) -> None:
         self.cfg = cfg
         self.cache_size = cache_size
+        #: Bound on the characters of all cached replies: a count bound alone let a server whose
+        #: replies run to the 8 MiB cap hold up to 80 GB.
+        self.cache_chars = cache_chars
         self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cached_chars = 0
         self._lock = threading.Lock()
         self.http_requests = 0  #: HTTP attempts made (cache hits make none)
 
@@ -200,43 +232,67 @@ class JudgeClient:
                     return self._cache[key], True
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
-        api_key = os.environ.get(cfg.api_key_env)
+        # A key read from a file often ends in a newline; http.client then refused the header
+        # with a ValueError quoting it, and the key landed in the grade's reason and the log.
+        api_key = (os.environ.get(cfg.api_key_env) or "").strip()
         if api_key:
+            if not (api_key.isascii() and api_key.isprintable()):
+                raise JudgeError(f"the API key in ${cfg.api_key_env} has characters an HTTP header cannot carry")
             headers["Authorization"] = f"Bearer {api_key}"
-        url = cfg.base_url.rstrip("/") + "/chat/completions"
+        url = _chat_url(cfg.base_url)
         last = ""
         for attempt in range(cfg.max_retries + 1):
             if attempt:
-                delay = cfg.backoff_s * 2 ** (attempt - 1)
-                time.sleep(delay * (1 + 0.25 * random.random()))
+                delay = cfg.backoff_s * 2 ** min(attempt - 1, 60)
+                time.sleep(min(cfg.max_backoff_s, delay * (1 + 0.25 * random.random())))
             with self._lock:
                 self.http_requests += 1
             try:
                 status, raw = _post(url, data, headers, cfg.timeout_s)
-                if status == 429 or status >= 500:
-                    last = f"HTTP {status}"
-                    continue
-                if status >= 300:
-                    raise JudgeError(f"judge answered HTTP {status}: {raw[:200]!r}")
-                payload = json.loads(raw.decode("utf-8", "replace"))
-                text = payload["choices"][0]["message"]["content"] or ""
             except (OSError, http.client.HTTPException) as e:  # refused, reset, cut short, timed out
                 last = f"{type(e).__name__}: {e}"
                 continue
-            except (KeyError, IndexError, TypeError, ValueError) as e:
-                raise JudgeError(f"malformed judge response: {type(e).__name__}: {e}") from None
+            except ValueError as e:  # a request http.client will not send; its message may quote a header
+                raise JudgeError(f"judge request could not be sent ({type(e).__name__})") from None
+            if status == 429 or status >= 500:
+                last = f"HTTP {status}"
+                continue
+            if status >= 300:
+                raise JudgeError(f"judge answered HTTP {status}: {raw[:200]!r}")
+            try:
+                payload = json.loads(raw.decode("utf-8", "replace"))
+                text = payload["choices"][0]["message"]["content"] or ""
+            # RecursionError: a deeply nested body ("[[[[...") escaped as a crash, not a JudgeError.
+            except (KeyError, IndexError, TypeError, ValueError, RecursionError) as e:
+                raise JudgeError(f"malformed judge response: {type(e).__name__}: {str(e)[:200]}") from None
             if not isinstance(text, str):
                 raise JudgeError(f"malformed judge response: content is {type(text).__name__}")
-            if cfg.cache and (cache_if is None or cache_if(text)):
+            if cfg.cache and len(text) <= self.cache_chars and (cache_if is None or cache_if(text)):
                 with self._lock:
-                    self._cache[key] = text
-                    while len(self._cache) > self.cache_size:
-                        self._cache.popitem(last=False)
+                    if key not in self._cache:
+                        self._cache[key] = text
+                        self._cached_chars += len(text)
+                    while len(self._cache) > self.cache_size or self._cached_chars > self.cache_chars:
+                        self._cached_chars -= len(self._cache.popitem(last=False)[1])
             return text, False
         raise JudgeError(f"judge unreachable after {cfg.max_retries + 1} attempts ({last})")
 
 
 _MAX_REPLY_BYTES = 8 << 20
+
+
+def _chat_url(base_url: str) -> str:
+    """``base_url`` + ``/chat/completions``, keeping its query (``?api-version=...``)."""
+    try:
+        u = urllib.parse.urlsplit(base_url)
+    except ValueError as e:
+        raise JudgeError(f"judge base_url is not a URL: {e}") from None
+    # Credentials in the URL are not sent (the server answers 401), and error messages and the
+    # log quote the URL: refuse them without repeating them.
+    if "@" in u.netloc:
+        raise JudgeError("judge base_url must not carry credentials; put the key in the api_key_env variable")
+    # Appending to the string put the path after the query: ".../v1?api-version=1/chat/completions".
+    return urllib.parse.urlunsplit(u._replace(path=u.path.rstrip("/") + "/chat/completions", fragment=""))
 
 
 def _post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> tuple[int, bytes]:
