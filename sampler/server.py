@@ -66,6 +66,10 @@ class VLLMServerSampler(BaseSampler):
     ) -> None:
         from transformers import AutoTokenizer
 
+        if isinstance(base_url, str) and "@" in base_url.split("://", 1)[-1].split("/", 1)[0]:
+            # Never sent (http.client drops them), and every error message would print them.
+            raise ValueError("base_url must not carry credentials (user:password@); the vLLM server client "
+                             "sends no authentication")
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000, got {base_url!r}")
         # Written so that NaN fails too; a zero timeout would make every request non-blocking.

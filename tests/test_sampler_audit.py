@@ -245,6 +245,10 @@ def test_server_client_rejects_bad_settings(fake_server, tiny_model_dir):
             VLLMServerSampler(fake_server, tokenizer_path=tiny_model_dir, **kw)
     with pytest.raises(ValueError, match="base_url must be an http"):
         VLLMServerSampler("127.0.0.1:8000", tokenizer_path=tiny_model_dir)
+    # credentials would never be sent, and every later error message would print them
+    with pytest.raises(ValueError, match="must not carry credentials") as e:
+        VLLMServerSampler(fake_server.replace("http://", "http://me:s3cret@"), tokenizer_path=tiny_model_dir)
+    assert "s3cret" not in str(e.value)
 
 
 # -- rollouts with a sampler that takes no per-prompt seeds ----------------------------------
