@@ -33,7 +33,7 @@ class Stub:
 
     def __init__(self) -> None:
         # items: str reply template ({nonce}, {candidate}), int status, ("sleep", s, reply),
-        # bytes (a raw 200 body), ("raw", status, {header: value}, body)
+        # ("cut", reply) (finish_reason "length"), bytes (a raw 200 body), ("raw", status, {header: value}, body)
         self.script: list = []
         self.requests: list[dict] = []
         self.paths: list[str] = []
@@ -53,6 +53,9 @@ class Stub:
                 if isinstance(step, tuple) and step[0] == "sleep":
                     time.sleep(step[1])
                     step = step[2]
+                finish = "stop"
+                if isinstance(step, tuple) and step[0] == "cut":  # a reply cut off by max_tokens
+                    finish, step = "length", step[1]
                 if isinstance(step, bytes):
                     step = ("raw", 200, {"Content-Type": "application/json"}, step)
                 if isinstance(step, tuple) and step[0] == "raw":
@@ -72,7 +75,8 @@ class Stub:
                 nonce = re.search(r"<<<CANDIDATE (\w+)>>>", system).group(1)
                 cand = re.search(r"<<<CANDIDATE \w+>>>\n(.*)\n<<<END \w+>>>", user, re.DOTALL).group(1)
                 text = step.format(nonce=nonce, candidate=cand)
-                out = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+                out = json.dumps({"choices": [{"message": {"role": "assistant", "content": text},
+                                               "finish_reason": finish}]}).encode()
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
@@ -376,3 +380,13 @@ def test_bad_config_and_non_text_completion():
         JudgeConfig(timeout_s=0)
     g = judge(None, "4", cfg=JudgeConfig(base_url="http://127.0.0.1:9/v1"))  # never sent
     assert g.score == 0.0 and "not str" in g.reason
+
+
+def test_a_verdict_on_the_line_max_tokens_cut_does_not_count(stub):
+    """"SCORE n: 1" may be the first digit of a 10: a reply cut off by max_tokens keeps only the
+    lines it finished."""
+    stub.script = [("cut", "Mostly right.\nSCORE {nonce}: 1")]
+    g = judge(GOOD, "4", cfg=stub.cfg(mode="score"))
+    assert g.score is None and "no verdict line" in g.reason, g
+    stub.script = [("cut", "Checked.\nSCORE {nonce}: 7\nSome trailing rambl")]
+    assert judge(GOOD, "4", cfg=stub.cfg(mode="score")).score == 0.7

@@ -267,6 +267,10 @@ class JudgeClient:
                 raise JudgeError(f"malformed judge response: {type(e).__name__}: {str(e)[:200]}") from None
             if not isinstance(text, str):
                 raise JudgeError(f"malformed judge response: content is {type(text).__name__}")
+            if payload["choices"][0].get("finish_reason") == "length":
+                # Cut off by max_tokens: its last line may be a verdict cut short ("SCORE n: 1"
+                # of a "10"); only the lines it finished count.
+                text = text[: text.rfind("\n") + 1]
             if cfg.cache and len(text) <= self.cache_chars and (cache_if is None or cache_if(text)):
                 with self._lock:
                     if key not in self._cache:
