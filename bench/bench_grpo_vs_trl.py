@@ -92,12 +92,9 @@ def run_trl(args, cfg, model: str, out: Path, seed: int) -> dict:
             "reward_first": logs[0]["reward"] if logs else None, "reward_last": logs[-1]["reward"] if logs else None}
 
 
-def run_thinkgym(args, cfg, model: str, out: Path, seed: int) -> dict:
-    import subprocess
-
-    from thinkgym.demo import _write_yaml, grpo_config
-    from thinkgym.grpo.engine import latest_checkpoint
-    from thinkgym.grpo.monitor import loop_seconds
+def thinkgym_grpo_config(args, cfg, model: str, out: Path, seed: int) -> dict:
+    """The thinkgym learner's config: the demo's GRPO settings with this run's sizes."""
+    from thinkgym.demo import grpo_config
 
     g = grpo_config(cfg, model, out)
     # Same prompts, same count as TRL: no dynamic-sampling refills; constant lr, no warm-up.
@@ -106,6 +103,41 @@ def run_thinkgym(args, cfg, model: str, out: Path, seed: int) -> dict:
              micro_batch_size=min(args.micro_batch, args.prompts * args.group), seed=seed)
     if args.async_rollouts:  # one update off-policy: the truncated IS weights correct for the lag
         g.update(async_rollouts=True, tis_cap=2.0)
+    return g
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """Bad arguments fail here, before the data, the SFT checkpoint or either trainer is built."""
+    from thinkgym.config import ConfigError, from_dict
+    from thinkgym.demo import MAX_SEED, DemoConfig
+    from thinkgym.grpo.train import GRPOConfig
+
+    for k in ("steps", "prompts", "max_tokens", "micro_batch", "heldout", "repeats"):
+        if getattr(args, k) < 1:
+            p.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    if args.group < 2:
+        p.error(f"--group must be >= 2 (a group's advantages need two samples), got {args.group}")
+    if not 0 <= args.seed or args.seed + 100 * (args.repeats - 1) > MAX_SEED:
+        p.error(f"--seed and the repeats' sampling seeds (seed + 100 * repeat) must be in [0, {MAX_SEED}]")
+    if args.model is not None and not (Path(args.model) / "config.json").is_file():
+        p.error(f"--model {args.model}: not an HF model directory (no config.json)")
+    try:  # the learner's own checks (micro-batch split, lr, KL, ...), with a stand-in model path
+        cfg = DemoConfig(seed=args.seed, grpo_steps=args.steps, prompts_per_step=args.prompts, group_size=args.group,
+                         max_tokens=args.max_tokens)
+        from_dict(GRPOConfig, thinkgym_grpo_config(args, cfg, args.model or "sft", Path(args.output_dir) / "thinkgym",
+                                                   args.seed), "thinkgym GRPO config")
+    except ConfigError as e:
+        p.error(f"{e} (from --steps/--prompts/--group/--max-tokens/--lr/--kl/--micro-batch)")
+
+
+def run_thinkgym(args, cfg, model: str, out: Path, seed: int) -> dict:
+    import subprocess
+
+    from thinkgym.demo import _write_yaml
+    from thinkgym.grpo.engine import latest_checkpoint
+    from thinkgym.grpo.monitor import loop_seconds
+
+    g = thinkgym_grpo_config(args, cfg, model, out, seed)
     out.mkdir(parents=True, exist_ok=True)
     yml = _write_yaml(out.parent / f"{out.name}-grpo.yaml", g)
     t0 = time.perf_counter()
@@ -142,6 +174,7 @@ def main() -> None:
     p.add_argument("--async-rollouts", action="store_true",
                    help="thinkgym samples the next batch while one learns (one update off-policy, TIS-corrected)")
     args = p.parse_args()
+    check_args(p, args)
 
     from thinkgym.demo import _run, _write_yaml, build_data, evaluate_policies, sft_config
     from thinkgym.sft_coldstart.tiny import TinyConfig, build_tiny_model

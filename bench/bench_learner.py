@@ -169,8 +169,20 @@ def main() -> None:
     p.add_argument("--grad-ckpt", action="store_true")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
+    for k in ("micro_batch", "steps", "rounds"):
+        if getattr(args, k) < 1:
+            p.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.seq_len < 2:
+        p.error(f"--seq-len must be >= 2 (the loss needs a next token), got {args.seq_len}")
+    if args.zero_stage not in (0, 1, 2, 3):
+        p.error(f"--zero-stage must be 0, 1, 2 or 3, got {args.zero_stage}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device (or a CPU-only torch build)")
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32

@@ -124,7 +124,12 @@ def main() -> None:
     ap.add_argument("--no-cache", action="store_true", help="clear thinkgym's parse cache before every row")
     ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the first allowed)")
     args = ap.parse_args()
-    cpu = args.cpu if args.cpu is not None else min(os.sched_getaffinity(0))
+    allowed = os.sched_getaffinity(0)
+    if args.cpu is not None and args.cpu not in allowed:
+        ap.error(f"--cpu {args.cpu}: not one this process may run on {sorted(allowed)}")
+    if args.rows < 1:
+        ap.error(f"--rows must be >= 1, got {args.rows}")
+    cpu = args.cpu if args.cpu is not None else min(allowed)
     os.sched_setaffinity(0, {cpu})  # one core for everything, workers included (affinity is inherited)
 
     from math_verify import parse, verify

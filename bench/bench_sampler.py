@@ -112,6 +112,17 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    for k in ("prompts", "n", "max_tokens", "repeats"):
+        if getattr(args, k) < 1:
+            ap.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    if args.threads < 0:
+        ap.error(f"--threads must be >= 0, got {args.threads}")
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKENDS]
+    if unknown or not names:
+        ap.error(f"--backends: unknown {unknown or args.backends!r}; choose from {','.join(BACKENDS)}")
+    if args.model and not os.path.isfile(os.path.join(args.model, "config.json")):
+        ap.error(f"--model {args.model}: not an HF model directory (no config.json)")
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -119,8 +130,8 @@ def main() -> None:
             from thinkgym.sft_coldstart.tiny import build_tiny_model
 
             model = str(build_tiny_model(os.path.join(tmp, "tiny")))
-        results = {}
-        for name in args.backends.split(","):
+        results, failed = {}, []
+        for name in names:
             env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                    "TOKENIZERS_PARALLELISM": "false", **BACKENDS[name][1]}
             if args.threads:
@@ -132,6 +143,7 @@ def main() -> None:
             line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("{")), None)
             if p.returncode != 0 or line is None:
                 print(f"{name}: failed (exit {p.returncode})\n{p.stderr[-2000:]}", file=sys.stderr)
+                failed.append(name)
                 continue
             results[name] = json.loads(line)
     print(f"\nrollout throughput: {args.prompts} prompts x n={args.n}, max_tokens={args.max_tokens}, "
@@ -142,6 +154,10 @@ def main() -> None:
         ratio = f"{r['tok_per_s'] / base:6.2f}x" if base else "   -"
         print(f"{name:22s} {r['tok_per_s']:9.1f} {ratio:>7s} {r['startup_s']:10.1f} {r['warmup_s']:9.2f} "
               f"{sum(r['times']) / len(r['times']):8.2f} {r['torch_threads']:8d}")
+    if not base:
+        print("(no ratio: the peer, transformers-generate, was not run or failed)")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (output above)")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def measure(fn, n: int, workers: int, meter: "CpuMeter | None" = None) -> dict:
     wall = time.perf_counter() - t0
     assert all(s == 1.0 for s in scores)
     lat.sort()
-    return {"p50_ms": 1000 * statistics.median(lat), "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))],
+    return {"p50_ms": 1000 * statistics.median(lat), "p95_ms": 1000 * lat[round(0.95 * (len(lat) - 1))],
             "grades_per_s": n / wall, "cpu_ms": cpu_ms}
 
 
@@ -106,7 +106,13 @@ def main() -> None:
     ap.add_argument("--no-docker", action="store_true", help="skip the Docker backend")
     ap.add_argument("--cpu", action="store_true", help="also measure CPU per grade (needs a writable cgroup v1 cpuacct)")
     args = ap.parse_args()
-    meter = CpuMeter() if args.cpu else None
+    for k in ("n", "workers"):
+        if getattr(args, k) < 1:
+            ap.error(f"--{k} must be >= 1, got {getattr(args, k)}")
+    try:
+        meter = CpuMeter() if args.cpu else None
+    except OSError as e:
+        ap.error(f"--cpu needs a writable cgroup v1 cpuacct hierarchy at {CpuMeter.ROOT} (run as root): {e}")
 
     from thinkgym.verifiers.code import grade_program
     from thinkgym.verifiers.sandbox import SandboxUnavailable, _base_python, get_sandbox

@@ -1,6 +1,6 @@
 """SFT throughput: thinkgym (DeepSpeed, packed) vs TRL ``SFTTrainer`` on the same tiny model and data.
 
-    python bench/bench_sft.py [--examples 600] [--repeats 1]
+    python bench/bench_sft.py [--examples 600] [--pack-length 1024] [--padded-batch 8] [--model DIR]
 
 Both trainers run one epoch over the same chat conversations (assistant-only loss, same max
 length, same tokens per optimizer step, AdamW, float32, one CPU process), in this process, one
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -80,11 +81,23 @@ def main() -> None:
     ap.add_argument("--padded-batch", type=int, default=8, help="examples per padded micro-batch")
     ap.add_argument("--model", default=None, help="HF model dir (default: build the tiny model)")
     args = ap.parse_args()
+    for k in ("examples", "pack_length", "padded_batch"):
+        if getattr(args, k) < 1:
+            ap.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        ap.error(f"--model {args.model}: not an HF model directory (no config.json)")
 
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sft-"))
+    try:
+        bench(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, tmp: Path) -> None:
     from thinkgym.sft_coldstart.data import build_examples
     from thinkgym.sft_coldstart.tiny import build_tiny_model, task_corpus
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     convs = conversations(args.examples)
     try:
         corpus = task_corpus(["arithmetic"], 1000)

@@ -3,8 +3,9 @@
 A GRPO batch holds ``prompts`` groups of ``group`` completions that share their prompt. The plain
 forward runs every row in full; thinkgym's (``grpo/forward.py``) runs each prompt once per
 micro-batch. Both compute token logprobs and entropies and backpropagate the same loss; the
-script checks that the logprobs agree, then prints step time, tokens through the model and the
-ratio. No vLLM, no DeepSpeed (their cost is the same on both sides).
+script prints step time, tokens through the model and the ratio, and checks that the logprobs
+agree (it exits non-zero when they differ by more than ``--tolerance``). No vLLM, no DeepSpeed
+(their cost is the same on both sides).
 
     python bench/bench_shared_prefix.py                                  # the demo's shape
     python bench/bench_shared_prefix.py --prompt-len 300 --completion-len 200 --model DIR
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,8 +55,28 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the result here")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest logprob difference that counts as agreeing")
     args = p.parse_args()
+    for k in ("prompts", "group", "completion_len", "micro_batch", "repeats"):
+        if getattr(args, k) < 1:
+            p.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    if args.prompt_len < 2:
+        p.error(f"--prompt-len must be >= 2, got {args.prompt_len}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        p.error(f"--model {args.model}: not an HF model directory (no config.json)")
+    tmp = None if args.model else tempfile.mkdtemp(prefix="bench-shared-prefix-")
+    try:
+        ok = bench(args, tmp)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not ok:
+        sys.exit(f"logprobs differ by more than --tolerance {args.tolerance:g}: the shared-prefix forward is wrong")
 
+
+def bench(args: argparse.Namespace, tmp: str | None) -> bool:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -65,7 +88,7 @@ def main() -> None:
     if model_dir is None:
         from thinkgym.sft_coldstart.tiny import TinyConfig, build_tiny_model
 
-        model_dir = str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny", TinyConfig(seed=args.seed)))
+        model_dir = str(build_tiny_model(Path(tmp) / "tiny", TinyConfig(seed=args.seed)))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     full = make_batch(args, min(model.config.vocab_size, 30000))
@@ -112,6 +135,7 @@ def main() -> None:
           f"-> {res['speedup']:.2f}x ({tokens_plain} -> {tokens_shared} tokens; logprobs agree to {max_diff:.1e})")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
+    return max_diff <= args.tolerance
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 from pathlib import Path
 
 from thinkgym.demo import _jsonl, think_arithmetic
@@ -25,13 +27,26 @@ def main() -> None:
     p.add_argument("runs", nargs="+", help="finished demo run directories")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
+    runs = list(map(Path, args.runs))
+    # Results are keyed by the run directory's name (seed-0, ...), or its path where two names clash.
+    names = [r.name for r in runs]
+    keys = [n if names.count(n) == 1 else str(r) for n, r in zip(names, runs)]
+    if len(set(keys)) != len(keys):
+        p.error("a run directory is given twice")
     out: dict = {}
-    for run in map(Path, args.runs):
+    heldout: dict = {}
+    for key, run in zip(keys, runs):
         if not (run / "summary.json").is_file():
             raise SystemExit(f"{run}: no summary.json (not a finished demo run)")
         summary = json.loads((run / "summary.json").read_text())
         k = summary["config"]["eval_samples"]
-        out[str(run)] = res = {}
+        heldout[key] = summary.get("heldout_items")
+        missing = [pol for pol in POLICIES if pol not in summary
+                   or not (run / "eval" / pol / "greedy" / "samples.jsonl").is_file()]
+        if missing:
+            raise SystemExit(f"{run}: no held-out results for {missing} "
+                             "(summary.json or eval/<policy>/greedy/samples.jsonl)")
+        out[key] = res = {}
         print(f"\n{run}\n{'policy':<12} {'greedy':>7} {'pass@1':>7} {f'pass@{k}':>7} {'lines wrong':>12} "
               f"{'first wrong':>12} {'last wrong':>11} {'right, lines ok':>16} {'wrong, claims T':>16}")
         for pol in POLICIES:
@@ -41,7 +56,11 @@ def main() -> None:
                   f"{d['think_lines_wrong']:>12.3f} {d['first_line_wrong']:>12.3f} {d['last_line_wrong']:>11.3f} "
                   f"{d['right_lines_ok']:>16.3f} {d['wrong_claims_target']:>16.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        # The shape of bench/results/demo-diagnostics.json.
+        n = set(heldout.values())
+        Path(args.json).write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d", time.gmtime()), "cpus": os.cpu_count(),
+            "heldout_items": n.pop() if len(n) == 1 else heldout, "seeds": out}, indent=1))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ gain over the better baseline (converged SFT or the equal-time SFT control).
 
 Each seed is one ``thinkgym demo --seed S --output-dir ROOT/seed-S`` run, one after another (the
 demo's minutes are only meaningful on an otherwise idle machine). A seed whose directory already
-holds a ``summary.json`` is read, not rerun.
+holds a ``summary.json`` is read, not rerun (it must come from the same mode: ``--quick`` runs
+and full runs are not mixed). ``--quick`` runs the demo's smoke-test sizes (a minute or two per
+seed): a check that the pipeline runs, not a result.
+
+    python bench/demo_seeds.py --seeds 0 --root runs/demo-seeds-quick --quick
 """
 
 from __future__ import annotations
@@ -23,13 +27,20 @@ from pathlib import Path
 POLICIES = ("sft", "sft_control", "grpo")
 
 
-def run_seed(root: Path, seed: int) -> dict:
+def run_seed(root: Path, seed: int, quick: bool = False) -> dict:
     out = root / f"seed-{seed}"
     if not (out / "summary.json").is_file():
         cmd = [sys.executable, "-m", "thinkgym.cli", "demo", "--seed", str(seed), "--output-dir", str(out)]
+        if quick:
+            cmd.append("--quick")
         print(f"$ {' '.join(cmd)}", flush=True)
-        subprocess.run(cmd, check=True)
-    return json.loads((out / "summary.json").read_text())
+        if subprocess.run(cmd).returncode:
+            raise SystemExit(f"seed {seed}: the demo failed (command above); its stage logs are in {out}")
+    summary = json.loads((out / "summary.json").read_text())
+    if bool(summary.get("quick")) != quick:
+        raise SystemExit(f"{out}/summary.json is from a {'quick' if summary.get('quick') else 'full'} demo run; "
+                         f"this is a {'quick' if quick else 'full'} one: use another --root")
+    return summary
 
 
 def spread(xs: list[float]) -> dict:
@@ -38,14 +49,22 @@ def spread(xs: list[float]) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--root", default="runs/demo-seeds")
     p.add_argument("--json", help="also write the table here")
+    p.add_argument("--quick", action="store_true",
+                   help="the demo's smoke-test sizes (thinkgym demo --quick): not a result")
     args = p.parse_args()
+    from thinkgym.demo import MAX_SEED
 
-    runs = [run_seed(Path(args.root), s) for s in args.seeds]
-    res: dict = {"seeds": args.seeds, "date": time.strftime("%Y-%m-%d", time.gmtime()), "cpus": os.cpu_count()}
+    bad = [s for s in args.seeds if not 0 <= s <= MAX_SEED]
+    if bad or len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds must be distinct and in [0, {MAX_SEED}], got {args.seeds}")
+
+    runs = [run_seed(Path(args.root), s, args.quick) for s in args.seeds]
+    res: dict = {"seeds": args.seeds, "quick": args.quick, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                 "cpus": os.cpu_count()}
     for key in ("accuracy", "pass@1"):
         res[key] = {pol: spread([r[pol][key] for r in runs]) for pol in POLICIES}
     res["gain_vs_best_baseline"] = spread([r["gain_vs_best_baseline"] for r in runs])
