@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 # policy sees at RL and eval time exactly the prompt it was trained on.
 from thinkgym.envs.core import DEFAULT_SYSTEM_PROMPT  # noqa: F401  (re-exported)
 from thinkgym.jsonl import iter_jsonl
+from thinkgym.tasks.base import show
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool", "env", "ipython", "function", "developer")
@@ -43,16 +44,16 @@ class DataError(ValueError):
 def validate_conversation(conv: Any, where: str) -> Conversation:
     """Check ``conv`` is a list of role/content messages with at least one assistant turn."""
     if not isinstance(conv, list) or not conv:
-        raise DataError(f"{where}: field 'messages': expected a non-empty list of messages, got {_short(conv)}")
+        raise DataError(f"{where}: field 'messages': expected a non-empty list of messages, got {show(conv)}")
     out: Conversation = []
     for j, m in enumerate(conv):
         if not isinstance(m, dict):
-            raise DataError(f"{where}: field 'messages[{j}]': expected an object with role and content, got {_short(m)}")
+            raise DataError(f"{where}: field 'messages[{j}]': expected an object with role and content, got {show(m)}")
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
-            raise DataError(f"{where}: field 'messages[{j}].role': expected one of {list(ROLES)}, got {_short(role)}")
+            raise DataError(f"{where}: field 'messages[{j}].role': expected one of {list(ROLES)}, got {show(role)}")
         if not isinstance(content, str):
-            raise DataError(f"{where}: field 'messages[{j}].content': expected a string, got {_short(content)}")
+            raise DataError(f"{where}: field 'messages[{j}].content': expected a string, got {show(content)}")
         if role == "assistant" and not content.strip():
             # The turn would teach the model to answer with nothing but the end-of-turn token.
             raise DataError(f"{where}: field 'messages[{j}].content': empty assistant turn")
@@ -71,23 +72,18 @@ def validate_conversation(conv: Any, where: str) -> Conversation:
 _UNRENDERED = ("tool_calls", "function_call", "reasoning_content", "reasoning", "thinking")
 
 
-def _short(x: Any) -> str:
-    s = repr(x)
-    return s if len(s) <= 80 else s[:77] + "..."
-
-
 def row_to_conversation(row: Any, where: str, messages_field: str = "messages") -> Conversation:
     """A dataset row -> conversation. Accepts ``{messages_field: [...]}``, ``{prompt, completion}``
     (strings or message lists) and ``{question, solution}``."""
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {_short(row)}")
+        raise DataError(f"{where}: expected a JSON object, got {show(row)}")
     if messages_field in row:
         return validate_conversation(row[messages_field], where)
     if "prompt" in row and "completion" in row:
         p, c = row["prompt"], row["completion"]
         for key, v in (("prompt", p), ("completion", c)):
             if not isinstance(v, (str, list)):
-                raise DataError(f"{where}: field {key!r}: expected a string or a message list, got {_short(v)}")
+                raise DataError(f"{where}: field {key!r}: expected a string or a message list, got {show(v)}")
         prompt = [{"role": "user", "content": p}] if isinstance(p, str) else p
         completion = [{"role": "assistant", "content": c}] if isinstance(c, str) else c
         return validate_conversation(prompt + completion, where)
@@ -95,7 +91,7 @@ def row_to_conversation(row: Any, where: str, messages_field: str = "messages") 
         # Checked here: past this point the values are messages[0/1].content, not the row's fields.
         for key in ("question", "solution"):
             if not isinstance(row[key], str):
-                raise DataError(f"{where}: field {key!r}: expected a string, got {_short(row[key])}")
+                raise DataError(f"{where}: field {key!r}: expected a string, got {show(row[key])}")
         return validate_conversation(
             [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["solution"]}], where
         )

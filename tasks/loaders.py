@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from thinkgym.jsonl import iter_jsonl
-from thinkgym.tasks.base import Item, TaskSource, register_task
+from thinkgym.tasks.base import Item, TaskSource, register_task, show
 
 
 class DatasetRowError(ValueError):
@@ -69,12 +69,6 @@ def _field_names(question_field: Any, answer_field: Any, metadata_fields: Any) -
     return list(metadata_fields)
 
 
-def _short(x: Any, limit: int = 60) -> str:
-    """``repr(x)``, cut to about ``limit`` characters for an error message."""
-    r = repr(x)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
-
-
 def _row_to_item(
     row: Any,
     where: str,
@@ -107,7 +101,7 @@ def _row_to_item(
     elif md is not None and "metadata" not in (question_field, answer_field, *(metadata_fields or ())):
         # Only an object can be merged; anything else would vanish (null holds nothing to lose).
         raise DatasetRowError(
-            f"{where}: field 'metadata' must be an object, got {type(md).__name__} {_short(md)}"
+            f"{where}: field 'metadata' must be an object, got {type(md).__name__} {show(md, 60)}"
         )
     if metadata_fields is None:
         # Keep every other field: loading a dataset must not silently lose columns.
@@ -122,7 +116,7 @@ def _row_to_item(
             # Either value would silently replace the other.
             raise DatasetRowError(
                 f"{where}: field {k!r} is both a field and a key of 'metadata', with different values "
-                f"({_short(row[k])} vs {_short(meta[k])})"
+                f"({show(row[k], 60)} vs {show(meta[k], 60)})"
             )
         meta[k] = row[k]
     for name, v in ((answer_field, a), *meta.items()):
