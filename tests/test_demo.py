@@ -91,6 +91,8 @@ def test_bad_seed_or_output_dir_fails_before_any_stage(tmp_path):
     assert r.exit_code == 2 and "error: output_dir:" in r.output and "Traceback" not in r.output, r.output
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_demo_quick_end_to_end(tmp_path):
     from typer.testing import CliRunner
 

@@ -429,6 +429,23 @@ def write_report(run: Path, cfg: DemoConfig, summary: dict[str, Any], rows: list
 # ------------------------------------------------------------------------------------------
 
 
+RESULTS = ("summary.json", "report.md", "curves.png")
+
+
+def check_run_dir(run: Path) -> None:
+    """``run`` is new, empty or an earlier demo run: the demo replaces its own files and stage
+    folders there (config.json, data/, sft/ ...), which must not be another project's."""
+    if not run.is_dir() or not any(run.iterdir()):
+        return
+    try:
+        earlier = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if not (isinstance(earlier, dict) and {"seed", "grpo_steps", "sft_examples"} <= earlier.keys()):
+        raise ValueError(f"output_dir: {str(run)!r} is not empty and holds no earlier demo run; "
+                         "choose a new or empty directory")
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage; returns (and writes) the summary."""
     from thinkgym.sft_coldstart.tiny import build_tiny_model
@@ -436,11 +453,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     cfg.validate()
     t_start = time.perf_counter()
     run = Path(cfg.output_dir)
+    check_run_dir(run)
     try:
         run.mkdir(parents=True, exist_ok=True)
+        # A rerun that fails part-way must not leave the earlier run's results looking like its own.
+        for name in RESULTS:
+            (run / name).unlink(missing_ok=True)
+        (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     except OSError as e:
-        raise ValueError(f"output_dir: cannot create {str(run)!r}: {e.strerror or e}") from None
-    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        raise ValueError(f"output_dir: cannot write to {str(run)!r}: {e.strerror or e}") from None
     timings: dict[str, float] = {}
     say = lambda msg: print(f"[demo {time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)  # noqa: E731
 
@@ -549,6 +570,15 @@ def register(app: typer.Typer) -> None:
 
         Writes summary.json, report.md and curves.png to OUTPUT_DIR and prints a before/after table.
         """
+        import signal
+
+        def _terminated(signum: int, frame: Any) -> None:
+            # Python's default SIGTERM ends this process at once and leaves the running stage's
+            # subprocess training on; an exception lets subprocess.run kill it first.
+            typer.echo(f"error: terminated by signal {signum}; {output_dir} holds a partial run", err=True)
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, _terminated)
         mk = DemoConfig.quick_preset if quick else DemoConfig
         cfg = mk(output_dir=str(output_dir), seed=seed)
         try:
@@ -559,6 +589,8 @@ def register(app: typer.Typer) -> None:
         except RuntimeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
