@@ -7,19 +7,11 @@ import threading
 import time
 
 import pytest
-from test_judge import GOOD, Stub
+from test_judge import GOOD, stub  # noqa: F401  (the stub server fixture, shared)
 
 from thinkgym.verifiers.judge import JudgeClient, JudgeConfig, build_messages, client_for, judge, parse_verdict
 
 N = "c" * 16
-
-
-@pytest.fixture
-def stub():
-    s = Stub()
-    yield s
-    s.server.shutdown()
-    s.server.server_close()
 
 
 stub2 = stub  # a second, independent server
