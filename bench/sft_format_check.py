@@ -49,7 +49,7 @@ def main() -> None:
     from thinkgym.sft_coldstart.data import item_conversation
     from thinkgym.tasks import make_task
     from thinkgym.verifiers import grade
-    from thinkgym.verifiers.extract import THINK_OPEN
+    from thinkgym.verifiers.extract import THINK_OPEN, assistant_turn
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     if not cfg.get("tasks"):
@@ -92,8 +92,7 @@ def main() -> None:
     fmt, acc, lens, examples = [], [], [], []
     for it, prompt, o in zip(items, prompts, outs):
         text = o.outputs[0].text
-        if prompt.rstrip().endswith(THINK_OPEN) and not text.lstrip().lower().startswith(THINK_OPEN):
-            text = THINK_OPEN + text  # the assistant turn, as thinkgym's rollouts grade it
+        text = assistant_turn(text, prompt.rstrip().endswith(THINK_OPEN))  # as thinkgym's rollouts grade it
         f = grade("format", text, None).score == 1.0
         a = grade(it["metadata"].get("grader", "math"), text, it["answer"]).score == 1.0
         fmt.append(f)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from thinkgym.sampler.types import Completion, Sampler, SamplingConfig, chat_prompt_ids, mix_seed
-from thinkgym.verifiers.extract import THINK_OPEN
+from thinkgym.verifiers.extract import THINK_OPEN, assistant_turn
 
 log = logging.getLogger("thinkgym.sampler")
 
@@ -308,13 +308,7 @@ def collect_rollouts(
             live.append(_Live(ep, env, prompt, seed))
 
     def step(lv: _Live, text: str) -> tuple[Any, ...]:
-        # A template that opens <think> in the prompt (R1-style, Qwen3 thinking): the assistant
-        # turn is "<think>" + the completion. Graded without it, a well-formed reply fails the
-        # format grader, and one that never closes its thinking has its thinking graded as the
-        # answer (a \boxed{} mid-thought scored 1.0).
-        if _opens_think(tok, lv.next_prompt) and not text.lstrip().lower().startswith(THINK_OPEN):
-            text = THINK_OPEN + text
-        return lv.env.step(text)
+        return lv.env.step(assistant_turn(text, _opens_think(tok, lv.next_prompt)))
 
     generate_s = 0.0
     takes_seeds = _takes_seeds(sampler)

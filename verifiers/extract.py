@@ -82,6 +82,16 @@ _THINK_OPEN_RE = re.compile(re.escape(THINK_OPEN), re.IGNORECASE)
 _THINK_CLOSE_RE = re.compile(re.escape(THINK_CLOSE), re.IGNORECASE)
 
 
+def assistant_turn(completion: str, think_in_prompt: bool) -> str:
+    """The text to grade: with a template that opens ``<think>`` in the prompt (R1-style, Qwen3
+    thinking) the assistant turn is ``<think>`` + the completion. Graded without it, a
+    well-formed reply fails the format grader, and one that never closes its thinking has its
+    thinking graded as the answer."""
+    if think_in_prompt and not completion.lstrip().lower().startswith(THINK_OPEN):
+        return THINK_OPEN + completion
+    return completion
+
+
 def final_section(text: str, cfg: ExtractConfig = DEFAULT_EXTRACT) -> str | None:
     """The graded part of ``text``: after the last ``</think>``; ``None`` if thinking never ends."""
     if not cfg.final_section_only:
