@@ -147,3 +147,16 @@ def test_concurrent_grades_get_their_own_verdicts(stub):
     assert client_for(cfg).http_requests == 12
     work(3)
     assert client_for(cfg).http_requests == 12  # served from the cache, under the same key
+
+
+def test_client_registry_is_bounded_and_keeps_the_recent_ones():
+    # Per-item grader_kwargs can make a new config per row; each client holds its own cache.
+    from thinkgym.verifiers import judge as judge_mod
+
+    first = JudgeConfig(base_url="http://127.0.0.1:9/v1", model="m-first")
+    kept = client_for(first)
+    for i in range(3 * judge_mod._CLIENTS_MAX):
+        client_for(JudgeConfig(base_url="http://127.0.0.1:9/v1", model=f"m{i}"))
+        assert client_for(first) is kept  # in use, so never the one dropped
+    assert len(judge_mod._CLIENTS) == judge_mod._CLIENTS_MAX
+    assert JudgeConfig(base_url="http://127.0.0.1:9/v1", model="m0") not in judge_mod._CLIENTS

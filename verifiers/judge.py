@@ -308,16 +308,23 @@ def _post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> t
         raise JudgeError(f"judge base_url: {e}") from None
 
 
-_CLIENTS: dict[JudgeConfig, JudgeClient] = {}
+_CLIENTS: OrderedDict[JudgeConfig, JudgeClient] = OrderedDict()
 _CLIENTS_LOCK = threading.Lock()
+#: Clients kept, least recently used dropped first. Per-item ``grader_kwargs`` can make a new
+#: config for every row, and each client's cache may hold up to 64M characters.
+_CLIENTS_MAX = 16
 
 
 def client_for(cfg: JudgeConfig) -> JudgeClient:
-    """One shared client (and cache) per config."""
+    """One shared client (and cache) per config, for the most recently used configs."""
     with _CLIENTS_LOCK:
-        if cfg not in _CLIENTS:
-            _CLIENTS[cfg] = JudgeClient(cfg)
-        return _CLIENTS[cfg]
+        client = _CLIENTS.get(cfg)
+        if client is None:
+            client = _CLIENTS[cfg] = JudgeClient(cfg)
+            while len(_CLIENTS) > _CLIENTS_MAX:
+                _CLIENTS.popitem(last=False)
+        _CLIENTS.move_to_end(cfg)
+        return client
 
 
 def judge(completion: str, gold: Any = None, *, question: str | None = None, rubric: str | None = None,
