@@ -23,16 +23,21 @@ One command, top to bottom, using the project's own components:
    is right (:func:`think_arithmetic`). A table on screen, ``report.md``,
    ``curves.png`` and ``summary.json`` in the run directory.
 
-Each training stage runs in its own process (DeepSpeed / gloo and vLLM state stay isolated).
+Each training stage runs in its own process (DeepSpeed / gloo and vLLM state stay isolated), in a
+session of its own: stopping the demo (SIGTERM, Ctrl-C, SIGHUP, an exception) stops the stage's whole
+process group, workers included (:func:`_stop_stage`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -182,11 +187,82 @@ def _env() -> dict[str, str]:
     return env
 
 
+STOP_GRACE_S = 5.0  #: seconds a stopped stage's processes get to exit before SIGKILL
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _Stop(SystemExit):
+    """A signal stops the demo: exit status 128 + signum, after the running stage is stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def _stop_stage(p: subprocess.Popen, sig: int, grace_s: float | None = None) -> None:
+    """Stop a stage and everything it started: ``sig`` to its process group and to every descendant
+    that left the group (a worker in a session of its own), SIGKILL to whatever is left ``grace_s``
+    seconds later. Other stop signals wait until this is done."""
+    from thinkgym.verifiers.pool import _descendants
+
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    escaped: list[int] = []  # pidfds, so a pid reused after its process ended is never signalled
+    try:
+        for pid in _descendants(p.pid):
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) != p.pid:
+                    escaped.append(os.pidfd_open(pid))
+
+        def send(s: int) -> None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, s)
+            for fd in escaped:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(fd, s)
+
+        def alive() -> bool:
+            if p.poll() is None:
+                return True
+            try:
+                os.killpg(p.pid, 0)
+                return True
+            except (ProcessLookupError, PermissionError):  # none left, or none we may signal (another uid's)
+                pass
+            return any(not select.select([fd], [], [], 0)[0] for fd in escaped)  # a pidfd reads when it ends
+
+        send(sig)
+        deadline = time.monotonic() + grace_s
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if alive():
+            send(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL waits out a process stuck in the kernel
+            p.wait(timeout=5)
+    finally:
+        for fd in escaped:
+            os.close(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _run(cmd: list[str], log: Path, what: str) -> float:
-    """Run a stage, output to ``log``; a failure raises with the log's tail. Returns seconds."""
+    """Run a stage, output to ``log``; a failure raises with the log's tail. Returns seconds.
+
+    The stage leads a session of its own, so a Ctrl-C at the terminal reaches only the demo: an
+    exception here (the demo's signal handler, KeyboardInterrupt, anything else) stops the stage's
+    whole process group (:func:`_stop_stage`) with the signal that stopped the demo, SIGINT for
+    KeyboardInterrupt, else SIGTERM, and is raised on."""
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env())
+        p = None
+        try:
+            p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+            p.wait()
+        except BaseException as e:
+            if p is not None:
+                _stop_stage(p, e.signum if isinstance(e, _Stop) else
+                            signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
+            raise
     if p.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
         raise RuntimeError(f"demo stage {what!r} failed (exit {p.returncode}); last lines of {log}:\n{tail}")
@@ -570,15 +646,24 @@ def register(app: typer.Typer) -> None:
 
         Writes summary.json, report.md and curves.png to OUTPUT_DIR and prints a before/after table.
         """
-        import signal
+        stopping = False
 
         def _terminated(signum: int, frame: Any) -> None:
-            # Python's default SIGTERM ends this process at once and leaves the running stage's
-            # subprocess training on; an exception lets subprocess.run kill it first.
+            # Python's default SIGTERM (SIGHUP) ends this process at once and leaves the running
+            # stage training on; the exception lets _run stop the stage's process group first. The
+            # stage has a session of its own: a terminal's Ctrl-C reaches it only through _run.
+            nonlocal stopping
+            if stopping:  # the exit is under way; the stage is being stopped already
+                return
+            stopping = True
             typer.echo(f"error: terminated by signal {signum}; {output_dir} holds a partial run", err=True)
-            raise SystemExit(128 + signum)
+            raise _Stop(signum)
 
-        previous = signal.signal(signal.SIGTERM, _terminated)
+        # Not where the signal is ignored (nohup, a background job's SIGINT) or has a handler set
+        # outside Python (getsignal: None), which could not be put back.
+        previous = {s: h for s in _STOP_SIGNALS if (h := signal.getsignal(s)) not in (signal.SIG_IGN, None)}
+        for s in previous:
+            signal.signal(s, _terminated)
         mk = DemoConfig.quick_preset if quick else DemoConfig
         cfg = mk(output_dir=str(output_dir), seed=seed)
         try:
@@ -590,7 +675,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 if __name__ == "__main__":
