@@ -9,10 +9,15 @@ Plugins extend the list in two ways:
   ``thinkgym/<CamelName>-v0`` automatically (unless the plugin registers that id itself).
 
 Two providers of one id are an error, never a silent override.
+
+An env's registered kwargs may fix its task's ``seed``, ``size`` and ``task_params``;
+:func:`task_source_for_env` builds the source behind an id with them, so whatever samples or
+checks an env's items sees the items the env serves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,19 +109,75 @@ def register_envs() -> None:
         gymnasium.register(id=info.id, entry_point=info.entry_point, kwargs=dict(info.kwargs))
 
 
-def task_source_for_env(env_id: str, *, seed: int = 0, size: int | None = None) -> Any:
-    """The task source behind a registered env id, built with the env's task knobs.
+#: The env constructor kwargs that decide which items an env serves (the rest, such as
+#: ``max_turns`` or ``system_prompt``, shape the episode but not the items).
+TASK_KWARGS = ("task", "seed", "size", "task_params")
 
-    Train and eval entry points use it to run the contamination gate on the envs they use.
+
+def _int_kwarg(env_id: str, name: str, value: Any, where: str, *, positive: bool = False) -> int:
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"env {env_id!r}: {name} ({where}) must be an int, got {type(value).__name__} {value!r:.80}")
+    value = value.__index__()
+    if positive and value < 1:
+        raise ValueError(f"env {env_id!r}: {name} ({where}) must be >= 1, got {value}")
+    return value
+
+
+def task_source_for_env(
+    env_id: str,
+    *,
+    seed: int | None = None,
+    size: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
+) -> Any:
+    """The task source behind a registered env id: the items ``gymnasium.make(env_id, **env_kwargs)``
+    serves, unless an override says otherwise.
+
+    The one rule for every caller that looks at an env's items without building the env
+    (``thinkgym sample-tasks`` and ``thinkgym contamination`` on an env id, the eval's
+    contamination gate on an env-id ``train_task``):
+
+    1. the env's registered kwargs ``task``, ``seed``, ``size`` and ``task_params``;
+    2. ``env_kwargs`` over them as Gymnasium applies constructor kwargs: a key given replaces the
+       registered one (``task_params`` as a whole, as in ``gymnasium.make``);
+    3. the caller's explicit overrides: ``seed`` and ``size`` (None: keep), and ``params``,
+       knobs merged key by key over the task params.
+
+    A seed or size set nowhere is the env's own default: seed 0, the task's default size.
     """
     from thinkgym.tasks import make_task
 
     if env_id not in ENVS:
         raise RegistryError(f"unknown env {env_id!r}; known: {', '.join(ENVS.names())}")
+    if env_kwargs is not None and not isinstance(env_kwargs, Mapping):
+        raise TypeError(f"env_kwargs must be a dict or None, got {type(env_kwargs).__name__} {env_kwargs!r:.80}")
+    if params is not None and not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict or None, got {type(params).__name__} {params!r:.80}")
     info = ENVS.get(env_id)
-    if info.task is None:
+    kw = {**info.kwargs, **(env_kwargs or {})}
+    where = {k: ("env_kwargs" if k in (env_kwargs or {}) else "registered") for k in TASK_KWARGS}
+    task = kw.get("task")
+    if not isinstance(task, str):
         raise ValueError(f"env {env_id!r} is not backed by a registered task name")
-    return make_task(info.task, seed=seed, size=size, **info.kwargs.get("task_params", {}))
+    task_params = kw.get("task_params")
+    if task_params is None:
+        task_params = {}
+    if not isinstance(task_params, Mapping):
+        raise TypeError(f"env {env_id!r}: task_params ({where['task_params']}) must be a dict, "
+                        f"got {type(task_params).__name__} {task_params!r:.80}")
+    taken = sorted({"seed", "size"} & set(params or {}))
+    if taken:
+        raise ValueError(f"env {env_id!r}: {', '.join(taken)} cannot be a task param; pass it as seed / size")
+    if seed is None:
+        seed = _int_kwarg(env_id, "seed", kw["seed"], where["seed"]) if "seed" in kw else 0
+    else:
+        seed = _int_kwarg(env_id, "seed", seed, "override")
+    if size is None:
+        size = _int_kwarg(env_id, "size", kw["size"], where["size"], positive=True) if kw.get("size") is not None else None
+    else:
+        size = _int_kwarg(env_id, "size", size, "override", positive=True)
+    return make_task(task, seed=seed, size=size, **{**task_params, **(params or {})})
 
 
 def list_envs() -> dict[str, str]:

@@ -59,9 +59,13 @@ class EvalConfig:
     correct_threshold: float = 1.0
     """A sample counts as correct for pass@k / maj@k when its reward reaches this."""
     train_task: str | None = None
-    """Training task (name, env id, .jsonl or dataset dir): check n-gram overlap with the eval items."""
-    train_seed: int = 0
+    """Training task (name, env id, .jsonl or dataset dir): check n-gram overlap with the eval items.
+    An env id stands for the items that env serves: its registered task seed, size and params."""
+    train_seed: int | None = None
+    """Seed of a procedural ``train_task``; null: for an env id the env's own seed (the one it is
+    registered with, else 0), for a task name 0."""
     train_size: int = 10_000
+    """How many training items to check: the first ``train_size`` of ``train_task`` (all of them if it has fewer)."""
     contamination: str = "error"
     """On overlap: error (refuse to eval) | warn."""
     contamination_n: int = 13
@@ -230,14 +234,27 @@ def _eval_items(env_id: str, indices: Sequence[int]) -> list[dict[str, Any]]:
 
 
 def check_train_overlap(cfg: EvalConfig, indices: Sequence[int]) -> dict[str, Any] | None:
-    """Run the contamination check against ``cfg.train_task``; raises on overlap if asked to."""
+    """Run the contamination check against ``cfg.train_task``; raises on overlap if asked to.
+
+    An env-id ``train_task`` stands for the items that env serves: its source is built with the
+    env's registered task seed, size and params (``train_seed``, when given, replaces the seed).
+    """
     if not cfg.train_task:
         return None
+    import typer
+
+    from thinkgym.config import ConfigError
     from thinkgym.tasks.cli import open_source
     from thinkgym.tasks.contamination import check_contamination
 
-    train = open_source(cfg.train_task, seed=cfg.train_seed, size=cfg.train_size)
-    report = check_contamination(train, _eval_items(cfg.env, indices), n=cfg.contamination_n, on_fail=cfg.contamination)
+    try:
+        train = open_source(cfg.train_task, seed=cfg.train_seed)
+        items = [train[i] for i in range(min(cfg.train_size, len(train)))]
+    except typer.BadParameter as e:
+        raise ConfigError(f"train_task: {e.message}") from None
+    except (TypeError, ValueError, KeyError, IndexError, OSError) as e:
+        raise ConfigError(f"train_task {cfg.train_task!r}: {e}") from None
+    report = check_contamination(items, _eval_items(cfg.env, indices), n=cfg.contamination_n, on_fail=cfg.contamination)
     return report.to_dict()
 
 

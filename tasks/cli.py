@@ -27,8 +27,15 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def open_source(spec: str, seed: int = 0, params: dict[str, Any] | None = None, size: int | None = None):
-    """A task source from a registered name, a ``.jsonl`` file, or a local HF dataset folder/file."""
+def open_source(spec: str, seed: int | None = None, params: dict[str, Any] | None = None, size: int | None = None,
+                *, default_seed: int = 0):
+    """A task source from a registered name, an env id, a ``.jsonl`` file, or a local HF dataset folder/file.
+
+    An env id gives the source the env serves (:func:`~thinkgym.envs.registration.task_source_for_env`):
+    its registered seed, size and task params, with ``params`` merged over those and ``seed`` /
+    ``size`` replacing them when given. ``seed=None`` means the env's seed for an env id and
+    ``default_seed`` for anything else.
+    """
     from thinkgym.tasks import TASKS, make_task
 
     params = dict(params or {})
@@ -37,17 +44,15 @@ def open_source(spec: str, seed: int = 0, params: dict[str, Any] | None = None, 
         # make_task would fail with "got multiple values for keyword argument".
         raise ValueError(f"{', '.join(taken)} cannot be a --param: use the command's seed and count options")
     if spec in TASKS:
-        return make_task(spec, seed=seed, size=size, **params)
+        return make_task(spec, seed=default_seed if seed is None else seed, size=size, **params)
     path = Path(spec)
     if "/" in spec and not path.exists():
-        # An env id: sample the task behind it, with the env's task knobs.
+        # An env id: the task behind it, as the env serves it.
         from thinkgym.envs.registration import ENVS, task_source_for_env
 
-        if spec in ENVS and ENVS.get(spec).task:
-            if params:
-                info = ENVS.get(spec)
-                return make_task(info.task, seed=seed, size=size, **{**info.kwargs.get("task_params", {}), **params})
-            return task_source_for_env(spec, seed=seed, size=size)
+        if spec in ENVS:
+            return task_source_for_env(spec, seed=seed, size=size, params=params)
+    seed = default_seed if seed is None else seed
     if path.suffix == ".jsonl" and path.is_file():
         return make_task("jsonl", seed=seed, size=size, path=str(path), **params)
     if path.exists():
@@ -171,7 +176,10 @@ def register(app: typer.Typer) -> None:
     def sample_tasks_cmd(
         task: str = typer.Argument(..., help="Task name (see `thinkgym tasks`), an env id (see `thinkgym envs`), a .jsonl file, or a local HF dataset."),
         n: int = typer.Option(5, "-n", "--n", min=1, help="How many items to print."),
-        seed: int = typer.Option(0, "--seed", help="Task seed: (seed, index) identifies an item."),
+        seed: Optional[int] = typer.Option(
+            None, "--seed", show_default=False,
+            help="Task seed: (seed, index) identifies an item. Default: for an env id, the env's own seed "
+                 "(the one it is registered with, else 0); otherwise 0."),
         start: int = typer.Option(0, "--start", min=0, help="First index."),
         param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Task knob KEY=VALUE (JSON values), repeatable."),
         as_json: bool = typer.Option(False, "--json", help="One JSON item per line (question, answer, metadata)."),
@@ -197,7 +205,7 @@ def register(app: typer.Typer) -> None:
             md = dict(it["metadata"])
             sol = md.pop("solution", None)
             ans = it["answer"] if isinstance(it["answer"], str) else json.dumps(it["answer"], ensure_ascii=False)
-            typer.echo(f"=== {src.name or task} seed={seed} index={i} ===")
+            typer.echo(f"=== {src.name or task} seed={getattr(src, 'seed', seed)} index={i} ===")
             typer.echo(_printable(f"question: {it['question']}"))
             typer.echo(_printable(f"answer: {ans}"))
             typer.echo(_printable(f"metadata: {json.dumps(md, ensure_ascii=False)}"))
@@ -207,10 +215,16 @@ def register(app: typer.Typer) -> None:
 
     @app.command("contamination")
     def contamination_cmd(
-        train: str = typer.Option(..., "--train", help="Training data: task name, .jsonl file, or local HF dataset."),
-        eval_: str = typer.Option(..., "--eval", help="Evaluation data: task name, .jsonl file, or local HF dataset."),
-        train_seed: int = typer.Option(0, "--train-seed", help="Seed of a procedural training source."),
-        eval_seed: int = typer.Option(1, "--eval-seed", help="Seed of a procedural evaluation source."),
+        train: str = typer.Option(..., "--train", help="Training data: task name, env id, .jsonl file, or local HF dataset."),
+        eval_: str = typer.Option(..., "--eval", help="Evaluation data: task name, env id, .jsonl file, or local HF dataset."),
+        train_seed: Optional[int] = typer.Option(
+            None, "--train-seed", show_default=False,
+            help="Seed of a procedural training source. Default: for an env id, the env's own seed "
+                 "(registered, else 0); otherwise 0."),
+        eval_seed: Optional[int] = typer.Option(
+            None, "--eval-seed", show_default=False,
+            help="Seed of a procedural evaluation source. Default: for an env id, the env's own seed "
+                 "(registered, else 0); otherwise 1."),
         train_limit: int = typer.Option(10_000, "--train-limit", min=1, help="Use the first N training items."),
         eval_limit: int = typer.Option(1_000, "--eval-limit", min=1, help="Use the first N evaluation items."),
         train_param: Optional[list[str]] = typer.Option(None, "--train-param", help="Training source knob KEY=VALUE (e.g. question_field=problem), repeatable."),
@@ -231,7 +245,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             tr = open_source(train, seed=train_seed, params=parse_params(train_param))
-            ev = open_source(eval_, seed=eval_seed, params=parse_params(eval_param))
+            ev = open_source(eval_, seed=eval_seed, params=parse_params(eval_param), default_seed=1)
         except (TypeError, ValueError, KeyError, OSError) as e:
             _fail(str(e))
         tr_items = [get_item(tr, i, f"--train {train!r}") for i in range(min(train_limit, len(tr)))]
