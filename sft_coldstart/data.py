@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from thinkgym.envs.core import DEFAULT_SYSTEM_PROMPT  # noqa: F401  (re-exported)
 from thinkgym.jsonl import iter_jsonl
 from thinkgym.tasks.base import show
+from thinkgym.verifiers.format import FormatConfig, check_format
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool", "env", "ipython", "function", "developer")
@@ -142,20 +143,56 @@ def task_conversations(
     seed: int = 0,
     params: dict[str, Any] | None = None,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    require_solution_format: bool = True,
 ) -> list[Conversation]:
     """Items ``start .. start+count-1`` of task source ``name`` as (system, user, assistant)
-    conversations whose assistant turn is the item's worked solution."""
+    conversations whose assistant turn is the item's worked solution.
+
+    The solution is trained on verbatim, so with ``require_solution_format`` every one must be
+    in the completion format (see :func:`solution_format_problem`); otherwise a
+    :class:`DataError` names the source, the failing items and how many fail. A dataset column
+    named ``solution`` (MATH's prose worked solutions, say) lands in ``metadata.solution`` and
+    would else be trained on as it is."""
     from thinkgym.tasks import make_task
 
     src = make_task(name, seed=seed, **(params or {}))
     convs = []
+    bad: list[tuple[int, str, str]] = []  # (item index, why, solution)
     for i in range(start, start + count):
         item = src[i]
         sol = item["metadata"].get("solution")
         if not isinstance(sol, str) or not sol:
             raise DataError(f"task {name!r} item {i}: field 'metadata.solution' missing; this source has no worked solutions")
+        if require_solution_format:
+            why = solution_format_problem(sol)
+            if why:
+                bad.append((i, why, sol))
         convs.append(item_conversation(item["question"], sol, system_prompt))
+    if bad:
+        first, why, sol = bad[0]
+        shown = ", ".join(str(b[0]) for b in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise DataError(
+            f"task {name!r} ({src!r}): {len(bad)} of {count} worked solutions (field 'metadata.solution', items "
+            f"{shown}) are not in the completion format <think>...</think> then one answer in \\boxed{{}} or "
+            f"<answer>...</answer>, so SFT would teach the model another format than the one it is graded on; item {first}: "
+            f"{why}: {show(sol, 120)}. Convert the solutions to that format, or set require_solution_format: false "
+            "to train on them as they are"
+        )
     return convs
+
+
+# What a worked solution must look like to be trained on: the format grader's structure (one
+# non-empty think block at the start, then exactly one non-empty answer in \boxed{} or
+# <answer>...</answer>), with text after the answer allowed: every answer grader reads such a
+# completion, and how strict to be about trailing text is the env's format config to decide.
+SOLUTION_FORMAT = FormatConfig(allow_text_after_answer=True)
+
+
+def solution_format_problem(solution: str) -> str | None:
+    """Why ``solution`` is not in the completion format (:data:`SOLUTION_FORMAT`), or None."""
+    grade = check_format(solution, SOLUTION_FORMAT)
+    # The first failed check is the cause: without a think block every later check fails too.
+    return None if grade.score == 1.0 else grade.reason.split("; ")[0]
 
 
 def item_conversation(question: str, solution: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> Conversation:

@@ -56,6 +56,9 @@ class SFTConfig:
     messages_field: str = "messages"  #: field of a dataset row holding the messages
     eval_fraction: float = 0.05  #: share of dataset rows held out for the eval loss (every k-th row, offset by seed)
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  #: system turn of task conversations (None: no system turn)
+    # The jsonl / hf_dataset tasks make a `solution` column the worked solution (MATH's is prose with no think
+    # block); false trains on task solutions as they are.
+    require_solution_format: bool = True  #: task solutions must be <think>...</think> + \boxed{}/<answer> (else a DataError)
     max_length: int = 1024  #: max tokens per example
     overlong: Literal["drop", "truncate"] = "drop"  #: what to do with longer examples
     render_method: Literal["auto", "generation", "prefix"] = "auto"  #: assistant mask: template markers or prefix rendering
@@ -261,8 +264,10 @@ def _build_data(cfg: SFTConfig, tok: Any) -> tuple[list, list, int, int]:
             train_text += list(D.iter_task_text(name, start, cfg.pretrain_examples, cfg.task_seed, params))
             eval_text += list(D.iter_task_text(name, 0, cfg.eval_examples, cfg.task_seed, params))
             continue
-        eval_convs += D.task_conversations(name, 0, cfg.eval_examples, cfg.task_seed, params, cfg.system_prompt)
-        train_convs += D.task_conversations(name, cfg.eval_examples, cfg.train_examples, cfg.task_seed, params, cfg.system_prompt)
+        eval_convs += D.task_conversations(name, 0, cfg.eval_examples, cfg.task_seed, params, cfg.system_prompt,
+                                           cfg.require_solution_format)
+        train_convs += D.task_conversations(name, cfg.eval_examples, cfg.train_examples, cfg.task_seed, params,
+                                            cfg.system_prompt, cfg.require_solution_format)
     for spec in cfg.datasets:
         tr, ev = D.split_holdout(D.load_source(spec, cfg.messages_field), cfg.eval_fraction, cfg.seed)
         if cfg.stage == "pretrain":

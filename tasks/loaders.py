@@ -4,6 +4,14 @@ Rows are validated when the source is built, so a bad row fails fast with the fi
 (or row number) and the field in the message instead of surfacing mid-training. The seed does
 not change which row is item ``i``: a dataset is already index-addressable. A file is parsed once
 per version per process (envs are built per episode); a changed file is read again.
+
+Fields other than the question and answer are kept as item metadata unless ``metadata_fields``
+lists the ones to keep. A ``solution`` field therefore becomes ``metadata.solution``, the worked
+solution cold-start SFT trains on verbatim as the completion. SFT refuses solutions that are not
+in the completion format (``<think>...</think>`` then one answer in ``\\boxed{}`` or
+``<answer>...</answer>``; MATH's prose solutions are not) with an error naming the items: convert
+them, or set the SFT config's ``require_solution_format: false`` to train on them as they are.
+(``metadata_fields`` leaves the field out where it is only reference text, e.g. for RL.)
 """
 
 from __future__ import annotations
