@@ -1,8 +1,11 @@
 """Checks on a GRPO config before anything heavy runs: values first, then the filesystem, the
-sampler's settings, the env registry and the task sizes."""
+sampler's settings, the env registry, the task sizes and the held-out split's overlap with the
+training items."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,6 +72,8 @@ def validate_values(cfg: GRPOConfig) -> None:
             raise ValueError(f"{k} must be > 0 or null, got {getattr(cfg, k)}")
     if cfg.kl_in_reward and cfg.kl_coef == 0:
         raise ValueError("kl_in_reward needs kl_coef > 0")
+    if cfg.eval_contamination not in ("error", "warn", "off"):
+        raise ValueError(f"eval_contamination must be 'error', 'warn' or 'off', got {cfg.eval_contamination!r}")
     # Every rollout builds this SamplingConfig; its own rules (top_p, think_budget,
     # answer_budget, stop, ...) would otherwise first fire at step 1, after the policy loaded.
     sampling_config(cfg, cfg.seed, cfg.group_size)
@@ -107,4 +112,76 @@ def check_config(cfg: GRPOConfig, resume: bool = False) -> int:
         raise ConfigError(f"env_kwargs / eval_env_kwargs: {type(e).__name__}: {e}") from None
     if n_items <= cfg.eval_prompts:
         raise ConfigError(f"eval_prompts={cfg.eval_prompts} leaves no training items (task size {n_items})")
+    check_eval_contamination(cfg, n_items)
     return n_items
+
+
+#: Items built per side by the held-out contamination check (0.1-0.2 ms each for the procedural tasks):
+#: training reads its items from index 0 up, so the ones checked are the first ones trained on.
+CONTAMINATION_MAX_ITEMS = 10_000
+_contamination_seen: dict[str, dict] = {}  # the CLI and train() both check one config: report once
+
+
+def _say(msg: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # every rank checks (and refuses alike); rank 0 reports
+        print(f"[thinkgym] {msg}", flush=True)
+
+
+def check_eval_contamination(cfg: GRPOConfig, n_items: int) -> dict | None:
+    """Do the held-out prompts repeat questions that training may sample? -> the report, or None.
+
+    The split is by index only (``collect_groups`` trains on ``[0, n_items - eval_prompts)``,
+    ``evaluate`` takes the last ``eval_prompts`` indices; item ``i`` comes from env
+    ``i mod len(envs)``), and a small procedural item space repeats a question at other indices,
+    as does another seed in ``eval_env_kwargs``. Training reaches at most index ``world x
+    max_steps x prompts_per_step x sampling rounds``: the items below that (the whole train range
+    if smaller; at most :data:`CONTAMINATION_MAX_ITEMS`) go through :func:`check_contamination`
+    against the held-out items. Envs not backed by a registered task (a custom env factory) are
+    skipped."""
+    if cfg.eval_contamination == "off" or cfg.eval_prompts == 0:
+        return None
+    from thinkgym._registry import RegistryError
+    from thinkgym.envs.registration import task_source_for_env
+    from thinkgym.tasks.contamination import ContaminationError, check_contamination
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun / deepspeed: each rank samples its own prompts
+    rounds = cfg.max_sampling_tries if cfg.dynamic_sampling else 1
+    reach = min(n_items - cfg.eval_prompts, world * cfg.max_steps * cfg.prompts_per_step * rounds)
+    eval_kwargs = {**cfg.env_kwargs, **cfg.eval_env_kwargs}
+    key = json.dumps([id(cfg), cfg.eval_contamination, cfg.envs, cfg.env_kwargs, eval_kwargs, n_items,
+                      cfg.eval_prompts, reach], sort_keys=True, default=repr)
+    if key in _contamination_seen:
+        return _contamination_seen[key]
+    sources = {}  # env id -> (train source, eval source)
+    for env_id in dict.fromkeys(cfg.envs):
+        try:
+            sources[env_id] = (task_source_for_env(env_id, env_kwargs=cfg.env_kwargs),
+                               task_source_for_env(env_id, env_kwargs=eval_kwargs))
+        except (RegistryError, ValueError) as e:  # a custom env factory, or a TaskSource object as task
+            _say(f"held-out contamination check skips env {env_id}: {e}")
+    if not sources:
+        return None
+
+    def items(indices: range, side: int) -> list[dict]:
+        envs = (cfg.envs[i % len(cfg.envs)] for i in indices)
+        return [sources[e][side][i] for i, e in zip(indices, envs) if e in sources]
+
+    n_train = min(reach, CONTAMINATION_MAX_ITEMS)
+    train = items(range(n_train), 0)
+    held = items(range(n_items - 1, n_items - 1 - min(cfg.eval_prompts, CONTAMINATION_MAX_ITEMS), -1), 1)
+    try:
+        report = check_contamination(train, held).to_dict()
+    except ContaminationError as e:
+        if cfg.eval_contamination == "error":
+            raise ConfigError(f"eval_prompts: held-out items repeat training questions, so the held-out "
+                              f"accuracy would be measured on them (eval_contamination: error): "
+                              f"{e.report.summary()}") from None
+        _say(f"WARNING: held-out items repeat training questions: {e.report.summary()}")
+        report = e.report.to_dict()
+    report.update(train_indices_checked=n_train, train_indices_reachable=reach,
+                  skipped_envs=sorted(set(cfg.envs) - set(sources)))
+    _say(f"held-out contamination: {len(report['contaminated'])} of {report['eval_items']} held-out items "
+         f"({report['rate']:.2%}; eval_prompts={cfg.eval_prompts}) repeat a question of training indices "
+         f"[0, {n_train}) ({report['train_items']} items; the run can sample [0, {reach}))")
+    _contamination_seen[key] = report
+    return report

@@ -136,6 +136,7 @@ class GRPOConfig:
     keep_checkpoints: int = 2  #: how many checkpoints to keep
     eval_every: int = 0  #: held-out eval every N steps (0 = only at the end if eval_prompts > 0)
     eval_prompts: int = 0  #: held-out prompts per eval (greedy, one sample each)
+    eval_contamination: Literal["error", "warn", "off"] = "warn"  #: held-out prompts that repeat a question training may sample (same text at another index or seed): refuse the run, warn, or skip the check
     max_bad_steps: int = 3  #: stop after this many non-finite losses, or steps whose every grade failed, in a row
     debug_nan_steps: list[int] = field(default_factory=list)  #: fault injection for tests: force NaN loss at these steps
     progress: bool = True  #: rich progress bar on rank 0
