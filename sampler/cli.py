@@ -44,9 +44,14 @@ def register(app: typer.Typer) -> None:
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
-        if cfg.model and not (Path(cfg.model) / "config.json").is_file():
-            typer.echo(f"error: {cfg.model}: not an HF model directory (no config.json)", err=True)
-            raise typer.Exit(2)
+        if cfg.model:
+            from thinkgym.hub import ModelNotFound, resolve_model
+
+            try:
+                resolve_model(cfg.model)  # fetched into the HF cache now, before the eval set is built
+            except ModelNotFound as e:
+                typer.echo(f"error: model: {e}", err=True)
+                raise typer.Exit(2) from None
         import gymnasium
 
         from thinkgym.tasks.contamination import ContaminationError

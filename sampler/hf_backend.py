@@ -44,9 +44,9 @@ class HFSampler(BaseSampler):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model_path_or_model, (str, Path)):
-            path = Path(model_path_or_model)
-            if not (path / "config.json").is_file():
-                raise FileNotFoundError(f"{path}: not an HF model directory (no config.json)")
+            from thinkgym.hub import resolve_model
+
+            path = Path(resolve_model(str(model_path_or_model)))  # a directory or a hub id
             self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
             self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(path))
         else:

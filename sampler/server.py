@@ -90,7 +90,11 @@ class VLLMServerSampler(BaseSampler):
         if self.model not in {m["id"] for m in served}:
             raise ServerError(f"{self.base_url} does not serve {self.model!r}; it serves {[m['id'] for m in served]}")
         root = next(m for m in served if m["id"] == self.model).get("root") or self.model
-        self.tokenizer_path = str(tokenizer_path or root)
+        from thinkgym.hub import resolve_model
+
+        # The server reports what it was started with: a directory, or a hub id (fetched here too:
+        # the tokenizer, and the config the weight sync writes beside the weights).
+        self.tokenizer_path = resolve_model(str(tokenizer_path or root))
         self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
         mml = next(m for m in served if m["id"] == self.model).get("max_model_len")
         if mml is not None and (not isinstance(mml, int) or isinstance(mml, bool) or mml < 2):

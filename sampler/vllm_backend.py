@@ -60,9 +60,9 @@ class VLLMSampler(BaseSampler):
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
             # vLLM seeds numpy with it, which takes only [0, 2**32): checked before the engine starts.
             raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-        model_path = Path(model_path)
-        if not (model_path / "config.json").is_file():
-            raise FileNotFoundError(f"{model_path}: not an HF model directory (no config.json)")
+        from thinkgym.hub import resolve_model
+
+        model_path = Path(resolve_model(str(model_path)))  # a directory or a hub id: the weight sync needs files
         from transformers import AutoTokenizer
         from vllm import LLM
 

@@ -1,0 +1,95 @@
+"""A hub repo id wherever a model is taken: resolved to its HF-cache snapshot, the same code path
+as a local directory.
+
+The hub itself is outside the project and cannot be reached from the tests: each test builds a
+real HF cache (``models--ORG--NAME/snapshots/<commit>`` + ``refs/main``, the layout
+huggingface_hub writes) holding the tiny model, and runs in offline mode, so huggingface_hub's
+own cache lookup does the resolving and nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = "acme/tiny-reasoner"
+
+
+@pytest.fixture
+def hub_cache(tiny_model_dir, tmp_path):
+    cache = tmp_path / "hf-cache"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{REPO.replace('/', '--')}"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    return repo / "snapshots" / commit, env
+
+
+def _py(code: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_resolve_model_reads_the_cache_and_refuses_clearly(hub_cache, tmp_path):
+    snap, env = hub_cache
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "empty").mkdir()
+    code = """
+from thinkgym.hub import ModelNotFound, resolve_model
+print(resolve_model("acme/tiny-reasoner"))
+for bad in ("acme/not-cached", "runs/sft-fnal", "empty", "a/b/c", "x y"):
+    try:
+        resolve_model(bad)
+        print("RESOLVED", bad)
+    except ModelNotFound as e:
+        print("ERR", bad, "|", e)
+"""
+    p = _py(code, env, tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.splitlines()
+    assert lines[0] == str(snap)
+    errs = {ln.split(" | ")[0][4:]: ln.split(" | ")[1] for ln in lines[1:]}
+    assert "RESOLVED" not in p.stdout
+    assert "offline mode is on" in errs["acme/not-cached"] and "not in the local HF cache" in errs["acme/not-cached"]
+    assert "runs/ is a local folder" in errs["runs/sft-fnal"]  # a mistyped path, never sent to the hub
+    assert "without config.json" in errs["empty"]
+    assert "or a hub id" in errs["a/b/c"] and "or a hub id" in errs["x y"]
+
+
+def test_eval_cli_takes_a_hub_id(hub_cache, tmp_path):
+    """`thinkgym eval --model ORG/NAME` on the default vLLM backend samples from the cached snapshot."""
+    _, env = hub_cache
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "thinkgym.cli", "eval", "--model", REPO, "--env", "thinkgym/Arithmetic-v0",
+           "--n", "2", "--limit", "2", "--max-tokens", "8", "--threads", "1", "--output-dir", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"] == 4 and summary["backend"] == "vllm"
+
+    p = subprocess.run([*cmd[:5], "acme/missing", *cmd[6:]], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2
+    assert "model: 'acme/missing' is not a local directory" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_hf_sampler_takes_a_hub_id(hub_cache, tmp_path):
+    _, env = hub_cache
+    code = """
+from thinkgym.sampler.hf_backend import HFSampler
+from thinkgym.sampler.types import SamplingConfig
+s = HFSampler("acme/tiny-reasoner")
+out = s.generate([[1, 2, 3]], SamplingConfig(max_tokens=4, seed=0))
+print(len(out[0][0].token_ids), s.tokenizer.name_or_path)
+"""
+    p = _py(code, env, tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    n, path = p.stdout.split()
+    assert 1 <= int(n) <= 4 and "models--acme--tiny-reasoner/snapshots" in path
