@@ -49,7 +49,7 @@ def _brace_group_end(s: str, i: int) -> int | None:
 
 
 def _fracs_to_division(expr: str) -> str:
-    r"""``\frac{a}{b}`` -> ``(a)/(b)``, nested ones included.
+    r"""``\frac{a}{b}`` -> ``((a)/(b))``, nested ones included.
 
     The rightmost ``\frac`` is rewritten first: its arguments hold no ``\frac`` still to do, so
     plain brace matching finds them and no recursion is needed. A ``\frac`` without two brace
@@ -66,7 +66,8 @@ def _fracs_to_division(expr: str) -> str:
             return expr
         num = expr[m.end():num_end].strip()[1:-1]
         den = expr[num_end:den_end].strip()[1:-1]
-        expr = f"{expr[:m.start()]}({num})/({den}){expr[den_end:]}"
+        # The quotient is one operand: "60 / \\frac{2}{3}" is 60 / (2/3) = 90, not 60 / 2 / 3 = 10.
+        expr = f"{expr[:m.start()]}(({num})/({den})){expr[den_end:]}"
 
 
 def _normalize(expr: str) -> str:

@@ -166,7 +166,12 @@ def find_answer_tags(text: str) -> list[str]:
 
 
 def find_tag_contents(text: str, tag: str) -> list[str]:
-    """Contents of every ``<tag>...</tag>`` pair (case-insensitive), in one linear pass.
+    """Contents of every ``<tag>...</tag>`` pair (case-insensitive), in one linear pass."""
+    return [text[i:j] for i, j in tag_spans(text, tag)]
+
+
+def tag_spans(text: str, tag: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of the contents of every ``<tag>...</tag>`` pair (case-insensitive).
 
     A regex ``<tag>(.*?)</tag>`` rescans the rest of the text from every unclosed ``<tag>``,
     which is quadratic: 20k unclosed tags took half a minute.
@@ -175,7 +180,7 @@ def find_tag_contents(text: str, tag: str) -> list[str]:
     # index ``text`` once a character lowercases to several ("İ" becomes two code points).
     open_ = re.compile(re.escape(f"<{tag}>"), re.IGNORECASE)
     close = re.compile(re.escape(f"</{tag}>"), re.IGNORECASE)
-    out: list[str] = []
+    out: list[tuple[int, int]] = []
     pos = 0
     while True:
         i = open_.search(text, pos)
@@ -184,7 +189,7 @@ def find_tag_contents(text: str, tag: str) -> list[str]:
         j = close.search(text, i.end())
         if j is None:
             break  # no close anywhere after: no later open can close either
-        out.append(text[i.end() : j.start()])
+        out.append((i.end(), j.start()))
         pos = j.end()
     return out
 
@@ -223,19 +228,23 @@ def extract(text: str, cfg: ExtractConfig = DEFAULT_EXTRACT) -> Extraction:
     if section is None:
         return Extraction(reason="thinking never closed: no final answer")
     found: list[str] = []
+    box_spans = set(boxed_spans(section, cfg.box_commands)) if "boxed" in cfg.channels else set()
     for ch in cfg.channels:
         if ch == "boxed":
-            boxes = find_boxed(section, cfg.box_commands)
+            boxes = [section[i:j] for i, j in sorted(box_spans)]
             found += boxes[-1:] if cfg.last_only else boxes
         elif ch == "answer_tag":
             tags: list[str] = []
-            for t in find_answer_tags(section):
-                inner = find_boxed(t, cfg.box_commands)
+            for ti, tj in tag_spans(section, "answer"):
+                t = section[ti:tj]
+                inner = boxed_spans(t, cfg.box_commands)
                 if not inner:
                     tags.append(t)
-                elif "boxed" not in cfg.channels:
-                    tags += inner
-                # else: "<answer>so \\boxed{3}</answer>" - the box is the answer, already collected
+                # "<answer>so \\boxed{3}</answer>": the box is the answer, collected by the box
+                # channel. A box that channel never reached counts here: after an unclosed
+                # "\\boxed{" before the tag, "<answer>\\boxed{5}</answer>" had no answer at all
+                # while the format grader passed it.
+                tags += [t[i:j] for i, j in inner if (ti + i, ti + j) not in box_spans]
             found += tags[-1:] if cfg.last_only else tags
         else:
             raise ValueError(f"unknown answer channel {ch!r}; known: boxed, answer_tag")

@@ -134,7 +134,9 @@ def check_format(completion: str, cfg: FormatConfig = DEFAULT_FORMAT) -> Grade:
             inside[k] += 1
         else:
             outside.append((i, j))
-    contents = [text[o[2] : c[1]] for o, c in pairs] + [text[i:j] for i, j in outside]
+    # A tag holding boxes has its boxes as answers (as extraction reads it): each box must show
+    # something, or "<answer>\\boxed{} 5</answer>" passed with an empty extracted answer.
+    contents = [text[o[2] : c[1]] for (o, c), k in zip(pairs, inside) if not k] + [text[i:j] for i, j in spans]
     n_answers = sum(max(1, k) for k in inside) + len(outside) + max(0, len(a_open) - len(pairs))
     tags_ok = len(a_open) == len(a_close) and all(o[1] < c[1] for o, c in zip(a_open, a_close))
     check("answer", n_answers >= 1 and tags_ok and not any(_blank_answer(c) for c in contents),
