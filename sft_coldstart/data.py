@@ -3,7 +3,8 @@ template, with labels on assistant tokens only.
 
 A conversation is a list of ``{"role": str, "content": str}`` messages. An example is
 ``{"input_ids": [...], "labels": [...]}`` where ``labels[t]`` is ``input_ids[t]`` on assistant
-tokens and ``-100`` everywhere else (system, user, tool / env feedback, role headers).
+tokens and ``-100`` everywhere else (system, user, tool / env feedback, role headers). A
+``{prompt, completion}`` row's prompt is context, as in TRL: an assistant turn in it is not trained.
 
 Assistant tokens come from the template's ``{% generation %}`` markers when it has them
 (``return_assistant_tokens_mask``); otherwise from incremental prefix rendering: the text of
@@ -32,7 +33,17 @@ ROLES = ("system", "user", "assistant", "tool", "env", "ipython", "function", "d
 
 
 Message = dict[str, str]
-Conversation = list[Message]
+
+
+class Conversation(list):
+    """A list of messages that remembers the dataset row it came from (``where``, for errors
+    the chat template raises when it is rendered) and how many leading messages are context
+    only (``context``: a prompt/completion row's prompt, whose assistant turns are not trained,
+    as TRL's completion-only loss does). A plain list of messages works everywhere too."""
+
+    def __init__(self, messages: Iterable[Message] = (), where: str = "", context: int = 0):
+        super().__init__(messages)
+        self.where, self.context = where, context
 
 
 class DataError(ValueError):
@@ -42,11 +53,12 @@ class DataError(ValueError):
 # ----------------------------------------------------------------------------- validation
 
 
-def validate_conversation(conv: Any, where: str) -> Conversation:
-    """Check ``conv`` is a list of role/content messages with at least one assistant turn."""
+def validate_conversation(conv: Any, where: str, context: int = 0) -> Conversation:
+    """Check ``conv`` is a list of role/content messages with an assistant turn after the first
+    ``context`` messages (which are context only, see :class:`Conversation`)."""
     if not isinstance(conv, list) or not conv:
         raise DataError(f"{where}: field 'messages': expected a non-empty list of messages, got {show(conv)}")
-    out: Conversation = []
+    out = Conversation(where=where, context=context)
     for j, m in enumerate(conv):
         if not isinstance(m, dict):
             raise DataError(f"{where}: field 'messages[{j}]': expected an object with role and content, got {show(m)}")
@@ -64,8 +76,9 @@ def validate_conversation(conv: Any, where: str) -> Conversation:
             raise DataError(f"{where}: field 'messages[{j}].{dropped[0]}': not supported (only role and content are "
                             "rendered); put it into content")
         out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
-        raise DataError(f"{where}: field 'messages': no assistant turn, nothing to train on")
+    if not any(m["role"] == "assistant" for m in out[context:]):
+        field_ = "completion" if context else "messages"
+        raise DataError(f"{where}: field {field_!r}: no assistant turn, nothing to train on")
     return out
 
 
@@ -87,7 +100,8 @@ def row_to_conversation(row: Any, where: str, messages_field: str = "messages") 
                 raise DataError(f"{where}: field {key!r}: expected a string or a message list, got {show(v)}")
         prompt = [{"role": "user", "content": p}] if isinstance(p, str) else p
         completion = [{"role": "assistant", "content": c}] if isinstance(c, str) else c
-        return validate_conversation(prompt + completion, where)
+        # The prompt is context: an assistant turn in it (an earlier answer, a draft) is not trained.
+        return validate_conversation(prompt + completion, where, context=len(prompt))
     if "question" in row and "solution" in row:
         # Checked here: past this point the values are messages[0/1].content, not the row's fields.
         for key in ("question", "solution"):
@@ -167,7 +181,7 @@ def task_conversations(
             why = solution_format_problem(sol)
             if why:
                 bad.append((i, why, sol))
-        convs.append(item_conversation(item["question"], sol, system_prompt))
+        convs.append(Conversation(item_conversation(item["question"], sol, system_prompt), where=f"task {name!r} item {i}"))
     if bad:
         first, why, sol = bad[0]
         shown = ", ".join(str(b[0]) for b in bad[:5]) + (", ..." if len(bad) > 5 else "")
@@ -211,32 +225,54 @@ def render(tokenizer: Any, conv: Conversation, max_length: int | None = None, me
     """Tokenize ``conv`` with the chat template; labels are -100 except on assistant tokens.
 
     ``method``: ``"generation"`` (template markers), ``"prefix"`` (incremental prefix rendering)
-    or ``"auto"`` (markers when the template has them, else prefix).
+    or ``"auto"`` (markers when the template has them, else prefix). The first ``conv.context``
+    messages (see :class:`Conversation`) are never trained.
     """
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise DataError("tokenizer has no chat_template; set one (e.g. tokenizer.chat_template = ...) before SFT")
-    has_markers = bool(_GENERATION_TAG.search(tokenizer.chat_template))
-    if method == "auto":
-        method = "generation" if has_markers else "prefix"
+    method = _render_method(tokenizer, method)
     if method == "generation":
-        if not has_markers:
-            # transformers would return an all-zero mask (a warning, no error): every row dropped.
-            raise DataError("render_method 'generation' needs {% generation %} markers in the chat template; "
-                            "use 'prefix' or 'auto' for this template")
         enc = tokenizer.apply_chat_template(
             conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
         )
         ids = list(enc["input_ids"])
         mask = list(enc["assistant_masks"])
         labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
-    elif method == "prefix":
-        ids, labels = _render_by_prefix(tokenizer, conv)
     else:
-        raise ValueError(f"unknown render method {method!r}")
+        ids, labels = _render_by_prefix(tokenizer, conv)
+    context = getattr(conv, "context", 0)
+    if any(m["role"] == "assistant" for m in conv[:context]):
+        # Before _close_turns: a context turn gets no inserted eos either, as at inference.
+        labels = _untrain_context(tokenizer, conv, context, ids, labels)
     ids, labels = _close_turns(tokenizer, ids, labels)
     if max_length is not None and len(ids) > max_length:
         ids, labels = ids[:max_length], labels[:max_length]
     return {"input_ids": ids, "labels": labels}
+
+
+def _render_method(tokenizer: Any, method: str) -> str:
+    """``method`` with "auto" resolved; errors that concern the tokenizer, not a row."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError("tokenizer has no chat_template; set one (e.g. tokenizer.chat_template = ...) before SFT")
+    has_markers = bool(_GENERATION_TAG.search(tokenizer.chat_template))
+    if method == "auto":
+        return "generation" if has_markers else "prefix"
+    if method == "generation" and not has_markers:
+        # transformers would return an all-zero mask (a warning, no error): every row dropped.
+        raise DataError("render_method 'generation' needs {% generation %} markers in the chat template; "
+                        "use 'prefix' or 'auto' for this template")
+    if method not in ("generation", "prefix"):
+        raise ValueError(f"unknown render method {method!r}")
+    return method
+
+
+def _untrain_context(tokenizer: Any, conv: Conversation, n: int, ids: list[int], labels: list[int]) -> list[int]:
+    """Labels with every token inside the rendered text of ``conv[:n]`` masked."""
+    full = tokenizer.apply_chat_template(conv, tokenize=False)
+    prompt = tokenizer.apply_chat_template(conv[:n], tokenize=False)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    if not full.startswith(prompt) or list(enc["input_ids"]) != ids:
+        raise DataError(f"chat template is not prefix-stable at message {n} (the completion changes how the "
+                        "prompt renders), so the prompt's assistant turns cannot be told apart from the completion")
+    return [IGNORE_INDEX if b <= len(prompt) else lab for (_, b), lab in zip(enc["offset_mapping"], labels)]
 
 
 def _special_ids(tokenizer: Any) -> set[int]:
@@ -279,7 +315,10 @@ def _render_by_prefix(tokenizer: Any, conv: Conversation) -> tuple[list[int], li
     for i, m in enumerate(conv):
         if m["role"] != "assistant":
             continue
-        before, through = text(conv[:i], True), text(conv[: i + 1], False)
+        # transformers renders no empty conversation: a leading assistant turn has no text before
+        # it, and starts where its content is found (after any preamble such as a default system turn).
+        before = text(conv[:i], True) if i else ""
+        through = text(conv[: i + 1], False)
         if not full.startswith(before) or not full.startswith(through):
             raise DataError(
                 f"chat template is not prefix-stable at message {i} (a later turn changes how earlier turns render); "
@@ -296,6 +335,9 @@ def _render_by_prefix(tokenizer: Any, conv: Conversation) -> tuple[list[int], li
             at = full.find(content.strip(), start, end)
         if at >= 0:
             start = at
+        elif not i:
+            raise DataError("the chat template does not render the leading assistant turn's content as it is, so "
+                            "its start is unknown; use a template with {% generation %} markers")
         end = start + len(full[start:end].rstrip())
         spans.append((start, end))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
@@ -326,9 +368,19 @@ def build_examples(
 ) -> tuple[list[dict[str, list[int]]], int]:
     """Render conversations; returns ``(examples, n_dropped)``. Overlong rows are dropped or
     truncated (``overlong``); rows left with no trainable token are dropped."""
+    from jinja2 import TemplateError
+
+    method = _render_method(tokenizer, method)  # its errors are not about one row
     out, dropped = [], 0
-    for conv in convs:
-        ex = render(tokenizer, conv, None, method)
+    for n, conv in enumerate(convs):
+        try:
+            ex = render(tokenizer, conv, None, method)
+        except (DataError, TemplateError) as e:
+            # The template's own checks (roles must alternate, no system role, ...) raise
+            # TemplateError; either way the error names the row, which the message alone does not.
+            where = getattr(conv, "where", "") or f"conversation {n}"
+            roles = ", ".join(m["role"] for m in conv)
+            raise DataError(f"{where}: cannot render this conversation ({roles}) with the chat template: {e}") from None
         if len(ex["input_ids"]) > max_length:
             if overlong == "drop":
                 dropped += 1
@@ -366,10 +418,13 @@ def iter_task_text(name: str, start: int, count: int, seed: int = 0, params: dic
 
 
 def split_holdout(convs: Sequence[Conversation], fraction: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
-    """Deterministic shuffle-free split: every k-th row goes to the held-out set."""
+    """Deterministic shuffle-free split: every k-th row goes to the held-out set (k = 1/fraction,
+    at most the row count, so that a non-zero fraction of two or more rows holds one out)."""
     if fraction <= 0 or len(convs) < 2:
         return list(convs), []
-    k = max(2, round(1 / fraction))
+    # Without the cap, k > rows held out one row or none depending on the seed's offset, and a run
+    # with no eval rows measures no eval loss and writes no best/, without a word.
+    k = min(max(2, round(1 / fraction)), len(convs))
     train = [c for i, c in enumerate(convs) if (i + seed) % k]
     held = [c for i, c in enumerate(convs) if not (i + seed) % k]
     return train, held

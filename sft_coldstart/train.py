@@ -224,9 +224,10 @@ _CHOICES = {
     "render_method": ("auto", "generation", "prefix"), "best_metric": ("loss", "accuracy"), "stage": ("sft", "pretrain"),
     "zero_stage": (0, 1, 2, 3),
 }
-# transformers' built-in attention implementations; a hub kernel is named by its repo.
+# transformers' built-in attention implementations that train; a hub kernel is named by its repo.
+# ("paged|eager" is not one: it needs continuous batching's paged cache and refuses a plain forward.)
 _ATTN_IMPLEMENTATIONS = frozenset({"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4",
-                                   "flex_attention", "paged|eager"})
+                                   "flex_attention"})
 # Implementations that build a block-causal mask per row from packed position ids; the others
 # (flash-attention kernels) separate packed examples only in a batch of one row.
 _MASKED_ATTENTION = frozenset({"eager", "sdpa", "flex_attention"})
@@ -281,7 +282,8 @@ def _build_data(cfg: SFTConfig, tok: Any) -> tuple[list, list, int, int]:
     train, dropped = D.build_examples(tok, train_convs, cfg.max_length, cfg.overlong, cfg.render_method)
     evals, eval_dropped = D.build_examples(tok, eval_convs, cfg.max_length, cfg.overlong, cfg.render_method)
     if not train:
-        raise D.DataError(f"no training examples left (dropped {dropped} longer than max_length={cfg.max_length})")
+        raise D.DataError(f"no training examples left (dropped {dropped}: longer than max_length={cfg.max_length}, "
+                          "or no assistant token left after truncation)")
     if eval_convs and not evals and cfg.best_metric == "loss":
         # Eval rows were asked for, but without any the eval loss is never measured: best/ would
         # never be written and no eval curve drawn, which a run should not find out at its end.
@@ -372,7 +374,13 @@ def save_hf(engine: Any, tok: Any, out: Path, cfg: SFTConfig) -> Path:
     model = engine.module
     if cfg.lora_r:
         model = copy.deepcopy(model).merge_and_unload()  # the running model keeps its adapters
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
+    # Training turns the config's KV cache off; the checkpoint is for inference, where a plain
+    # forward should return a cache as the base model's does (generate() sets it either way).
+    use_cache, model.config.use_cache = model.config.use_cache, True
+    try:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
+    finally:
+        model.config.use_cache = use_cache
     tok.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # readers never see a half-written checkpoint
@@ -430,6 +438,37 @@ def _check_dev_env(cfg: SFTConfig) -> None:
 
 # What an SFT run leaves in output_dir that a fresh run would prune, mix with its own or overwrite.
 EARLIER_RUN = ("checkpoints/step-*", "checkpoints/latest", "best", "final")
+# Written into each checkpoint tag: the settings its saved state is laid out by (see _checkpoint_setup).
+SETUP_FILE = "thinkgym_setup.json"
+
+
+def _checkpoint_setup(cfg: SFTConfig) -> dict[str, Any]:
+    """The settings a DeepSpeed checkpoint's saved state depends on: which tensors it holds
+    (LoRA, frozen parts), their precision, and how ZeRO partitions them over the processes.
+    Resumed with other values, DeepSpeed's loader fails on a KeyError, an AssertionError or a
+    missing file that do not say why."""
+    return {"zero_stage": cfg.zero_stage, "dtype": cfg.dtype, "lora_r": cfg.lora_r,
+            "lora_target_modules": sorted(cfg.lora_target_modules) if cfg.lora_r else [],
+            "freeze_embeddings": cfg.freeze_embeddings, "freeze_lm_head": cfg.freeze_lm_head,
+            "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+
+
+def _check_resume(cfg: SFTConfig) -> None:
+    """The checkpoint ``latest`` names exists and was saved with this run's :func:`_checkpoint_setup`."""
+    ckpt_dir = Path(cfg.output_dir) / "checkpoints"
+    tag = (ckpt_dir / "latest").read_text().strip()
+    if not tag or not (ckpt_dir / tag).is_dir():  # an empty latest would name checkpoints/ itself
+        raise ConfigError(f"resume: {ckpt_dir}/latest names checkpoint {tag!r}, which is missing; point latest at "
+                          f"one of {sorted(p.name for p in ckpt_dir.glob('step-*'))} or start a fresh run")
+    f = ckpt_dir / tag / SETUP_FILE
+    if not f.is_file():  # checkpoints from before the record
+        return
+    saved, now = json.loads(f.read_text()), _checkpoint_setup(cfg)
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    if changed:
+        raise ConfigError(f"resume: checkpoint {ckpt_dir / tag} was saved with other settings ({'; '.join(changed)}); "
+                          "its weights and optimizer state only load with the same ones. Resume with them, or start "
+                          "a fresh run (e.g. model: <checkpoint's final/>, another output_dir)")
 
 
 def check_config(cfg: SFTConfig) -> None:
@@ -438,6 +477,8 @@ def check_config(cfg: SFTConfig) -> None:
     check_output_dir(cfg.output_dir)
     if not (cfg.resume and (Path(cfg.output_dir) / "checkpoints" / "latest").exists()):  # a fresh run
         check_fresh_run(cfg.output_dir, EARLIER_RUN, cfg.overwrite)
+    else:
+        _check_resume(cfg)
     _check_model(cfg.model)
     _check_datasets(cfg.datasets)
     _check_tasks(cfg)
@@ -665,8 +706,12 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
 
         raise DataError(f"{len(train_ex)} training examples make no micro-batch (micro_batch_size="
                         f"{cfg.micro_batch_size}) for {world} process(es)")
-    steps_per_epoch = max(1, n_micro // cfg.gradient_accumulation_steps)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    # Rounded up: the last step of an epoch may take micro-batches of the next one (the data cursor
+    # runs on), whereas whole steps per epoch, rounded down, never train the epoch's remainder
+    # (with epochs: 1, up to gradient_accumulation_steps - 1 micro-batches of the data).
+    # Rounded to 9 places before the ceiling: in floats 1.1 epochs of 50 micro-batches is 55.00000000000001.
+    steps_per_epoch = n_micro / cfg.gradient_accumulation_steps
+    total = cfg.max_steps or max(1, math.ceil(round(cfg.epochs * n_micro / cfg.gradient_accumulation_steps, 9)))
 
     # Model: loaded in float32; DeepSpeed casts to bf16/fp16 and keeps fp32 master weights.
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
@@ -751,6 +796,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     def checkpoint() -> None:
         rng = [None] * world
         dist.all_gather_object(rng, _rng_state())
+        if main:  # before DeepSpeed's save, which writes latest last: latest never names a tag without it
+            (ckpt_dir / f"step-{step}").mkdir(parents=True, exist_ok=True)
+            (ckpt_dir / f"step-{step}" / SETUP_FILE).write_text(json.dumps(_checkpoint_setup(cfg)))
         engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={
             "step": step, "micro_cursor": micro_cursor, "best": best, "tokens_seen": tokens_seen, "rng": rng,
             "train_seconds": train_s, "data_order": order,
@@ -807,7 +855,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not (main and cfg.progress))
     if main:
         print(f"[{cfg.stage}] {len(train_ex)} train / {len(eval_ex)} eval examples ({dropped} train, {eval_dropped} eval dropped), "
-              f"{n_train:,}/{n_all:,} trainable params, {total} steps, {steps_per_epoch} steps/epoch, "
+              f"{n_train:,}/{n_all:,} trainable params, {total} steps, {steps_per_epoch:g} steps/epoch, "
               f"ZeRO-{cfg.zero_stage}, {world} process(es), {'packed' if cfg.packing else 'padded'}", file=sys.stderr)
 
     # ------------------------------------------------------------------ loop
