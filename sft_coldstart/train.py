@@ -486,39 +486,19 @@ def check_config(cfg: SFTConfig) -> None:
         _check_dev_env(cfg)
 
 
-# A hub repo id: [ORG/]NAME (letters, digits, "-", "_", "."; "gpt2" has no org), not a filesystem path.
-_HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
-
-
-def _hf_offline() -> bool:
-    # The variables huggingface_hub and transformers read, with huggingface_hub's truth values.
-    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def _check_model(model: str) -> None:
+    """A local HF model directory or a hub id ('tiny': built here). A hub id is left to
+    transformers to fetch, unless offline mode rules out a download and the cache lacks it."""
+    from thinkgym.hub import ModelNotFound, hf_offline, local_model_dir, resolve_model
+
     if model in ("", "tiny"):
         return
-    p = Path(model).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ConfigError(f"model: {model!r} is a directory without config.json, not an HF model directory")
-        return
-    first = model.split("/", 1)[0]
-    if not p.exists() and "/" in model and first and Path(first).is_dir():
-        # runs/sft/fnal reads like a hub id ORG/NAME: offline that costs a minute of hub retries.
-        raise ConfigError(f"model: {model!r} is not an HF model directory ({model!r}: no such directory; "
-                          f"and not a hub id: {first}/ is a local folder)")
-    if not p.exists() and _HUB_ID.fullmatch(model):
-        if not _hf_offline():
-            return  # a hub id: transformers resolves it (from the cache or the hub)
-        from huggingface_hub import try_to_load_from_cache
+    try:
+        if local_model_dir(model) is None and hf_offline():
+            resolve_model(model)
+    except ModelNotFound as e:
+        raise ConfigError(f"model: {e}") from None
 
-        if isinstance(try_to_load_from_cache(model, "config.json"), str):
-            return
-        raise ConfigError(f"model: {model!r} is not a local directory, and HF offline mode is on "
-                          "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) while it is not in the local HF cache")
-    raise ConfigError(f"model: {model!r} is not an HF model directory (no such directory), a hub id ([ORG/]NAME) "
-                      "or 'tiny'")
 
 
 def _check_datasets(specs: list[str]) -> None:

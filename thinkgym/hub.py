@@ -69,7 +69,7 @@ def resolve_model(model: str, revision: str | None = None) -> str:
     except LocalEntryNotFoundError:
         why = ("HF offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)" if hf_offline()
                else "the hub cannot be reached")
-        raise ModelNotFound(f"{model!r} is not a local directory, {why}, and it is not in the local HF cache") from None
+        raise ModelNotFound(f"{model!r} is not a local directory, and {why} while it is not in the local HF cache") from None
     except (HfHubHTTPError, OSError, ValueError) as e:  # no such repo, gated, a bad revision
         raise ModelNotFound(f"{model!r}: cannot fetch it from the hub: {' '.join(str(e).split())[:300]}") from None
     if not (path / "config.json").is_file():
