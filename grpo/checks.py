@@ -96,6 +96,8 @@ def check_config(cfg: GRPOConfig, resume: bool = False) -> int:
     check_output_dir(cfg.output_dir)
     if not (resume and (Path(cfg.output_dir) / "checkpoints" / "latest").is_file()):  # a fresh run
         check_fresh_run(cfg.output_dir, EARLIER_RUN, cfg.overwrite)
+    else:
+        check_resume(cfg)
     check_sampler(cfg.sampler_backend, cfg.sampler_kwargs)
     import gymnasium as gym
 
@@ -114,6 +116,40 @@ def check_config(cfg: GRPOConfig, resume: bool = False) -> int:
         raise ConfigError(f"eval_prompts={cfg.eval_prompts} leaves no training items (task size {n_items})")
     check_eval_contamination(cfg, n_items)
     return n_items
+
+
+def check_resume(cfg: GRPOConfig) -> None:
+    """--resume: the latest checkpoint must load into the engines this config builds.
+
+    DeepSpeed's optimizer state is partitioned by ZeRO stage and process count, and each rank
+    resumes its own prompt cursor: another ``zero_stage``, world size, or a critic (``gae``) the
+    checkpoint does not hold failed only after the models loaded, as a bare ``AssertionError`` or
+    a missing file. Other changes apply to the rest of the run (``lr`` too: see
+    ``engine.load_engines``); they are listed once."""
+    ckdir = Path(cfg.output_dir) / "checkpoints"
+    ck = ckdir / (ckdir / "latest").read_text().strip()
+    if not (ck / "trainer_state.json").is_file():
+        raise ConfigError(f"--resume: {ckdir / 'latest'} names {ck.name}, which holds no trainer_state.json")
+    saved = json.loads((ck / "trainer_state.json").read_text()).get("config", {})
+    saved_world = len(list(ck.glob("rank*_state.pt")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    where = f"--resume: checkpoint {ck.name}"
+    if saved_world != world:
+        raise ConfigError(f"{where} was saved by {saved_world} processes; resume it with {saved_world}, not {world}")
+    if saved.get("zero_stage", cfg.zero_stage) != cfg.zero_stage:
+        raise ConfigError(f"{where} holds ZeRO stage {saved['zero_stage']} optimizer state; "
+                          f"zero_stage {cfg.zero_stage} cannot load it")
+    if cfg.advantage == "gae" and not (ck / "ds" / "critic").is_dir():
+        raise ConfigError(f"{where} holds no critic (advantage was {saved.get('advantage')!r}); advantage: gae needs one")
+    changed = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in saved.items()
+               if hasattr(cfg, k) and v != getattr(cfg, k) and k not in ("output_dir", "overwrite")]
+    key = (id(cfg), str(ck), tuple(changed))
+    if changed and key not in _resume_seen:
+        _resume_seen.add(key)
+        _say(f"{where}: config changed since it was saved: {'; '.join(changed)}")
+
+
+_resume_seen: set = set()  # the CLI and train() both check one config: report once
 
 
 #: Items built per side by the held-out contamination check (0.1-0.2 ms each for the procedural tasks):

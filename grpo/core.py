@@ -303,8 +303,9 @@ def aggregate(
     - ``constant`` (Dr. GRPO): sum over all tokens / (num_seqs * constant), where ``constant`` is
       usually the generation budget: no length bias either way.
 
-    ``num_tokens`` / ``num_seqs`` override the denominators so that minibatches accumulated into
-    one optimiser step normalise over the whole batch rather than each minibatch.
+    ``num_tokens`` / ``num_seqs`` override the denominators so that micro-batches accumulated into
+    one optimiser step normalise over the whole minibatch rather than each micro-batch (and, with
+    gradients averaged over data-parallel ranks, ``num_tokens`` is the mean count per rank).
     """
     m = mask.to(loss.dtype)
     if mode == "token_mean":

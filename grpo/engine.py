@@ -66,6 +66,22 @@ def build_engine(model: Any, cfg: Any, lr: float | None, micro_per_minibatch: in
     return engine, opt
 
 
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in the backward pass, with dropout still off.
+
+    ``from_pretrained`` leaves the model in eval mode (no dropout: the learner's logprobs must
+    match the sampler's and its own no-grad forwards), and HF layers checkpoint only while
+    ``training``: on its own, ``gradient_checkpointing_enable`` saved nothing. Only the
+    checkpointed layers' own flag is set (not ``train()``, which recurses): the attention and MLP
+    modules inside them, whose flags gate the dropout in decoder-only models, stay in eval mode."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.gradient_checkpointing_enable()
+    for m in model.modules():
+        if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing:
+            m.training = True
+
+
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up over ``warmup`` optimiser steps, then cosine from 1 to ``min_ratio`` at ``total``
     (``min_ratio=1``: constant)."""
@@ -188,8 +204,11 @@ def save_checkpoint(out: Path, step: int, engines: dict[str, Any], tok: Any, cfg
         tmp = out / "checkpoints" / "latest.tmp"
         tmp.write_text(ck.name)
         os.replace(tmp, out / "checkpoints" / "latest")
+        # Only complete checkpoints count: a step dir without trainer_state.json is what a run killed
+        # mid-save left. Counted, it outranked the checkpoint this run resumed from, which was pruned.
         old = sorted(p for p in (out / "checkpoints").glob("step_*") if p != ck)
-        for p in old[: max(0, len(old) - cfg.keep_checkpoints + 1)]:
+        done = [p for p in old if (p / "trainer_state.json").is_file()]
+        for p in [p for p in old if p not in done] + done[: max(0, len(done) - cfg.keep_checkpoints + 1)]:
             shutil.rmtree(p, ignore_errors=True)
     dist.barrier()
     return ck
@@ -198,6 +217,23 @@ def save_checkpoint(out: Path, step: int, engines: dict[str, Any], tok: Any, cfg
 def latest_checkpoint(out: Path) -> Path | None:
     p = out / "checkpoints" / "latest"
     return (out / "checkpoints" / p.read_text().strip()) if p.is_file() else None
+
+
+def load_engines(ck: Path, engines: dict[str, Any], cfg: Any) -> None:
+    """Restore each engine's DeepSpeed state from checkpoint ``ck``, then the configured ``lr`` /
+    ``vf_lr`` and ``weight_decay``: the optimizer and scheduler state carry the values of the run
+    that saved them, which would silently win over ones changed for the resumed run. The schedule
+    (warm-up, cosine) continues from the restored optimiser step count."""
+    lrs = {"policy": cfg.lr, "critic": cfg.vf_lr}
+    for tag, eng in engines.items():
+        if eng is None:
+            continue
+        eng.load_checkpoint(str(ck / "ds"), tag=tag)
+        sched = eng.lr_scheduler  # LambdaLR over the base optimizer (build_engine)
+        sched.base_lrs = [lrs[tag]] * len(sched.base_lrs)
+        for g, f in zip(sched.optimizer.param_groups, sched.lr_lambdas):
+            g.update(initial_lr=lrs[tag], lr=lrs[tag] * f(sched.last_epoch), weight_decay=cfg.weight_decay)
+        sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
 
 def load_rank_state(ck: Path, rank: int) -> dict[str, Any]:

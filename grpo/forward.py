@@ -148,7 +148,9 @@ def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: 
     if "gids" in b and (limit is None or b["input_ids"].shape[1] <= limit):
         logits, labels, to_full = shared_prefix_logits(engine, b)  # (n, S-1, V): suffixes only
     else:
-        logits, labels = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1], b["labels"]
+        # No KV cache: nothing reads it, and checkpointed layers would drop it with a warning.
+        logits = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+        logits, labels = logits[:, :-1], b["labels"]
         to_full = lambda x: x  # noqa: E731
     logits = logits.float() / temperature
     lp = to_full(core.token_logprobs(logits, labels))
@@ -172,4 +174,4 @@ def take(full: dict[str, Any], idx: Any) -> tuple[dict[str, Any], int]:
 
 def value_forward(engine: Any, b: dict[str, Any]) -> Any:
     """Critic values at each position, aligned with the shifted labels. (n, T-1)"""
-    return engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1, 0].float()
+    return engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits[:, :-1, 0].float()

@@ -20,7 +20,8 @@ One step, top to bottom (``train`` below):
 4. **Learn.** ``ppo_epochs`` passes over the batch in ``minibatches`` optimiser steps each; loss
    = clipped surrogate (separate low/high clip, DAPO clip-higher) x truncated importance weight
    (learner vs sampler logprobs) + ``kl_coef`` x KL - ``entropy_coef`` x entropy, aggregated
-   ``token_mean`` (DAPO), ``seq_mean`` (GRPO) or ``constant`` (Dr. GRPO) over the minibatch.
+   ``token_mean`` (DAPO), ``seq_mean`` (GRPO) or ``constant`` (Dr. GRPO) over the minibatch
+   (of every rank: ``token_mean`` divides by the token count of all ranks together).
    A non-finite loss skips the update (loudly); ``max_bad_steps`` in a row stops the run.
    Each group's shared prompt runs once per micro-batch (``shared_prefix``, ``grpo/forward.py``),
    and with one update per batch the "old" logprobs are the training forward's own, detached.
@@ -54,10 +55,13 @@ from typing import Any, Callable, Literal
 from thinkgym.config import clear_earlier_run
 from thinkgym.grpo.checks import EARLIER_RUN, check_config, validate_values
 from thinkgym.grpo.engine import (
+    all_mean,
     all_ranks,
     build_engine,
+    enable_gradient_checkpointing,
     full_state_dict,
     latest_checkpoint,
+    load_engines,
     load_rank_state,
     reduce_rows,
     save_checkpoint,
@@ -227,7 +231,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     micro_per_mb = n_seq // cfg.minibatches // cfg.micro_batch_size
     policy = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
     if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(policy)
     policy_eng, opt = build_engine(policy, cfg, cfg.lr, micro_per_mb)
     ref_eng = None
     if cfg.kl_coef > 0:
@@ -235,14 +239,14 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     critic_eng = critic_opt = None
     if cfg.advantage == "gae":
         critic = AutoModelForTokenClassification.from_pretrained(cfg.model, num_labels=1, dtype=dtype)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(critic)
         critic_eng, critic_opt = build_engine(critic, cfg, cfg.vf_lr, micro_per_mb)
     engines = {"policy": policy_eng, "critic": critic_eng}
 
     state: dict[str, Any] = {"step": 0, "cursor": 0, "history": [], "bad_streak": 0, "n_items": 0}
     if ck is not None:
-        for tag, eng in engines.items():
-            if eng is not None:
-                eng.load_checkpoint(str(ck / "ds"), tag=tag)
+        load_engines(ck, engines, cfg)  # check_config refused changes a checkpoint cannot load into
         meta = json.loads((ck / "trainer_state.json").read_text())
         state.update({k: meta[k] for k in ("step", "history", "bad_streak")})
     # vLLM in the learner's process: weight sync hands over tensors, no files (colocated mode).
@@ -324,7 +328,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
 
         # ---- 4. learn: ppo_epochs x minibatches, micro-batch accumulation -------------------
         logs: dict[str, list[float]] = {}
-        bad = False
+        bad = updated = False  # a non-finite loss skips the rest of the step's updates, not the ones before it
         for epoch in range(cfg.ppo_epochs):
             # Whole groups stay together (the shared prefix pays per micro-batch); groups are shuffled
             # by a generator of their own (an async sampler thread draws from torch's global one).
@@ -332,7 +336,9 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             perm = torch.cat([torch.nonzero(gids == g)[:, 0] for g in torch.randperm(len(groups), generator=shuffle).tolist()])
             # fill_batch: false may leave fewer rows than minibatches; every rank has the same count.
             for mb in perm.tensor_split(min(cfg.minibatches, len(perm))):
-                norm = {"num_tokens": float(mask[mb].sum()), "num_seqs": float(len(mb))}
+                # DeepSpeed averages gradients over ranks: dividing by the mean token count over ranks
+                # makes token_mean the mean over every rank's tokens (DAPO), not a mean of rank means.
+                norm = {"num_tokens": all_mean([float(mask[mb].sum())]), "num_seqs": float(len(mb))}
                 sums: dict[str, float] = {}  # over the minibatch: losses add up, token metrics are token-weighted
                 logs.setdefault("lr", []).append(float(policy_eng.get_lr()[0]))  # the lr this optimiser step uses
                 micro = by_group_length(mb, gids, row_len).split(cfg.micro_batch_size)
@@ -361,8 +367,9 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                         loss = loss * float("nan")
                     bad = bad or not all_ranks(bool(torch.isfinite(loss)))
                     policy_eng.backward(loss, scale_wrt_gas=False)  # we normalise over the minibatch
-                    opt.skip_next = bad  # a non-finite loss anywhere in this step skips its updates
+                    opt.skip_next = bad  # a non-finite loss skips this update and the step's later ones
                     policy_eng.step()
+                    updated = updated or (k == len(micro) - 1 and not bad)
                     gnorm = policy_eng.get_global_grad_norm() if k == len(micro) - 1 else None  # set at the boundary
                     if gnorm is not None:
                         logs.setdefault("grad_norm", []).append(float(gnorm))
@@ -386,7 +393,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         t2 = time.perf_counter()
         if ahead is not None:
             ahead.exception()  # the engine must be idle before its weights change
-        if not bad:
+        if updated:  # also when a later minibatch was skipped: the sampler must serve the weights that changed
             sampler.update_weights(full_state_dict(policy_eng, cfg))
         t_sync = time.perf_counter() - t2
 
