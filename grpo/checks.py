@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from thinkgym.config import ConfigError, check_finite, check_fresh_run, check_output_dir
+from thinkgym.hub import ModelNotFound, check_model
 from thinkgym.grpo.rollouts import sampling_config, task_size
 from thinkgym.sampler.checks import check_sampler
 
@@ -91,8 +92,10 @@ def check_config(cfg: GRPOConfig, resume: bool = False) -> int:
         raise
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if not (Path(cfg.model) / "config.json").is_file():
-        raise ConfigError(f"model: {cfg.model!r} is not an HF model directory (no config.json)")
+    try:
+        check_model(cfg.model)  # a directory, or a hub id that train() fetches
+    except ModelNotFound as e:
+        raise ConfigError(f"model: {e}") from None
     check_output_dir(cfg.output_dir)
     if not (resume and (Path(cfg.output_dir) / "checkpoints" / "latest").is_file()):  # a fresh run
         check_fresh_run(cfg.output_dir, EARLIER_RUN, cfg.overwrite)

@@ -48,11 +48,12 @@ import random
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from thinkgym.config import clear_earlier_run
+from thinkgym.hub import resolve_model
 from thinkgym.grpo.checks import EARLIER_RUN, check_config, validate_values
 from thinkgym.grpo.engine import (
     all_mean,
@@ -206,6 +207,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     (extensions and tests: e.g. check that the sampler now serves the learner's weights).
     """
     n_items = check_config(cfg, resume)  # before anything heavy
+    # A hub id becomes its HF-cache snapshot: the learner, vLLM and the weight sync read files.
+    cfg = replace(cfg, model=resolve_model(cfg.model))
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer

@@ -489,13 +489,12 @@ def check_config(cfg: SFTConfig) -> None:
 def _check_model(model: str) -> None:
     """A local HF model directory or a hub id ('tiny': built here). A hub id is left to
     transformers to fetch, unless offline mode rules out a download and the cache lacks it."""
-    from thinkgym.hub import ModelNotFound, hf_offline, local_model_dir, resolve_model
+    from thinkgym.hub import ModelNotFound, check_model
 
     if model in ("", "tiny"):
         return
     try:
-        if local_model_dir(model) is None and hf_offline():
-            resolve_model(model)
+        check_model(model)
     except ModelNotFound as e:
         raise ConfigError(f"model: {e}") from None
 

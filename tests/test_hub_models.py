@@ -93,3 +93,47 @@ print(len(out[0][0].token_ids), s.tokenizer.name_or_path)
     assert p.returncode == 0, p.stderr[-2000:]
     n, path = p.stdout.split()
     assert 1 <= int(n) <= 4 and "models--acme--tiny-reasoner/snapshots" in path
+
+
+def test_grpo_and_sft_config_checks_take_a_hub_id(hub_cache, tmp_path):
+    """Both learners' config checks accept a cached hub id offline and refuse one not cached,
+    with one line naming the key, before any model loads."""
+    _, env = hub_cache
+    code = """
+from thinkgym.config import ConfigError, load_config
+from thinkgym.grpo.train import GRPOConfig, check_config
+from thinkgym.sft_coldstart.train import SFTConfig, check_config as sft_check
+check_config(load_config(GRPOConfig, None, {"model": "acme/tiny-reasoner", "output_dir": "g"}))
+sft_check(load_config(SFTConfig, None, {"model": "acme/tiny-reasoner", "output_dir": "s", "tasks": ["arithmetic"]}))
+for check, cls in ((check_config, GRPOConfig), (sft_check, SFTConfig)):
+    try:
+        check(load_config(cls, None, {"model": "acme/missing", "output_dir": "x", **({"tasks": ["arithmetic"]} if cls is SFTConfig else {})}))
+    except ConfigError as e:
+        print("ERR", e)
+"""
+    p = _py(code, env, tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    errs = p.stdout.splitlines()
+    assert len(errs) == 2 and all(e.startswith("ERR model: 'acme/missing' is not a local directory") for e in errs)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_grpo_trains_from_a_hub_id(hub_cache, tmp_path):
+    """`thinkgym train --model ORG/NAME`: the learner, its vLLM sampler and the weight sync run on
+    the cached snapshot."""
+    import yaml
+
+    _, env = hub_cache
+    cfg = tmp_path / "grpo.yaml"
+    cfg.write_text(yaml.safe_dump(dict(
+        model=REPO, output_dir=str(tmp_path / "run"), envs=["thinkgym/Arithmetic-v0"], max_steps=1,
+        env_kwargs={"task_params": {"n_operands": 2, "max_value": 9}}, prompts_per_step=2, group_size=4,
+        max_tokens=8, micro_batch_size=4, minibatches=1, sampler_kwargs={"max_model_len": 256},
+        dynamic_sampling=False, overlong_buffer=4, progress=False, tensorboard=False, save_every=1)))
+    p = subprocess.run([sys.executable, "-m", "thinkgym.cli", "train", "--config", str(cfg)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "step" in r][-1] == 1
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()

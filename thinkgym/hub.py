@@ -50,6 +50,15 @@ def local_model_dir(model: str) -> Path | None:
     return None
 
 
+def check_model(model: str) -> None:
+    """Raise :class:`ModelNotFound` unless ``model`` is a local HF model directory or a hub id,
+    without downloading anything: a config check. In offline mode a hub id must be in the cache."""
+    if not isinstance(model, str) or not model:
+        raise ModelNotFound(f"model must be a directory or a hub id, got {model!r}")
+    if local_model_dir(model) is None and hf_offline():
+        resolve_model(model)
+
+
 def resolve_model(model: str, revision: str | None = None) -> str:
     """A local directory holding ``model``: the directory itself, or the HF-cache snapshot of hub
     repo ``model`` (downloaded first unless offline mode is on). Raises :class:`ModelNotFound`
