@@ -30,8 +30,10 @@ def validate_values(cfg: GRPOConfig) -> None:
     for k in ("warmup_steps", "eval_every", "eval_prompts"):
         if getattr(cfg, k) < 0:
             raise ValueError(f"{k} must be >= 0, got {getattr(cfg, k)}")
+    if cfg.eval_every and not cfg.eval_prompts:  # otherwise no eval would ever run, without a word
+        raise ValueError(f"eval_every={cfg.eval_every} needs eval_prompts > 0 (held-out prompts per eval)")
     if not cfg.model:
-        raise ValueError("model is required (an HF model directory)")
+        raise ValueError("model is required (an HF model directory or a hub id)")
     if not cfg.output_dir:
         raise ValueError("output_dir must be a non-empty path")
     if not 0 <= cfg.seed < 2**31:  # numpy's seed must be in [0, 2**32) after adding the rank

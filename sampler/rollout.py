@@ -384,6 +384,10 @@ def collect_rollouts(
                 generate_s += time.perf_counter() - t0
                 for lv, group in zip(batch, outs):
                     c = group[0]
+                    if cfg.logprobs and c.num_sampled and c.logprobs is None:
+                        # Zeros in their place would make every importance weight exp(learner logprob).
+                        raise RuntimeError(f"the {getattr(sampler, 'backend', type(sampler).__name__)} sampler returned "
+                                           "no logprobs although the sampling config asks for them")
                     _append_completion(lv.ep, c)
                     lv.last = c
                     pending[pool.submit(step, lv, c.text)] = lv

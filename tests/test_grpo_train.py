@@ -62,6 +62,7 @@ def write_cfg(tmp_path: Path, **kw) -> Path:
         # ranges of the remaining fields
         ({"model": "m", "warmup_steps": -1}, "warmup_steps must be >= 0"),
         ({"model": "m", "eval_every": -1}, "eval_every must be >= 0"),
+        ({"model": "m", "eval_every": 5}, "eval_every=5 needs eval_prompts > 0"),
         ({"model": "m", "eval_prompts": -1}, "eval_prompts must be >= 0"),
         ({"model": "m", "max_grad_norm": -1.0}, "max_grad_norm must be >= 0"),
         ({"model": "m", "weight_decay": -0.1}, "weight_decay must be >= 0"),

@@ -221,3 +221,27 @@ def test_each_distinct_prompt_is_templated_once(sampler, monkeypatch):
             assert prompt == b.episodes[4].input_ids[:b.episodes[4].prompt_len]
     assert seen == {0, 1}
     assert len(calls) == len(set(calls)) == 3  # two variants of item 0, one prompt for item 1
+
+
+def test_a_sampler_that_drops_logprobs_asked_for_is_an_error(sampler):
+    """A backend outside the project (a plugin sampler, a server) that ignores ``logprobs``:
+    stood in for by the real vLLM sampler with its logprobs removed. Zeros in their place made
+    every truncated-IS weight exp(learner logprob) without a word."""
+    from dataclasses import replace
+
+    class DropsLogprobs:
+        backend = "no-logprobs"
+        tokenizer = sampler.tokenizer
+
+        def generate(self, prompts, cfg, seeds=None):
+            outs = sampler.generate(prompts, cfg, seeds=seeds)
+            return [[replace(c, logprobs=None) for c in g] for g in outs]
+
+    cfg = SamplingConfig(max_tokens=8, seed=0, logprobs=True)
+    b = collect_rollouts("thinkgym/Arithmetic-v0", sampler, indices=[0], group_size=2, cfg=cfg, max_turns=1)
+    assert all(any(lp != 0.0 for lp in e.old_logprobs) for e in b)  # the real sampler's are there
+    with pytest.raises(RuntimeError, match="no-logprobs sampler returned no logprobs"):
+        collect_rollouts("thinkgym/Arithmetic-v0", DropsLogprobs(), indices=[0], group_size=2, cfg=cfg, max_turns=1)
+    # Not asked for: none expected, none required.
+    collect_rollouts("thinkgym/Arithmetic-v0", DropsLogprobs(), indices=[0], group_size=2,
+                     cfg=replace(cfg, logprobs=False), max_turns=1)
