@@ -45,20 +45,8 @@ def test_rerun_drops_the_earlier_runs_results_before_a_stage_can_fail(tmp_path, 
 
 def test_sigterm_kills_the_running_stage(tmp_path):
     """The stage's subprocess dies with the demo instead of training on, orphaned."""
-    script = f"""
-import sys, typer
-import thinkgym.demo as demo
-from pathlib import Path
-def fake(cfg, run):
-    demo._run([sys.executable, "-c", "import os, time; open({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid())); time.sleep(60)"],
-              run / "x.log", "sft")
-demo.build_data = fake
-app = typer.Typer()
-@app.callback()
-def _root(): pass
-demo.register(app)
-app(["demo", "--quick", "-o", {str(tmp_path / 'run')!r}])
-"""
+    stage = [sys.executable, "-c", f"import os, time; open({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid())); time.sleep(60)"]
+    script = _cli_script(tmp_path, repr(stage))
     p = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     pid_file = tmp_path / "pid"
     for _ in range(600):
@@ -114,14 +102,15 @@ def _stage_cmd(tmp_path, mode: str) -> str:
     return repr([sys.executable, "-c", _STAGE.format(worker=_WORKER), str(tmp_path), mode])
 
 
-def _cli_script(tmp_path, mode: str) -> str:
-    """The demo CLI with a 1 s stop grace, whose first stage is :data:`_STAGE`."""
+def _cli_script(tmp_path, stage_cmd: str) -> str:
+    """The demo CLI with a 1 s stop grace, whose first stage runs ``stage_cmd`` (Python source of
+    a command list, e.g. :func:`_stage_cmd`)."""
     return f"""
 import sys, typer
 import thinkgym.demo as demo
 demo.STOP_GRACE_S = 1.0
 def fake(cfg, run):
-    demo._run({_stage_cmd(tmp_path, mode)}, run / "x.log", "sft")
+    demo._run({stage_cmd}, run / "x.log", "sft")
 demo.build_data = fake
 app = typer.Typer()
 @app.callback()
@@ -175,7 +164,7 @@ def _reap(*pids: int) -> None:
 
 def test_sigterm_kills_the_stages_workers(tmp_path):
     """SIGTERM to the demo alone: the stage's worker dies with the stage instead of running on, orphaned."""
-    p, stage, worker = _started(tmp_path, _cli_script(tmp_path, "plain"))
+    p, stage, worker = _started(tmp_path, _cli_script(tmp_path, _stage_cmd(tmp_path, "plain")))
     try:
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=30)
@@ -186,7 +175,7 @@ def test_sigterm_kills_the_stages_workers(tmp_path):
 
 
 def test_sigterm_kills_a_worker_that_left_the_stages_process_group(tmp_path):
-    p, stage, worker = _started(tmp_path, _cli_script(tmp_path, "setsid"))
+    p, stage, worker = _started(tmp_path, _cli_script(tmp_path, _stage_cmd(tmp_path, "setsid")))
     try:
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=30)
@@ -199,7 +188,7 @@ def test_sigterm_kills_a_worker_that_left_the_stages_process_group(tmp_path):
 def test_ctrl_c_is_forwarded_to_the_stage_and_kills_a_deaf_worker(tmp_path):
     """A terminal's Ctrl-C signals the demo's process group, which the stage has left: the demo
     forwards the SIGINT to the stage's group, then SIGKILLs a worker that ignores it."""
-    p, stage, worker = _started(tmp_path, _cli_script(tmp_path, "deaf"))
+    p, stage, worker = _started(tmp_path, _cli_script(tmp_path, _stage_cmd(tmp_path, "deaf")))
     try:
         stage_pid, stage_group = map(int, (tmp_path / "stage").read_text().split())
         assert stage_group == stage_pid != p.pid  # the Ctrl-C below reaches the stage only through the demo

@@ -11,6 +11,8 @@ import random
 from pathlib import Path
 
 import pytest
+from test_sft_train import _cfg as _train_cfg
+from test_sft_train import _chat_rows
 
 from thinkgym.sft_coldstart.data import (
     DataError,
@@ -214,31 +216,16 @@ def test_attention_that_cannot_train_is_refused_by_the_config():
 # ----------------------------------------------------------------------------- training runs
 
 
-def _rows(n, seed=0):
-    r = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b = r.randint(0, 20), r.randint(0, 20)
-        out.append({"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
-                                 {"role": "assistant", "content": f"<think>{a} + {b} = {a + b}</think>\n<answer>{a + b}</answer>"}]})
-    return out
-
-
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     p = tmp_path_factory.mktemp("sft-audit-data") / "add.jsonl"
-    p.write_text("".join(json.dumps(x) + "\n" for x in _rows(30)))
+    p.write_text("".join(json.dumps(x) + "\n" for x in _chat_rows(30)))
     return p
 
 
 def _cfg(model, data, out, **kw):
-    from thinkgym.sft_coldstart.train import SFTConfig
-
-    base = dict(model=str(model), output_dir=str(out), datasets=[str(data)], eval_fraction=0, max_length=64,
-                pack_length=256, micro_batch_size=1, gradient_accumulation_steps=1, max_steps=4, learning_rate=3e-3,
-                warmup_steps=1, eval_every=0, save_best=False, progress=False, tensorboard=False, plot=False)
-    base.update(kw)
-    return SFTConfig(**base)
+    return _train_cfg(model, data, out, **{"eval_fraction": 0, "gradient_accumulation_steps": 1, "max_steps": 4,
+                                           "eval_every": 0, "save_best": False, **kw})
 
 
 def test_one_epoch_trains_every_example_and_saves_an_inference_config(tiny_model_dir, small_data, tmp_path):
