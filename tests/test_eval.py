@@ -217,4 +217,4 @@ def test_eval_cli_refuses_contaminated_train_task(tiny_model_dir, tmp_path):
     assert not (tmp_path / "e" / "summary.json").exists()
     bad = subprocess.run([sys.executable, "-m", "thinkgym.cli", "eval", "--model", str(tmp_path / "nope"),
                           "--env", "thinkgym/Arithmetic-v0"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "config.json" in bad.stderr
+    assert bad.returncode == 2 and "is not an HF model directory" in bad.stderr
