@@ -16,14 +16,16 @@ Thinking budget, in two phases:
 
 Phase 2 runs as one batched call over every completion that needs it. A completion that ran
 into the context window (``max_model_len``) first is a plain ``length`` finish: it is neither
-budget-exhausted nor continued.
+budget-exhausted nor continued. A backend matches stop strings in the text it generates, so
+phase 2 alone cannot see one that began in phase 1; :meth:`BaseSampler._stop_across` finds it
+and cuts the completion there, as one uninterrupted request would have stopped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from thinkgym.sampler.types import (
     THINK_CLOSE,
@@ -148,10 +150,15 @@ class BaseSampler:
                 more = self._sample([r for _, r in cont], cfg)
                 for (k, _), r in zip(cont, more):
                     st = state[k]
+                    start = len(st["ids"])
                     st["ids"] += r.token_ids
                     st["lps"] += r.logprobs
                     st["mask"] += [True] * len(r.token_ids)
                     st["finish"] = r.finish_reason
+                    cut = self._stop_across(st["ids"], start, cfg.stop) if cfg.stop else None
+                    if cut is not None:
+                        del st["ids"][cut:], st["lps"][cut:], st["mask"][cut:]
+                        st["finish"] = "stop"
 
         out: list[list[Completion]] = [[] for _ in prompts]
         for (i, _j), st in zip(keys, state):
@@ -180,6 +187,27 @@ class BaseSampler:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def _stop_across(self, ids: list[int], start: int, stops: list[str]) -> int | None:
+        """Where a stop string that begins before token ``start`` (phase 1 or the forced close)
+        and ends after it is complete: the length of ``ids`` up to that token, or None.
+
+        The phase-2 request sees ``ids[:start]`` as prompt, and engines match stop strings only in
+        the text they generate, so such a stop would pass unnoticed and the completion would run
+        on to its token limit. Stops wholly after ``start`` were matched by the backend already.
+        """
+        longest = max(len(s) for s in stops)
+        # Every token is at least one byte and a character at most four: 4 * longest tokens hold
+        # the last ``longest`` characters before ``start`` (a stop's head lies among them).
+        lo = max(0, start - 4 * longest)
+        head = len(self.decode(ids[lo:start]))
+        for end in range(start + 1, len(ids) + 1):
+            text = self.decode(ids[lo:end])
+            if any(s in text[max(0, head - len(s) + 1):] for s in stops):
+                return end
+            if len(text) - head >= longest:  # any stop begun before start would have ended by now
+                return None
+        return None
 
     # -- thinking-block helpers -----------------------------------------------------------
 
@@ -211,10 +239,96 @@ class BaseSampler:
         return sum(mask[: max(end, 0)])
 
 
+class WeightsMismatch(KeyError, ValueError):
+    """New weights that do not fit the sampler's model (names or shapes), refused before any of
+    them is loaded. A KeyError and a ValueError, so either ``except`` catches it."""
+
+    def __str__(self) -> str:  # KeyError's own str() would print the message as a repr
+        return str(self.args[0]) if self.args else ""
+
+
+def check_weights(weights: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
+                  optional: Iterable[str] = ()) -> None:
+    """Refuse ``weights`` (tensors, or shape tuples) unless it has every name of ``expected``
+    (``optional`` ones may be left out), no other name, and the same shapes.
+
+    A partial load would leave the sampler with a mix of old and new weights, and vLLM's in-place
+    reload, handed an unknown name or a wrong shape, stops half-way with its layers on the meta
+    device: every later ``generate`` then fails or hangs.
+    """
+    bad_type = next((k for k, v in weights.items() if not isinstance(v, tuple) and not hasattr(v, "shape")), None)
+    if bad_type is not None:
+        raise TypeError(f"state dict entry {bad_type!r} is a {type(weights[bad_type]).__name__}, not a tensor")
+
+    def shape(v: Any) -> tuple[int, ...]:
+        return tuple(v) if isinstance(v, tuple) else tuple(v.shape)
+
+    names, want = set(weights), set(expected)
+    missing = sorted(want - names - set(optional))
+    unexpected = sorted(names - want)
+    shapes = [f"{k} {shape(weights[k])} (model: {shape(expected[k])})"
+              for k in sorted(names & want) if shape(weights[k]) != shape(expected[k])]
+    problems = [f"{what} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
+    if problems:
+        raise WeightsMismatch("weights do not match the model, none were loaded: " + "; ".join(problems))
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files of an HF checkpoint dir: those its ``model.safetensors.index.json``
+    names, else every ``*.safetensors`` file. The index matters where a repo ships one model twice
+    (e.g. ``consolidated.safetensors`` beside the HF shards, in other names)."""
+    if not path.is_dir():
+        return []
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        names = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        return [path / n for n in names if (path / n).is_file()]
+    return sorted(path.glob("*.safetensors"))
+
+
+def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """Names and shapes of the tensors in an HF checkpoint dir's safetensors files (read from
+    their headers, no tensor is loaded); None if it has none."""
+    files = _weight_files(Path(path))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    out: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                out[k] = tuple(h.get_slice(k).get_shape())
+    return out
+
+
+# Checkpoint tensors vLLM's loaders drop by name (old rotary-embedding caches): neither required
+# in nor refused from new weights.
+_VLLM_DROPS = ("rotary_emb.inv_freq", "rotary_pos_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+
+
+def check_checkpoint_weights(weights: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], tied: bool) -> None:
+    """:func:`check_weights` against the tensors of the checkpoint a vLLM engine was started from
+    (:func:`checkpoint_shapes`). A tied model's checkpoint may leave ``lm_head.weight`` out; new
+    weights may carry it or not."""
+    def kept(d: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if not any(x in k for x in _VLLM_DROPS)}
+
+    expected = kept(shapes)
+    optional = set()
+    if tied and "model.embed_tokens.weight" in expected:
+        expected.setdefault("lm_head.weight", expected["model.embed_tokens.weight"])
+        optional.add("lm_head.weight")
+    check_weights(kept(weights), expected, optional)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read every ``*.safetensors`` file of an HF checkpoint dir into one state dict."""
+    """Read the safetensors files of an HF checkpoint dir into one state dict."""
     path = Path(path)
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    files = _weight_files(path)
     if not files:
         raise FileNotFoundError(f"{path}: no HF checkpoint (*.safetensors) found")
     from safetensors.torch import load_file

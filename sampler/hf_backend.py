@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from thinkgym.sampler.base import BaseSampler, RawSample, SampleRequest, load_checkpoint
+from thinkgym.sampler.base import BaseSampler, RawSample, SampleRequest, check_weights, load_checkpoint
 from thinkgym.sampler.types import SamplingConfig
 
 
@@ -142,18 +142,21 @@ class HFSampler(BaseSampler):
         return [RawSample(t, lp, f or "length") for t, lp, f in zip(toks, lps, finish)]
 
     def update_weights(self, weights: Mapping[str, Any] | str | Path) -> None:
-        """Load a state dict (HF names) or an HF checkpoint dir into the model."""
+        """Load a state dict (HF names) or an HF checkpoint dir into the model.
+
+        Weights that do not fit the model (a missing or unknown name, a wrong shape) are refused
+        before any is loaded (:class:`~thinkgym.sampler.base.WeightsMismatch`, a KeyError):
+        ``load_state_dict`` copies every tensor that fits before it reports the rest, which left
+        a refused update half applied."""
         if isinstance(weights, (str, Path)):
             sd = load_checkpoint(weights)
         elif isinstance(weights, Mapping):
             sd = dict(weights)
         else:
             raise TypeError(f"update_weights takes a state dict or a checkpoint dir, got {type(weights).__name__}")
-        missing, unexpected = self.model.load_state_dict(sd, strict=False)
         tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
-        if set(missing) - tied or unexpected:
-            raise KeyError(f"weights do not match the model: missing {sorted(set(missing) - tied)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
+        check_weights(sd, {k: tuple(v.shape) for k, v in self.model.state_dict().items()}, tied)
+        self.model.load_state_dict(sd, strict=False)
 
     def close(self) -> None:
         self.model = None

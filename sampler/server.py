@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from thinkgym import deadline_http
-from thinkgym.sampler.base import BaseSampler, RawSample, SampleRequest, load_checkpoint
+from thinkgym.sampler.base import (
+    BaseSampler,
+    RawSample,
+    SampleRequest,
+    check_checkpoint_weights,
+    checkpoint_shapes,
+    load_checkpoint,
+)
 from thinkgym.sampler.types import SamplingConfig
 
 log = logging.getLogger("thinkgym.sampler")
@@ -101,6 +108,9 @@ class VLLMServerSampler(BaseSampler):
             raise ServerError(f"GET /v1/models: max_model_len must be an integer >= 2, got {mml!r}")
         self.max_model_len: int | None = mml
         self._tied = _is_tied(Path(self.tokenizer_path))
+        # What update_weights must send: the served checkpoint's names and shapes (None: no
+        # safetensors files there, not checked).
+        self._shapes = checkpoint_shapes(self.tokenizer_path)
         self._model_vocab = _config(Path(self.tokenizer_path)).get("vocab_size")
         self._own_sync_dir = sync_dir is None
         self.sync_dir = Path(sync_dir or tempfile.mkdtemp(prefix="thinkgym-sync-"))
@@ -201,7 +211,12 @@ class VLLMServerSampler(BaseSampler):
     # -- weights -----------------------------------------------------------------------------
 
     def update_weights(self, weights: Mapping[str, Any] | str | Path) -> None:
-        """Reload the server's weights from a state dict or an HF checkpoint dir."""
+        """Reload the server's weights from a state dict or an HF checkpoint dir.
+
+        Weights whose names or shapes differ from the served checkpoint are refused before the
+        server sees them (:class:`~thinkgym.sampler.base.WeightsMismatch`): its in-place reload
+        would load a partial set silently, and stops half-way on an unknown name or a wrong
+        shape, which leaves the server unable to generate."""
         if isinstance(weights, (str, Path)):
             path = Path(weights)
             if not path.is_dir() or not any(path.glob("*.safetensors")):
@@ -209,10 +224,14 @@ class VLLMServerSampler(BaseSampler):
             if self._tied:
                 weights = load_checkpoint(path)  # re-written below with an explicit lm_head
             else:
+                if self._shapes is not None:
+                    check_checkpoint_weights(checkpoint_shapes(path) or {}, self._shapes, False)
                 self._reload(path)
                 return
         if not isinstance(weights, Mapping):
             raise TypeError(f"update_weights takes a state dict or a checkpoint dir, got {type(weights).__name__}")
+        if self._shapes is not None:
+            check_checkpoint_weights(weights, self._shapes, self._tied)
         from safetensors.torch import save_file
 
         sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}

@@ -3,11 +3,13 @@
 Light module: no torch or vLLM at import time, so the learner and the CLI can import it freely.
 
 Logprob convention (all backends): ``Completion.logprobs[t]`` is the sampler's log-probability
-of the sampled token under the *processed* distribution, ``log_softmax(logits / temperature)``
-(before top-p / top-k truncation in the HF backend; vLLM uses ``logprobs_mode=
-"processed_logprobs"``, which renormalizes over the nucleus, so with ``top_p < 1`` the two differ
-on purpose-truncated tails). With ``temperature=1, top_p=1`` both equal the model's plain
-``log_softmax(logits)``, which is what a teacher-forced learner forward computes.
+of the sampled token under the distribution it was sampled from: ``log_softmax`` of
+``logits / temperature`` after top-k / top-p filtering, renormalized over the tokens kept (vLLM's
+``logprobs_mode="processed_logprobs"``; the HF backend computes the same). Greedy sampling
+(``temperature=0``) reports the plain ``log_softmax(logits)``. Without top-k / top-p these equal
+a teacher-forced ``log_softmax(logits / temperature)``; with them a kept token's logprob is
+higher by ``-log`` of the kept mass, as the importance ratio of a sample from the filtered
+distribution needs.
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ class SamplingConfig:
             self.stop = [self.stop]
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+        # Numpy numbers pass the checks above, but vLLM's SamplingParams refuses a numpy n or
+        # top_k and JSON (the vLLM-server client) any numpy integer: plain Python numbers from here.
+        for k in ("n", "max_tokens", "top_k", "answer_budget", "seed", "think_budget"):
+            if getattr(self, k) is not None:
+                setattr(self, k, int(getattr(self, k)))
+        self.temperature, self.top_p = float(self.temperature), float(self.top_p)
 
     @property
     def greedy(self) -> bool:

@@ -16,7 +16,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from thinkgym.sampler.base import BaseSampler, RawSample, SampleRequest, load_checkpoint
+from thinkgym.sampler.base import (
+    BaseSampler,
+    RawSample,
+    SampleRequest,
+    check_checkpoint_weights,
+    checkpoint_shapes,
+    load_checkpoint,
+)
 from thinkgym.sampler.types import SamplingConfig
 
 log = logging.getLogger("thinkgym.sampler")
@@ -100,8 +107,19 @@ class VLLMSampler(BaseSampler):
             **engine_kwargs,
         )
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        self._model_vocab = int(self.llm.llm_engine.model_config.get_vocab_size())
         self._tied = bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))
+        # What update_weights must be handed: the started checkpoint's names and shapes (None for a
+        # checkpoint without safetensors files: not checked).
+        self._shapes = checkpoint_shapes(model_path)
         self._closed = False
+
+    @property
+    def vocab_size(self) -> int:
+        # The model's embedding may be padded past the tokenizer (Qwen2.5: 151936 rows for 151665
+        # tokens). The engine samples those ids and takes them in prompts (a multi-turn prompt
+        # holds earlier completions), as the HF and vLLM-server samplers do.
+        return max(len(self.tokenizer), self._model_vocab)
 
     # -- generation -----------------------------------------------------------------------
 
@@ -148,11 +166,18 @@ class VLLMSampler(BaseSampler):
 
     def update_weights(self, weights: Mapping[str, Any] | str | Path) -> None:
         """Load new weights (HF parameter names, or an HF checkpoint dir) in place, then
-        reset the prefix cache."""
+        reset the prefix cache.
+
+        Weights whose names or shapes differ from the model's checkpoint are refused
+        (:class:`~thinkgym.sampler.base.WeightsMismatch`) before the engine sees any of them:
+        vLLM's reload would load a partial set silently, and stops half-way on an unknown name or
+        a wrong shape, which leaves the engine unable to generate."""
         if isinstance(weights, (str, Path)):
             weights = load_checkpoint(weights)
         if not isinstance(weights, Mapping):
             raise TypeError(f"update_weights takes a state dict or a checkpoint dir, got {type(weights).__name__}")
+        if self._shapes is not None:
+            check_checkpoint_weights(weights, self._shapes, self._tied)
         items = _cpu_items(weights)
         if self._tied:
             # vLLM's in-place reload does not keep a tied lm_head in step with the embedding
