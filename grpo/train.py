@@ -136,7 +136,7 @@ class GRPOConfig:
     gradient_checkpointing: bool = False  #: recompute activations to save memory
     shared_prefix: bool = True  #: run each group's shared prompt once per micro-batch (same logprobs, fewer tokens; off with gradient_checkpointing)
     # -- bookkeeping
-    save_every: int = 50  #: checkpoint every N steps (and on SIGTERM and at the end)
+    save_every: int = 50  #: checkpoint every N steps (and on SIGTERM / Ctrl-C and at the end)
     overwrite: bool = False  #: a fresh run replaces an earlier run's checkpoints in output_dir (else an error)
     keep_checkpoints: int = 2  #: how many checkpoints to keep
     eval_every: int = 0  #: held-out eval every N steps (0 = only at the end if eval_prompts > 0)
@@ -266,8 +266,13 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         random.seed(cfg.seed + rank)
         np.random.seed(cfg.seed + rank)
 
-    stop = {"sigterm": False}  # SIGTERM: finish the step, checkpoint, exit cleanly
-    prev_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+    def on_signal(signum: int, _: Any) -> None:  # SIGTERM or a first Ctrl-C: finish the step, checkpoint, exit
+        stop["signal"] = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        if rank == 0:
+            print(f"\n[thinkgym] {stop['signal']}: stopping after this step, with a checkpoint (Ctrl-C again: at once)", flush=True)
+    stop: dict[str, str] = {}
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) != signal.SIG_IGN}
     monitor = Monitor(cfg, out, state["history"], state["step"]) if rank == 0 else None
     last_ck, stopped, grader_streak = ck, "max_steps", 0
     agg_kw = {"mode": cfg.aggregation, "constant": cfg.max_tokens}
@@ -444,14 +449,15 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
         if grader_streak >= cfg.max_bad_steps:
             stopped = f"the grader failed on every sample for {cfg.max_bad_steps} steps in a row"
             break
-        sigterm = not all_ranks(not stop["sigterm"])
-        if state["bad_streak"] == 0 and (step % cfg.save_every == 0 or step == cfg.max_steps or sigterm):
+        signalled = not all_ranks(not stop)
+        if state["bad_streak"] == 0 and (step % cfg.save_every == 0 or step == cfg.max_steps or signalled):
             last_ck = save_checkpoint(out, step, engines, tok, cfg, state, rank)
-        if sigterm:
-            stopped = "SIGTERM"
+        if signalled:
+            stopped = stop.get("signal", "SIGTERM")  # SIGTERM, SIGINT, or another rank's signal
             break
 
-    signal.signal(signal.SIGTERM, prev_handler)
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
     if pool is not None:
         pool.shutdown(wait=True)
     hashes = weight_hashes(policy_eng, cfg)  # data parallelism must leave every rank's copy identical

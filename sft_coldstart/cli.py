@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -27,28 +28,55 @@ def sft(
     Writes OUTPUT_DIR/final (HF model that vLLM and transformers load), OUTPUT_DIR/best (by best_metric:
     lowest eval loss or highest dev accuracy), resumable checkpoints, TensorBoard logs, metrics.jsonl and loss.png.
     """
-    from thinkgym.config import ConfigError, load_config, parse_sets
+    from thinkgym.config import ConfigError, Overrides, blame, load_config, parse_sets
     from thinkgym.sft_coldstart.data import DataError
     from thinkgym.sft_coldstart.train import SFTConfig, check_config, train
 
-    overrides: dict = {"max_steps": max_steps, "output_dir": str(output_dir) if output_dir else None, "model": model}
-    if resume:
-        overrides["resume"] = True
+    overrides = Overrides()
+    overrides.put("max_steps", max_steps, "--max-steps")
+    overrides.put("output_dir", str(output_dir) if output_dir else None, "--output-dir")
+    overrides.put("model", model, "--model")
+    overrides.put("resume", True if resume else None, "--resume")
     try:
         overrides.update(parse_sets(set_))
-        cfg = load_config(SFTConfig, config, overrides)
+        cfg = load_config(SFTConfig, config, overrides, OTHER_COMMANDS)
         try:
             check_config(cfg)
-        except ConfigError as e:  # name the file, as load_config does
-            raise ConfigError(f"{config}: {e}") from None
-        if cfg.resume and not (Path(cfg.output_dir) / "checkpoints" / "latest").exists():
-            typer.echo(f"--resume: no checkpoint in {cfg.output_dir}/checkpoints, starting a fresh run", err=True)
+        except ConfigError as e:  # name the file or option, as load_config does
+            raise ConfigError(blame(str(e), config, overrides.origins)) from None
+    except (ConfigError, DataError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if cfg.resume and not (Path(cfg.output_dir) / "checkpoints" / "latest").exists():
+        typer.echo(f"--resume: no checkpoint in {cfg.output_dir}/checkpoints, starting a fresh run", err=True)
+    try:
         res = train(cfg)
     except (ConfigError, DataError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C stops the run at once; checkpoints/latest names a complete checkpoint
+        typer.echo(_interrupted(Path(cfg.output_dir)), err=True)
+        raise typer.Exit(130) from None
     keys = ("final", "best", "steps", "best_eval_loss", "best_eval_accuracy", "tokens_per_s", "seconds")
     typer.echo(json.dumps({k: res[k] for k in keys}, indent=1))
+
+
+# A config file of these commands given to `thinkgym sft` is named as such (load_config).
+OTHER_COMMANDS = {"thinkgym train": "thinkgym.grpo.train:GRPOConfig",
+                  "thinkgym eval": "thinkgym.sampler.eval:EvalConfig"}
+
+
+def _interrupted(out: Path) -> str:
+    """Where an interrupted run stopped (the step after the last one logged) and what --resume continues from."""
+    step = 0
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+        step = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    latest = out / "checkpoints" / "latest"
+    tag = latest.read_text().strip() if latest.is_file() else ""
+    if not tag:
+        return f"interrupted at step {step + 1}; no checkpoint yet"
+    return (f"interrupted at step {step + 1}; the last checkpoint is step {tag.removeprefix('step-')} in "
+            f"{latest.parent} (rerun with --resume to continue)")
 
 
 def tiny_model(
@@ -69,6 +97,7 @@ def tiny_model(
 
     Nothing is downloaded; the result loads with AutoModelForCausalLM and vLLM like any HF model.
     """
+    from thinkgym.config import ConfigError, check_output_dir
     from thinkgym.sft_coldstart.tiny import TinyConfig, build_tiny_model, task_corpus
 
     cfg = TinyConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
@@ -78,6 +107,11 @@ def tiny_model(
         cfg.validate()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    try:
+        check_output_dir(out, "--out")  # before the tokenizer is trained
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     held = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if (out / n).exists()]
     if held and not overwrite:  # e.g. a trained checkpoint's folder: never replaced silently
         typer.echo(f"error: {out} already holds a model ({', '.join(held)}); pass --overwrite to replace it, "

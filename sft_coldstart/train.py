@@ -408,6 +408,21 @@ def _over_budget(cfg: SFTConfig, elapsed: float, train_s: float, device: Any) ->
     return None
 
 
+def _finished_run(cfg: SFTConfig, out: Path, total: int) -> dict[str, Any] | None:
+    """--resume of a run whose checkpoint is at ``total`` steps and which wrote final/: its
+    result.json (left as it is) with the losses of its metrics.jsonl, else None."""
+    latest = out / "checkpoints" / "latest"
+    if not (cfg.resume and latest.is_file() and (out / "final").is_dir() and (out / "result.json").is_file()):
+        return None
+    step = latest.read_text().strip().removeprefix("step-")
+    if not (step.isdigit() and int(step) >= total):
+        return None
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+        if (out / "metrics.jsonl").is_file() else []
+    return {**json.loads((out / "result.json").read_text()), "train_loss": [r["train/loss"] for r in rows],
+            "eval_loss": [r["eval/loss"] for r in rows if "eval/loss" in r]}
+
+
 def _better(metric: str, new: dict[str, Any], best: dict[str, Any]) -> bool:
     """Does the eval ``new`` beat ``best``? Higher accuracy (ties: lower loss), or lower loss."""
     if metric == "accuracy":
@@ -691,6 +706,13 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     # Rounded to 9 places before the ceiling: in floats 1.1 epochs of 50 micro-batches is 55.00000000000001.
     steps_per_epoch = n_micro / cfg.gradient_accumulation_steps
     total = cfg.max_steps or max(1, math.ceil(round(cfg.epochs * n_micro / cfg.gradient_accumulation_steps, 9)))
+    finished = _finished_run(cfg, out, total)
+    if finished is not None:
+        if main:
+            of = f"max_steps {total}" if cfg.max_steps else f"{total} steps for epochs {cfg.epochs:g}"
+            print(f"[{cfg.stage}] --resume: {out} already finished at step {finished['steps']} ({of}); nothing to do",
+                  file=sys.stderr)
+        return finished
 
     # Model: loaded in float32; DeepSpeed casts to bf16/fp16 and keeps fp32 master weights.
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
@@ -826,6 +848,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)) and v is not None:
                     writer.add_scalar(k, v, rec["step"])
+            writer.flush()  # a run stopped by Ctrl-C keeps its curves
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

@@ -201,7 +201,8 @@ def test_cli_sft_with_example_config(tmp_path):
          "--output-dir", str(tmp_path / "bad-env"), "--set", "eval_env=thinkgym/Nope-v0"],
         capture_output=True, text=True, timeout=200, cwd=ROOT, env=_child_env(),
     )
-    assert bad_env.returncode == 2 and "sft-tiny-cpu.yaml: eval_env 'thinkgym/Nope-v0'" in bad_env.stderr, bad_env.stderr[-2000:]
+    assert bad_env.returncode == 2 and "--set eval_env=thinkgym/Nope-v0: eval_env 'thinkgym/Nope-v0'" in bad_env.stderr, \
+        bad_env.stderr[-2000:]
     assert "Traceback" not in bad_env.stderr
 
 
@@ -626,7 +627,7 @@ def test_all_eval_rows_dropped_is_an_error(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("args, msg", [
     (["--set", "tasks=[arith"], "--set tasks: value '[arith' is not valid YAML"),
     (["--set", "=3"], "--set expects KEY=VALUE"),
-    (["--set", "model=/nonexistent/model"], "sft-tiny-cpu.yaml: model: '/nonexistent/model'"),
+    (["--set", "model=/nonexistent/model"], "--set model=/nonexistent/model: '/nonexistent/model' is not"),
     (["--set", "task_params={arithmetic: {max_valu: 3}}"], "task_params.arithmetic.max_valu"),
     (["--set", "epochs=-1"], "epochs must be > 0"),
 ])

@@ -2,12 +2,15 @@
 
 Every entry point (sft, train, eval, demo) has one flat dataclass whose fields are documented
 with a ``#:`` comment or the class docstring. ``load_config`` rejects unknown keys and values of
-the wrong type with a message that names the file and the key, before anything heavy loads.
+the wrong type with a message that names the file and the key, before anything heavy loads; a
+value given on the command line (:class:`Overrides`) is named by its option instead
+(``--set lr=fast: expected a number, got 'fast'``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +21,39 @@ C = TypeVar("C")
 
 class ConfigError(ValueError):
     """A config file or override is invalid."""
+
+
+class Overrides(dict):
+    """Config overrides (key -> value) that remember where each came from on the command line
+    (``--set lr=3e-4``, ``--max-steps``): an error about one names that option, not the YAML file."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.origins: dict[str, str] = {}
+
+    def put(self, key: str, value: Any, origin: str) -> None:
+        """Set ``key`` from option ``origin``; ``None`` (an option not given) sets nothing."""
+        if value is not None:
+            self[key] = value
+            self.origins[key] = origin
+
+    def update(self, other: Any = (), **kw: Any) -> None:
+        """``dict.update``, taking the origins of ``other`` (an :class:`Overrides`) along."""
+        origins, values = getattr(other, "origins", {}), dict(other, **kw)
+        for k in values:
+            self.origins.pop(k, None)
+        super().update(values)
+        self.origins.update({k: origins[k] for k in values if k in origins})
+
+
+def blame(message: str, source: str | Path, origins: dict[str, str] | None = None) -> str:
+    """``message``, about the config key it starts with (``"lr must be > 0"``, ``"model: ..."``),
+    prefixed with where that key's value came from: the option that set it, else ``source``."""
+    m = re.match(r"(\w+)(: )?", message)
+    origin = (origins or {}).get(m.group(1)) if m else None
+    if origin is None:
+        return f"{source}: {message}"
+    return f"{origin}: {message[m.end():] if m.group(2) else message}"  # "--model: 'x' is not ...", not "--model: model: ..."
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -83,22 +119,32 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
-    """Build ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
+def from_dict(cls: type[C], data: dict[str, Any], source: str = "config", origins: dict[str, str] | None = None,
+              other_commands: dict[str, str] | None = None) -> C:
+    """Build ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`.
+
+    Messages name ``source`` and the key, or the option in ``origins`` (key -> ``"--set k=v"``)
+    that gave the value. ``other_commands`` (``{"thinkgym sft": "module:ConfigClass"}``, imported
+    only when keys are unknown) turns a file meant for another command into one line saying so."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+    origins = origins or {}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         import difflib
 
+        where = ", ".join(origins[k] for k in unknown) if all(k in origins for k in unknown) else source
+        other = _other_command(unknown, other_commands or {})
+        if other:
+            raise ConfigError(f"{where}: {other}")
         hint = "; ".join(
             f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, fields, 1)) else "")
             for k in unknown
         )
-        raise ConfigError(f"{source}: unknown key(s) {hint}")
-    kwargs = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in data.items()}
+        raise ConfigError(f"{where}: unknown key(s) {hint}")
+    kwargs = {k: _coerce(v, hints[k], origins.get(k) or f"{source}: {k}") for k, v in data.items()}
     try:
         obj = cls(**kwargs)
     except TypeError as e:
@@ -108,12 +154,35 @@ def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
         try:
             check()
         except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
+            raise ConfigError(blame(str(e), source, origins)) from None
     return obj
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """Load ``cls`` from a YAML file (optional), then apply ``overrides`` (``None`` values skipped)."""
+def _other_command(unknown: list[str], other_commands: dict[str, str]) -> str | None:
+    """"this looks like a `thinkgym sft` config ...": most of the (at least 3) unknown keys are
+    fields of another command's config class, so listing them with near-miss suggestions would mislead."""
+    import importlib
+
+    best = None
+    for command, target in other_commands.items():
+        module, _, name = target.partition(":")
+        theirs = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+        n = len(theirs.intersection(unknown))
+        if n >= 3 and 2 * n > len(unknown) and (best is None or n > best[0]):
+            best = (n, command, name)
+    if best is None:
+        return None
+    n, command, name = best
+    which = f"its {n} unknown keys" if n == len(unknown) else f"{n} of its {len(unknown)} unknown keys"
+    return f"this looks like a `{command}` config ({which} are {name} fields); use {command}"
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                other_commands: dict[str, str] | None = None) -> C:
+    """Load ``cls`` from a YAML file (optional), then apply ``overrides`` (``None`` values skipped).
+
+    An :class:`Overrides` names the options its values came from in messages; ``other_commands``:
+    see :func:`from_dict`."""
     import yaml
 
     data: dict[str, Any] = {}
@@ -121,6 +190,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
     if path is not None:
         p = Path(path)
         source = str(p)
+        if p.is_dir():
+            raise ConfigError(f"config: {p} is a directory, not a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
@@ -132,10 +203,10 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping of keys to values at the top level")
         data.update(loaded)
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            data[k] = v
-    return from_dict(cls, data, source)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(given)
+    origins = {k: o for k, o in getattr(overrides, "origins", {}).items() if k in given}
+    return from_dict(cls, data, source, origins, other_commands)
 
 
 def _unique_key_loader() -> Any:
@@ -167,14 +238,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def parse_sets(items: list[str], flag: str = "--set") -> dict[str, Any]:
-    """``["kl_coef=0.01", "envs=[a, b]"]`` -> overrides, each value parsed as YAML.
+def parse_sets(items: list[str], flag: str = "--set") -> Overrides:
+    """``["kl_coef=0.01", "envs=[a, b]"]`` -> overrides, each value parsed as YAML, each from
+    its option (``--set kl_coef=0.01``).
 
     A malformed entry is a :class:`ConfigError` naming it, on one line (a YAML error's own text
     spans several lines with a caret drawing)."""
     import yaml
 
-    out = {}
+    out = Overrides()
     for kv in items:
         key, sep, value = kv.partition("=")
         key = key.strip()
@@ -184,6 +256,7 @@ def parse_sets(items: list[str], flag: str = "--set") -> dict[str, Any]:
             out[key] = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"{flag} {key}: value {value!r} is not valid YAML ({_yaml_problem(e)})") from None
+        out.origins[key] = f"{flag} {kv}"
     return out
 
 
@@ -203,31 +276,44 @@ def check_output_dir(path: str | Path, key: str = "output_dir") -> None:
         raise ConfigError(f"{key}: {str(there)!r} exists and is not a directory")
 
 
+#: Logs the trainers append to in their output_dir (metrics.jsonl; TensorBoard events: GRPO writes
+#: tensorboard/, SFT tb/). A run that replaces an earlier one (overwrite) removes them too: kept,
+#: the earlier run's curves would mix with the new run's.
+RUN_LOGS = ("metrics.jsonl", "tensorboard", "tb")
+
+
 def earlier_run(out: str | Path, patterns: tuple[str, ...]) -> list[Path]:
     """What an earlier run left in ``out``: the paths matching ``patterns`` (globs under ``out``)."""
     return sorted(p for pat in patterns for p in Path(out).glob(pat))
 
 
+def _names(out: str | Path, paths: list[Path]) -> str:
+    return ", ".join(str(p.relative_to(out)) for p in paths)
+
+
 def check_fresh_run(out: str | Path, patterns: tuple[str, ...], overwrite: bool) -> None:
     """A fresh run may start in ``out`` only if no earlier run left checkpoints or models there,
     or ``overwrite`` says to replace them: they would otherwise be pruned, mixed with this run's
-    (old checkpoints outrank new ones by step) or overwritten without a word."""
+    (old checkpoints outrank new ones by step) or overwritten without a word. The refusal lists
+    them and the earlier run's logs (:data:`RUN_LOGS`), which ``overwrite`` removes too."""
     found = earlier_run(out, patterns)
     if found and not overwrite:
-        names = ", ".join(str(p.relative_to(out)) for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        names = _names(out, found[:4]) + (", ..." if len(found) > 4 else "")
+        logs = earlier_run(out, RUN_LOGS)
+        names += f"; logs {_names(out, logs)}" if logs else ""
         raise ConfigError(f"output_dir: {str(out)!r} holds an earlier run ({names}); continue it with --resume, "
                           "set overwrite: true to replace it, or choose another output_dir")
 
 
 def clear_earlier_run(out: str | Path, patterns: tuple[str, ...], who: str) -> None:
-    """Remove what :func:`check_fresh_run` found (the run was told to overwrite it), saying so."""
+    """Remove what :func:`check_fresh_run` found (the run was told to overwrite it) and the earlier
+    run's logs (:data:`RUN_LOGS`), saying so."""
     import shutil
     import sys
 
-    found = earlier_run(out, patterns)
+    found = earlier_run(out, patterns) + earlier_run(out, RUN_LOGS)
     if found:
-        print(f"[{who}] overwrite: removing an earlier run's {', '.join(str(p.relative_to(out)) for p in found)} "
-              f"in {out}", file=sys.stderr)
+        print(f"[{who}] overwrite: removing an earlier run's {_names(out, found)} in {out}", file=sys.stderr)
     for p in found:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

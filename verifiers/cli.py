@@ -224,10 +224,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         graded = c["rows"] - c["errors"]
-        mean = c["score_sum"] / graded if graded else 0.0
+        # No score to average: a mean of 0 would read as "every answer wrong".
+        mean = (f"{c['score_sum'] / graded:.4f} (errors excluded)" if graded
+                else "n/a (0 rows)" if not c["rows"] else "n/a (every row is an error)")
         rate = c["rows"] / c["elapsed_s"] if c["elapsed_s"] > 0 else 0.0
         typer.echo(
             f"graded {c['rows']} rows with {grader}: {c['right']} right, {c['wrong']} wrong, "
-            f"{c['partial']} partial, {c['errors']} errors; mean score {mean:.4f} (errors excluded); "
+            f"{c['partial']} partial, {c['errors']} errors; mean score {mean}; "
             f"{c['elapsed_s']:.1f}s ({rate:.1f} rows/s) -> {output}"
         )

@@ -238,11 +238,11 @@ def pump(pid, r_out, w_in, data, deadline):
     while not eof:
         left = deadline - time.monotonic()
         if left <= 0:
-            status = "timeout"
+            status = "wall_limit"
             break
         ready = sel.poll(min(left, 0.05) * 1000)
         if rc is None and program_cpu(pid) > CASE_S:
-            status = "timeout"
+            status = "cpu_limit"
             break
         if not ready and rc is None:
             # The program may have exited while a daemon it left holds the pipe open: what
@@ -287,6 +287,17 @@ def pump(pid, r_out, w_in, data, deadline):
             os.close(fd)
     return bytes(out[:OUT_CAP]), status, rc
 
+def limit_hit(why, t0):
+    """Which time limit stopped the case started at ``t0`` (reported as status "timeout" with
+    this as its error), or None when ``why`` is no time limit."""
+    if why == "cpu_limit":
+        return "CPU time limit (%g s) exceeded" % CASE_S
+    if why == "wall_limit":
+        if t0 + CASE_WALL <= t_end:
+            return "wall-clock limit (%g s) exceeded" % CASE_WALL
+        return "the run's wall-clock budget ran out"
+    return None
+
 def wait_exit(pid, deadline):
     while True:
         wp, st = os.waitpid(pid, os.WNOHANG)
@@ -326,10 +337,13 @@ def run_stdio(src, stdin_text):
     if rc is None:
         rc = wait_exit(pid, deadline if status is None else 0)
     if rc is None and status is None:
-        status = "timeout"
+        status = "wall_limit"
     kill_all()
     res = {"status": status or ("ok" if rc == 0 else "runtime_error"), "returncode": rc,
            "stdout": out.decode("utf-8", "replace"), "time_s": round(time.monotonic() - t0, 4)}
+    hit = limit_hit(status, t0)
+    if hit:
+        res.update(status="timeout", error=hit)
     return res
 
 class Worker:
@@ -380,8 +394,10 @@ class Worker:
                 left = deadline - time.monotonic()
             # Checked before a reply is accepted too: a program that SIGSTOPs us could
             # otherwise compute past both limits, reply, and have a helper SIGCONT us.
-            if left <= 0 or program_cpu(self.pid) - cpu0 > CASE_S:
-                return None, "timeout"
+            if program_cpu(self.pid) - cpu0 > CASE_S:
+                return None, "cpu_limit"
+            if left <= 0:
+                return None, "wall_limit"
             if msg is not None:
                 return msg, None
 
@@ -499,7 +515,8 @@ def run_function(src, entry, n):
             msg, why = w.recv(min(t0 + CASE_WALL, t_end), 0.0)
             if msg != READY:
                 # Whatever came back is the candidate's; the grader decodes it.
-                load_error = msg.decode("utf-8", "replace")[:400] if msg else "program failed to load: " + (why or "empty reply")
+                load_error = (msg.decode("utf-8", "replace")[:400] if msg
+                              else "program failed to load: " + (limit_hit(why, t0) or why or "empty reply"))
                 w.stop()
                 w = None
                 results.append({"status": "load_error", "error": load_error})
@@ -511,7 +528,11 @@ def run_function(src, entry, n):
         if msg is None:
             rc = w.stop()
             w = None
-            results.append({"status": why, "returncode": rc, "time_s": dt})
+            res = {"status": why, "returncode": rc, "time_s": dt}
+            hit = limit_hit(why, t0)
+            if hit:
+                res.update(status="timeout", error=hit)
+            results.append(res)
         else:
             # Untrusted bytes from the candidate: passed on verbatim, judged by the grader.
             results.append({"status": "reply", "reply": msg.decode("utf-8", "replace"), "time_s": dt})
@@ -680,6 +701,15 @@ def _judge_case(kind: str, case: Mapping, res: Mapping) -> dict:
     return out
 
 
+def _failure(case: Mapping) -> str:
+    """A failed case for the reason: its status, with its error where that adds something (a
+    timeout's error names the limit it hit, which says it all)."""
+    status, error = case["status"], case.get("error")
+    if not error or error == status:
+        return status
+    return error if status == "timeout" else f"{status} ({error})"
+
+
 def grade_program(
     program: str,
     tests: Mapping | str,
@@ -732,7 +762,7 @@ def grade_program(
         return Grade.error(f"sandbox error: {why}", details={"stderr": run.stderr[-2000:].decode("utf-8", "replace")})
     stderr_tail = run.stderr[-2000:].decode("utf-8", "replace")
     if run.timed_out:
-        payload, why = None, "wall-clock limit: run killed"
+        payload, why = None, f"wall-clock limit of the run ({lim.wall_s:g} s) exceeded: run killed"
     else:
         payload, why = read_result(run.stdout, nonce)
     if payload is None or "harness_error" in payload:
@@ -743,8 +773,7 @@ def grade_program(
     n_pass = sum(r["passed"] for r in results)
     frac = n_pass / len(cases)
     score = frac if partial_credit else float(n_pass == len(cases))
-    first_fail = next((f"case {i}: {r['status']}" + (f" ({r['error']})" if r.get("error") else "")
-                       for i, r in enumerate(results) if not r["passed"]), "")
+    first_fail = next((f"case {i}: {_failure(r)}" for i, r in enumerate(results) if not r["passed"]), "")
     reason = f"{n_pass}/{len(cases)} cases passed" + (f"; first failure {first_fail}" if first_fail else "")
     return Grade(score, reason=reason, components={"pass_frac": frac},
                  details={"cases": results, "stderr": stderr_tail, "backend": sandbox.name})
