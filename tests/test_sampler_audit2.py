@@ -206,6 +206,20 @@ def _bad_weights(sd, how):
     return sd
 
 
+def _serves_new_weights(s, model, sd, p, before, original, drop=()):
+    """Sync ``sd`` (less ``drop``) into sampler ``s``: greedy answers to ``p`` change from ``before``
+    to the HF model's on ``sd``; then the ``original`` checkpoint brings ``before`` back."""
+    greedy = SamplingConfig(n=1, temperature=0, max_tokens=12)
+    model.load_state_dict(sd)
+    s.update_weights({k: v for k, v in sd.items() if k not in drop})
+    try:
+        after = s.generate([p], greedy)[0][0].token_ids
+        assert after != before and after == _hf_greedy(model, p, 12)[: len(after)]
+    finally:
+        s.update_weights(original)
+    assert s.generate([p], greedy)[0][0].token_ids == before
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 @pytest.mark.parametrize("how", ["missing", "unexpected", "shape"])
@@ -224,14 +238,7 @@ def test_vllm_refuses_weights_that_do_not_fit_and_keeps_generating(vllm_sampler,
         s.update_weights(_bad_weights(sd, how))
     assert s.generate([p], greedy)[0][0].token_ids == before  # untouched, and still generating
     # A fitting update still works afterwards (a tied model's state dict may leave lm_head out).
-    model.load_state_dict(sd)
-    s.update_weights({k: v for k, v in sd.items() if k != "lm_head.weight"})
-    try:
-        after = s.generate([p], greedy)[0][0].token_ids
-        assert after != before and after == _hf_greedy(model, p, 12)[: len(after)]
-    finally:
-        s.update_weights(tiny_model_dir)
-    assert s.generate([p], greedy)[0][0].token_ids == before
+    _serves_new_weights(s, model, sd, p, before, tiny_model_dir, drop=("lm_head.weight",))
 
 
 @pytest.mark.slow
@@ -292,15 +299,7 @@ def test_vllm_sync_does_not_serve_stale_cached_prefixes(vllm_sampler, tiny_model
     greedy = SamplingConfig(n=1, temperature=0, max_tokens=12)
     before = s.generate([p], greedy)[0][0].token_ids
     model = _hf_model(tiny_model_dir)
-    sd = _perturbed(model, seed=5)
-    model.load_state_dict(sd)
-    s.update_weights(sd)
-    try:
-        after = s.generate([p], greedy)[0][0].token_ids
-        assert after != before and after == _hf_greedy(model, p, 12)[: len(after)]
-    finally:
-        s.update_weights(tiny_model_dir)
-    assert s.generate([p], greedy)[0][0].token_ids == before
+    _serves_new_weights(s, model, _perturbed(model, seed=5), p, before, tiny_model_dir)
 
 
 # -- a model whose embedding is padded past the tokenizer -------------------------------------
