@@ -29,3 +29,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child that a test sends Ctrl-C (SIGINT): a shell's background job or
+    nohup starts the test run with SIGINT ignored, children inherit that, and Python then never
+    installs its KeyboardInterrupt handler."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sigint_default
 from typer.testing import CliRunner
 
 from thinkgym.cli import app
@@ -267,7 +268,7 @@ def test_overwrite_removes_the_earlier_runs_tensorboard_files_and_metrics(traine
 
 def interrupt(args: list, out: Path, after_rows: int, signals: int = 1) -> subprocess.Popen:
     """Start ``thinkgym ARGS``, wait for ``after_rows`` metrics rows, send Ctrl-C ``signals`` times."""
-    p = subprocess.Popen([sys.executable, "-m", "thinkgym.cli", *map(str, args)], cwd=ROOT, text=True,
+    p = subprocess.Popen([sys.executable, "-m", "thinkgym.cli", *map(str, args)], cwd=ROOT, text=True, preexec_fn=sigint_default,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics, t0 = out / "metrics.jsonl", time.time()
     while p.poll() is None and time.time() - t0 < 300:

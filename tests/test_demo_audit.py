@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from conftest import sigint_default
 from typer.testing import CliRunner
 
 from thinkgym.cli import app
@@ -146,7 +147,8 @@ def _gone(pid: int, within: float = 5.0) -> bool:
 def _started(tmp_path, script: str) -> tuple[subprocess.Popen, int, int]:
     """The script in a process group of its own (a terminal's foreground job), once its stage's
     worker runs: (process, stage pid, worker pid)."""
-    p = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=sigint_default)
     try:
         worker = int(_wait_for(tmp_path / "worker"))
         stage = int(_wait_for(tmp_path / "stage").split()[0])
