@@ -155,15 +155,26 @@ class TaskEnv(gym.Env[str, str]):
         self._messages = []
         if self.system_prompt:
             self._messages.append({"role": "system", "content": self.system_prompt})
-        prompt = self.render_prompt(self._item)
+        prompt = self._observation(self.render_prompt(self._item), f"the prompt of item {i}")
         self._messages.append({"role": "user", "content": prompt})
         info = {
             "messages": copy.deepcopy(self._messages),
             "item": copy.deepcopy(self._item),
             "index": i,
             "task": self.task_name,
+            "turn": 0,
         }
         return prompt, info
+
+    def _observation(self, text: str, what: str) -> str:
+        """``text`` if the observation space holds it; a clear error rather than an observation
+        that a vector env, a checker or a replay buffer would reject later."""
+        if not self.observation_space.contains(text):
+            size = f"{len(text)} characters" if isinstance(text, str) else f"a {type(text).__name__}"
+            raise ValueError(
+                f"{what} is {size}; the observation space allows a str of at most {self.observation_space.max_length}"
+            )
+        return text
 
     def render_prompt(self, item: Item) -> str:
         """The user message for ``item`` (the question as is)."""
@@ -204,19 +215,25 @@ class TaskEnv(gym.Env[str, str]):
     def _finish_step(
         self, action: str, g: Grade, feedback: str | None, terminated: bool, truncated: bool
     ) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        done = terminated or truncated
+        # Checked before anything changes, so that a refused step can be retried.
+        obs = "" if done else self._observation(feedback or "", "the feedback")
         self._turn += 1
         self._messages.append({"role": "assistant", "content": action})
         self.last_grade = g
-        self._done = terminated or truncated
-        if feedback is not None and not self._done:
+        self._done = done
+        if feedback is not None and not done:
             self._messages.append({"role": "user", "content": feedback})
-        obs = "" if self._done else (feedback or "")
+        # ``index`` and ``task`` as at reset: a vector env's step infos then say which item each
+        # reward belongs to, whatever sub-env was autoreset when.
         info = {
             "grade": _grade_info(g),
             "infra_error": g.score is None,
             "messages": copy.deepcopy(self._messages),
-            "feedback": None if self._done else feedback,
+            "feedback": None if done else feedback,
             "turn": self._turn,
+            "index": self._index,
+            "task": self.task_name,
         }
         reward = 0.0 if g.score is None else float(g.score)
         return obs, reward, terminated, truncated, info
@@ -229,6 +246,9 @@ class TaskEnv(gym.Env[str, str]):
 
 class SingleTurnEnv(TaskEnv):
     """One prompt, one completion, one grade."""
+
+    #: Every env has it, so code that sizes episodes reads ``env.unwrapped.max_turns`` for any env.
+    max_turns: int = 1
 
     def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
         self._begin_step(action)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from gymnasium.spaces import Space
+from gymnasium.vector.utils import create_shared_memory
 
 # Sampling alphabet: printable ASCII (incl. space, tab, newline) plus a few non-ASCII characters
 # and the tags the graders look for, so random actions exercise the parsers too.
@@ -60,3 +61,16 @@ class TextSpace(Space[str]):
 
     def from_jsonable(self, sample_n: list[str]) -> list[str]:
         return list(sample_n)
+
+
+@create_shared_memory.register(TextSpace)
+def _no_shared_memory(space: TextSpace, n: int = 1, ctx: Any = None) -> Any:
+    # Gymnasium's async shared-memory path reads the buffer once, at construction, into a tuple
+    # of str (so every later text observation would be stale), and a fixed buffer would cost
+    # 4 bytes x max_length per env. Text goes through the pipes instead. Raised as a ValueError,
+    # not a CustomSpaceError, so that AsyncVectorEnv shows this message rather than a generic one.
+    raise ValueError(
+        "text observations (TextSpace) cannot use AsyncVectorEnv's shared memory; pass "
+        "shared_memory=False: gymnasium.make_vec(env_id, num_envs=n, vectorization_mode='async', "
+        "vector_kwargs={'shared_memory': False}) or gymnasium.vector.AsyncVectorEnv(env_fns, shared_memory=False)"
+    )
