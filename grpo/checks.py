@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,17 +151,29 @@ def check_resume(cfg: GRPOConfig) -> None:
                if hasattr(cfg, k) and v != getattr(cfg, k) and k not in ("output_dir", "overwrite")]
     key = (id(cfg), str(ck), tuple(changed))
     if changed and key not in _resume_seen:
-        _resume_seen.add(key)
+        _remember(_resume_seen, key, True)
         _say(f"{where}: config changed since it was saved: {'; '.join(changed)}")
 
 
-_resume_seen: set = set()  # the CLI and train() both check one config: report once
+# The CLI and train() both check one config: report once. Only the last few configs are kept:
+# a long-lived process (a sweep, a notebook) checks a new config every run, and an unbounded memo
+# would keep every report for good.
+MEMO_SIZE = 8
+_resume_seen: OrderedDict = OrderedDict()
+
+
+def _remember(memo: OrderedDict, key: object, value: object) -> None:
+    """``memo[key] = value``, dropping the least recently used keys beyond :data:`MEMO_SIZE`."""
+    memo[key] = value
+    memo.move_to_end(key)
+    while len(memo) > MEMO_SIZE:
+        memo.popitem(last=False)
 
 
 #: Items built per side by the held-out contamination check (0.1-0.2 ms each for the procedural tasks):
 #: training reads its items from index 0 up, so the ones checked are the first ones trained on.
 CONTAMINATION_MAX_ITEMS = 10_000
-_contamination_seen: dict[str, dict] = {}  # the CLI and train() both check one config: report once
+_contamination_seen: OrderedDict[str, dict] = OrderedDict()  # bounded like _resume_seen
 
 
 def _say(msg: str) -> None:
@@ -192,6 +205,7 @@ def check_eval_contamination(cfg: GRPOConfig, n_items: int) -> dict | None:
     key = json.dumps([id(cfg), cfg.eval_contamination, cfg.envs, cfg.env_kwargs, eval_kwargs, n_items,
                       cfg.eval_prompts, reach], sort_keys=True, default=repr)
     if key in _contamination_seen:
+        _contamination_seen.move_to_end(key)
         return _contamination_seen[key]
     sources = {}  # env id -> (train source, eval source)
     for env_id in dict.fromkeys(cfg.envs):
@@ -224,5 +238,5 @@ def check_eval_contamination(cfg: GRPOConfig, n_items: int) -> dict | None:
     _say(f"held-out contamination: {len(report['contaminated'])} of {report['eval_items']} held-out items "
          f"({report['rate']:.2%}; eval_prompts={cfg.eval_prompts}) repeat a question of training indices "
          f"[0, {n_train}) ({report['train_items']} items; the run can sample [0, {reach}))")
-    _contamination_seen[key] = report
+    _remember(_contamination_seen, key, report)
     return report

@@ -15,7 +15,7 @@ Dr. GRPO (Liu et al. 2025: no std normalisation, constant normaliser), KL estima
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -48,9 +48,24 @@ def masked_var(x: Tensor, mask: Tensor) -> Tensor:
     return masked_mean((x - mean) ** 2, mask)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8, shift_mean: bool = True) -> Tensor:
-    """Normalise ``x`` to zero mean / unit variance over the unmasked positions (PPO advantages)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8, shift_mean: bool = True,
+                  all_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Normalise ``x`` to zero mean / unit variance over the unmasked positions (PPO advantages).
+    (N,T), (N,T) -> (N,T)
+
+    ``all_sum`` sums a tensor over the data-parallel ranks: the mean and variance are then those
+    of every rank's unmasked tokens together, as if one process held the whole batch. Whitened per
+    rank, each rank's advantages would get their own zero point and scale, and a token's
+    advantage would depend on which rank it landed on. Two passes (sum and count, then squared
+    deviations from the global mean) rather than one of sums of squares: no cancellation, and
+    without ``all_sum`` the arithmetic is exactly the one-process one.
+    """
+    total = all_sum or (lambda t: t)
+    m = mask.to(x.dtype)
+    s, n = total(torch.stack([masked_sum(x, m), m.sum()])).unbind()  # () each: sum, token count
+    n = n.clamp(min=1.0)
+    mean = s / n
+    var = total(masked_sum((x - mean) ** 2, m)) / n
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -115,6 +115,18 @@ def _all_reduce(values: list[float], dtype: Any, op: str = "sum") -> Any:
     return t.cpu()
 
 
+def all_sum(t: Any) -> Any:
+    """Tensor ``t`` summed over every rank, as a new tensor on ``t``'s device (one process: ``t``
+    itself). Every rank must call it, with the same shape."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
 def all_ranks(ok: bool) -> bool:
     """True only if ``ok`` on every rank (so every rank takes the same branch)."""
     import torch

@@ -58,6 +58,7 @@ from thinkgym.grpo.checks import EARLIER_RUN, check_config, validate_values
 from thinkgym.grpo.engine import (
     all_mean,
     all_ranks,
+    all_sum,
     build_engine,
     enable_gradient_checkpointing,
     full_state_dict,
@@ -189,7 +190,7 @@ def gae_estimator(cfg: GRPOConfig, rewards: Any, gids: Any, mask: Any, values: A
     if cfg.kl_in_reward:
         tok_r = core.kl_penalized_rewards(tok_r, kl, cfg.kl_coef, mask)
     adv, returns = core.gae(tok_r, values, mask, cfg.gamma, cfg.lam)
-    return core.masked_whiten(adv, mask), returns
+    return core.masked_whiten(adv, mask, all_sum=all_sum), returns  # over every rank's tokens
 
 
 ESTIMATORS = {"grpo": grpo_estimator, "rloo": rloo_estimator, "gae": gae_estimator}

@@ -296,7 +296,15 @@ def _build_data(cfg: SFTConfig, tok: Any) -> tuple[list, list, int, int]:
 
 def _epoch_micro_batches(cfg: SFTConfig, examples: list, epoch: int, rank: int, world: int) -> list[list[int]]:
     """The micro-batches (lists of bins or example indices) this rank runs in ``epoch``; a pure
-    function of (data, seed, epoch), which is what makes the data cursor resumable."""
+    function of (data, seed, epoch), which is what makes the data cursor resumable.
+
+    Every rank gets ceil(M / world) of the epoch's M micro-batches, in contiguous shares: the
+    last round is padded with the epoch's first micro-batches, as torch's DistributedSampler
+    (drop_last=False, used by HF Trainer and TRL) pads with its first samples. So every example
+    trains in every epoch and the ranks step in lockstep, at the price of at most world - 1
+    micro-batches seen twice per epoch. Rounding down instead left up to world - 1 micro-batches
+    untrained in every epoch; uneven shares would make one rank wait for a collective (the
+    gradient all-reduce) that another never joins."""
     from thinkgym.sft_coldstart.packing import pack_examples
 
     if cfg.packing:
@@ -306,17 +314,23 @@ def _epoch_micro_batches(cfg: SFTConfig, examples: list, epoch: int, rank: int, 
         random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
         units = [[i] for i in order]
     mbs = [units[i : i + cfg.micro_batch_size] for i in range(0, len(units), cfg.micro_batch_size)]
-    per_rank = len(mbs) // world
+    per_rank = math.ceil(len(mbs) / world)
+    mbs += [mbs[i % len(mbs)] for i in range(per_rank * world - len(mbs))]
     return mbs[rank * per_rank : (rank + 1) * per_rank]
 
 
-def _data_order(cfg: SFTConfig, examples: list, world: int) -> str:
+def _data_order(cfg: SFTConfig, examples: list, world: int, n_mbs: int) -> str:
     """A digest of everything the data cursor's meaning depends on: the examples themselves and
-    how :func:`_epoch_micro_batches` orders and batches them."""
+    how :func:`_epoch_micro_batches` orders and batches them (``n_mbs``: the epoch's
+    micro-batches, over all ranks)."""
     import hashlib
     from array import array
 
     h = hashlib.sha256(repr((cfg.packing, cfg.pack_length, cfg.micro_batch_size, cfg.seed, world)).encode())
+    if n_mbs % world:
+        # Shares padded up to whole rounds: a checkpoint from when the tail was dropped counts
+        # micro-batches of another layout, and must not resume on this one.
+        h.update(b"padded-last-round")
     for e in examples:
         h.update(array("q", [len(e["input_ids"])]).tobytes())
         h.update(array("q", e["input_ids"]).tobytes())
@@ -694,12 +708,12 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         left = f"{len(eval_ex)} left" if eval_ex else "none left: no eval loss will be measured"
         print(f"[{cfg.stage}] warning: {eval_dropped} eval examples dropped (longer than max_length={cfg.max_length}"
               f" or nothing to train on), {left}", file=sys.stderr)
-    n_micro = len(_epoch_micro_batches(cfg, train_ex, 0, rank, world))
-    if n_micro < 1:
+    n_mbs = len(_epoch_micro_batches(cfg, train_ex, 0, 0, 1))  # all ranks'; packing makes as many bins every epoch
+    if n_mbs < 1:
         from thinkgym.sft_coldstart.data import DataError
 
-        raise DataError(f"{len(train_ex)} training examples make no micro-batch (micro_batch_size="
-                        f"{cfg.micro_batch_size}) for {world} process(es)")
+        raise DataError(f"{len(train_ex)} training examples make no micro-batch")
+    n_micro = math.ceil(n_mbs / world)  # per rank, the last round padded (see _epoch_micro_batches)
     # Rounded up: the last step of an epoch may take micro-batches of the next one (the data cursor
     # runs on), whereas whole steps per epoch, rounded down, never train the epoch's remainder
     # (with epochs: 1, up to gradient_accumulation_steps - 1 micro-batches of the data).
@@ -758,7 +772,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     step, micro_cursor, tokens_seen, train_s = 0, 0, 0, 0.0  # train_s: optimizer steps only, without evals
     best: dict[str, Any] = {"step": None, "loss": None, "accuracy": None}  # the eval that made best/
-    order = _data_order(cfg, train_ex, world)
+    order = _data_order(cfg, train_ex, world, n_mbs)
     if cfg.resume and (ckpt_dir / "latest").exists():
         path, client = engine.load_checkpoint(str(ckpt_dir))
         if path is None:
