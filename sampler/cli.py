@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -26,32 +26,44 @@ def register(app: typer.Typer) -> None:
         train_task: Optional[str] = typer.Option(None, "--train-task", help="Training task/env/file: refuse (or warn) on n-gram overlap with the eval items."),
         contamination: Optional[str] = typer.Option(None, "--contamination", help="On overlap: error (default) | warn."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with EvalConfig fields; flags override it."),
+        set_: list[str] = typer.Option([], "--set", help="Override any config field: --set top_p=0.95 (repeatable)."),
     ) -> None:
         """Sample N completions per problem and report pass@k, maj@k, mean reward, format rate.
 
         Example: `thinkgym eval --model out/sft --env thinkgym/Arithmetic-v0 --n 8 --limit 64 -o eval/`
         """
-        from thinkgym.config import ConfigError, load_config
+        from thinkgym.config import ConfigError, Overrides, blame, load_config, parse_sets
         from thinkgym.sampler.eval import EvalConfig, evaluate, print_summary
 
-        overrides = dict(
-            model=model, env=env, output_dir=str(output_dir) if output_dir else None, n=n, limit=limit,
-            backend=backend, base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-            think_budget=think_budget, seed=seed, num_threads=threads, train_task=train_task, contamination=contamination,
-        )
+        overrides = Overrides()
+        for key, value, flag in (
+            ("model", model, "--model"), ("env", env, "--env"),
+            ("output_dir", str(output_dir) if output_dir else None, "--output-dir"), ("n", n, "--n"),
+            ("limit", limit, "--limit"), ("backend", backend, "--backend"), ("base_url", base_url, "--base-url"),
+            ("temperature", temperature, "--temperature"), ("max_tokens", max_tokens, "--max-tokens"),
+            ("think_budget", think_budget, "--think-budget"), ("seed", seed, "--seed"), ("num_threads", threads, "--threads"),
+            ("train_task", train_task, "--train-task"), ("contamination", contamination, "--contamination"),
+        ):
+            overrides.put(key, value, flag)
         try:
+            overrides.update(parse_sets(set_))
             cfg = load_config(EvalConfig, config, overrides)
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+
+        def fail(message: str) -> NoReturn:
+            """Exit 2 with ``message`` (about a config key) naming the flag or file its value came from."""
+            typer.echo(f"error: {blame(message, config or 'config', overrides.origins)}", err=True)
+            raise typer.Exit(2) from None
+
         if cfg.model:
             from thinkgym.hub import ModelNotFound, resolve_model
 
             try:
                 resolve_model(cfg.model)  # fetched into the HF cache now, before the eval set is built
             except ModelNotFound as e:
-                typer.echo(f"error: model: {e}", err=True)
-                raise typer.Exit(2) from None
+                fail(f"model: {e}")
         import gymnasium
 
         from thinkgym.tasks.contamination import ContaminationError
@@ -61,6 +73,8 @@ def register(app: typer.Typer) -> None:
         except ContaminationError as e:
             typer.echo(f"error: refusing to evaluate: {e}", err=True)
             raise typer.Exit(3) from None
+        except ConfigError as e:  # env, items or train_task checked before sampling
+            fail(str(e))
         except (ValueError, KeyError, gymnasium.error.Error) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

@@ -141,7 +141,8 @@ def check_env(cfg: EvalConfig) -> None:
     finally:
         env.close()
     if size is not None and cfg.offset + cfg.limit > size:
-        raise ConfigError(f"offset + limit: items {cfg.offset}..{cfg.offset + cfg.limit - 1} asked for, "
+        # Keyed by limit, the usual culprit: a message names the flag or file of the key it starts with.
+        raise ConfigError(f"limit: items {cfg.offset}..{cfg.offset + cfg.limit - 1} (offset + limit) asked for, "
                           f"but {cfg.env} has {size} items")
 
 
@@ -241,17 +242,15 @@ def check_train_overlap(cfg: EvalConfig, indices: Sequence[int]) -> dict[str, An
     """
     if not cfg.train_task:
         return None
-    import typer
-
     from thinkgym.config import ConfigError
-    from thinkgym.tasks.cli import open_source
     from thinkgym.tasks.contamination import check_contamination
+    from thinkgym.tasks.loaders import UnknownSourceError, open_source
 
     try:
         train = open_source(cfg.train_task, seed=cfg.train_seed)
         items = [train[i] for i in range(min(cfg.train_size, len(train)))]
-    except typer.BadParameter as e:
-        raise ConfigError(f"train_task: {e.message}") from None
+    except UnknownSourceError as e:
+        raise ConfigError(f"train_task: {e}") from None
     except (TypeError, ValueError, KeyError, IndexError, OSError) as e:
         raise ConfigError(f"train_task {cfg.train_task!r}: {e}") from None
     report = check_contamination(items, _eval_items(cfg.env, indices), n=cfg.contamination_n, on_fail=cfg.contamination)

@@ -4,9 +4,11 @@ Token in, token out: an episode's ``input_ids`` are exactly the tokens the model
 sampled — the rendered first prompt, each completion's sampled ids (never re-tokenized), and
 between turns the chat-template "bridge" (end of the assistant turn, the env feedback as a user
 turn, the next assistant header). Only model-sampled tokens get ``loss_mask=1``; prompt, bridge
-and feedback tokens and tokens inserted by budget forcing get 0. Feedback can quote the policy's
-own output, so a special-token string in it (``<|im_end|>``) is encoded as plain text, never as
-the token: the policy cannot forge a turn boundary in its next prompt.
+and feedback tokens and tokens inserted by budget forcing get 0. Message content is data:
+feedback can quote the policy's own output and a dataset question can hold anything, so a
+special-token string in either (``<|im_end|>``) is encoded as plain text, never as the token
+(:func:`~thinkgym.sampler.types.chat_prompt_ids` for the first prompt, the same helpers for
+each bridge): neither the policy nor the data can forge a turn boundary in a prompt.
 
 Per turn, every active episode goes into ONE ``sampler.generate`` call. Env steps (which run the
 graders) go to a thread pool as soon as their completion exists; episodes whose step finished
@@ -18,13 +20,20 @@ do not depend on that timing.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
-from thinkgym.sampler.types import Completion, Sampler, SamplingConfig, chat_prompt_ids, mix_seed
+from thinkgym.sampler.types import (
+    Completion,
+    Sampler,
+    SamplingConfig,
+    chat_prompt_ids,
+    encode_hidden,
+    hide_special_strings,
+    mix_seed,
+)
 from thinkgym.verifiers.extract import THINK_OPEN, assistant_turn
 
 log = logging.getLogger("thinkgym.sampler")
@@ -229,7 +238,7 @@ def _bridge_ids(
     suffix: str, template_kwargs: dict[str, Any],
 ) -> list[int]:
     """Tokens between the last completion and the next assistant turn (all masked out)."""
-    new_msgs, hidden, mark = _hide_special_strings(tokenizer, after[len(before) :])
+    new_msgs, hidden, mark = hide_special_strings(tokenizer, after[len(before) :])
     after = after[: len(before)] + new_msgs
     prev = tokenizer.apply_chat_template(before, tokenize=False, **template_kwargs)
     new = tokenizer.apply_chat_template(after, tokenize=False, add_generation_prompt=True, **template_kwargs)
@@ -243,54 +252,7 @@ def _bridge_ids(
     eos = tokenizer.eos_token
     if last.token_ids and eos and last.token_ids[-1] == tokenizer.eos_token_id and tail.startswith(eos):
         tail = tail[len(eos) :]  # the model already sampled the end-of-turn token
-    if not hidden:
-        return list(tokenizer.encode(tail + delta, add_special_tokens=False))
-    # An ordinary encode cuts the text at special tokens before anything else, so cutting it at
-    # the hidden strings instead leaves every other id as it would have been.
-    ids: list[int] = []
-    for k, piece in enumerate(re.split(f"{mark}(\\d+){mark}", tail + delta)):
-        if k % 2:
-            ids += _plain_text_ids(tokenizer, hidden[int(piece)])
-        elif piece:
-            ids += tokenizer.encode(piece, add_special_tokens=False)
-    return ids
-
-
-def _hide_special_strings(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[str], str]:
-    """Replace each special-token string (``<|im_end|>``, ...) in the messages' content by a
-    numbered marker; return the messages, the replaced strings and the marker.
-
-    The env's messages can carry text the policy controls (a program's output echoed in retry
-    feedback, a tool result). Encoded as-is, ``<|im_end|>\\n<|im_start|>assistant`` in it would
-    become the real special tokens and forge a turn boundary in the next prompt. Content with no
-    such string is left alone (the usual case: its tokens stay exactly as before).
-    """
-    specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special}, key=len, reverse=True)
-    if not specials:
-        return messages, [], ""
-    pattern = re.compile("|".join(map(re.escape, specials)))
-    texts = [m["content"] for m in messages if isinstance(m.get("content"), str)]
-    if not any(pattern.search(t) for t in texts):
-        return messages, [], ""
-    mark = "\ue000"  # private-use; lengthened until no content holds it, so no content fakes a marker
-    while any(mark in t for t in texts):
-        mark += "\ue000"
-    hidden: list[str] = []
-
-    def hide(m: re.Match[str]) -> str:
-        hidden.append(m.group())
-        return f"{mark}{len(hidden) - 1}{mark}"
-
-    out = [{**m, "content": pattern.sub(hide, m["content"])} if isinstance(m.get("content"), str) else m for m in messages]
-    return out, hidden, mark
-
-
-def _plain_text_ids(tokenizer: Any, special: str) -> list[int]:
-    """``special`` (e.g. ``<|im_end|>``) encoded as ordinary text, never as its special token."""
-    ids = list(tokenizer.encode(special, add_special_tokens=False, split_special_tokens=True))
-    if tokenizer.convert_tokens_to_ids(special) in ids:  # a tokenizer that ignores the flag
-        raise RuntimeError(f"{type(tokenizer).__name__} cannot encode {special!r} as plain text (split_special_tokens)")
-    return ids
+    return encode_hidden(tokenizer, tail + delta, hidden, mark)
 
 
 def collect_rollouts(

@@ -15,6 +15,7 @@ distribution needs.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -217,9 +218,68 @@ def request_seed(cfg: SamplingConfig, prompt_index: int, sample_index: int = 0, 
 
 def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]], **template_kwargs: Any) -> list[int]:
     """Render chat ``messages`` with the tokenizer's chat template (generation prompt on)
-    and return token ids. ``template_kwargs`` go to the template (e.g. ``enable_thinking``)."""
+    and return token ids. ``template_kwargs`` go to the template (e.g. ``enable_thinking``).
+
+    A special-token string in a message's content (``<|im_end|>`` in a dataset question) is
+    encoded as plain text (:func:`hide_special_strings`); only the template writes special tokens."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat template; pass token ids or set tokenizer.chat_template")
+    messages, hidden, mark = hide_special_strings(tokenizer, messages)
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
     # The template already contains every special token; don't let the tokenizer add a BOS.
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    return encode_hidden(tokenizer, text, hidden, mark)
+
+
+def hide_special_strings(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[str], str]:
+    """Replace each special-token string (``<|im_end|>``, ...) in the messages' content by a
+    numbered marker; return the messages, the replaced strings and the marker
+    (:func:`encode_hidden` encodes the rendered text).
+
+    Message content is data: a dataset question, or env feedback quoting the policy's own output
+    (a program's output echoed in retry feedback, a tool result). Encoded as-is,
+    ``<|im_end|>\\n<|im_start|>assistant`` in it would become the real special tokens and forge
+    a turn boundary. Content with no such string is left alone (the usual case: its tokens stay
+    exactly as before).
+    """
+    specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special}, key=len, reverse=True)
+    if not specials:
+        return messages, [], ""
+    pattern = re.compile("|".join(map(re.escape, specials)))
+    texts = [m["content"] for m in messages if isinstance(m.get("content"), str)]
+    if not any(pattern.search(t) for t in texts):
+        return messages, [], ""
+    mark = "\ue000"  # private-use; lengthened until no content holds it, so no content fakes a marker
+    while any(mark in t for t in texts):
+        mark += "\ue000"
+    hidden: list[str] = []
+
+    def hide(m: re.Match[str]) -> str:
+        hidden.append(m.group())
+        return f"{mark}{len(hidden) - 1}{mark}"
+
+    out = [{**m, "content": pattern.sub(hide, m["content"])} if isinstance(m.get("content"), str) else m for m in messages]
+    return out, hidden, mark
+
+
+def encode_hidden(tokenizer: Any, text: str, hidden: list[str], mark: str) -> list[int]:
+    """Token ids of ``text`` (no BOS added), each marker of :func:`hide_special_strings` as the
+    plain-text ids of the string it replaced."""
+    if not hidden:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    # An ordinary encode cuts the text at special tokens before anything else, so cutting it at
+    # the hidden strings instead leaves every other id as it would have been.
+    ids: list[int] = []
+    for k, piece in enumerate(re.split(f"{mark}(\\d+){mark}", text)):
+        if k % 2:
+            ids += _plain_text_ids(tokenizer, hidden[int(piece)])
+        elif piece:
+            ids += tokenizer.encode(piece, add_special_tokens=False)
+    return ids
+
+
+def _plain_text_ids(tokenizer: Any, special: str) -> list[int]:
+    """``special`` (e.g. ``<|im_end|>``) encoded as ordinary text, never as its special token."""
+    ids = list(tokenizer.encode(special, add_special_tokens=False, split_special_tokens=True))
+    if tokenizer.convert_tokens_to_ids(special) in ids:  # a tokenizer that ignores the flag
+        raise RuntimeError(f"{type(tokenizer).__name__} cannot encode {special!r} as plain text (split_special_tokens)")
+    return ids

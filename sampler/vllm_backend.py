@@ -6,6 +6,8 @@ With the in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) a state dict i
 the worker as a weights iterator: no file is written (~0.04 s for the tiny model). With a
 multiprocess engine the weights go through a temporary safetensors dir that the worker reads.
 A checkpoint dir is read here and sent the same way, so a tied ``lm_head`` can be filled in.
+Each reload made vLLM warn "RotaryEmbedding: Failed to load weights": a rotary embedding's
+cos/sin cache is computed, never loaded, so the warning is dropped (:class:`_RotaryReloadFilter`).
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class VLLMSampler(BaseSampler):
             # worker rewind a CPU torch.Generator, which CPU generators cannot do (the engine
             # dies: "CPU Generator does not use offset"). Whole-prompt prefills avoid it.
             engine_kwargs.setdefault("enable_chunked_prefill", False)
+        _RotaryReloadFilter.install()  # before the engine starts: a forked engine process inherits it
         self.llm = LLM(
             model=self.model_path,
             dtype=dtype,
@@ -211,6 +214,30 @@ class VLLMSampler(BaseSampler):
         import gc
 
         gc.collect()
+
+
+class _RotaryReloadFilter(logging.Filter):
+    """Drops vLLM's "<X>RotaryEmbedding: Failed to load weights" warning of an in-place reload.
+
+    Rotary embeddings hold a cos/sin cache computed from the config, which no checkpoint
+    carries (HF's ``rotary_emb.inv_freq`` is a buffer, not a weight), so vLLM's reload finds
+    nothing to load into them on every weight sync and puts the cache back as it was. The same
+    warning about any other layer is a real load failure and still shows."""
+
+    LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == "%s: Failed to load weights" and len(args) == 1
+                    and isinstance(args[0], str) and args[0].endswith("RotaryEmbedding"))
+
+    @classmethod
+    def install(cls) -> None:
+        """Add the filter to vLLM's reload logger, once per process (an engine process started
+        by spawn, not fork, logs without it)."""
+        logger = logging.getLogger(cls.LOGGER)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
 
 
 def _in_process() -> bool:

@@ -29,43 +29,17 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
 
 def open_source(spec: str, seed: int | None = None, params: dict[str, Any] | None = None, size: int | None = None,
                 *, default_seed: int = 0):
-    """A task source from a registered name, an env id, a ``.jsonl`` file, or a local HF dataset folder/file.
-
-    An env id gives the source the env serves (:func:`~thinkgym.envs.registration.task_source_for_env`):
-    its registered seed, size and task params, with ``params`` merged over those and ``seed`` /
-    ``size`` replacing them when given. ``seed=None`` means the env's seed for an env id and
-    ``default_seed`` for anything else.
-    """
-    from thinkgym.tasks import TASKS, make_task
+    """:func:`thinkgym.tasks.loaders.open_source`, with an unknown spec as a usage error of the command."""
+    from thinkgym.tasks.loaders import UnknownSourceError, open_source as _open
 
     params = dict(params or {})
     taken = sorted({"seed", "size"} & set(params))
     if taken:
-        # make_task would fail with "got multiple values for keyword argument".
         raise ValueError(f"{', '.join(taken)} cannot be a --param: use the command's seed and count options")
-    if spec in TASKS:
-        return make_task(spec, seed=default_seed if seed is None else seed, size=size, **params)
-    path = Path(spec)
-    if "/" in spec and not path.exists():
-        # An env id: the task behind it, as the env serves it.
-        from thinkgym.envs.registration import ENVS, task_source_for_env
-
-        if spec in ENVS:
-            return task_source_for_env(spec, seed=seed, size=size, params=params)
-    seed = default_seed if seed is None else seed
-    if path.suffix == ".jsonl" and path.is_file():
-        return make_task("jsonl", seed=seed, size=size, path=str(path), **params)
-    if path.exists():
-        try:
-            return make_task("hf_dataset", seed=seed, size=size, path=str(path), **params)
-        except (TypeError, ValueError, KeyError, OSError):
-            raise
-        except Exception as e:  # datasets / pyarrow refusing the files (mixed schemas, corrupt parquet, ...)
-            why = " ".join(str(e.__cause__ or e).split())
-            raise ValueError(f"{spec}: cannot read it as an HF dataset: {why[:300]}") from None
-    raise typer.BadParameter(
-        f"{spec!r} is neither a registered task ({', '.join(TASKS.names())}), an env id, nor an existing file or folder"
-    )
+    try:
+        return _open(spec, seed=seed, params=params, size=size, default_seed=default_seed)
+    except UnknownSourceError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 def _fail(msg: str, code: int = 2) -> None:

@@ -347,3 +347,48 @@ class HFDatasetSource(_RowsSource):
 
     def __repr__(self) -> str:
         return f"HFDatasetSource({str(self.path)!r}, split={self.split!r}, size={self.size})"
+
+
+class UnknownSourceError(ValueError):
+    """A source spec that names no registered task, env id, file or folder."""
+
+
+def open_source(spec: str, seed: int | None = None, params: dict[str, Any] | None = None, size: int | None = None,
+                *, default_seed: int = 0) -> TaskSource:
+    """A task source from a registered name, an env id, a ``.jsonl`` file, or a local HF dataset folder/file.
+
+    An env id gives the source the env serves (:func:`~thinkgym.envs.registration.task_source_for_env`):
+    its registered seed, size and task params, with ``params`` merged over those and ``seed`` /
+    ``size`` replacing them when given. ``seed=None`` means the env's seed for an env id and
+    ``default_seed`` for anything else.
+    """
+    from thinkgym.tasks import TASKS, make_task
+
+    params = dict(params or {})
+    taken = sorted({"seed", "size"} & set(params))
+    if taken:
+        # make_task would fail with "got multiple values for keyword argument".
+        raise ValueError(f"{', '.join(taken)} cannot be a task param: they have their own arguments")
+    if spec in TASKS:
+        return make_task(spec, seed=default_seed if seed is None else seed, size=size, **params)
+    path = Path(spec)
+    if "/" in spec and not path.exists():
+        # An env id: the task behind it, as the env serves it.
+        from thinkgym.envs.registration import ENVS, task_source_for_env
+
+        if spec in ENVS:
+            return task_source_for_env(spec, seed=seed, size=size, params=params)
+    seed = default_seed if seed is None else seed
+    if path.suffix == ".jsonl" and path.is_file():
+        return make_task("jsonl", seed=seed, size=size, path=str(path), **params)
+    if path.exists():
+        try:
+            return make_task("hf_dataset", seed=seed, size=size, path=str(path), **params)
+        except (TypeError, ValueError, KeyError, OSError):
+            raise
+        except Exception as e:  # datasets / pyarrow refusing the files (mixed schemas, corrupt parquet, ...)
+            why = " ".join(str(e.__cause__ or e).split())
+            raise ValueError(f"{spec}: cannot read it as an HF dataset: {why[:300]}") from None
+    raise UnknownSourceError(
+        f"{spec!r} is neither a registered task ({', '.join(TASKS.names())}), an env id, nor an existing file or folder"
+    )
