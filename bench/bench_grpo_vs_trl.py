@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -121,6 +122,8 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--seed and the repeats' sampling seeds (seed + 100 * repeat) must be in [0, {MAX_SEED}]")
     if args.model is not None and not (Path(args.model) / "config.json").is_file():
         p.error(f"--model {args.model}: not an HF model directory (no config.json)")
+    if importlib.util.find_spec("trl") is None:  # the peer: checked before the SFT checkpoint and thinkgym's run
+        p.error("the peer, TRL, is not installed: pip install 'thinkgym[bench]' (or bash scripts/install.sh --dev)")
     try:  # the learner's own checks (micro-batch split, lr, KL, ...), with a stand-in model path
         cfg = DemoConfig(seed=args.seed, grpo_steps=args.steps, prompts_per_step=args.prompts, group_size=args.group,
                          max_tokens=args.max_tokens)

@@ -87,6 +87,7 @@ def setup(args, size: str, use_ds: bool, device, dtype):
     import torch
 
     model, cfg = build_model(size, dtype, args.seq_len)
+    n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them away
     model.to(device)
     if args.grad_ckpt:
         model.gradient_checkpointing_enable()
@@ -126,7 +127,7 @@ def setup(args, size: str, use_ds: bool, device, dtype):
     for _ in range(args.warmup):
         step()
     sync(device)
-    info = {"size": size, "params": sum(p.numel() for p in model.parameters()),
+    info = {"size": size, "params": n_params,
             "engine": "deepspeed" if use_ds else "torch", "flop_per_token": flops_per_token(cfg, T)}
     return step, info
 
@@ -201,8 +202,10 @@ def main() -> None:
                   f"{r['step_s']:7.3f} s/step  {r['flop_s'] / 1e9:8.2f} GFLOP/s  MFU {r['flop_s'] / peak:6.1%}")
         print(f"  {size:>5} deepspeed / torch tokens/s = {ds['tokens_per_s'] / plain['tokens_per_s']:.2f}")
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"device": args.device, "dtype": args.dtype, "peak_flop_s": peak, "rows": rows,
+            json.dump({"device": args.device, "dtype": args.dtype, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
+                       "zero_stage": args.zero_stage, "grad_ckpt": args.grad_ckpt, "peak_flop_s": peak, "rows": rows,
                        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}, f, indent=1)
 
 

@@ -132,7 +132,10 @@ def main() -> None:
     cpu = args.cpu if args.cpu is not None else min(allowed)
     os.sched_setaffinity(0, {cpu})  # one core for everything, workers included (affinity is inherited)
 
-    from math_verify import parse, verify
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        ap.error("the peer, Math-Verify, is not installed: pip install 'thinkgym[bench]' (or bash scripts/install.sh --dev)")
 
     from thinkgym.verifiers.math_equiv import MathConfig, _parse_sympy, grade_math_with
     from thinkgym.verifiers.pool import GraderPool

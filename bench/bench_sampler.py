@@ -154,7 +154,9 @@ def main() -> None:
         ratio = f"{r['tok_per_s'] / base:6.2f}x" if base else "   -"
         print(f"{name:22s} {r['tok_per_s']:9.1f} {ratio:>7s} {r['startup_s']:10.1f} {r['warmup_s']:9.2f} "
               f"{sum(r['times']) / len(r['times']):8.2f} {r['torch_threads']:8d}")
-    if not base:
+    if base:
+        print("(vs peer = tok/s / transformers-generate tok/s, same run)")
+    else:
         print("(no ratio: the peer, transformers-generate, was not run or failed)")
     if failed:
         raise SystemExit(f"failed: {', '.join(failed)} (output above)")

@@ -109,13 +109,19 @@ def main() -> None:
     for k in ("n", "workers"):
         if getattr(args, k) < 1:
             ap.error(f"--{k} must be >= 1, got {getattr(args, k)}")
+    from thinkgym.verifiers.code import grade_program
+    from thinkgym.verifiers.sandbox import SandboxUnavailable, _base_python, get_sandbox
+
     try:
         meter = CpuMeter() if args.cpu else None
     except OSError as e:
         ap.error(f"--cpu needs a writable cgroup v1 cpuacct hierarchy at {CpuMeter.ROOT} (run as root): {e}")
-
-    from thinkgym.verifiers.code import grade_program
-    from thinkgym.verifiers.sandbox import SandboxUnavailable, _base_python, get_sandbox
+    try:
+        get_sandbox("local")  # after the meter: the sandbox's processes belong to its group
+    except SandboxUnavailable as e:
+        if meter:
+            meter.close()
+        ap.error(str(e))
 
     base_exe, _ = _base_python()
     backends = {
@@ -123,13 +129,14 @@ def main() -> None:
         "bare subprocess (python -I -S)": lambda p, t: bare_grade([base_exe, "-I", "-S"], p, t),
         "local sandbox": lambda p, t: grade_program(p, t, backend="local").score,
     }
-    get_sandbox("local")
+    docker_note = "docker backend skipped: --no-docker" if args.no_docker else None
     if not args.no_docker:
         try:
             get_sandbox("docker")
             backends["docker sandbox"] = lambda p, t: grade_program(p, t, backend="docker").score
         except SandboxUnavailable as e:
-            print(f"docker backend skipped: {e}")
+            docker_note = f"docker backend skipped: {e}"
+            print(docker_note)
     rows = {}
     try:
         for wname, (prog, tests) in (("trivial", TRIVIAL), ("function x10 cases", TYPICAL)):
@@ -157,6 +164,8 @@ def main() -> None:
         print(line)
     print(f"(peer = {peer}; goal: local sandbox p50 <= 2x peer and >= 20 grades/s"
           + ("; cpu ms = CPU per grade, idle/s = cores / cpu per grade" if meter else "") + ")")
+    if docker_note:
+        print(docker_note)
 
 
 if __name__ == "__main__":

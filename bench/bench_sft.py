@@ -11,6 +11,7 @@ thinkgym packed vs thinkgym padded. TRL is a benchmark-only dependency.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -86,6 +87,8 @@ def main() -> None:
             ap.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
     if args.model and not (Path(args.model) / "config.json").is_file():
         ap.error(f"--model {args.model}: not an HF model directory (no config.json)")
+    if importlib.util.find_spec("trl") is None:  # the peer: checked before thinkgym's run, not after it
+        ap.error("the peer, TRL, is not installed: pip install 'thinkgym[bench]' (or bash scripts/install.sh --dev)")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     try:

@@ -132,8 +132,9 @@ def bench(args: argparse.Namespace, tmp: str | None) -> bool:
     res["speedup"] = res["plain_s"] / res["shared_s"]
     print(json.dumps(res, indent=1))
     print(f"learner forward+backward, {n} rows: plain {res['plain_s']:.3f}s, shared prefix {res['shared_s']:.3f}s "
-          f"-> {res['speedup']:.2f}x ({tokens_plain} -> {tokens_shared} tokens; logprobs agree to {max_diff:.1e})")
+          f"-> plain / shared {res['speedup']:.2f}x ({tokens_plain} -> {tokens_shared} tokens; logprobs agree to {max_diff:.1e})")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
     return max_diff <= args.tolerance
 

@@ -37,15 +37,14 @@ def main() -> None:
     heldout: dict = {}
     for key, run in zip(keys, runs):
         if not (run / "summary.json").is_file():
-            raise SystemExit(f"{run}: no summary.json (not a finished demo run)")
+            p.error(f"{run}: no summary.json (not a finished demo run)")
         summary = json.loads((run / "summary.json").read_text())
         k = summary["config"]["eval_samples"]
         heldout[key] = summary.get("heldout_items")
         missing = [pol for pol in POLICIES if pol not in summary
                    or not (run / "eval" / pol / "greedy" / "samples.jsonl").is_file()]
         if missing:
-            raise SystemExit(f"{run}: no held-out results for {missing} "
-                             "(summary.json or eval/<policy>/greedy/samples.jsonl)")
+            p.error(f"{run}: no held-out results for {missing} (summary.json or eval/<policy>/greedy/samples.jsonl)")
         out[key] = res = {}
         print(f"\n{run}\n{'policy':<12} {'greedy':>7} {'pass@1':>7} {f'pass@{k}':>7} {'lines wrong':>12} "
               f"{'first wrong':>12} {'last wrong':>11} {'right, lines ok':>16} {'wrong, claims T':>16}")
@@ -58,6 +57,7 @@ def main() -> None:
     if args.json:
         # The shape of bench/results/demo-diagnostics.json.
         n = set(heldout.values())
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
             "date": time.strftime("%Y-%m-%d", time.gmtime()), "cpus": os.cpu_count(),
             "heldout_items": n.pop() if len(n) == 1 else heldout, "seeds": out}, indent=1))

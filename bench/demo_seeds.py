@@ -83,6 +83,7 @@ def main() -> None:
         print(f"  {key:30s} {s['mean']:+.3f} [{s['min']:+.3f}, {s['max']:+.3f}]" if key != "minutes"
               else f"  {key:30s} {s['mean']:.1f} [{s['min']:.1f}, {s['max']:.1f}]")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
 
 

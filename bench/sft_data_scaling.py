@@ -83,6 +83,7 @@ def main() -> None:
         print(f"{r['traces']} vs {runs[0]['traces']} traces: best dev accuracy {r['best_dev_accuracy'] or 0.0:.3f} vs "
               f"{ref:.3f} ({(r['best_dev_accuracy'] or 0.0) - ref:+.3f})")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"seed": args.seed, "steps": steps, "dev_items": base.dev_items, "cpus": os.cpu_count(),
                                                "date": time.strftime("%Y-%m-%d", time.gmtime()), "runs": runs}, indent=1))
 
