@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from thinkgym.demo import _jsonl, think_arithmetic
+from thinkgym.demo import _jsonl, fmt_share, think_arithmetic
 
 POLICIES = ("sft", "sft_control", "grpo")
 
@@ -52,8 +52,9 @@ def main() -> None:
             res[pol] = d = {key: summary[pol][key] for key in ("accuracy", "pass@1", f"pass@{k}")}
             d.update(think_arithmetic(_jsonl(run / "eval" / pol / "greedy" / "samples.jsonl")))
             print(f"{pol:<12} {d['accuracy']:>7.3f} {d['pass@1']:>7.3f} {d[f'pass@{k}']:>7.3f} "
-                  f"{d['think_lines_wrong']:>12.3f} {d['first_line_wrong']:>12.3f} {d['last_line_wrong']:>11.3f} "
-                  f"{d['right_lines_ok']:>16.3f} {d['wrong_claims_target']:>16.3f}")
+                  f"{fmt_share(d['think_lines_wrong']):>12} {fmt_share(d['first_line_wrong']):>12} "
+                  f"{fmt_share(d['last_line_wrong']):>11} {fmt_share(d['right_lines_ok']):>16} "
+                  f"{fmt_share(d['wrong_claims_target']):>16}")
     if args.json:
         # The shape of bench/results/demo-diagnostics.json.
         n = set(heldout.values())

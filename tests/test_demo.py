@@ -46,7 +46,9 @@ def test_think_arithmetic_checks_every_line():
     assert d["first_line_wrong"] == 1 / 4 and d["last_line_wrong"] == 2 / 4
     assert d["right_lines_ok"] == 1 / 2
     assert d["wrong_claims_target"] == 1 / 3
-    assert set(think_arithmetic([]).values()) == {0.0}
+    assert set(think_arithmetic([]).values()) == {None}  # nothing to count is not 0%
+    only_wrong = think_arithmetic([{**rows[0], "reward": 0.0}])
+    assert only_wrong["right_lines_ok"] is None and only_wrong["wrong_claims_target"] is not None
 
 
 def test_heldout_is_disjoint_from_training(tmp_path):
@@ -103,8 +105,10 @@ def test_demo_quick_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     s = json.loads((out / "summary.json").read_text())
     for arm in ("sft", "sft_control", "grpo"):
-        for key in ("accuracy", "pass@1", "pass@4", "format_rate", "think_lines_wrong", "right_lines_ok"):
+        for key in ("accuracy", "pass@1", "pass@4", "format_rate"):
             assert 0.0 <= s[arm][key] <= 1.0, (arm, key, s[arm][key])
+        for key in ("think_lines_wrong", "right_lines_ok"):  # None: nothing to count in this tiny run
+            assert s[arm][key] is None or 0.0 <= s[arm][key] <= 1.0, (arm, key, s[arm][key])
         assert s[arm]["mean_length"] > 0
     assert s["heldout_items"] == DemoConfig.quick_preset().heldout
     assert s["contamination"]["contaminated"] == []

@@ -313,7 +313,7 @@ _THINK = re.compile(r"<think>(.*?)</think>", re.S)
 _TARGET = re.compile(r"make (\d+) with")
 
 
-def think_arithmetic(rows: list[dict[str, Any]]) -> dict[str, float]:
+def think_arithmetic(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     """Is the think block computing, or decoration? Over single-turn countdown eval rows
     (``samples.jsonl``; the target is read from the question's "make N with"):
 
@@ -323,6 +323,8 @@ def think_arithmetic(rows: list[dict[str, Any]]) -> dict[str, float]:
       and for the last line of blocks with two or more (the line a trace ends on the target);
     - ``right_lines_ok``: among right answers, the share whose think lines are all correct;
     - ``wrong_claims_target``: among wrong answers, the share whose last line states the target.
+
+    A share with nothing to count (no think lines, no right answers, ...) is None, not 0.0.
     """
     from thinkgym.verifiers.countdown import ExpressionError, evaluate
 
@@ -350,9 +352,17 @@ def think_arithmetic(rows: list[dict[str, Any]]) -> dict[str, float]:
             wrong += 1
             t = _TARGET.search(r["messages"][0]["content"])
             claims += bool(t and lines and value(lines[-1][1]) == int(t.group(1)))
-    return {"think_lines_wrong": bad / max(1, n_lines), "first_line_wrong": first[0] / max(1, first[1]),
-            "last_line_wrong": last[0] / max(1, last[1]), "right_lines_ok": right_ok / max(1, right),
-            "wrong_claims_target": claims / max(1, wrong)}
+    def share(k: int, n: int) -> float | None:  # None: nothing to count (no lines, no right answers, ...)
+        return k / n if n else None
+
+    return {"think_lines_wrong": share(bad, n_lines), "first_line_wrong": share(*first),
+            "last_line_wrong": share(*last), "right_lines_ok": share(right_ok, right),
+            "wrong_claims_target": share(claims, wrong)}
+
+
+def fmt_share(x: float | None, spec: str = ".3f") -> str:
+    """A :func:`think_arithmetic` share for a table: ``n/a`` when there was nothing to count."""
+    return "n/a" if x is None else format(x, spec)
 
 
 def evaluate_policies(cfg: DemoConfig, models: dict[str, Path], run: Path) -> dict[str, dict[str, Any]]:
@@ -464,7 +474,7 @@ def table(results: dict[str, dict[str, Any]], k: int) -> list[list[str]]:
              "think lines wrong"]]
     for name, r in results.items():
         rows.append([name, f"{r['accuracy']:.3f}", f"{r['pass@1']:.3f}", f"{r[f'pass@{k}']:.3f}",
-                     f"{r['format_rate']:.3f}", f"{r['mean_length']:.1f}", f"{r['think_lines_wrong']:.3f}"])
+                     f"{r['format_rate']:.3f}", f"{r['mean_length']:.1f}", fmt_share(r['think_lines_wrong'])])
     return rows
 
 
@@ -490,9 +500,9 @@ def write_report(run: Path, cfg: DemoConfig, summary: dict[str, Any], rows: list
            f"- GRPO minus the better baseline: **{summary['grpo']['accuracy'] - best_base:+.3f}** greedy accuracy.",
            "- *think lines wrong*: the share of `a op b = c` lines in the greedy think blocks whose arithmetic is "
            "wrong. Right answers with every line right: " + ", ".join(
-               f"{n} {r['right_lines_ok']:.0%}" for n, r in summary.items() if n in ("sft", "sft_control", "grpo"))
+               f"{n} {fmt_share(r['right_lines_ok'], '.0%')}" for n, r in summary.items() if n in ("sft", "sft_control", "grpo"))
            + "; wrong answers whose last line states the target anyway: " + ", ".join(
-               f"{n} {r['wrong_claims_target']:.0%}" for n, r in summary.items() if n in ("sft", "sft_control", "grpo"))
+               f"{n} {fmt_share(r['wrong_claims_target'], '.0%')}" for n, r in summary.items() if n in ("sft", "sft_control", "grpo"))
            + ".",
            "", "![curves](curves.png)", ""]
     path = run / "report.md"
