@@ -74,6 +74,16 @@ def validate_values(cfg: GRPOConfig) -> None:
     for k in ("tis_cap", "value_clip"):
         if getattr(cfg, k) is not None and getattr(cfg, k) <= 0:
             raise ValueError(f"{k} must be > 0 or null, got {getattr(cfg, k)}")
+    if cfg.lora_r < 0:
+        raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {cfg.lora_r}")
+    if cfg.lora_alpha < 1:
+        raise ValueError(f"lora_alpha must be >= 1, got {cfg.lora_alpha}")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+    if cfg.lora_r and cfg.zero_stage == 3:
+        raise ValueError("LoRA with ZeRO-3 is not supported (merging needs whole weights); use zero_stage 2")
+    if cfg.lora_r and not cfg.lora_target_modules:
+        raise ValueError("lora_target_modules must not be empty when lora_r > 0")
     if cfg.kl_in_reward and cfg.kl_coef == 0:
         raise ValueError("kl_in_reward needs kl_coef > 0")
     if cfg.eval_contamination not in ("error", "warn", "off"):
@@ -99,6 +109,10 @@ def check_config(cfg: GRPOConfig, resume: bool = False) -> int:
         check_model(cfg.model)  # a directory, or a hub id that train() fetches
     except ModelNotFound as e:
         raise ConfigError(f"model: {e}") from None
+    if cfg.lora_r:
+        from thinkgym.grpo.lora import check_targets
+
+        check_targets(cfg)
     check_output_dir(cfg.output_dir)
     if not (resume and (Path(cfg.output_dir) / "checkpoints" / "latest").is_file()):  # a fresh run
         check_fresh_run(cfg.output_dir, EARLIER_RUN, cfg.overwrite)
@@ -130,8 +144,9 @@ def check_resume(cfg: GRPOConfig) -> None:
     DeepSpeed's optimizer state is partitioned by ZeRO stage and process count, and each rank
     resumes its own prompt cursor: another ``zero_stage``, world size, or a critic (``gae``) the
     checkpoint does not hold failed only after the models loaded, as a bare ``AssertionError`` or
-    a missing file. Other changes apply to the rest of the run (``lr`` too: see
-    ``engine.load_engines``); they are listed once."""
+    a missing file; so did another LoRA adapter (``lora_r``, ``lora_target_modules``). Other
+    changes apply to the rest of the run (``lr`` too: see ``engine.load_engines``); they are
+    listed once."""
     ckdir = Path(cfg.output_dir) / "checkpoints"
     ck = ckdir / (ckdir / "latest").read_text().strip()
     if not (ck / "trainer_state.json").is_file():
@@ -145,6 +160,12 @@ def check_resume(cfg: GRPOConfig) -> None:
     if saved.get("zero_stage", cfg.zero_stage) != cfg.zero_stage:
         raise ConfigError(f"{where} holds ZeRO stage {saved['zero_stage']} optimizer state; "
                           f"zero_stage {cfg.zero_stage} cannot load it")
+    lora = (saved.get("lora_r", 0), sorted(saved.get("lora_target_modules", [])) if saved.get("lora_r") else [])
+    if lora != (cfg.lora_r, sorted(cfg.lora_target_modules) if cfg.lora_r else []):
+        # The saved weights and optimizer state are laid out by the adapter: another one cannot load them.
+        raise ConfigError(f"{where} was saved with lora_r {lora[0]}, lora_target_modules {lora[1]}; "
+                          f"resume it with the same (got lora_r {cfg.lora_r}, lora_target_modules "
+                          f"{sorted(cfg.lora_target_modules) if cfg.lora_r else []})")
     if cfg.advantage == "gae" and not (ck / "ds" / "critic").is_dir():
         raise ConfigError(f"{where} holds no critic (advantage was {saved.get('advantage')!r}); advantage: gae needs one")
     changed = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in saved.items()

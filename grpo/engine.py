@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkgym.distributed import setup_distributed  # noqa: F401  (re-exported for the learner)
+from thinkgym.grpo.lora import is_peft, merged_state_dict, save_adapter
 
 # ------------------------------------------------------------------------------------------
 # DeepSpeed engines
@@ -59,7 +60,8 @@ def build_engine(model: Any, cfg: Any, lr: float | None, micro_per_minibatch: in
     ds["zero_optimization"] = {"stage": cfg.zero_stage}
     if cfg.max_grad_norm > 0:
         ds["gradient_clipping"] = cfg.max_grad_norm
-    opt = make_skippable_adamw()(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter alone
+    opt = make_skippable_adamw()(params, lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps * cfg.ppo_epochs
                                                                        * cfg.minibatches, cfg.min_lr_ratio))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds, dist_init_required=False)
@@ -92,10 +94,13 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def full_state_dict(engine: Any, cfg: Any) -> dict[str, Any]:
-    """HF-named full weights on every rank (gathered under ZeRO-3), detached CPU copies."""
+    """HF-named full weights on every rank (gathered under ZeRO-3), detached CPU copies; with
+    LoRA, the base model's weights with the adapter merged in."""
     import deepspeed
 
     module = engine.module
+    if is_peft(module):  # never ZeRO-3 (validate_values)
+        return merged_state_dict(module)
     if cfg.zero_stage == 3:
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
@@ -191,7 +196,8 @@ def weight_hashes(engine: Any, cfg: Any) -> list[str]:
 
 def save_checkpoint(out: Path, step: int, engines: dict[str, Any], tok: Any, cfg: Any,
                     state: dict[str, Any], rank: int) -> Path:
-    """HF model + DeepSpeed states + per-rank RNG/cursor; ``latest`` is written last (atomic)."""
+    """HF model (with LoRA: merged, and the adapter alone in ``adapter/``) + DeepSpeed states +
+    per-rank RNG/cursor; ``latest`` is written last (atomic)."""
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -200,8 +206,13 @@ def save_checkpoint(out: Path, step: int, engines: dict[str, Any], tok: Any, cfg
     ck.mkdir(parents=True, exist_ok=True)
     sd = full_state_dict(engines["policy"], cfg)
     if rank == 0:
-        engines["policy"].module.save_pretrained(ck / "hf", state_dict=sd, safe_serialization=True)
+        model = engines["policy"].module
+        # LoRA: hf/ is a plain merged model (eval and the sampler read it as any other), adapter/ the adapter alone
+        hf = model.get_base_model() if is_peft(model) else model
+        hf.save_pretrained(ck / "hf", state_dict=sd, safe_serialization=True)
         tok.save_pretrained(ck / "hf")
+        if hf is not model:
+            save_adapter(model, ck / "adapter")
     for tag, eng in engines.items():
         if eng is not None and tag != "ref":
             eng.save_checkpoint(str(ck / "ds"), tag=tag)

@@ -35,6 +35,10 @@ correct for the lag. The sync waits for that sampling to finish. It pays where s
 the hardware partly idle (a ``vllm-server`` sampler on its own GPUs); on the 2-core demo
 machine it is slower (1.58 vs 1.37 s a step: both halves compete for two cores and the GIL).
 
+With ``lora_r > 0`` only a LoRA adapter on the policy trains (``grpo/lora.py``): the KL reference
+is the same model with its adapter off, and the sampler and the HF checkpoints get the merged
+weights, so they never see the adapter.
+
 Single process works as is (the distributed env defaults are filled in); for several
 processes use ``deepspeed --num_gpus N --module thinkgym.grpo.train --config ...`` or
 ``torchrun --nproc_per_node N -m thinkgym.grpo.train --config ...``.
@@ -71,6 +75,7 @@ from thinkgym.grpo.engine import (
     weight_hashes,
 )
 from thinkgym.grpo.forward import by_group_length, collate, policy_forward, take, value_forward
+from thinkgym.grpo.lora import adapter_disabled, add_lora
 from thinkgym.grpo.monitor import Monitor, plot_curves, rollout_metrics
 from thinkgym.grpo.rollouts import batch_groups, collect_groups, evaluate
 
@@ -136,6 +141,13 @@ class GRPOConfig:
     dtype: Literal["fp32", "bf16"] = "fp32"  #: training precision (fp32 on CPU)
     gradient_checkpointing: bool = False  #: recompute activations to save memory
     shared_prefix: bool = True  #: run each group's shared prompt once per micro-batch (same logprobs, fewer tokens; off with gradient_checkpointing)
+    # -- LoRA on the policy (the critic of advantage: gae trains in full); the KL reference is the base model
+    lora_r: int = 0  #: LoRA rank; 0 = full fine-tuning
+    lora_alpha: int = 16  #: LoRA scaling numerator (scale = lora_alpha / lora_r)
+    lora_dropout: float = 0.0  #: dropout on the adapter's input in the learner's forwards (the sampler serves merged weights)
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )  #: module names LoRA wraps
     # -- bookkeeping
     save_every: int = 50  #: checkpoint every N steps (and on SIGTERM / Ctrl-C and at the end)
     overwrite: bool = False  #: a fresh run replaces an earlier run's checkpoints in output_dir (else an error)
@@ -236,9 +248,13 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     policy = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
+    if cfg.lora_r:
+        policy = add_lora(policy, cfg)
     policy_eng, opt = build_engine(policy, cfg, cfg.lr, micro_per_mb)
     ref_eng = None
-    if cfg.kl_coef > 0:
+    if cfg.kl_coef > 0 and cfg.lora_r:  # run with its adapter off (adapter_disabled): no second copy
+        ref_eng = policy_eng
+    elif cfg.kl_coef > 0:
         ref_eng, _ = build_engine(AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype), cfg, None, 1)
     critic_eng = critic_opt = None
     if cfg.advantage == "gae":
@@ -327,7 +343,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                 if not single_update:
                     old_lp[idx, :t] = policy_forward(policy_eng, b, cfg.temperature)[0]
                 if ref_eng is not None:
-                    ref_lp[idx, :t] = policy_forward(ref_eng, b, cfg.temperature)[0]
+                    with adapter_disabled(ref_eng):
+                        ref_lp[idx, :t] = policy_forward(ref_eng, b, cfg.temperature)[0]
                 if critic_eng is not None:
                     values[idx, :t] = value_forward(critic_eng, b)
         kl_tok = core.kl_estimate(old_lp, ref_lp, cfg.kl_estimator) if ref_eng is not None and not single_update \

@@ -1,0 +1,94 @@
+"""LoRA for the learner's policy (``lora_r > 0``): wrap it, compute the merged weights that the
+sampler and the HF export take, and run the frozen base as the KL reference.
+
+The adapter is the only part that trains. The sampler (vLLM, HF) and ``checkpoints/step_N/hf``
+get plain weights under the base model's names with ``W + scale * B @ A`` folded in, so nothing
+downstream knows about peft; the training model itself is never merged, so its adapter keeps
+training. The critic (``advantage: gae``) stays fully fine-tuned.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+from typing import Any, ContextManager
+
+from thinkgym.config import ConfigError
+
+
+def is_peft(module: Any) -> bool:
+    """Whether ``module`` is a peft-wrapped model (full fine-tuning never pays for importing peft)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(module, peft.PeftModel)
+
+
+def add_lora(model: Any, cfg: Any) -> Any:
+    """``model`` wrapped with a LoRA adapter (``cfg.lora_*``); only the adapter requires grad."""
+    from peft import LoraConfig, get_peft_model
+
+    try:
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
+    except ValueError as e:  # peft: no module of the model matches the names
+        raise ConfigError(f"lora_target_modules {cfg.lora_target_modules}: {e}") from None
+    # The policy runs in eval mode (its logprobs must match the sampler's), which would silence
+    # lora_dropout without a word: only the adapter's dropout is switched on.
+    import torch
+
+    for name, m in model.named_modules():
+        if ".lora_dropout." in name and isinstance(m, torch.nn.Dropout):
+            m.training = True
+    return model
+
+
+def check_targets(cfg: Any) -> None:
+    """``lora_target_modules`` that match no module of ``cfg.model``: a ConfigError before any
+    weights load (the model is built on the meta device, from its config alone). A hub id not yet
+    downloaded, or a config that does not build here, is left to the same check in ``add_lora``."""
+    from thinkgym.hub import local_model_dir
+
+    path = local_model_dir(cfg.model)  # check_model has vetted it; a config check downloads nothing
+    if path is None:
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    except (OSError, ValueError, KeyError):
+        return
+    add_lora(model, cfg)
+
+
+def merged_state_dict(model: Any) -> dict[str, Any]:
+    """Plain HF weights of a peft ``model`` with its active adapter merged in (detached CPU
+    copies; the model is left as it is): the base model's names, no ``lora_*`` keys."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    inner = model.get_base_model()
+    adapter = model.active_adapter
+    with torch.no_grad():
+        deltas = {f"{name}.weight": m.get_delta_weight(adapter) for name, m in inner.named_modules()
+                  if isinstance(m, LoraLayer) and adapter in m.scaling and not m.merged}
+        out = {}
+        for key, v in inner.state_dict().items():
+            if ".lora_" in key:
+                continue
+            key = key.replace(".base_layer.", ".")
+            out[key] = ((v + deltas[key]).to(v.dtype) if key in deltas else v).detach().cpu().clone()
+    return out
+
+
+def adapter_disabled(engine: Any) -> ContextManager[Any]:
+    """Run ``engine`` as its base model: with LoRA that is the initial policy (the KL reference,
+    without a second copy of the weights); without LoRA, the engine as it is."""
+    module = engine.module
+    return module.disable_adapter() if is_peft(module) else nullcontext()
+
+
+def save_adapter(model: Any, path: Any) -> None:
+    """The adapter alone (``adapter_config.json`` + weights), loadable with ``PeftModel.from_pretrained``."""
+    model.save_pretrained(path, safe_serialization=True)
