@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,7 +145,7 @@ def check_resume(cfg: GRPOConfig) -> None:
     DeepSpeed's optimizer state is partitioned by ZeRO stage and process count, and each rank
     resumes its own prompt cursor: another ``zero_stage``, world size, or a critic (``gae``) the
     checkpoint does not hold failed only after the models loaded, as a bare ``AssertionError`` or
-    a missing file; so did another LoRA adapter (``lora_r``, ``lora_target_modules``). Other
+    a missing file; so did another LoRA adapter (``lora_r``, ``lora_alpha``, ``lora_target_modules``). Other
     changes apply to the rest of the run (``lr`` too: see ``engine.load_engines``); they are
     listed once."""
     ckdir = Path(cfg.output_dir) / "checkpoints"
@@ -160,12 +161,15 @@ def check_resume(cfg: GRPOConfig) -> None:
     if saved.get("zero_stage", cfg.zero_stage) != cfg.zero_stage:
         raise ConfigError(f"{where} holds ZeRO stage {saved['zero_stage']} optimizer state; "
                           f"zero_stage {cfg.zero_stage} cannot load it")
-    lora = (saved.get("lora_r", 0), sorted(saved.get("lora_target_modules", [])) if saved.get("lora_r") else [])
-    if lora != (cfg.lora_r, sorted(cfg.lora_target_modules) if cfg.lora_r else []):
-        # The saved weights and optimizer state are laid out by the adapter: another one cannot load them.
-        raise ConfigError(f"{where} was saved with lora_r {lora[0]}, lora_target_modules {lora[1]}; "
-                          f"resume it with the same (got lora_r {cfg.lora_r}, lora_target_modules "
-                          f"{sorted(cfg.lora_target_modules) if cfg.lora_r else []})")
+    def adapter(c: dict) -> str:
+        r = c.get("lora_r", 0)
+        return f"lora_r {r}" + (f", lora_alpha {c.get('lora_alpha')}, lora_target_modules "
+                                f"{sorted(c.get('lora_target_modules', []))}" if r else "")
+
+    # The saved weights and optimizer state are laid out by the adapter: another one cannot load
+    # them, and another lora_alpha would rescale the trained adapter at once.
+    if adapter(saved) != adapter(asdict(cfg)):
+        raise ConfigError(f"{where} was saved with {adapter(saved)}; resume it with the same (got {adapter(asdict(cfg))})")
     if cfg.advantage == "gae" and not (ck / "ds" / "critic").is_dir():
         raise ConfigError(f"{where} holds no critic (advantage was {saved.get('advantage')!r}); advantage: gae needs one")
     changed = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in saved.items()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkgym.distributed import setup_distributed  # noqa: F401  (re-exported for the learner)
-from thinkgym.grpo.lora import is_peft, merged_state_dict, save_adapter
+from thinkgym.grpo.lora import check_resumed_base, is_peft, merged_state_dict, save_adapter
 
 # ------------------------------------------------------------------------------------------
 # DeepSpeed engines
@@ -215,7 +215,8 @@ def save_checkpoint(out: Path, step: int, engines: dict[str, Any], tok: Any, cfg
             save_adapter(model, ck / "adapter")
     for tag, eng in engines.items():
         if eng is not None and tag != "ref":
-            eng.save_checkpoint(str(ck / "ds"), tag=tag)
+            # LoRA: the adapter and its optimizer state only; the frozen base is model's, and hf/ holds the merge
+            eng.save_checkpoint(str(ck / "ds"), tag=tag, exclude_frozen_parameters=is_peft(eng.module))
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
            "cursor": state["cursor"], "eval_cursor": state.get("eval_cursor", 0)}
@@ -251,7 +252,10 @@ def load_engines(ck: Path, engines: dict[str, Any], cfg: Any) -> None:
     for tag, eng in engines.items():
         if eng is None:
             continue
-        eng.load_checkpoint(str(ck / "ds"), tag=tag)
+        lora = is_peft(eng.module)
+        eng.load_checkpoint(str(ck / "ds"), tag=tag, load_module_strict=not lora)  # LoRA: no frozen base saved
+        if lora:
+            check_resumed_base(eng.module, ck / "hf")
         sched = eng.lr_scheduler  # LambdaLR over the base optimizer (build_engine)
         sched.base_lrs = [lrs[tag]] * len(sched.base_lrs)
         for g, f in zip(sched.optimizer.param_groups, sched.lr_lambdas):

@@ -10,8 +10,9 @@ training. The critic (``advantage: gae``) stays fully fine-tuned.
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
-from typing import Any, ContextManager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, ContextManager, Iterator
 
 from thinkgym.config import ConfigError
 
@@ -32,6 +33,15 @@ def add_lora(model: Any, cfg: Any) -> Any:
             target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
     except ValueError as e:  # peft: no module of the model matches the names
         raise ConfigError(f"lora_target_modules {cfg.lora_target_modules}: {e}") from None
+    inner = model.get_base_model()
+    if getattr(inner.config, "tie_word_embeddings", False):
+        # One tensor serves as both: an adapter on one side would change only that side in
+        # training, while the merged weights the sampler and hf/ get can hold only one of them.
+        tied = {inner.get_input_embeddings(), inner.get_output_embeddings()}
+        hit = sorted(n for n, m in inner.named_modules() if m in tied and hasattr(m, "lora_A"))
+        if hit:
+            raise ConfigError(f"lora_target_modules: {hit} share their weight (tie_word_embeddings); "
+                              "leave them out, or untie the model's embeddings first")
     # The policy runs in eval mode (its logprobs must match the sampler's), which would silence
     # lora_dropout without a word: only the adapter's dropout is switched on.
     import torch
@@ -70,15 +80,17 @@ def merged_state_dict(model: Any) -> dict[str, Any]:
 
     inner = model.get_base_model()
     adapter = model.active_adapter
+    layers = {f"{name}.weight": m for name, m in inner.named_modules()
+              if isinstance(m, LoraLayer) and adapter in m.scaling and not m.merged}
+    out = {}
     with torch.no_grad():
-        deltas = {f"{name}.weight": m.get_delta_weight(adapter) for name, m in inner.named_modules()
-                  if isinstance(m, LoraLayer) and adapter in m.scaling and not m.merged}
-        out = {}
         for key, v in inner.state_dict().items():
             if ".lora_" in key:
                 continue
             key = key.replace(".base_layer.", ".")
-            out[key] = ((v + deltas[key]).to(v.dtype) if key in deltas else v).detach().cpu().clone()
+            if key in layers:  # one delta at a time: all of them at once would be a second copy of the targets
+                v = (v.float() + layers[key].get_delta_weight(adapter).float()).to(v.dtype)  # one rounding
+            out[key] = v.detach().to("cpu", copy=True)
     return out
 
 
@@ -87,6 +99,44 @@ def adapter_disabled(engine: Any) -> ContextManager[Any]:
     without a second copy of the weights); without LoRA, the engine as it is."""
     module = engine.module
     return module.disable_adapter() if is_peft(module) else nullcontext()
+
+
+def lora_dropout_off(engine: Any) -> ContextManager[Any]:
+    """The adapter's dropout off, for the no-grad forwards whose logprobs stand for the policy
+    (the "old" logprobs of several updates a batch): dropout noise there would read as a policy
+    ratio away from 1 before any update."""
+    import torch
+
+    drops = [m for n, m in engine.module.named_modules() if ".lora_dropout." in n and isinstance(m, torch.nn.Dropout)]
+
+    @contextmanager
+    def off() -> Iterator[None]:
+        for m in drops:
+            m.training = False
+        try:
+            yield
+        finally:
+            for m in drops:
+                m.training = True
+
+    return off()
+
+
+def check_resumed_base(model: Any, hf_dir: Any) -> None:
+    """A resumed LoRA policy must sit on the base it was trained on: the DeepSpeed checkpoint holds
+    the adapter alone (the base comes from ``model`` again), so a different base (another
+    ``model``, or its files changed since) shows as merged weights that differ from the
+    checkpoint's ``hf/`` export."""
+    import torch
+    from safetensors import safe_open
+
+    merged = merged_state_dict(model)
+    for f in sorted(Path(hf_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                if k in merged and not torch.allclose(merged[k].float(), st.get_tensor(k).float(), rtol=1e-5, atol=1e-6):
+                    raise ConfigError(f"--resume: the base model's {k} differs from the one this adapter was "
+                                      f"trained on ({hf_dir} holds their merge); resume with the same model")
 
 
 def save_adapter(model: Any, path: Any) -> None:

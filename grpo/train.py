@@ -75,7 +75,7 @@ from thinkgym.grpo.engine import (
     weight_hashes,
 )
 from thinkgym.grpo.forward import by_group_length, collate, policy_forward, take, value_forward
-from thinkgym.grpo.lora import adapter_disabled, add_lora
+from thinkgym.grpo.lora import adapter_disabled, add_lora, lora_dropout_off
 from thinkgym.grpo.monitor import Monitor, plot_curves, rollout_metrics
 from thinkgym.grpo.rollouts import batch_groups, collect_groups, evaluate
 
@@ -341,7 +341,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
             for idx in chunks:
                 b, t = take(full, idx)
                 if not single_update:
-                    old_lp[idx, :t] = policy_forward(policy_eng, b, cfg.temperature)[0]
+                    with lora_dropout_off(policy_eng):
+                        old_lp[idx, :t] = policy_forward(policy_eng, b, cfg.temperature)[0]
                 if ref_eng is not None:
                     with adapter_disabled(ref_eng):
                         ref_lp[idx, :t] = policy_forward(ref_eng, b, cfg.temperature)[0]

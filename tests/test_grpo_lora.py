@@ -58,17 +58,19 @@ def test_resume_refuses_another_adapter(tmp_path):
         return cfg
 
     full = saved(tmp_path / "full")
-    with pytest.raises(ConfigError, match=r"saved with lora_r 0, lora_target_modules \[\]; .*got lora_r 8"):
+    with pytest.raises(ConfigError, match=r"saved with lora_r 0; .*got lora_r 8"):
         check_resume(replace(full, lora_r=8))
-    check_resume(replace(full, lora_target_modules=["q_proj"]))  # ignored without LoRA
+    check_resume(replace(full, lora_target_modules=["q_proj"], lora_alpha=32))  # ignored without LoRA
     lora = saved(tmp_path / "lora", lora_r=8)
     with pytest.raises(ConfigError, match=r"saved with lora_r 8.*got lora_r 4"):
         check_resume(replace(lora, lora_r=4))
-    with pytest.raises(ConfigError, match=r"got lora_r 8, lora_target_modules \['q_proj'\]"):
+    with pytest.raises(ConfigError, match=r"got lora_r 8, lora_alpha 16, lora_target_modules \['q_proj'\]"):
         check_resume(replace(lora, lora_target_modules=["q_proj"]))
-    with pytest.raises(ConfigError, match=r"got lora_r 0"):
+    with pytest.raises(ConfigError, match=r"got lora_r 0\)"):
         check_resume(replace(lora, lora_r=0))
-    check_resume(replace(lora, lora_target_modules=list(reversed(TARGETS)), lora_alpha=32))  # same adapter layout
+    with pytest.raises(ConfigError, match=r"saved with lora_r 8, lora_alpha 16.*got lora_r 8, lora_alpha 32"):
+        check_resume(replace(lora, lora_alpha=32))  # would rescale the trained adapter
+    check_resume(replace(lora, lora_target_modules=list(reversed(TARGETS))))  # the same adapter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +154,30 @@ def test_unknown_target_modules_are_a_config_error_before_the_model_loads(tiny_m
     assert check_config(replace(cfg, lora_target_modules=["q_proj"])) > 0
     with pytest.raises(ConfigError, match=msg):  # the same check where the policy is wrapped
         _lora_model(tiny_model_dir, lora_target_modules=["qproj"])
+
+
+@pytest.mark.parametrize("target", ["lm_head", "embed_tokens"])
+def test_an_adapter_on_tied_embeddings_is_refused(tiny_model_dir, target):
+    """The tiny model ties lm_head to embed_tokens: an adapter on one side trains that side alone,
+    and no merged weights (the sampler's, hf/) can hold both."""
+    with pytest.raises(ConfigError, match=rf"{target}'\] share their weight \(tie_word_embeddings\)"):
+        _lora_model(tiny_model_dir, lora_target_modules=["q_proj", target])
+
+
+def test_lora_dropout_is_off_for_the_old_logprobs(tiny_model_dir):
+    import torch
+
+    from thinkgym.grpo.lora import lora_dropout_off
+
+    model = _lora_model(tiny_model_dir, lora_dropout=0.5)  # as the learner runs it: eval mode, the adapter's dropout on
+    engine = type("Engine", (), {"module": model})()
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7, 2]])
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, model(input_ids=ids).logits
+        with lora_dropout_off(engine):
+            c, d = model(input_ids=ids).logits, model(input_ids=ids).logits
+        e = model(input_ids=ids).logits
+    assert not torch.equal(a, b) and torch.equal(c, d) and not torch.equal(c, e)  # back on afterwards
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +283,10 @@ def test_lora_checkpoint_is_a_merged_hf_model_plus_the_adapter(lora_run, tiny_mo
     assert changed and all(any(t in k for t in TARGETS) for k in changed)
     model = AutoModelForCausalLM.from_pretrained(ck / "hf")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in hf.items())
+    # the DeepSpeed checkpoint holds the adapter alone: the frozen base is the model's, and hf/ its merge
+    states = torch.load(ck / "ds" / "policy" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    frozen = {k for k in states["module"] if "lora_" not in k}
+    assert len(states["module"]) > len(frozen) and frozen <= {"base_model.model.lm_head.weight"}, frozen  # DeepSpeed keeps a tied head
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), ck / "adapter")
     assert adapted.peft_config["default"].r == 4
     for k, v in adapted.merge_and_unload().state_dict().items():
@@ -280,3 +310,27 @@ def test_lora_resume_continues_from_the_saved_adapter(lora_run):
     assert any(not torch.equal(hf2[k], hf3[k]) for k in hf2)
     with pytest.raises(ConfigError, match="saved with lora_r 4"):
         check_config(replace(lora_run["cfg"], lora_r=8), resume=True)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_lora_resume_on_another_base_is_refused(lora_run, tiny_model_dir, tmp_path):
+    """The checkpoint does not hold the base: resumed on other base weights, the adapter would
+    train on a model it was never fitted to."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import thinkgym.grpo.train as loop
+
+    out = tmp_path / "run"
+    shutil.copytree(lora_run["out"], out)
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_model_dir, other)
+    w = load_file(other / "model.safetensors")
+    key = next(k for k in w if "q_proj.weight" in k)
+    w[key] = w[key] + 0.01 * torch.ones_like(w[key])
+    save_file(w, other / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=rf"{key} differs from the one this adapter was trained on"):
+        loop.train(replace(lora_run["cfg"], model=str(other), output_dir=str(out), max_steps=4), resume=True)
