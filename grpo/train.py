@@ -217,7 +217,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
     """Run (or resume) training; returns ``{"history": [...], "stopped": reason, "checkpoint": dir}``.
 
     ``on_step(step, policy_engine, sampler, row)`` runs after each step's weight sync and metrics
-    (extensions and tests: e.g. check that the sampler now serves the learner's weights).
+    (extensions and tests: e.g. check that the sampler now serves the learner's weights; with LoRA
+    the engine's module is a peft model, and ``engine.full_state_dict`` gives its HF weights).
     """
     n_items = check_config(cfg, resume)  # before anything heavy
     # A hub id becomes its HF-cache snapshot: the learner, vLLM and the weight sync read files.
