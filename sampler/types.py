@@ -267,19 +267,26 @@ def encode_hidden(tokenizer: Any, text: str, hidden: list[str], mark: str) -> li
     if not hidden:
         return list(tokenizer.encode(text, add_special_tokens=False))
     # An ordinary encode cuts the text at special tokens before anything else, so cutting it at
-    # the hidden strings instead leaves every other id as it would have been.
+    # the hidden strings instead leaves every other id as it would have been. Every piece but the
+    # first continues the text: encoded on its own, a SentencePiece-style tokenizer (Llama 2,
+    # Mistral) would open it with a word-start space.
     ids: list[int] = []
     for k, piece in enumerate(re.split(f"{mark}(\\d+){mark}", text)):
         if k % 2:
-            ids += _plain_text_ids(tokenizer, hidden[int(piece)])
+            special = hidden[int(piece)]
+            plain = _continuation_ids(tokenizer, special, split_special_tokens=True)
+            if tokenizer.convert_tokens_to_ids(special) in plain:  # a tokenizer that ignores the flag
+                raise RuntimeError(f"{type(tokenizer).__name__} cannot encode {special!r} as plain text (split_special_tokens)")
+            ids += plain
         elif piece:
-            ids += tokenizer.encode(piece, add_special_tokens=False)
+            ids += tokenizer.encode(piece, add_special_tokens=False) if k == 0 else _continuation_ids(tokenizer, piece)
     return ids
 
 
-def _plain_text_ids(tokenizer: Any, special: str) -> list[int]:
-    """``special`` (e.g. ``<|im_end|>``) encoded as ordinary text, never as its special token."""
-    ids = list(tokenizer.encode(special, add_special_tokens=False, split_special_tokens=True))
-    if tokenizer.convert_tokens_to_ids(special) in ids:  # a tokenizer that ignores the flag
-        raise RuntimeError(f"{type(tokenizer).__name__} cannot encode {special!r} as plain text (split_special_tokens)")
-    return ids
+def _continuation_ids(tokenizer: Any, text: str, split_special_tokens: bool = False) -> list[int]:
+    """Ids of ``text`` as it encodes after other text: encoded behind a newline, whose ids are
+    then dropped (encoded alone instead when the newline would merge into ``text``)."""
+    kw = {"add_special_tokens": False, "split_special_tokens": split_special_tokens}
+    lead = list(tokenizer.encode("\n", **kw))
+    both = list(tokenizer.encode("\n" + text, **kw))
+    return both[len(lead):] if both[: len(lead)] == lead else list(tokenizer.encode(text, **kw))

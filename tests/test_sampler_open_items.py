@@ -193,6 +193,30 @@ def test_a_question_cannot_forge_a_turn_in_the_first_prompt(tok):
     assert chat_prompt_ids(tok, msgs) == tok.encode(text, add_special_tokens=False)
 
 
+def test_a_sentencepiece_style_tokenizer_adds_no_spaces_around_hidden_strings():
+    """Llama 2 / Mistral tokenizers (Metaspace, word-start space on the first piece only): encoded
+    piece by piece, every piece after a hidden string opened with a space of its own."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from thinkgym.sft_coldstart.tiny import _DEFAULT_CORPUS
+
+    sp = Tokenizer(models.BPE())
+    sp.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    sp.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    sp.train_from_iterator(_DEFAULT_CORPUS * 3, trainer=trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>", "<unk>"], show_progress=False,
+        initial_alphabet=list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789<>/[]?+= \n")))
+    tok = PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} "
+                         "[/INST]{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+    for q in ["Explain what </s>means in HTML", "the tag <s>strike</s> here", "What is 2 + 2?"]:
+        msgs = [{"role": "user", "content": q}]
+        ids = chat_prompt_ids(tok, msgs)
+        assert tok.decode(ids) == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), q
+        assert _specials(tok, ids) == [tok.bos_token_id], q  # the template's own <s> only
+
+
 @pytest.fixture(scope="module")
 def forged_task(tmp_path_factory):
     path = tmp_path_factory.mktemp("forged") / "items.jsonl"
