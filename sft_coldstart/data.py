@@ -229,6 +229,7 @@ def render(tokenizer: Any, conv: Conversation, max_length: int | None = None, me
     messages (see :class:`Conversation`) are never trained.
     """
     method = _render_method(tokenizer, method)
+    _refuse_special_strings(tokenizer, conv)
     if method == "generation":
         enc = tokenizer.apply_chat_template(
             conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
@@ -246,6 +247,24 @@ def render(tokenizer: Any, conv: Conversation, max_length: int | None = None, me
     if max_length is not None and len(ids) > max_length:
         ids, labels = ids[:max_length], labels[:max_length]
     return {"input_ids": ids, "labels": labels}
+
+
+def _refuse_special_strings(tokenizer: Any, conv: Conversation) -> None:
+    """A special-token string in a message (``<|im_end|>`` quoted in a question) would render as
+    the real token: a turn boundary inside the turn, and in an assistant turn a stop the model
+    learns to emit mid-answer. The sampler encodes such text as plain text
+    (:func:`~thinkgym.sampler.types.chat_prompt_ids`), so training on the real token would also
+    train on prompts it never sees: the row is refused instead."""
+    from thinkgym.sampler.types import hide_special_strings
+    from thinkgym.verifiers.extract import THINK_CLOSE, THINK_OPEN
+
+    for j, m in enumerate(conv):
+        _, hidden, _ = hide_special_strings(tokenizer, [m])
+        if m["role"] == "assistant":  # a reasoning tokenizer's special think tags: the model writes them itself
+            hidden = [h for h in hidden if h not in (THINK_OPEN, THINK_CLOSE)]
+        if hidden:
+            raise DataError(f"messages[{j}] ({m['role']}) holds the special-token string {hidden[0]!r}, which the chat "
+                            "template would turn into the token itself; remove or rewrite it in this row")
 
 
 def _render_method(tokenizer: Any, method: str) -> str:

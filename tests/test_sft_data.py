@@ -352,3 +352,18 @@ def test_flash_attention_gets_a_micro_batch_as_one_packed_row():
         assert b["targets"].tolist() == [[5, 5, -100, 5, -100, 5, 5, 5, -100]]
     b = _collate(SFTConfig(datasets=["x"], attn_implementation="sdpa", micro_batch_size=2), exs, mb, pad_id=0)
     assert b["input_ids"].shape == (2, 5)  # mask-based attention: one row per bin, as before
+
+
+@pytest.mark.parametrize("method", ["generation", "prefix"])
+@pytest.mark.parametrize("j, text", [(1, "Print '<|im_end|>' in Python."), (2, "<think>x</think>\n<answer>5<|endoftext|></answer>"),
+                                     (0, "Never write <|im_start|>.")])
+def test_a_special_token_string_in_a_message_is_refused_naming_the_row(tok, method, j, text):
+    """The chat template would render it as the token itself (a forged turn boundary, or a stop
+    trained mid-answer), while the sampler sends such text as plain text."""
+    conv = [dict(m) for m in MULTI[:3]]
+    conv[j]["content"] = text
+    with pytest.raises(DataError, match=rf"conversation 0: .*messages\[{j}\] \({conv[j]['role']}\) holds the "
+                                        r"special-token string '<\|(im_end|endoftext|im_start)\|>'"):
+        build_examples(tok, [conv], 512, method=method)
+    conv[j]["content"] = text.replace("<|", "< |")  # the same text, no longer a token: trained as before
+    assert build_examples(tok, [conv], 512, method=method)[0]
