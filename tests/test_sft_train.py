@@ -340,7 +340,7 @@ def test_time_budget_stops_every_rank_at_the_same_step(tiny_model_dir, const_dat
     assert proc.returncode == 0, err[-3000:]
     res = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert res["stop_reason"] == "max_train_s" and res["steps"] == 1, res
-    assert res["train_seconds"] < budget / 10  # rank 0's own time: it stopped on rank 1's
+    assert res["train_seconds"] < budget / 3  # rank 0's own time (one step, slower on a busy machine): it stopped on rank 1's
     assert Path(res["final"], "model.safetensors").exists()
 
 
