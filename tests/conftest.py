@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from typing import Iterator
 
 # vLLM on CPU: a 1 GiB KV cache is plenty for the tiny model, and the in-process engine
 # starts in seconds. Set before anything imports vllm.
@@ -38,3 +41,17 @@ def sigint_default() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def loopback_server(handler: type) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 running ``handler`` in a thread; yields its base URL."""
+    from http.server import ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -199,22 +199,22 @@ def sft_config(tmp_path: Path, model: Path, out: Path, **kw) -> Path:
     return write_yaml(tmp_path / "sft.yaml", **{**base, **kw})
 
 
-@pytest.fixture(scope="module")
-def finished_grpo(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("grpo")
-    cfg = grpo_config(tmp, tiny_model_dir, tmp / "run")
-    r = cli("train", "--config", cfg)
+def _finished_run(tmp_path_factory, tiny_model_dir, command: str, make_config) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp(command)
+    cfg = make_config(tmp, tiny_model_dir, tmp / "run")
+    r = cli(command, "--config", cfg)
     assert r.returncode == 0, r.stderr[-3000:]
     return cfg, tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def finished_grpo(tmp_path_factory, tiny_model_dir):
+    return _finished_run(tmp_path_factory, tiny_model_dir, "train", grpo_config)
 
 
 @pytest.fixture(scope="module")
 def finished_sft(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("sft")
-    cfg = sft_config(tmp, tiny_model_dir, tmp / "run")
-    r = cli("sft", "--config", cfg)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return cfg, tmp / "run"
+    return _finished_run(tmp_path_factory, tiny_model_dir, "sft", sft_config)
 
 
 def last_json(stdout: str) -> dict:

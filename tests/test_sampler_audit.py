@@ -5,11 +5,11 @@ that take no per-prompt seeds."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from conftest import loopback_server
 
 from thinkgym.sampler.types import SamplingConfig, check_prompts, request_seed
 
@@ -185,11 +185,8 @@ def fake_server(tiny_model_dir):
     from transformers import AutoTokenizer
 
     _Fake.tokens = AutoTokenizer.from_pretrained(str(tiny_model_dir)).encode("the answer is 5", add_special_tokens=False)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Fake)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with loopback_server(_Fake) as url:
+        yield url
 
 
 @pytest.fixture()

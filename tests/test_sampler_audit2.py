@@ -11,9 +11,10 @@ import random
 import threading
 import time
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from conftest import loopback_server
 
 torch = pytest.importorskip("torch")
 
@@ -398,11 +399,8 @@ class _Stub(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def stub_url():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with loopback_server(_Stub) as url:
+        yield url
 
 
 @pytest.fixture()
