@@ -9,6 +9,7 @@ training. The critic (``advantage: gae``) stays fully fine-tuned.
 
 from __future__ import annotations
 
+import json
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -140,5 +141,18 @@ def check_resumed_base(model: Any, hf_dir: Any) -> None:
 
 
 def save_adapter(model: Any, path: Any) -> None:
-    """The adapter alone (``adapter_config.json`` + weights), loadable with ``PeftModel.from_pretrained``."""
+    """The adapter alone (``adapter_config.json`` + weights), loadable with ``PeftModel.from_pretrained``.
+
+    A base model resolved from the hub is recorded by its repo id, not its HF-cache path, so the
+    adapter loads on another machine."""
+    from thinkgym.hub import hub_id_of
+
     model.save_pretrained(path, safe_serialization=True)
+    f = Path(path) / "adapter_config.json"
+    conf = json.loads(f.read_text())
+    conf_base = conf.get("base_model_name_or_path") or ""
+    repo = hub_id_of(conf_base)
+    if repo is not None:
+        conf["base_model_name_or_path"] = repo
+        conf["revision"] = conf.get("revision") or Path(conf_base).name  # the snapshot's commit
+        f.write_text(json.dumps(conf, indent=2, sort_keys=True))

@@ -96,6 +96,25 @@ def _lora_model(model_dir: Path, **kw):
     return model
 
 
+def test_adapter_names_a_hub_base_by_its_repo_id(tiny_model_dir, tmp_path):
+    """A hub model runs from its HF-cache snapshot; the exported adapter names the repo and commit,
+    not that cache path, so it loads on another machine. A local base keeps its path."""
+    import shutil
+
+    from thinkgym.grpo.lora import save_adapter
+    from thinkgym.hub import hub_id_of
+
+    snap = tmp_path / "hub" / "models--acme--tiny-reasoner" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_model_dir, snap)
+    assert hub_id_of(snap) == "acme/tiny-reasoner" and hub_id_of(tiny_model_dir) is None
+    assert hub_id_of(tmp_path / "models--x" / "other" / "abc") is None
+    for base, want, rev in ((snap, "acme/tiny-reasoner", "0123abc"), (tiny_model_dir, str(tiny_model_dir), None)):
+        out = tmp_path / f"adapter-{rev}"
+        save_adapter(_lora_model(base), out)
+        conf = json.loads((out / "adapter_config.json").read_text())
+        assert (conf["base_model_name_or_path"], conf.get("revision")) == (want, rev)
+
+
 def test_merged_state_dict_equals_peft_merge_and_unload(tiny_model_dir):
     import torch
 

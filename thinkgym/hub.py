@@ -59,6 +59,18 @@ def check_model(model: str) -> None:
         resolve_model(model)
 
 
+def hub_id_of(path: str | Path) -> str | None:
+    """The hub repo id whose HF-cache snapshot ``path`` is (``.../models--ORG--NAME/snapshots/<rev>``
+    gives ``ORG/NAME``); None for any other directory. Exports name their base model by it, so they
+    do not point into one machine's cache."""
+    p = Path(path)
+    repo = p.parent.parent.name
+    if p.parent.name != "snapshots" or not repo.startswith("models--"):
+        return None
+    name = repo[len("models--"):].replace("--", "/")
+    return name if HUB_ID.fullmatch(name) else None
+
+
 def resolve_model(model: str, revision: str | None = None) -> str:
     """A local directory holding ``model``: the directory itself, or the HF-cache snapshot of hub
     repo ``model`` (downloaded first unless offline mode is on). Raises :class:`ModelNotFound`
