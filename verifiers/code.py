@@ -266,7 +266,9 @@ def pump(pid, r_out, w_in, data, deadline):
             if fd == w_in:
                 try:
                     pos += os.write(w_in, data[pos:pos + 65536])
-                except OSError:
+                except BlockingIOError:
+                    continue
+                except OSError:  # the candidate closed its stdin: the rest is not for it
                     pos = len(data)
                 if pos >= len(data):
                     sel.unregister(w_in)
@@ -307,6 +309,23 @@ def wait_exit(pid, deadline):
             return None
         time.sleep(0.001)
 
+def wait_program(pid, deadline):
+    """(exit code, None) of a program whose stdout is at EOF, or (None, the limit it overran):
+    one that closed its stdout can compute on, and its CPU counts as before."""
+    next_cpu_check = time.monotonic() + 0.05  # most programs exit right after EOF: no /proc scan
+    while True:
+        wp, st = os.waitpid(pid, os.WNOHANG)
+        if wp:
+            return os.waitstatus_to_exitcode(st), None
+        now = time.monotonic()
+        if now > deadline:
+            return None, "wall_limit"
+        if now >= next_cpu_check:
+            if program_cpu(pid) > CASE_S:
+                return None, "cpu_limit"
+            next_cpu_check = now + 0.05
+        time.sleep(0.001)
+
 def run_stdio(src, stdin_text):
     r_in, w_in = os.pipe()
     r_out, w_out = os.pipe()
@@ -334,13 +353,19 @@ def run_stdio(src, stdin_text):
     os.close(w_out)
     deadline = min(t0 + CASE_WALL, t_end)
     out, status, rc = pump(pid, r_out, w_in, stdin_text.encode(), deadline)
-    if rc is None:
-        rc = wait_exit(pid, deadline if status is None else 0)
     if rc is None and status is None:
-        status = "wall_limit"
+        rc, status = wait_program(pid, deadline)
+    elif rc is None:
+        rc = wait_exit(pid, 0)
     kill_all()
     res = {"status": status or ("ok" if rc == 0 else "runtime_error"), "returncode": rc,
-           "stdout": out.decode("utf-8", "replace"), "time_s": round(time.monotonic() - t0, 4)}
+           "time_s": round(time.monotonic() - t0, 4)}
+    try:
+        res["stdout"] = out.decode("utf-8")
+    except UnicodeDecodeError:
+        # Shown with U+FFFD in place of the bad bytes, which must not then match an expected
+        # output that holds U+FFFD itself: no invalid byte sequence is any expected text.
+        res.update(stdout=out.decode("utf-8", "replace"), invalid_utf8=True)
     hit = limit_hit(status, t0)
     if hit:
         res.update(status="timeout", error=hit)
@@ -363,15 +388,38 @@ class Worker:
         os.close(r_req)
         os.close(w_resp)
         os.close(devnull)
+        os.set_blocking(self.w_req, False)
         self.buf = bytearray()
 
-    def send(self, obj):
+    def send(self, obj, deadline, cpu0):
+        """Write one request; None once written (or once the worker can no longer read it), else
+        why not. Never a blocking write: a worker that stops reading its requests (its code
+        swapped fd 3 or patched os.read) would hold us past every limit, until the sandbox's
+        wall clock killed the whole run."""
         data = marshal.dumps(obj)
-        try:
-            os.write(self.w_req, b"%d\n" % len(data) + data)
-            return True
-        except OSError:
-            return False
+        view = memoryview(b"%d\n" % len(data) + data)
+        sel = select.poll()
+        sel.register(self.w_req, select.POLLOUT)
+        next_cpu_check = 0.0
+        while view:
+            try:
+                view = view[os.write(self.w_req, view[:65536]):]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                # Its read end is closed, so the worker is gone or deaf: recv tells which.
+                return None
+            now = time.monotonic()
+            if now >= deadline:
+                return "wall_limit"
+            # Throttled: a worker that reads a byte at a time must not make us scan /proc per byte.
+            if now >= next_cpu_check:
+                if program_cpu(self.pid) - cpu0 > CASE_S:
+                    return "cpu_limit"
+                next_cpu_check = now + 0.05
+            sel.poll(min(deadline - now, 0.05) * 1000)
+        return None
 
     def recv(self, deadline, cpu0):
         """One length-prefixed reply, or (None, why); at most CASE_S CPU seconds past ``cpu0``."""
@@ -522,8 +570,10 @@ def run_function(src, entry, n):
                 results.append({"status": "load_error", "error": load_error})
                 continue
         cpu0 = program_cpu(w.pid)
-        w.send(args)
-        msg, why = w.recv(min(time.monotonic() + CASE_WALL, t_end), cpu0)
+        deadline = min(time.monotonic() + CASE_WALL, t_end)
+        msg, why = None, w.send(args, deadline, cpu0)
+        if why is None:
+            msg, why = w.recv(deadline, cpu0)
         dt = round(time.monotonic() - t0, 4)
         if msg is None:
             rc = w.stop()
@@ -611,14 +661,28 @@ def validate_tests(tests: Any) -> dict:
                 raise ValueError(f"case {i}: missing field {k!r} (a {kind} case needs {need})")
         if kind == "function" and not isinstance(c["args"], list):
             raise ValueError(f"case {i}: 'args' must be a list")
-        if kind == "stdio" and not (isinstance(c["stdin"], str) and isinstance(c["expected_stdout"], str)):
-            raise ValueError(f"case {i}: 'stdin' and 'expected_stdout' must be strings")
+        if kind == "stdio":
+            for k in need:
+                if not isinstance(c[k], str):
+                    raise ValueError(f"case {i}: 'stdin' and 'expected_stdout' must be strings")
+                if not _encodable(c[k]):
+                    # A lone surrogate is no byte sequence on a pipe: the harness could not feed
+                    # it, or no output could match it, and every program would get a silent 0.
+                    raise ValueError(f"case {i}: {k!r} holds a lone surrogate (not encodable as UTF-8)")
     if kind == "function":
         ep = tests.get("entry_point")
         if not isinstance(ep, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", ep):
             raise ValueError(f"function tests need an 'entry_point' identifier (or Class.method), got {ep!r}")
     # Round-trip through JSON so inputs and expected values are plain data on both sides.
     return json.loads(json.dumps(tests))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def values_equal(got: Any, expected: Any, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
@@ -717,6 +781,9 @@ def _judge_case(kind: str, case: Mapping, res: Mapping) -> dict:
             out["returncode"] = res["returncode"]
         return out
     got = res.get("stdout", "")
+    if res.get("invalid_utf8"):
+        out.update(status="wrong_answer", error="output is not valid UTF-8", got=got[:200])
+        return out
     want = _norm_stdout(case["expected_stdout"])
     # Output with another number of lines cannot match, and splitting a flood of short lines
     # costs about 30 times its size in line objects: count before splitting.
@@ -789,6 +856,9 @@ def grade_program(
     stderr_tail = run.stderr[-2000:].decode("utf-8", "replace")
     if run.timed_out:
         payload, why = None, f"wall-clock limit of the run ({lim.wall_s:g} s) exceeded: run killed"
+    elif run.stdout_truncated:
+        # Each case's output is capped on its own; together they may still pass the run's cap.
+        payload, why = None, f"output limit of the run ({lim.stdout_bytes} bytes) exceeded: run killed"
     else:
         payload, why = read_result(run.stdout, nonce)
     if payload is None or "harness_error" in payload:

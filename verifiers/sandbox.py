@@ -147,7 +147,9 @@ def pump(
             if key.fileobj is proc.stdin:
                 try:
                     pos += os.write(proc.stdin.fileno(), view[pos : pos + 65536])
-                except (BrokenPipeError, OSError):
+                except BlockingIOError:
+                    continue  # full again: dropping the rest would silently cut the program's input
+                except OSError:  # the program closed its stdin: not an error of ours
                     pos = len(view)
                 if pos >= len(view):
                     sel.unregister(proc.stdin)
@@ -331,6 +333,24 @@ class _SlotCgroup:
             time.sleep(0.005)
 
 
+def _private_dir(path: str) -> None:
+    """Make ``path`` (0700), or check that the one already there is ours alone.
+
+    It lives in the shared temp dir, where another local user can plant it first: as their
+    directory they could hold every slot's lock (no sandbox could start) or put symlinks in it
+    that we, as root, would open for writing.
+    """
+    import stat
+
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise SandboxUnavailable(
+            f"sandbox slot directory {path} is not a directory owned by uid {os.geteuid()} and writable by it "
+            "alone (planted by another user?); remove it"
+        )
+
+
 class _Uids:
     """Sandbox uids, one per live sandbox, claimed with ``flock`` so other processes skip them."""
 
@@ -340,7 +360,7 @@ class _Uids:
         self._held: dict[int, int] = {}
         self._n = 0
         if enabled:
-            os.makedirs(_SLOT_DIR, mode=0o700, exist_ok=True)
+            _private_dir(_SLOT_DIR)
         # A forked child (multiprocessing, DataLoader workers) shares the lock fds: close its
         # copies, or the parent's slots stay locked for as long as the child lives.
         ref = weakref.ref(self)
@@ -361,7 +381,8 @@ class _Uids:
             for i in range(_N_UIDS):
                 if i in self._held:
                     continue
-                fd = os.open(os.path.join(_SLOT_DIR, f"{i}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = os.open(os.path.join(_SLOT_DIR, f"{i}.lock"),
+                             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
