@@ -290,6 +290,21 @@ def clipped_surrogate(
     return loss, clipped
 
 
+def sequence_level_old(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """The "old" logprobs that turn :func:`clipped_surrogate` into GSPO's sequence-level objective
+    (Zheng et al. 2025; TRL's ``importance_sampling_level="sequence"``). (N,T) -> (N,T)
+
+    Every token's log ratio becomes its sequence's length-normalised one, ``mean_t(log pi - log
+    pi_old)``, so clipping keeps or drops whole sequences; the gradient through each token is its
+    own ``grad log pi`` scaled by the sequence ratio (GSPO-token, which equals GSPO when a
+    sequence's tokens share one advantage and the loss averages within sequences: ``seq_mean``).
+    """
+    m = mask.to(logprobs.dtype)
+    lp = logprobs.detach()
+    seq = masked_sum(lp - old_logprobs, m, dim=1) / m.sum(1).clamp(min=1.0)  # (N,)
+    return lp - seq[:, None]  # logprobs - this = logprobs - sg(logprobs) + seq
+
+
 def clipped_value_loss(
     values: Tensor, old_values: Tensor, returns: Tensor, clip: float | None = 0.2
 ) -> Tensor:

@@ -18,7 +18,8 @@ One step, top to bottom (``train`` below):
    baseline), ``gae`` (PPO: a critic and token-level GAE). KL to the reference policy is a loss
    term (GRPO) or, with ``kl_in_reward``, a penalty on the reward (classic PPO).
 4. **Learn.** ``ppo_epochs`` passes over the batch in ``minibatches`` optimiser steps each; loss
-   = clipped surrogate (separate low/high clip, DAPO clip-higher) x truncated importance weight
+   = clipped surrogate (separate low/high clip, DAPO clip-higher; a per-token ratio, or GSPO's
+   per-sequence one with ``importance_sampling_level: sequence``) x truncated importance weight
    (learner vs sampler logprobs) + ``kl_coef`` x KL - ``entropy_coef`` x entropy, aggregated
    ``token_mean`` (DAPO), ``seq_mean`` (GRPO) or ``constant`` (Dr. GRPO) over the minibatch
    (of every rank: ``token_mean`` divides by the token count of all ranks together).
@@ -32,16 +33,12 @@ With ``async_rollouts`` the next step's rollouts (step 1, in a background thread
 while this step learns (step 4), by the weights before this step's update: one update
 off-policy, as in PipelineRL / verl's one-step-off mode; the truncated IS weights (``tis_cap``)
 correct for the lag. The sync waits for that sampling to finish. It pays where sampling leaves
-the hardware partly idle (a ``vllm-server`` sampler on its own GPUs); on the 2-core demo
-machine it is slower (1.58 vs 1.37 s a step: both halves compete for two cores and the GIL).
+the hardware partly idle (a ``vllm-server`` sampler on its own GPUs); on 2 CPU cores it is slower.
 
 With ``lora_r > 0`` only a LoRA adapter on the policy trains (``grpo/lora.py``): the KL reference
 is the same model with its adapter off, and the sampler and the HF checkpoints get the merged
-weights, so they never see the adapter.
-
-Single process works as is (the distributed env defaults are filled in); for several
-processes use ``deepspeed --num_gpus N --module thinkgym.grpo.train --config ...`` or
-``torchrun --nproc_per_node N -m thinkgym.grpo.train --config ...``.
+weights, so they never see the adapter. One process works as is; for several use
+``deepspeed --num_gpus N --module thinkgym.grpo.train --config ...`` (or ``torchrun``).
 """
 
 from __future__ import annotations
@@ -120,6 +117,7 @@ class GRPOConfig:
     clip_low: float = 0.2  #: PPO ratio clip below 1
     clip_high: float = 0.28  #: PPO ratio clip above 1 (DAPO clip-higher when > clip_low)
     dual_clip: float | None = None  #: dual-clip bound for negative advantages (> 1), None = off
+    importance_sampling_level: Literal["token", "sequence"] = "token"  #: PPO ratio per token, or per sequence (GSPO: use seq_mean and clips near 3e-4 / 4e-4)
     aggregation: Literal["token_mean", "seq_mean", "constant"] = "token_mean"  #: loss reduction
     kl_coef: float = 0.0  #: KL-to-reference weight (0 = no reference model)
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"  #: per-token KL estimator
@@ -379,7 +377,8 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                     m, a = mask[idx, :t], adv[idx, :t]
                     lp, ent = policy_forward(policy_eng, b, cfg.temperature, entropy=True if cfg.entropy_coef else "metric")
                     old = lp.detach() if single_update else old_lp[idx, :t]
-                    pg, clipped = core.clipped_surrogate(lp, old, a, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+                    ratio_old = core.sequence_level_old(lp, old, m) if cfg.importance_sampling_level == "sequence" else old
+                    pg, clipped = core.clipped_surrogate(lp, ratio_old, a, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
                     if cfg.tis_cap is not None:
                         w = core.truncated_is_weights(old, b["sampler_lp"], cfg.tis_cap)  # (n, T-1)
                         pg = pg * w
@@ -402,7 +401,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
                     if gnorm is not None:
                         logs.setdefault("grad_norm", []).append(float(gnorm))
                     for name, v in (("loss", loss.detach()), ("tokens", m.sum()), ("clipfrac", (clipped * m).sum()),
-                                    ("entropy", (ent.detach() * m).sum()), ("ratio", (torch.exp(lp.detach() - old) * m).sum())):
+                                    ("entropy", (ent.detach() * m).sum()), ("ratio", (torch.exp(lp.detach() - ratio_old) * m).sum())):
                         sums[name] = sums.get(name, 0.0) + float(v)
                     if critic_eng is not None:
                         v_new = value_forward(critic_eng, b)

@@ -222,6 +222,33 @@ def test_clipped_surrogate_dual_clip():
     assert loss.item() == pytest.approx(3.0)  # would be 5 without dual clip
 
 
+def test_sequence_level_ratio_gives_gspo_gradient_and_clips_whole_sequences():
+    """GSPO: s_i = exp(mean_t(log pi - log pi_old)) over the sequence's own tokens; the loss
+    -A_i * s_i (seq_mean) has gradient -A_i * s_i / |y_i| on each of them, padding excluded, and a
+    sequence whose s_i is clipped gets none, whatever its single tokens' ratios."""
+    g = torch.Generator().manual_seed(0)
+    old = torch.randn(3, 5, generator=g) * 0.1 - 1.0
+    lp0 = old + torch.randn(3, 5, generator=g) * 0.01
+    lp0[2] = old[2] + torch.tensor([0.9, -0.4, 0.9, 0.0, 0.0])  # mean 0.35 -> s = 1.42, clipped; token 2 alone: 0.67
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.float32)
+    lp0[1, 2:] = 50.0  # padding: no effect on anything
+    adv = t(1.0, -2.0, 0.5)[:, None]  # (N,1)
+    lp = lp0.clone().requires_grad_()
+    seq_old = core.sequence_level_old(lp, old, mask)
+    pg, clipped = core.clipped_surrogate(lp, seq_old, adv, 0.2, 0.28)
+    core.aggregate(pg, mask, "seq_mean").backward()
+    n = mask.sum(1)
+    s = torch.exp(((lp0 - old) * mask).sum(1) / n)  # (N,)
+    want = -adv * (s / n)[:, None] * mask / 3  # d/dlp of mean_i(-A_i s_i)
+    want[2] = 0.0  # s_2 > 1.28 with A > 0: clipped as a whole
+    assert torch.allclose(lp.grad, want, atol=1e-6), (lp.grad, want)
+    assert (clipped[2] * mask[2]).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert not (clipped[:2] * mask[:2]).any()
+    # every token reads its sequence's ratio
+    r = torch.exp(lp0 - seq_old.detach())
+    assert r[0].tolist() == pytest.approx([float(s[0])] * 5) and r[1, :2].tolist() == pytest.approx([float(s[1])] * 2)
+
+
 def test_clipped_value_loss():
     v, old, ret = t(1.0, 0.0), t(0.0, 0.0), t(0.0, 1.0)
     # tok0: (1-0)^2 = 1 ; clipped v = 0.2 -> 0.04 ; max = 1 -> 0.5

@@ -331,6 +331,29 @@ def test_single_update_reuses_training_logprobs_with_the_same_result(tmp_path, t
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_sequence_level_importance_sampling_trains(tmp_path, tiny_model_dir, monkeypatch):
+    """GSPO's per-sequence ratio (``importance_sampling_level: sequence``; its math is unit-tested
+    in test_grpo_core) runs in the learner on every micro-batch, and the second minibatch, after an
+    update, reads ratios away from 1."""
+    import math
+
+    from thinkgym.grpo import core
+    from thinkgym.grpo import train as train_mod
+
+    calls, real = [], core.sequence_level_old
+    monkeypatch.setattr(core, "sequence_level_old", lambda lp, old, m: calls.append(lp.shape) or real(lp, old, m))
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "gspo", max_steps=2, importance_sampling_level="sequence",
+                   aggregation="seq_mean", clip_low=3e-4, clip_high=4e-4)
+    hist = train_mod.train(cfg)["history"]
+    assert len(hist) == 2 and all(math.isfinite(r["loss"]) for r in hist)
+    assert len(calls) == 2 * 2  # steps x minibatches (4 of the 8 sequences each: one micro-batch)
+    assert any(r["ratio"] != 1.0 for r in hist) and any(r["clipfrac"] > 0 for r in hist)
+    with pytest.raises(Exception, match="importance_sampling_level"):
+        tiny_cfg(tiny_model_dir, tmp_path / "bad", importance_sampling_level="seq")
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_logged_metrics_do_not_depend_on_micro_batching(tmp_path, tiny_model_dir):
     """The same step (same seeds, rollouts and update) split into 4 micro-batches or run as one
     logs the same loss, entropy, ratio and IS weight. Losses used to be averaged over micro-batches
