@@ -9,15 +9,19 @@ Order of checks, cheapest first:
    and multi-part answers as unordered collections;
 4. sympy (``latex2sympy2_extended`` parses the LaTeX) for everything else. The sympy step runs in
    a worker process of :mod:`thinkgym.verifiers.pool` under a hard time budget, so no input can
-   hang the caller; a step that runs out of budget gives ``score=None``.
+   hang the caller; a step that runs out of budget gives ``score=None``. An answer nested deeper
+   than :data:`MAX_NESTING` never gets there: it is unreadable, a plain 0.
 
-Decimals are exact: ``0.33`` is 33/100, never 1/3, and ``6.28`` is not ``2\\pi``.
+Decimals are exact: ``0.33`` is 33/100, never 1/3, and ``6.28`` is not ``2\\pi``. Only a gold
+given as a Python float is known to a few units in the last place (:data:`FLOAT_GOLD_ULPS`):
+``0.3`` equals gold ``0.1 + 0.2``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -56,7 +60,8 @@ _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u2012": "-", "\u00d7": "\\times ", "\u22c5": "\\cdot ",
     "\u00b7": "\\cdot ", "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u221a": "\\sqrt", "\u00a0": " ",
     "\u2009": " ", "\u202f": " ", "\u00b0": "^\\circ", "\u00bd": "\\frac{1}{2}", "\u00bc": "\\frac{1}{4}",
-    "\u00be": "\\frac{3}{4}", "\u2205": "\\emptyset ", "\\varnothing": "\\emptyset",
+    "\u00be": "\\frac{3}{4}", "\u2205": "\\emptyset ", "\\varnothing": "\\emptyset", "\u00b1": "\\pm ",
+    "\u2213": "\\mp ",
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 _DROP_RE = re.compile(
@@ -78,9 +83,15 @@ _PERCENT_WORD = re.compile(
 _CONTROL_SPACE = re.compile(r"(?<!\\)\\ ")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b")
 # "x = 3", "x_1 = 3", "f(x) = 2x", "x \\in [1, 2]": a single named thing on the left.
+# "(x, y) = (5, 3)": a tuple of names on the left.
+_NAME = r"[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?"
 _ASSIGN = re.compile(
-    r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\([A-Za-z, ]*\))?\s*(?:=|\\in(?![a-zA-Z]))\s*(?!=)(.+)$", re.DOTALL
+    r"^\s*(?:" + _NAME + r"(?:\([A-Za-z, ]*\))?|\(\s*" + _NAME + r"(?:\s*,\s*" + _NAME + r")+\s*\))"
+    r"\s*(?:=|\\in(?![a-zA-Z]))\s*(?!=)(.+)$",
+    re.DOTALL,
 )
+# An ellipsis: the parser drops it, so "6, \ldots" and "6\ldots" read 6.
+_ELLIPSIS = re.compile(r"\\(?:[lcv]?dots|dots[bcimo])(?![a-zA-Z])|\.\.\.|\u2026")
 # "5 dollars", "12 apples": a number followed by plain words (LaTeX-free units).
 _TRAILING_WORDS = re.compile(r"^([+-]?[\d.,]*\d(?:\\?%)?)\s+[A-Za-z]{2,}\.?(?:\s+[A-Za-z]{2,}\.?)*\s*$")
 _FUNCTION_WORDS = {"sin", "cos", "tan", "log", "ln", "exp", "pi", "sqrt", "mod", "or", "and"}
@@ -148,9 +159,32 @@ def _value_text(s: str) -> bool:
     return False
 
 
+# Spellings the parser misreads, rewritten to the form it reads (TeX meaning unchanged):
+# "\lbrace 1, 2\rbrace" is the set {1, 2}; "\sqrt[3]2" takes one token as its radicand, as
+# "\sqrt2" does; "\mathbb R" is "\mathbb{R}".
+_SPELLINGS = [
+    (re.compile(r"\\lbrace(?![a-zA-Z])\s*"), r"\\{"),
+    (re.compile(r"\s*\\rbrace(?![a-zA-Z])"), r"\\}"),
+    (re.compile(r"(\\sqrt\s*\[[^\[\]{}]*\])\s*([0-9]|[A-Za-z](?![A-Za-z]))"), r"\1{\2}"),
+    (re.compile(r"\\mathbb\s*([A-Z])(?![A-Za-z])"), r"\\mathbb{\1}"),
+]
+# Upright e and i are Euler's number and the imaginary unit, never a unit of measure: the
+# trailing-unit rule dropped them, so "3+2\mathrm{i}" read 5 and "2\mathrm{e}" read 2, and the
+# parser reads "\mathrm{e}" as a plain symbol (so "\frac{1}{\mathrm{e}}" was not 1/e).
+_UPRIGHT_CONST = re.compile(r"\\(?:text|textrm|mathrm|operatorname|rm)\s*\{\s*([ei])\s*\}")
+# Colour and invisible boxes: "\color{red}5" shows 5; "\phantom{5}" shows nothing.
+_COLOR = re.compile(r"\\color\s*\{[^{}]*\}|\\textcolor\s*\{[^{}]*\}(?=\s*\{)")
+_PHANTOM = re.compile(r"\\[hv]?phantom\s*\{[^{}]*\}")
+
+
 def normalize(s: str) -> str:
     """Meaning-preserving cleanup of a LaTeX answer string."""
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
+    for rx, rep in _SPELLINGS:
+        s = rx.sub(rep, s)
+    if not _WHOLE_TEXT.match(s.strip()):  # "\text{i}" alone may be option (i): read below as text
+        s = _UPRIGHT_CONST.sub(r"{\1}", s)
+    s = _PHANTOM.sub("", _COLOR.sub("", s))
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom")
     s = _THOUSANDS_THIN.sub("", s)
     s = _DROP_RE.sub("", s)
@@ -182,7 +216,8 @@ _NUM_RES = [
     ("frac", re.compile(rf"\\frac\s*\{{\s*(-?{_DEC})\s*\}}\s*\{{\s*(-?{_DEC})\s*\}}")),
     ("frac_short", re.compile(r"\\frac\s*(\d)\s*(\d)")),
     ("slash", re.compile(rf"({_DEC})\s*/\s*({_DEC})")),
-    ("repeat", re.compile(r"(\d*)\.(\d*)\\overline\s*\{\s*(\d+)\s*\}")),
+    # "0.\overline{3}", and "0.\bar{3}" as the same bar is often typed
+    ("repeat", re.compile(r"(\d*)\.(\d*)\\(?:overline|bar)\s*\{\s*(\d+)\s*\}")),
 ]
 
 
@@ -398,8 +433,9 @@ def _install_strict_mixed_numbers(cls: Any) -> None:
 
     The parser reads *any* implicit product of an integer and a positive rational as a mixed
     number: ``2(3)`` was 5, ``(12)(3)`` 15, ``2 3`` 5, so ``2(3)`` passed for gold 5 and failed
-    for gold 6. Only a plain digit run directly followed by a ``\\frac`` of digit runs, ending
-    the product, is a mixed number here; everything else multiplies.
+    for gold 6. Only a plain digit run directly followed by a ``\\frac`` of digit runs is a
+    mixed number here; everything else multiplies. The mixed number may be followed by more
+    factors: ``2\\frac{1}{2}\\pi`` is 5pi/2 (read as 2 * 1/2 * pi it passed for gold pi).
     """
     if cls is None or not hasattr(cls, "convert_postfix_list"):  # pragma: no cover - another parser version
         return
@@ -412,18 +448,23 @@ def _install_strict_mixed_numbers(cls: Any) -> None:
         if isinstance(res, (sympy.Expr, sympy.MatrixBase)):
             if i == len(arr) - 1:
                 return res
+            if (
+                getattr(res, "is_Integer", False)
+                and _MIXED_INT.fullmatch(arr[i].getText())
+                and _MIXED_FRAC.fullmatch(arr[i + 1].getText())
+            ):
+                fr = self.convert_postfix(arr[i + 1])
+                if getattr(fr, "is_Rational", False) and fr.p > 0:
+                    mixed = sympy.Rational(res * fr.q + fr.p, fr.q)
+                    if i + 2 == len(arr):
+                        return mixed
+                    rest = self.convert_postfix_list(arr, i + 2)
+                    if getattr(rest, "is_Matrix", False):
+                        return self.mat_mul_flat(mixed, rest)
+                    return self.mul_flat(mixed, rest)
             rh = self.convert_postfix_list(arr, i + 1)
             if getattr(res, "is_Matrix", False) or getattr(rh, "is_Matrix", False):
                 return self.mat_mul_flat(res, rh)
-            mixed = (
-                i + 2 == len(arr)
-                and _MIXED_INT.fullmatch(arr[i].getText())
-                and _MIXED_FRAC.fullmatch(arr[i + 1].getText())
-                and getattr(res, "is_Integer", False) and getattr(rh, "is_Rational", False)
-                and rh.p > 0 and rh.q > 0
-            )
-            if mixed:
-                return sympy.Rational(res * rh.q + rh.p, rh.q)
             return self.mul_flat(res, rh)
         if isinstance(res, list) and len(res) == 1:  # d/dx: the rest of the product is differentiated
             if i == len(arr) - 1:
@@ -434,23 +475,44 @@ def _install_strict_mixed_numbers(cls: Any) -> None:
     cls.convert_postfix_list = convert_postfix_list
 
 
+# What joins inequalities into one set: "or" is a union, "and" an intersection. (Both were read
+# as a union: "x > -3 \text{ and } x < 3" was all of R, and "x < 1 \text{ and } x > 3", which
+# is empty, passed for gold (-oo, 1) U (3, oo).)
+_JOINS = re.compile(
+    r"\\text\{\s*(or|and)\s*\}|\\(lor|vee|land|wedge)(?![a-zA-Z])|\b(and/or|or)\b", re.IGNORECASE
+)
+_AND = {"and", "land", "wedge"}
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse_sympy(s: str) -> Any:
-    from thinkgym.verifiers.extract import _ALTERNATIVES_RE
+    seps = list(_JOINS.finditer(s))
+    if not seps:
+        return _parse_one(s)
+    import sympy
 
-    parts = [x.strip(" ,;") for x in _ALTERNATIVES_RE.split(s)]
-    if len(parts) > 1:  # "x < 1 or x > 3": the union of the sets the inequalities describe
-        import sympy
-
+    words = [(m.group(1) or m.group(2) or m.group(3)).lower() for m in seps]
+    # \land and \wedge are not hedges (extraction keeps them): between anything but
+    # inequalities they keep their old reading by the parser.
+    logic_only = all(w in ("land", "wedge") for w in words)
+    bounds = [0] + [x for m in seps for x in m.span()] + [len(s)]
+    parts = [s[bounds[k] : bounds[k + 1]].strip(" ,;") for k in range(0, len(bounds), 2)]
+    try:
         sets = [_as_set(_parse_one(x)) for x in parts if x]
         if not all(isinstance(x, sympy.Set) for x in sets):
             raise ValueError("alternatives that are not all inequalities")
-        return sympy.Union(*sets)
-    return _parse_one(s)
+    except Exception:
+        if logic_only:
+            return _parse_one(s)
+        raise
+    kinds = {w in _AND for w in words}
+    if len(kinds) > 1:
+        raise ValueError("'and' and 'or' together: the grouping is ambiguous")
+    return sympy.Intersection(*sets) if kinds == {True} else sympy.Union(*sets)
 
 
 # A repeating decimal inside a larger answer ("(-\infty, 2.\overline{5}]").
-_REPEATING = re.compile(r"(?<![\d.])\d*\.\d*\\overline\s*\{\s*\d+\s*\}")
+_REPEATING = re.compile(r"(?<![\d.])\d*\.\d*\\(?:overline|bar)\s*\{\s*\d+\s*\}")
 
 
 def _repeating_as_fraction(m: re.Match) -> str:
@@ -460,6 +522,11 @@ def _repeating_as_fraction(m: re.Match) -> str:
 
 
 _NUMBER_UNIT = re.compile(r"\s*[+-]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)\s*([A-Za-z][A-Za-z .]*)")
+
+
+# A run of signs is one sign: "- - x" is x. The parser nests one level per sign, so 1990 minus
+# signs before x used the whole budget (score=None).
+_SIGN_RUN = re.compile(r"[+-](?:\s*[+-])+")
 
 
 def _number_with_unit(s: str) -> bool:
@@ -481,7 +548,9 @@ def _parse_one(s: str) -> Any:
     conv = ConversionConfig(interpret_as_mixed_fractions=True, lowercase_symbols=False)
     _install_fast_numbers()
     s = _REPEATING.sub(_repeating_as_fraction, s)
+    s = _SIGN_RUN.sub(lambda m: "-" if m.group(0).count("-") % 2 else "+", s)
     expr = _exact(latex2sympy(_collapse_parens(_func_brace_args(s)), normalization_config=norm, conversion_config=conv))
+    expr = _real_odd_roots(_imaginary_unit(expr))
     # The parser leaves products unevaluated, and sympy drops a 0 * oo term from a sum as a
     # zero coefficient: "5 + 0 \cdot \infty" would equal 5. An undefined value equals nothing.
     if isinstance(expr, sympy.Basic) and expr.has(sympy.oo, sympy.zoo, sympy.nan):
@@ -491,6 +560,52 @@ def _parse_one(s: str) -> Any:
             undefined = False
         if undefined:
             raise ValueError(f"undefined value: {s!r}")
+    return expr
+
+
+def _imaginary_unit(expr: Any) -> Any:
+    """A free ``i`` is the imaginary unit, as in competition mathematics.
+
+    The parser reads it as a plain symbol, so ``i^2`` was not -1, ``\\sqrt{-4}`` was not ``2i``
+    and ``\\frac{1}{1+i}`` was not ``\\frac{1-i}{2}``. A summation index (``\\sum_{i=1}^{n} i``) is
+    bound, not free, and stays an index. ``j`` stays a variable.
+    """
+    import sympy
+
+    try:
+        free = expr.free_symbols if isinstance(expr, (sympy.Basic, sympy.MatrixBase)) else ()
+        i = [x for x in free if isinstance(x, sympy.Symbol) and x.name == "i"]
+        if not i:
+            return expr
+        if isinstance(expr, sympy.MatrixBase):
+            return expr.applyfunc(lambda e: e.xreplace({i[0]: sympy.I}))
+        return expr.xreplace({i[0]: sympy.I})
+    except Exception:  # noqa: BLE001 - "i > 2", an interval ending at i: no complex reading
+        return expr
+
+
+def _real_odd_roots(expr: Any) -> Any:
+    """An odd root of a negative number is the real root, as in school mathematics.
+
+    sympy takes the principal complex root: ``\\sqrt[3]{-8}`` was ``1 + \\sqrt{3} i``, not -2, and
+    ``\\sqrt[3]{2+\\sqrt{5}} + \\sqrt[3]{2-\\sqrt{5}}`` was not 1.
+    """
+    import sympy
+
+    def odd_root_of_negative(e: Any) -> bool:
+        x = e.exp
+        return bool(x.is_Rational and not x.is_Integer and x.q % 2 == 1 and e.base.is_number and e.base.is_negative)
+
+    def real(e: Any) -> Any:
+        return (-1) ** e.exp.p * sympy.Pow(-e.base, e.exp)
+
+    try:
+        if isinstance(expr, sympy.MatrixBase):
+            return expr.applyfunc(lambda e: e.replace(lambda x: x.is_Pow and odd_root_of_negative(x), real))
+        if isinstance(expr, sympy.Basic) and expr.has(sympy.Pow):
+            return expr.replace(lambda x: isinstance(x, sympy.Pow) and odd_root_of_negative(x), real)
+    except Exception:  # noqa: BLE001 - sympy raises many types on odd input
+        pass
     return expr
 
 
@@ -615,6 +730,14 @@ def _expr_equal(a: Any, b: Any) -> bool:
             return False
         if any(isinstance(x, sympy.Basic) and x.has(*infinite) for x in (a, b)):
             return a == b
+    unevaluated = (sympy.Sum, sympy.Product, sympy.Integral, sympy.Limit, sympy.Derivative)
+    if any(isinstance(x, sympy.Basic) and x.has(*unevaluated) for x in (a, b)):
+        # Evaluate first: "\\sum_{k=1}^{n} k" against n(n+1)/2 went to the random-point check with a
+        # fractional upper limit and to simplify(), over 30 s, and came back score=None.
+        try:
+            a, b = a.doit(), b.doit()
+        except Exception:  # noqa: BLE001 - sympy raises many types on odd input
+            pass
     try:
         d = _fold_rationals(a - b)
     except Exception:  # noqa: BLE001 - sympy raises many types on odd input
@@ -650,6 +773,15 @@ def _expr_equal(a: Any, b: Any) -> bool:
     if d == 0:
         return True
     if getattr(d, "free_symbols", None):
+        # Agreed at the random points; simplify() alone does not prove multiple-angle identities
+        # ("\\tan 3x" against its triple-angle formula was wrong).
+        from sympy.functions.elementary.trigonometric import TrigonometricFunction
+
+        if d.has(TrigonometricFunction):
+            try:
+                return sympy.simplify(sympy.expand_trig(d)) == 0
+            except Exception:  # noqa: BLE001
+                return False
         return False
     return bool(getattr(d, "is_number", False)) and d.equals(0) is True
 
@@ -669,6 +801,12 @@ def _as_set(x: Any) -> Any:
                 "<": sympy.Interval.open(-sympy.oo, rhs), "<=": sympy.Interval(-sympy.oo, rhs),
                 ">": sympy.Interval.open(rhs, sympy.oo), ">=": sympy.Interval(rhs, sympy.oo),
             }[op]
+    if isinstance(x, sympy.Unequality):
+        # "x \\neq 3" is R minus a point, as "(-oo, 3) U (3, oo)" (it equalled only itself).
+        lhs, rhs = (x.lhs, x.rhs) if isinstance(x.lhs, sympy.Symbol) else (x.rhs, x.lhs)
+        if isinstance(lhs, sympy.Symbol) and rhs.is_number and rhs.is_real:
+            return sympy.Union(sympy.Interval.open(-sympy.oo, rhs), sympy.Interval.open(rhs, sympy.oo))
+        return x
     if (is_ineq or isinstance(x, (sympy.And, sympy.Or))) and len(x.free_symbols) == 1:
         try:
             return x.as_set()
@@ -701,10 +839,17 @@ def _sym_equal(a: Any, b: Any) -> bool:
             return False
         return a == b or a.symmetric_difference(b).is_empty is True
     if isinstance(a, sympy.Equality) and isinstance(b, sympy.Equality):
-        if a.lhs == b.lhs:
-            return _expr_equal(a.rhs, b.rhs)
+        if a.lhs == b.lhs and _expr_equal(a.rhs, b.rhs):
+            return True
         da, db = a.lhs - a.rhs, b.lhs - b.rhs
-        return _expr_equal(da, db) or _expr_equal(da, -db)
+        if _expr_equal(da, db) or _expr_equal(da, -db):
+            return True
+        # The same equation times a non-zero constant: "4x - 2y + 2 = 0" is "y = 2x + 1", and
+        # "2x = 10" is "x = 5".
+        if not (da.free_symbols and db.free_symbols) or da.free_symbols != db.free_symbols:
+            return False
+        r = sympy.cancel(sympy.together(da / db))
+        return bool(r.is_number and not r.free_symbols and r != 0 and r.is_finite)
     if isinstance(a, sympy.Equality) and isinstance(a.lhs, sympy.Symbol):
         return _sym_equal(a.rhs, b)
     if isinstance(a, sympy.Basic) and isinstance(b, sympy.Basic) and not isinstance(a, sympy.core.relational.Relational) and not isinstance(b, sympy.core.relational.Relational):
@@ -720,8 +865,11 @@ class GoldError(ValueError):
 _PROSE = re.compile(r"[A-Za-z]{2,}\.?(?:[ '-]+[A-Za-z]+\.?)*")
 
 
-def sympy_equal(pred: str, gold: str) -> bool:
+def sympy_equal(pred: str, gold: str, near: float | None = None) -> bool:
     """Exact equality of two LaTeX strings via sympy. Unbounded time: call it in a worker.
+
+    ``near``: the gold is this float (see :func:`answers_equal`); a constant answer within a
+    few ulps of it is equal too.
 
     Raises :class:`GoldError` when the gold cannot be parsed: every answer would silently be
     wrong, which hides a data bug.
@@ -738,7 +886,7 @@ def sympy_equal(pred: str, gold: str) -> bool:
     except Exception:  # noqa: BLE001 - an unparseable answer is simply not equal
         return False
     try:
-        return _sym_equal(a, b)
+        return _sym_equal(a, b) or (near is not None and _near_value(a, near))
     except Exception:  # noqa: BLE001 - sympy raises many types on odd input
         # If the gold compares with itself, the answer's structure is what sympy could not
         # compare ("6 \\mod 7" vs 5): a wrong answer, not an infrastructure error. A gold that
@@ -782,8 +930,15 @@ class _Undecided(Exception):
     """A comparison ran out of budget: the result is unknown, not false."""
 
 
-def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool | None:
-    """``True``/``False``, or ``None`` when the sympy step failed or ran out of budget."""
+def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH, near: float | None = None) -> bool | None:
+    """``True``/``False``, or ``None`` when the sympy step failed or ran out of budget.
+
+    ``near`` is set when the gold was given as a float (``gold`` is then its ``repr``): a
+    binary double carries its value only to about 16 digits, so a numeric answer within
+    :data:`FLOAT_GOLD_ULPS` units in the last place of it is equal too (``0.3`` for gold
+    ``0.1 + 0.2``, ``1/3`` for ``1/3`` computed in floating point). A gold written as a string
+    stays exact.
+    """
     p, g = normalize(pred), normalize(gold)
     if not p:
         return False
@@ -802,6 +957,10 @@ def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool 
         p = m.group(1)
     if _value_text(p) and not _value_text(g):
         return False  # "5 \\text{ million}": sympy would drop the text and read 5
+    if _ELLIPSIS.search(p) and not _ELLIPSIS.search(g):
+        return False  # "6, \\ldots" is a sequence, "6\\ldots" a truncated value: neither is 6
+    if _primes(p) != _primes(g):
+        return False  # the parser drops primes: "y' = 2x" read "y = 2x", "x'" read x
     bp, bg = _base_literal(p), _base_literal(g)
     if bp is not None or bg is not None:
         # "1011_2": digits in a base. Compare values; an invalid literal ("12_2") is wrong.
@@ -820,7 +979,7 @@ def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool 
         return _canon_int(p) == _canon_int(g)
     np_, ng = parse_number(p), parse_number(g)
     if np_ is not None and ng is not None:
-        return _numbers_equal(np_, ng, cfg)
+        return _numbers_equal(np_, ng, cfg) or _near_float(np_, near, cfg)
     if ng is not None and re.fullmatch(r"[A-Za-z ]+", p):
         return False  # a word is never a number
     if "\\cup" in p and "\\cup" in g:
@@ -856,7 +1015,66 @@ def answers_equal(pred: str, gold: str, cfg: MathConfig = DEFAULT_MATH) -> bool 
         p = _literal(np_)
     if ng is not None:
         g = _literal(ng)
-    return _sympy_checked(p, g, cfg)
+    if _nesting(p) > MAX_NESTING:
+        return False  # unreadable: see MAX_NESTING
+    return _sympy_checked(p, g, cfg, near)
+
+
+#: Brackets nested deeper than this (after redundant pairs are dropped) make an answer
+#: unreadable, a plain wrong answer: no real answer comes close (a 20-level continued fraction
+#: nests 21 deep), and the parser's time grows steeply with depth, so "2(2(2(...)))" 650 deep or
+#: "[[[...1...]]]" 900 deep each used the whole budget (score=None, a worker killed and restarted).
+MAX_NESTING = 100
+
+
+def _nesting(s: str) -> int:
+    if s.count("(") + s.count("[") + s.count("{") <= MAX_NESTING:
+        return 0  # cheap: cannot be deeper
+    depth = deepest = 0
+    for c in _collapse_parens(s):
+        if c in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def _primes(s: str) -> int:
+    """Primes outside text: ``f'(x)`` has one."""
+    return _TEXT_ARG.sub("", s).count("'") if "'" in s else 0
+
+
+#: How far (in units in the last place) a numeric answer may be from a gold given as a float:
+#: the decimal the gold was meant to be and a few rounding errors of the arithmetic that made it.
+FLOAT_GOLD_ULPS = 4
+
+
+def _float_tolerance(near: float) -> Fraction:
+    return Fraction(math.ulp(near)) * FLOAT_GOLD_ULPS
+
+
+def _near_float(n: tuple[Fraction, bool], near: float | None, cfg: MathConfig) -> bool:
+    if near is None:
+        return False
+    v, pct = n
+    vals = {v, v / 100} if pct and cfg.percent_either_scale else {v}
+    g, tol = Fraction(near), _float_tolerance(near)
+    return any(abs(x - g) <= tol for x in vals)
+
+
+def _near_value(a: Any, near: float) -> bool:
+    """A constant sympy value within :data:`FLOAT_GOLD_ULPS` ulps of the float ``near``."""
+    import sympy
+
+    if not isinstance(a, sympy.Expr) or a.free_symbols or not a.is_number:
+        return False
+    g = Fraction(near)
+    try:
+        d = complex(sympy.N(a - sympy.Rational(g.numerator, g.denominator), 30))
+    except Exception:  # noqa: BLE001 - not a finite number
+        return False
+    return math.isfinite(d.real) and math.isfinite(d.imag) and abs(d) <= float(_float_tolerance(near))
 
 
 _BASE_LITERAL = re.compile(r"((?=[0-9A-Z]*\d)[0-9A-Z]{1,300})_\{?\s*\(?\s*(\d{1,2})\s*\)?\s*\}?")
@@ -900,11 +1118,11 @@ class _NeedsSympy(Exception):
     """The fast paths cannot decide: the grade moves to a pool worker."""
 
 
-def _sympy_checked(p: str, g: str, cfg: MathConfig) -> bool | None:
+def _sympy_checked(p: str, g: str, cfg: MathConfig, near: float | None = None) -> bool | None:
     from thinkgym.verifiers import pool
 
     if pool.in_worker() or not cfg.isolate:
-        return sympy_equal(p, g)  # a pool worker is itself under the item's budget
+        return sympy_equal(p, g, near)  # a pool worker is itself under the item's budget
     raise _NeedsSympy
 
 
@@ -925,6 +1143,16 @@ def _gold_parts(gold: Any) -> list[str]:
     return [g]
 
 
+def _float_golds(gold: Any) -> dict[str, float]:
+    """The golds given as finite floats, by the string :func:`_gold_parts` makes of each."""
+    items = gold if isinstance(gold, (list, tuple)) else [gold]
+    out: dict[str, float] = {}
+    for x in items:
+        if isinstance(x, float) and math.isfinite(x):
+            out[_gold_str(x)] = out[normalize(_gold_str(x))] = x
+    return out
+
+
 def _gold_str(x: Any) -> str:
     if isinstance(x, bool):
         raise TypeError("gold must be a number, a string or a list, not bool")
@@ -936,8 +1164,10 @@ def _gold_str(x: Any) -> str:
 
 
 def _expand_pm(s: str) -> list[str]:
-    """``a \\pm b`` -> ``[a+b, a-b]`` (one top-level ``\\pm``); anything else unchanged."""
+    """``a \\pm b`` -> ``[a+b, a-b]`` (one top-level ``\\pm`` or ``\\mp``); anything else unchanged."""
     n = normalize(s)
+    if n.count("\\mp") == 1 and "\\pm" not in n:
+        n = n.replace("\\mp", "\\pm")  # alone, a \mp b is the same two values as a \pm b
     if n.count("\\pm") != 1 or _wrapped(n):
         return [s]
     a, b = (x.strip() for x in n.split("\\pm"))
@@ -950,6 +1180,9 @@ def _pred_parts(answers: list[str]) -> list[str]:
     out: list[str] = []
     for a in answers:
         n = normalize(a)
+        m = _ASSIGN.match(n)
+        if m and (_wrapped(m.group(1).strip()) or ("",))[0] == "\\{":
+            n = m.group(1).strip()  # "x \\in \\{1, 2\\}": the set is the answer
         w = _wrapped(n)
         if w and w[0] == "\\{":
             out += split_top(w[1])
@@ -990,15 +1223,18 @@ def _grade(completion: str, gold: Any, cfg: MathConfig) -> Grade:
     golds = [x for g in _gold_parts(gold) for x in _expand_pm(g)]
     if not all(normalize(g) for g in golds):
         return Grade.error(f"empty gold answer {gold!r}", extracted=extracted)  # a data bug, not a wrong answer
+    floats = _float_golds(gold)
     try:
         if len(golds) > 1:
-            ok = _match_unordered(_pred_parts(ex.answers), golds, lambda x, y: answers_equal(x, y, cfg))
+            ok = _match_unordered(
+                _pred_parts(ex.answers), golds, lambda x, y: answers_equal(x, y, cfg, floats.get(y))
+            )
             why = "matches every part of the answer" if ok else "parts differ from the multi-part answer"
         else:
             distinct = list(dict.fromkeys(normalize(a) for a in ex.answers))
             ok, why, undecided = True, "equal", False
             for a in distinct:  # every candidate must equal the answer; the first that differs ends it
-                r = answers_equal(a, golds[0], cfg)
+                r = answers_equal(a, golds[0], cfg, floats.get(golds[0]))
                 if r is False:
                     ok = False
                     why = "several different answers" if len(distinct) > 1 else "not equal to the answer"
