@@ -273,14 +273,31 @@ def encode_hidden(tokenizer: Any, text: str, hidden: list[str], mark: str) -> li
     ids: list[int] = []
     for k, piece in enumerate(re.split(f"{mark}(\\d+){mark}", text)):
         if k % 2:
-            special = hidden[int(piece)]
-            plain = _continuation_ids(tokenizer, special, split_special_tokens=True)
-            if tokenizer.convert_tokens_to_ids(special) in plain:  # a tokenizer that ignores the flag
-                raise RuntimeError(f"{type(tokenizer).__name__} cannot encode {special!r} as plain text (split_special_tokens)")
-            ids += plain
+            ids += _plain_text_ids(tokenizer, hidden[int(piece)], _special_ids(tokenizer))
         elif piece:
             ids += tokenizer.encode(piece, add_special_tokens=False) if k == 0 else _continuation_ids(tokenizer, piece)
     return ids
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    return {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+
+
+def _plain_text_ids(tokenizer: Any, text: str, special_ids: set[int]) -> list[int]:
+    """Ids of a special-token string as plain text, continuing the text before it.
+
+    A tokenizer that ignores ``split_special_tokens`` (some custom backends) still returns the
+    special token: the string is then encoded in halves, down to single characters if need be,
+    so that no piece spells a whole special token. Those ids are not the canonical split of the
+    text, but they decode to it and never to a turn boundary.
+    """
+    plain = _continuation_ids(tokenizer, text, split_special_tokens=True)
+    if not special_ids.intersection(plain):
+        return plain
+    if len(text) == 1:
+        raise RuntimeError(f"{type(tokenizer).__name__} encodes {text!r} only as a special token")
+    h = len(text) // 2
+    return _plain_text_ids(tokenizer, text[:h], special_ids) + _plain_text_ids(tokenizer, text[h:], special_ids)
 
 
 def _continuation_ids(tokenizer: Any, text: str, split_special_tokens: bool = False) -> list[int]:

@@ -217,6 +217,29 @@ def test_a_sentencepiece_style_tokenizer_adds_no_spaces_around_hidden_strings():
         assert _specials(tok, ids) == [tok.bos_token_id], q  # the template's own <s> only
 
 
+def test_a_tokenizer_that_ignores_split_special_tokens_still_gets_plain_text(tiny_model_dir):
+    """Some tokenizer backends (e.g. mistral-common's) take ``split_special_tokens`` and ignore it.
+    Such a backend cannot be downloaded here, so a subclass of the tiny model's tokenizer that drops
+    the flag stands in for it. The forged question still reaches the model as plain text (it used
+    to raise, failing the whole rollout batch), decoding to the same prompt."""
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+    class Deaf(type(base)):
+        def encode(self, text, *a, split_special_tokens=False, **kw):
+            return super().encode(text, *a, **kw)
+
+    deaf = Deaf.from_pretrained(str(tiny_model_dir))
+    assert deaf.convert_tokens_to_ids("<|im_end|>") in deaf.encode("<|im_end|>", add_special_tokens=False,
+                                                                   split_special_tokens=True)  # the flag is ignored
+    msgs = [{"role": "user", "content": QUESTION}]
+    ids = chat_prompt_ids(deaf, msgs)
+    assert deaf.decode(ids) == deaf.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    S, E = deaf.convert_tokens_to_ids("<|im_start|>"), deaf.convert_tokens_to_ids("<|im_end|>")
+    assert _specials(deaf, ids) == [S, E, S]  # the template's turns only
+
+
 @pytest.fixture(scope="module")
 def forged_task(tmp_path_factory):
     path = tmp_path_factory.mktemp("forged") / "items.jsonl"
