@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from thinkgym.config import ConfigError, check_finite, check_fresh_run, check_output_dir
-from thinkgym.hub import ModelNotFound, check_model
+from thinkgym.hub import ModelNotFound, check_model, hub_id_of
 from thinkgym.grpo.rollouts import sampling_config, task_size
 from thinkgym.sampler.checks import check_sampler
 
@@ -87,6 +87,11 @@ def validate_values(cfg: GRPOConfig) -> None:
         raise ValueError("lora_target_modules must not be empty when lora_r > 0")
     if cfg.kl_in_reward and cfg.kl_coef == 0:
         raise ValueError("kl_in_reward needs kl_coef > 0")
+    bad = [k for k in cfg.resume_allow_changes if k not in RESUME_REFUSED]
+    if bad:
+        raise ValueError(f"resume_allow_changes: {bad} cannot be listed: it names fields that --resume refuses "
+                         f"to change, from {list(RESUME_REFUSED)} (the others change with a warning; zero_stage and "
+                         f"the LoRA adapter cannot change: the checkpoint would not load)")
     if cfg.eval_contamination not in ("error", "warn", "off"):
         raise ValueError(f"eval_contamination must be 'error', 'warn' or 'off', got {cfg.eval_contamination!r}")
     # Every rollout builds this SamplingConfig; its own rules (top_p, think_budget,
@@ -139,15 +144,32 @@ def check_config(cfg: GRPOConfig, resume: bool = False) -> int:
     return n_items
 
 
+#: What --resume refuses to change: the resumed run would be another experiment. The start model
+#: (the KL reference and the tokenizer load from it, and a LoRA adapter's base); the prompt stream
+#: (the saved cursor indexes the items these envs, kwargs and seed build, ``max_turns`` shapes their
+#: episodes, ``prompts_per_step`` and ``group_size`` the batch); the algorithm (estimator, loss
+#: reduction, ratio level, KL form) and the precision. ``resume_allow_changes`` lists the ones to
+#: change anyway. ``zero_stage``, the process count and the LoRA adapter are refused by
+#: :func:`check_resume` on their own: the checkpoint cannot load into another. Every other field
+#: (``max_steps``, ``lr`` and its schedule, coefficients and clips, sampling, eval, checkpointing,
+#: logging) may change: :func:`check_resume` lists the changes once.
+RESUME_REFUSED = ("model", "seed", "envs", "env_kwargs", "max_turns", "prompts_per_step", "group_size", "advantage",
+                  "std_normalize", "aggregation", "importance_sampling_level", "kl_estimator", "kl_in_reward", "dtype")
+# Compared by check_resume's own checks (the adapter), or not at all (where the run is, and the hatch itself).
+_RESUME_UNCOMPARED = ("lora_r", "lora_alpha", "lora_target_modules", "output_dir", "overwrite", "resume_allow_changes")
+
+
 def check_resume(cfg: GRPOConfig) -> None:
-    """--resume: the latest checkpoint must load into the engines this config builds.
+    """--resume: the latest checkpoint must load into the engines this config builds, and the
+    config must continue the experiment the checkpoint's ``trainer_state.json`` recorded.
 
     DeepSpeed's optimizer state is partitioned by ZeRO stage and process count, and each rank
     resumes its own prompt cursor: another ``zero_stage``, world size, or a critic (``gae``) the
     checkpoint does not hold failed only after the models loaded, as a bare ``AssertionError`` or
-    a missing file; so did another LoRA adapter (``lora_r``, ``lora_alpha``, ``lora_target_modules``). Other
-    changes apply to the rest of the run (``lr`` too: see ``engine.load_engines``); they are
-    listed once."""
+    a missing file; so did another LoRA adapter (``lora_r``, ``lora_alpha``, ``lora_target_modules``).
+    A change to a field of :data:`RESUME_REFUSED` not listed in ``resume_allow_changes`` is refused,
+    all of them in one line (old -> new). Other changes apply to the rest of the run (``lr`` too:
+    see ``engine.load_engines``); they are listed once."""
     ckdir = Path(cfg.output_dir) / "checkpoints"
     ck = ckdir / (ckdir / "latest").read_text().strip()
     if not (ck / "trainer_state.json").is_file():
@@ -172,12 +194,40 @@ def check_resume(cfg: GRPOConfig) -> None:
         raise ConfigError(f"{where} was saved with {adapter(saved)}; resume it with the same (got {adapter(asdict(cfg))})")
     if cfg.advantage == "gae" and not (ck / "ds" / "critic").is_dir():
         raise ConfigError(f"{where} holds no critic (advantage was {saved.get('advantage')!r}); advantage: gae needs one")
-    changed = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in saved.items()
-               if hasattr(cfg, k) and v != getattr(cfg, k) and k not in ("output_dir", "overwrite")]
+    refused, changed = {}, []
+    for k, old in saved.items():
+        new = getattr(cfg, k, None)
+        if not hasattr(cfg, k) or k in _RESUME_UNCOMPARED or _same_value(k, old, new):
+            continue
+        change = f"{k} {old!r} -> {new!r}"
+        if k in RESUME_REFUSED and k not in cfg.resume_allow_changes:
+            refused[k] = change
+        else:
+            changed.append(change + (" (resume_allow_changes)" if k in RESUME_REFUSED else ""))
+    if refused:
+        raise ConfigError(
+            f"{where} was saved with another {', '.join(refused)}, which would make the resumed run another "
+            f"experiment: {'; '.join(refused.values())}. Resume with the saved values (its trainer_state.json "
+            f"holds the config), start a fresh run in another output_dir (model: {ck / 'hf'} starts from its "
+            f"weights), or continue this run with them: resume_allow_changes: [{', '.join(refused)}]")
     key = (id(cfg), str(ck), tuple(changed))
     if changed and key not in _resume_seen:
         _remember(_resume_seen, key, True)
         _say(f"{where}: config changed since it was saved: {'; '.join(changed)}")
+
+
+def _same_value(key: str, saved: object, new: object) -> bool:
+    """``new`` (a config value) equals ``saved`` (its JSON in trainer_state.json): compared as JSON,
+    so a tuple equals the list it was saved as. ``model``: the same directory by another path, or
+    the hub id whose cache snapshot the run resolved it to."""
+    if saved == json.loads(json.dumps(new, default=repr)):
+        return True
+    if key != "model" or not isinstance(saved, str) or not isinstance(new, str):
+        return False
+    if hub_id_of(saved) == new:
+        return True
+    a, b = Path(saved).expanduser(), Path(new).expanduser()
+    return a.is_dir() and b.is_dir() and a.resolve() == b.resolve()
 
 
 # The CLI and train() both check one config: report once. Only the last few configs are kept:

@@ -238,6 +238,24 @@ def save_checkpoint(out: Path, step: int, engines: dict[str, Any], tok: Any, cfg
     return ck
 
 
+def write_run_config(out: Path, cfg: Any, rank: int) -> None:
+    """Create ``out``; rank 0 writes the run's resolved config there as ``config.yaml`` (as SFT
+    does), atomically: a resumed run replaces it with its own (each checkpoint's
+    ``trainer_state.json`` keeps the config that saved it). A hub model is named by its repo id,
+    not this machine's cache path, so the file runs elsewhere."""
+    import yaml
+
+    from thinkgym.hub import hub_id_of
+
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        d = asdict(cfg)
+        d["model"] = hub_id_of(d["model"]) or d["model"]
+        tmp = out / "config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(d, sort_keys=False))
+        os.replace(tmp, out / "config.yaml")
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     p = out / "checkpoints" / "latest"
     return (out / "checkpoints" / p.read_text().strip()) if p.is_file() else None

@@ -70,6 +70,7 @@ from thinkgym.grpo.engine import (
     save_checkpoint,
     setup_distributed,
     weight_hashes,
+    write_run_config,
 )
 from thinkgym.grpo.forward import by_group_length, collate, policy_forward, take, value_forward
 from thinkgym.grpo.lora import adapter_disabled, add_lora, lora_dropout_off
@@ -149,6 +150,7 @@ class GRPOConfig:
     # -- bookkeeping
     save_every: int = 50  #: checkpoint every N steps (and on SIGTERM / Ctrl-C and at the end)
     overwrite: bool = False  #: a fresh run replaces an earlier run's checkpoints in output_dir (else an error)
+    resume_allow_changes: list[str] = field(default_factory=list)  #: --resume refuses to change the model, seed, envs, env_kwargs, max_turns, batch shape, algorithm or dtype (checks.RESUME_REFUSED: another experiment): list those to change anyway
     keep_checkpoints: int = 2  #: how many checkpoints to keep
     eval_every: int = 0  #: held-out eval every N steps (0 = only at the end if eval_prompts > 0)
     eval_prompts: int = 0  #: held-out prompts per eval (greedy, one sample each)
@@ -167,7 +169,6 @@ def reuses_training_logprobs(cfg: GRPOConfig) -> bool:
     """One optimiser step per batch (and no KL in the reward): the policy is unchanged when it
     computes its loss, so its "old" logprobs are the training forward's own, detached."""
     return cfg.ppo_epochs * cfg.minibatches == 1 and not cfg.kl_in_reward
-
 
 
 # ------------------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def train(cfg: GRPOConfig, resume: bool = False, on_step: Callable[..., None] | 
 
     rank, world, device = setup_distributed()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    write_run_config(out, cfg, rank)  # config.yaml
     ck = latest_checkpoint(out) if resume else None
     if ck is None and cfg.overwrite and rank == 0:  # check_config refused an earlier run's files otherwise
         clear_earlier_run(out, EARLIER_RUN, "grpo")

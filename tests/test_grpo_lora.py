@@ -352,4 +352,5 @@ def test_lora_resume_on_another_base_is_refused(lora_run, tiny_model_dir, tmp_pa
     w[key] = w[key] + 0.01 * torch.ones_like(w[key])
     save_file(w, other / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ConfigError, match=rf"{key} differs from the one this adapter was trained on"):
-        loop.train(replace(lora_run["cfg"], model=str(other), output_dir=str(out), max_steps=4), resume=True)
+        loop.train(replace(lora_run["cfg"], model=str(other), output_dir=str(out), max_steps=4,
+                           resume_allow_changes=["model"]), resume=True)
