@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
         model: Optional[str] = typer.Option(None, "--model", "-m", help="HF model dir (weights + tokenizer)."),
-        env: Optional[str] = typer.Option(None, "--env", help="Env id (see `thinkgym envs`) [thinkgym/Arithmetic-v0]."),
+        env: Optional[str] = typer.Option(None, "--env", help="Env id (see `thinkgym envs`), or a .jsonl file / local HF dataset folder [thinkgym/Arithmetic-v0]."),
         output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Writes samples.jsonl and summary.json here [eval-out]."),
         n: Optional[int] = typer.Option(None, "--n", "-n", min=1, help="Samples per problem [8]."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Number of problems [64]."),

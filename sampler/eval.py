@@ -6,16 +6,25 @@ an env, writes every sample to ``samples.jsonl`` and the aggregates to ``summary
 (2021), ``1 - C(n-c, k) / C(n, k)``, averaged over problems; maj@k takes the most common
 extracted answer among the first ``k`` samples (ties: the one seen first) and counts the
 problem solved if a sample with that answer was graded correct.
+
+``env`` is a registered env id, or the path of a ``.jsonl`` file or a local Hugging Face dataset
+(folder or data file): a single-turn env over the ``jsonl`` / ``hf_dataset`` task source.
+``env_kwargs`` go to the env constructor either way (as GRPO's do). An ``output_dir`` holding an
+earlier eval's results is refused unless ``overwrite`` is set, and a refused or failed eval
+creates no ``output_dir``: it is made only once the samples are in.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import os
+import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,9 +38,19 @@ class EvalConfig:
     model: str = ""
     """HF model dir (weights + tokenizer) to evaluate."""
     env: str = "thinkgym/Arithmetic-v0"
-    """Gymnasium env id."""
+    """Gymnasium env id (see ``thinkgym envs``), or the path of a ``.jsonl`` file or a local HF
+    dataset (``save_to_disk`` folder, or a folder / file of json, csv or parquet data) to evaluate
+    on: a single-turn env over its rows (task source ``jsonl`` / ``hf_dataset``). A registered id
+    wins over a file of the same name."""
+    env_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments of the env constructor, as GRPO's ``env_kwargs``: e.g.
+    ``{task_params: {n_operands: [2, 2], max_value: 30}, seed: 2}`` for an env id; for a file,
+    ``{grader: countdown}`` or ``{task_params: {question_field: problem, answer_field: solution}}``
+    (the task source's params; ``path`` is the file and ``task`` is not set)."""
     output_dir: str = "eval-out"
     """Where samples.jsonl and summary.json go."""
+    overwrite: bool = False
+    """Replace an earlier eval's samples.jsonl / summary.json in ``output_dir`` (else an error)."""
     n: int = 8
     """Samples per problem (the largest k of pass@k / maj@k)."""
     limit: int = 64
@@ -74,6 +93,9 @@ class EvalConfig:
     def validate(self) -> None:
         if not self.model:
             raise ValueError("model is required")
+        if not isinstance(self.env, str) or not self.env:
+            raise ValueError(f"env must be an env id or the path of a .jsonl file or HF dataset, got {self.env!r}")
+        check_env_kwargs(self.env_kwargs)
         if self.n < 1 or self.limit < 1:
             raise ValueError(f"n and limit must be >= 1, got n={self.n}, limit={self.limit}")
         if self.backend not in ("vllm", "hf", "vllm-server"):
@@ -108,6 +130,36 @@ class EvalConfig:
         sampling_config(self)  # SamplingConfig's own rules, before any sampler is built
 
 
+#: What an eval writes into its output_dir: another eval there would replace them.
+EVAL_FILES = ("summary.json", "samples.jsonl")
+
+
+def check_env_kwargs(env_kwargs: Any) -> None:
+    """``env_kwargs`` is a mapping of constructor argument names (``task_params`` a mapping too)."""
+    if not isinstance(env_kwargs, dict) or not all(isinstance(k, str) and k for k in env_kwargs):
+        raise ValueError(f"env_kwargs must be a mapping of env constructor arguments, got {env_kwargs!r:.200}")
+    tp = env_kwargs.get("task_params")
+    if tp is not None and (not isinstance(tp, dict) or not all(isinstance(k, str) for k in tp)):
+        raise ValueError(f"env_kwargs: task_params must be a mapping of task params, got {tp!r:.200}")
+
+
+def check_earlier_eval(output_dir: str | Path, overwrite: bool) -> None:
+    """Refuse an ``output_dir`` holding an earlier eval's results unless ``overwrite``: they would be
+    replaced without a word (another env's or model's numbers gone), as ``sft`` / ``train`` refuse."""
+    from thinkgym.config import ConfigError
+
+    out = Path(output_dir)
+    found = [name for name in EVAL_FILES if (out / name).exists()]
+    if found and not overwrite:
+        raise ConfigError(f"output_dir: {str(out)!r} holds an earlier eval ({', '.join(found)}); "
+                          "set overwrite: true (--set overwrite=true) to replace it, or choose another output_dir")
+    if not found:
+        # Nothing is created before the samples are in: check now that it could be.
+        there = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+        if there is not None and there.is_dir() and not os.access(there, os.W_OK | os.X_OK):
+            raise ConfigError(f"output_dir: cannot create or write {str(out)!r} ({str(there)!r} is not writable)")
+
+
 def sampling_config(cfg: EvalConfig) -> Any:
     """The sampling settings of every eval request (``collect_rollouts`` fans out the ``n``)."""
     from thinkgym.sampler.types import SamplingConfig
@@ -119,24 +171,78 @@ def sampling_config(cfg: EvalConfig) -> Any:
     )
 
 
-def check_env(cfg: EvalConfig) -> None:
-    """The env id is registered and has the items ``offset .. offset+limit-1``: checked before
-    any model loads, since a missing env or item otherwise fails only once sampling starts."""
+def _file_env(task: str, path: str, env_kwargs: dict[str, Any]) -> Any:
+    """A single-turn env over the rows of ``path`` (task source ``task``: jsonl or hf_dataset)."""
+    from thinkgym.envs.core import SingleTurnEnv
+
+    kw = dict(env_kwargs)
+    params = {**(kw.pop("task_params", None) or {}), "path": path}
+    return SingleTurnEnv(task, task_params=params, **kw)
+
+
+def eval_env(cfg: EvalConfig) -> tuple[Any, dict[str, Any]]:
+    """What the eval samples from: ``(env id, env_kwargs)`` for a registered env id, else
+    ``(factory, {})`` for a ``.jsonl`` file (task source ``jsonl``) or another existing path
+    (``hf_dataset``). Raises :class:`ConfigError` naming the key for anything else."""
     import gymnasium
 
     from thinkgym.config import ConfigError
     from thinkgym.envs import register_envs
 
     register_envs()
-    if cfg.env not in gymnasium.registry:
+    if cfg.env in gymnasium.registry:
+        return cfg.env, dict(cfg.env_kwargs)
+    path = Path(cfg.env)
+    if not path.exists():
         known = sorted(k for k in gymnasium.registry if k.startswith("thinkgym/"))
-        raise ConfigError(f"env: unknown env id {cfg.env!r}; registered: {known} (see `thinkgym envs`)")
+        raise ConfigError(f"env: unknown env id {cfg.env!r}, and no such file or folder: give a registered env id "
+                          f"({', '.join(known)}; see `thinkgym envs`) or the path of a .jsonl file or HF dataset folder")
+    from thinkgym.tasks.loaders import _SUFFIX
+
+    if path.is_file() and path.suffix not in _SUFFIX:
+        raise ConfigError(f"env: {cfg.env!r} is a file but not a dataset file ({', '.join(sorted(_SUFFIX))}); "
+                          "give a .jsonl file, an HF dataset folder or a registered env id")
+    if "task" in cfg.env_kwargs:
+        raise ConfigError("env_kwargs: 'task' does not apply when env is a file or folder (its rows are the task)")
+    if "path" in (cfg.env_kwargs.get("task_params") or {}):
+        raise ConfigError("env_kwargs: task_params.path does not apply: env is the path")
+    task = "jsonl" if path.suffix == ".jsonl" and path.is_file() else "hf_dataset"
+    return functools.partial(_file_env, task, str(path), dict(cfg.env_kwargs)), {}
+
+
+def _build_env(spec: Any, env_kwargs: dict[str, Any]) -> Any:
+    import gymnasium
+
+    from thinkgym.envs import register_envs
+
+    if isinstance(spec, str):
+        register_envs()
+        return gymnasium.make(spec, **env_kwargs).unwrapped
+    return spec()
+
+
+def check_env(cfg: EvalConfig) -> None:
+    """The env id is registered (or the path exists) and has the items ``offset .. offset+limit-1``:
+    checked before any model loads, since a missing env or item otherwise fails only once sampling starts."""
+    import gymnasium
+
+    from thinkgym.config import ConfigError
+
+    spec, kwargs = eval_env(cfg)
+    errors = (TypeError, ValueError, KeyError, OSError, ImportError, gymnasium.error.Error)
     try:
-        env = gymnasium.make(cfg.env)
-    except (TypeError, ValueError, KeyError, OSError, gymnasium.error.Error) as e:
-        raise ConfigError(f"env: {cfg.env!r} could not be built: {type(e).__name__}: {e}") from None
+        env = _build_env(spec, kwargs)
+    except errors as e:
+        why = f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+        if not cfg.env_kwargs:
+            raise ConfigError(f"env: {cfg.env!r} could not be built: {why}") from None
+        try:  # the env alone builds: its env_kwargs are the trouble
+            _build_env(*eval_env(replace(cfg, env_kwargs={}))).close()
+        except errors:
+            raise ConfigError(f"env: {cfg.env!r} with env_kwargs {cfg.env_kwargs} could not be built: {why}") from None
+        raise ConfigError(f"env_kwargs: {cfg.env!r} could not be built with env_kwargs {cfg.env_kwargs}: {why}") from None
     try:
-        source = getattr(env.unwrapped, "source", None)  # every TaskEnv has one; a plugin env may not
+        source = getattr(env, "source", None)  # every TaskEnv has one; a plugin env may not
         size = len(source) if source is not None else None
     finally:
         env.close()
@@ -221,13 +327,9 @@ def summarize(
 # -- the harness ------------------------------------------------------------------------------
 
 
-def _eval_items(env_id: str, indices: Sequence[int]) -> list[dict[str, Any]]:
-    import gymnasium
-
-    from thinkgym.envs import register_envs
-
-    register_envs()
-    env = gymnasium.make(env_id).unwrapped
+def _eval_items(cfg: EvalConfig, indices: Sequence[int]) -> list[dict[str, Any]]:
+    """The items the eval serves (its env_kwargs applied, as in the rollouts)."""
+    env = _build_env(*eval_env(cfg))
     try:
         return [env.source[i] for i in indices]
     finally:
@@ -253,7 +355,7 @@ def check_train_overlap(cfg: EvalConfig, indices: Sequence[int]) -> dict[str, An
         raise ConfigError(f"train_task: {e}") from None
     except (TypeError, ValueError, KeyError, IndexError, OSError) as e:
         raise ConfigError(f"train_task {cfg.train_task!r}: {e}") from None
-    report = check_contamination(items, _eval_items(cfg.env, indices), n=cfg.contamination_n, on_fail=cfg.contamination)
+    report = check_contamination(items, _eval_items(cfg, indices), n=cfg.contamination_n, on_fail=cfg.contamination)
     return report.to_dict()
 
 
@@ -263,9 +365,11 @@ def evaluate(cfg: EvalConfig, sampler: Any = None) -> dict[str, Any]:
     from thinkgym.sampler.rollout import collect_rollouts, format_ok
 
     cfg.validate()
+    # Not in validate(): the CLI names a missing model first (it resolves it after loading the config).
+    check_earlier_eval(cfg.output_dir, cfg.overwrite)
     check_env(cfg)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(cfg.output_dir)  # created only once the samples are in: a refused or failed eval leaves none
+    env_spec, env_kwargs = eval_env(cfg)
     indices = list(range(cfg.offset, cfg.offset + cfg.limit))
     contamination = check_train_overlap(cfg, indices)  # before anything heavy loads
 
@@ -283,17 +387,26 @@ def evaluate(cfg: EvalConfig, sampler: Any = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         batch = collect_rollouts(
-            cfg.env, sampler, indices=indices, group_size=cfg.n, cfg=scfg, max_turns=cfg.max_turns,
+            env_spec, sampler, indices=indices, group_size=cfg.n, cfg=scfg, max_turns=cfg.max_turns,
+            env_kwargs=env_kwargs,
         )
     finally:
         if own:
             sampler.close()
     groups: list[list[dict[str, Any]]] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    earlier = [name for name in EVAL_FILES if (out_dir / name).exists()]
+    if earlier:  # check_earlier_eval refused them unless overwrite is set
+        print(f"[eval] overwrite: replacing an earlier eval's {', '.join(earlier)} in {out_dir}", file=sys.stderr)
+        for name in earlier:
+            (out_dir / name).unlink()
     with open(out_dir / "samples.jsonl", "w") as f:
         for g in batch.groups():
             rows = []
             for e in g:
                 row = e.to_dict()
+                if not isinstance(env_spec, str):
+                    row["env_id"] = cfg.env  # a file env has no registered id
                 row.update(
                     extracted=e.extracted, format_ok=format_ok(e),
                     think_tokens=e.think_tokens[-1] if e.think_tokens else None, text=e.text,

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from itertools import combinations
-from pathlib import Path
 
 import pytest
 
@@ -157,6 +156,42 @@ def test_evaluate_checks_the_env_before_sampling(tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.parametrize("name", ["summary.json", "samples.jsonl"])
+def test_an_earlier_eval_in_output_dir_is_refused_unless_overwrite(tmp_path, name):
+    from thinkgym.config import ConfigError, from_dict
+
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "notes.txt").write_text("")  # not an eval's: no objection
+    from thinkgym.sampler.eval import evaluate
+
+    with pytest.raises(AssertionError, match="the sampler was used"):  # got past the check
+        evaluate(EvalConfig(model="m", output_dir=str(out)), sampler=_NoSampler())
+    (out / name).write_text("{}\n")
+    with pytest.raises(ConfigError) as e:  # before the env is built or anything samples
+        evaluate(EvalConfig(model="m", output_dir=str(out), env="thinkgym/Nope-v0"), sampler=_NoSampler())
+    assert str(e.value) == (f"output_dir: '{out}' holds an earlier eval ({name}); set overwrite: true "
+                            "(--set overwrite=true) to replace it, or choose another output_dir")
+    cfg = from_dict(EvalConfig, {"model": "m", "output_dir": str(out), "overwrite": True})
+    with pytest.raises(AssertionError, match="the sampler was used"):
+        evaluate(cfg, sampler=_NoSampler())
+    assert (out / name).read_text() == "{}\n"  # a failed eval replaces nothing
+
+
+def test_a_failed_or_refused_eval_creates_no_output_dir(tmp_path):
+    from thinkgym.sampler.eval import evaluate
+    from thinkgym.tasks.contamination import ContaminationError
+
+    out = tmp_path / "runs" / "e"
+    with pytest.raises(AssertionError, match="the sampler was used"):  # sampling fails
+        evaluate(EvalConfig(model="m", limit=2, output_dir=str(out)), sampler=_NoSampler())
+    assert not (tmp_path / "runs").exists()
+    cfg = EvalConfig(model="m", limit=2, output_dir=str(out), train_task="thinkgym/Arithmetic-v0")
+    with pytest.raises(ContaminationError):
+        evaluate(cfg, sampler=_NoSampler())
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize(
     "args, msg",
     [
@@ -214,7 +249,7 @@ def test_eval_cli_refuses_contaminated_train_task(tiny_model_dir, tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 3, p.stderr[-2000:]
     assert "contamination" in p.stderr.lower()
-    assert not (tmp_path / "e" / "summary.json").exists()
+    assert not (tmp_path / "e").exists()  # a refused eval leaves no empty output_dir behind
     bad = subprocess.run([sys.executable, "-m", "thinkgym.cli", "eval", "--model", str(tmp_path / "nope"),
                           "--env", "thinkgym/Arithmetic-v0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "is not an HF model directory" in bad.stderr

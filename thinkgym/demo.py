@@ -408,7 +408,7 @@ def _eval_main(spec: dict[str, Any]) -> None:
                 evaluate(EvalConfig(model=path, env=HELDOUT_ENV, output_dir=str(Path(spec["out"]) / name / sub),
                                     n=n, limit=spec["limit"], temperature=temp, max_tokens=spec["max_tokens"],
                                     seed=spec["seed"], train_task=spec["train"], train_size=n_train,
-                                    contamination="error"), sampler=sampler)
+                                    contamination="error", overwrite=True), sampler=sampler)  # the demo owns its run dir
     finally:
         sampler.close()
 
