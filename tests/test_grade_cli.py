@@ -209,7 +209,8 @@ def test_input_columns_named_like_results_are_kept_with_a_prefix(app, tmp_path):
     got2 = json.loads(again.read_text())
     assert got2["grader"] == "format@1" and got2["input_grader"] == "math@1" and got2["input_input_grader"] == "x"
     assert got2["input_input_input_score"] == "older"
-    assert len(got2) == len(got) + 6  # every column survived, none merged
+    assert got2["input_line"] == 1 and got2["line"] == 1
+    assert len(got2) == len(got) + 7  # every column survived, none merged (7 result columns, line included)
 
 
 def test_format_rows_need_no_gold(app, tmp_path):
@@ -218,7 +219,9 @@ def test_format_rows_need_no_gold(app, tmp_path):
     r = CliRunner().invoke(app, ["grade", "-g", "format", "-i", str(inp), "-o", str(out), "-q", "-w", "1"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [x["score"] for x in rows] == [1.0, 0.0] and [x["id"] for x in rows] == [1, 2]
+    # No id is invented: the line number is its own column, so it never collides with a row's id.
+    assert [x["score"] for x in rows] == [1.0, 0.0] and [x["line"] for x in rows] == [1, 2]
+    assert all("id" not in x for x in rows)
 
 
 @pytest.mark.sandbox

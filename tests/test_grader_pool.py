@@ -252,3 +252,28 @@ def test_unclosed_answer_tag_spam_is_linear():
     g = grade("math", text, "1")
     assert time.monotonic() - t0 < 1.0  # a lazy regex made this quadratic (30 s)
     assert g.score == 0.0 and "no answer channel" in g.reason
+
+
+def test_too_deep_to_send_is_an_error_not_an_exception(pool):
+    deep: list = []
+    for _ in range(5000):  # pickle recurses once per level: past the caller's recursion limit
+        deep = [deep]
+    g = pool.submit_grade("math", B("1"), "1", meta={"note": deep}, label="rows.jsonl:7").result(timeout=10)
+    assert g.score is None and "nested too deeply" in g.reason
+    r = pool.submit_call("math:sqrt", deep).result(timeout=10)
+    assert not r.ok and "nested too deeply" in r.error
+    assert pool.grade_many("math", [(B("1"), "1")])[0].score == 1.0  # nothing got stuck
+
+
+def test_close_with_cancel_stops_queued_and_running_items():
+    p = GraderPool(workers=1, timeout_s=30)
+    assert p.wait_ready(120)
+    pids = p.pids()
+    futs = [p.submit_grade("math", B("9^{9^{9^9}}"), "1") for _ in range(5)]
+    time.sleep(1.0)  # the first is running in the worker
+    t0 = time.monotonic()
+    p.close(cancel=True)
+    assert time.monotonic() - t0 < 6.0  # without cancel: 5 items x 30 s
+    assert all(f.cancelled() for f in futs[1:])
+    assert futs[0].done() and futs[0].result().score is None
+    assert not any(_alive(x) for x in pids)

@@ -6,34 +6,46 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 # A lone surrogate (from a "\ud800" escape) is valid JSON but cannot be encoded as UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: Deepest nesting of arrays and objects a row may have. json itself reads about 1,000 levels,
+#: but a row of 500 then crashed pickle (sending it to a grader worker) and json.dumps with a
+#: RecursionError; real data is never nested anywhere near this deep.
+MAX_DEPTH = 100
 
 
-def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, Any]]:
+def iter_jsonl(path: str | Path | BinaryIO, error: type[Exception] = ValueError) -> Iterator[tuple[str, Any]]:
     """Yield ``("FILE:LINE", row)`` for each non-blank line of ``path``.
 
     A missing file, a line that is not UTF-8 or not JSON (or JSON that Python refuses: an integer
-    too long to convert, nesting too deep) raises ``error`` with the file and line in its message,
-    so callers only validate the fields of their own rows. Strings may hold lone surrogates (a
-    ``\\ud800`` escape is valid JSON); :func:`dumps_line` writes them back unchanged.
+    too long to convert, nesting deeper than :data:`MAX_DEPTH`) raises ``error`` with the file and
+    line in its message, so callers only validate the fields of their own rows. Strings may hold
+    lone surrogates (a ``\\ud800`` escape is valid JSON); :func:`dumps_line` writes them back
+    unchanged. ``path`` may also be an open binary stream (standard input), named ``<stdin>``.
     """
-    p = Path(path)
+    if hasattr(path, "read"):
+        yield from _iter_lines(path, "<stdin>", error)  # type: ignore[arg-type]
+        return
+    p = Path(path)  # type: ignore[arg-type]
     if not p.is_file():
         raise error(f"{p}: no such file")
     with p.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{p}:{lineno}"
-            try:
-                # A byte-order mark (editors on Windows write one) starts the file, not the row.
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise error(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            yield where, _loads(line, where, error)
+        yield from _iter_lines(f, str(p), error)
+
+
+def _iter_lines(f: BinaryIO, name: str, error: type[Exception]) -> Iterator[tuple[str, Any]]:
+    for lineno, raw in enumerate(f, 1):
+        where = f"{name}:{lineno}"
+        try:
+            # A byte-order mark (editors on Windows write one) starts the file, not the row.
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise error(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        if not line.strip():
+            continue
+        yield where, _loads(line, where, error)
 
 
 class _NotJSON(ValueError):
@@ -55,16 +67,34 @@ def _no_constant(token: str) -> Any:
     raise _NotJSON(token)
 
 
+def _too_deep(obj: Any) -> bool:
+    stack = [(obj, 1)]
+    while stack:  # iterative: the point is not to recurse on hostile input
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = o.values()
+        elif not isinstance(o, list):
+            continue
+        if d > MAX_DEPTH:
+            return True
+        stack.extend((x, d + 1) for x in o if isinstance(x, (list, dict)))
+    return False
+
+
 def _loads(line: str, where: str, error: type[Exception]) -> Any:
     try:
-        return json.loads(line, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        obj = json.loads(line, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        # Counting brackets (strings included) is a cheap bound: most lines skip the walk.
+        if line.count("[") + line.count("{") > MAX_DEPTH and _too_deep(obj):
+            raise RecursionError
+        return obj
     except _NotJSON as e:
         why = str(e) if " " in str(e) else f"{e} is not a JSON value; write it as a string"
         raise error(f"{where}: invalid JSON ({why})") from None
     except json.JSONDecodeError as e:
         raise error(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:
-        raise error(f"{where}: JSON nested too deeply") from None
+        raise error(f"{where}: JSON nested too deeply (more than {MAX_DEPTH} levels)") from None
     except ValueError:
         # Python refuses to convert integer literals past this many digits (a DoS guard).
         limit = sys.get_int_max_str_digits()

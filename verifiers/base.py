@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol
@@ -67,9 +68,16 @@ class GraderSpec:
         return f"{self.name}@{self.version}"
 
     def __call__(self, completion: str, gold: Any, **meta: Any) -> Grade:
-        """Run the grader; an exception becomes a logged ``score=None`` grade."""
+        """Run the grader; an exception becomes a logged ``score=None`` grade.
+
+        A completion that is not text is the caller's bug, not a wrong answer: it is an error
+        grade too, never a 0.0 reward that would train on it silently."""
         t0 = time.perf_counter()
+        depth = getattr(_CALLS, "depth", 0)
+        _CALLS.depth = depth + 1
         try:
+            if not isinstance(completion, str):
+                raise TypeError(f"completion is {type(completion).__name__}, not str")
             g = self.fn(completion, gold, **meta)
             if not isinstance(g, Grade):
                 raise TypeError(f"grader returned {type(g).__name__}, expected Grade")
@@ -85,14 +93,125 @@ class GraderSpec:
         # the process either (KeyboardInterrupt still stops it).
         except (Exception, SystemExit) as e:  # noqa: BLE001
             why = _describe(e)
-            log.error("grader %s failed: %s", self.fingerprint, why)
+            # A pool worker's caller logs a failed item itself, with the item's label; logged here
+            # too, the same message reached stderr twice.
+            if depth or not _CALLER_LOGS:
+                log.error("grader %s failed: %s", self.fingerprint, why)
             g = Grade.error(f"grader error: {why}")
+        finally:
+            _CALLS.depth = depth
         g.elapsed_s = time.perf_counter() - t0
         g.grader = g.grader or self.fingerprint
         return g
 
 
 GRADERS: Registry[GraderSpec] = Registry("grader", "thinkgym.graders")
+# Nesting of GraderSpec calls in this thread (a rubric calls its parts).
+_CALLS = threading.local()
+#: Set in grader pool workers, whose caller logs a failed top-level grade.
+_CALLER_LOGS = False
+
+
+def _positive_number(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86400:
+        return "expected a number of seconds in (0, 86400]"
+    return None
+
+
+def _fraction(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+        return "expected a number in [0, 1)"
+    return None
+
+
+def _boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "expected true or false"
+
+
+def _text(v: Any) -> str | None:
+    return None if v is None or isinstance(v, str) else "expected a string"
+
+
+def _config(fields: Callable[[], Any]) -> Callable[[Any], str | None]:
+    """An object whose keys are fields of a config dataclass (or an instance of it)."""
+
+    def check(v: Any) -> str | None:
+        import dataclasses
+
+        cls = fields()
+        if v is None or isinstance(v, cls):  # None: the grader's default
+            return None
+        if not isinstance(v, dict):
+            return f"expected an object with fields of {cls.__name__}"
+        fields_ = {f.name: f for f in dataclasses.fields(cls)}
+        bad = sorted(k for k in v if k not in fields_)
+        if bad:
+            return f"unknown field(s) {bad} of {cls.__name__}; known: {sorted(fields_)}"
+        for k, x in v.items():  # a field whose default is a plain number, flag or text keeps that kind
+            d = fields_[k].default
+            if d is dataclasses.MISSING or x is None and d is None:
+                continue
+            kind = bool if isinstance(d, bool) else (int, float) if isinstance(d, (int, float)) else str if isinstance(d, str) else None
+            if kind is not None and (not isinstance(x, kind) or kind is not bool and isinstance(x, bool)):
+                return f"field {k!r} of {cls.__name__} must be {'true or false' if kind is bool else 'a number' if kind is not str else 'a string'}"
+        return None
+
+    return check
+
+
+def _import(ref: str) -> Callable[[], Any]:
+    def get() -> Any:
+        import importlib
+
+        mod, _, name = ref.partition(":")
+        return getattr(importlib.import_module(mod), name)
+
+    return get
+
+
+#: The keyword arguments each built-in grader reads, with a check of each value (an error text,
+#: or None). Graders take ``**meta``, so without this a typo (``timout_s``) was silently ignored.
+BUILTIN_KWARGS: dict[str, dict[str, Callable[[Any], str | None]]] = {
+    "math": {"timeout_s": _positive_number, "math_config": _config(_import("thinkgym.verifiers.math_equiv:MathConfig"))},
+    "format": {"format_config": _config(_import("thinkgym.verifiers.format:FormatConfig"))},
+    "countdown": {"exactly_once": _boolean, "partial_credit": _fraction},
+    "judge": {"judge_config": _config(_import("thinkgym.verifiers.judge:JudgeConfig")), "question": _text, "rubric": _text},
+    "code": {"partial_credit": _boolean, "backend": _text, "final_section_only": _boolean,
+             "limits": _config(_import("thinkgym.verifiers.sandbox:Limits"))},
+}
+
+
+def accepted_kwargs(name: str) -> dict[str, Callable[[Any], str | None]] | None:
+    """The keyword arguments grader ``name`` reads, each with its check; None when not known
+    (a plugin grader, or a rubric with such a part), so anything is passed."""
+    spec = get_grader(name)
+    if not getattr(spec.fn, "__module__", "").startswith("thinkgym.verifiers."):
+        return None
+    parts = getattr(spec.fn, "weights", None)
+    if parts is not None:  # a rubric passes its meta to every part
+        out: dict[str, Callable[[Any], str | None]] = {"component_meta": lambda v: None if isinstance(v, dict) else "expected an object"}
+        for n in parts:
+            known = accepted_kwargs(n)
+            if known is None:
+                return None
+            out.update(known)
+        return out
+    return BUILTIN_KWARGS.get(name)
+
+
+def check_kwargs(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
+    """``(key, problem)`` for the first keyword argument grader ``name`` does not read or whose
+    value is of the wrong kind; None when all are fine or the grader's arguments are not known."""
+    known = accepted_kwargs(name)
+    if known is None:
+        return None
+    for k, v in kwargs.items():
+        if k not in known:
+            return k, f"grader {name!r} takes no argument {k!r} (it takes: {', '.join(sorted(known)) or 'none'})"
+        why = known[k](v)
+        if why:
+            return k, f"{why}, got {type(v).__name__} {v!r:.60}"
+    return None
 
 
 def register_grader(name: str, version: str = "1", description: str = "") -> Callable[[GraderFn], GraderFn]:
@@ -120,8 +239,17 @@ def get_grader(name: str) -> GraderSpec:
 
 
 def grade(name: str, completion: str, gold: Any, **meta: Any) -> Grade:
-    """Grade one completion with the registered grader ``name``."""
-    return get_grader(name)(completion, gold, **meta)
+    """Grade one completion with the registered grader ``name``.
+
+    A keyword argument a built-in grader does not read (a typo such as ``timout_s``) or a value of
+    the wrong kind is the caller's bug: the result is a logged error grade (``score=None``)."""
+    spec = get_grader(name)
+    bad = check_kwargs(name, meta)
+    if bad is not None:
+        why = f"grader error: bad argument {bad[0]!r}: {bad[1]}"
+        log.error("grader %s not run: %s", spec.fingerprint, why)
+        return Grade.error(why, grader=spec.fingerprint)
+    return spec(completion, gold, **meta)
 
 
 def list_graders() -> dict[str, str]:

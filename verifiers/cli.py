@@ -1,17 +1,27 @@
 """``thinkgym grade``: grade a JSONL file of completions (or programs) in parallel.
 
-Input rows: ``{"id", "completion", "gold", ...meta}`` for answer graders, ``{"id", "program",
-"tests"}`` for ``--grader code``. Output rows are the input rows plus ``score``, ``error``,
-``reason``, ``elapsed_s``, ``extracted`` and ``grader``, in input order; an input column with one
-of those names is kept as ``input_<name>`` (see :func:`_out_row`). Wrong answers are results, not
-failures: the exit code is non-zero only when the input file is bad (the message names the file,
-line and field), the output cannot be written, or the grader is unknown. The output path is
-checked before grading, so a bad one costs no grading time.
+Input rows: ``{"id", "completion", "gold"}`` for answer graders, ``{"id", "program", "tests"}``
+for ``--grader code``; ``id`` is optional. Only a row's ``grader_kwargs`` object reaches the
+grader as keyword arguments (as in task items' metadata); every other column is carried to the
+output untouched, so a dataset column that happens to be named ``timeout_s`` or ``backend`` cannot
+change grading. For a built-in grader each ``grader_kwargs`` key must be one it reads, with a value
+of the right kind; anything else is bad input. Output rows are the input rows plus ``score``,
+``error``, ``reason``, ``elapsed_s``, ``extracted``, ``grader`` and ``line`` (the input line), in
+input order; an input column with one of those names is kept as ``input_<name>`` (see
+:func:`_out_row`). Wrong answers are results, not failures: the exit code is non-zero only when
+the input file is bad (the message names the file, line and field), the output cannot be written,
+or the grader is unknown. The output path is checked before grading, so a bad one costs no
+grading time. ``-i -`` reads standard input, ``-o -`` writes standard output (the summary then goes
+to standard error). A regular file is replaced atomically (through a symlink, at its target);
+a FIFO, a device or a path under ``/dev`` or ``/proc`` is written straight through.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +35,12 @@ _NO_GOLD = {"format", "judge"}
 # Gold is whatever JSON a grader understands (a countdown gold is an object); null is a missing gold.
 _GOLD_TYPES = (str, int, float, list, dict)
 # Columns every output row gets from the grade.
-_RESULT_COLUMNS = ("score", "error", "reason", "elapsed_s", "extracted", "grader")
+_RESULT_COLUMNS = ("score", "error", "reason", "elapsed_s", "extracted", "grader", "line")
+# The one column whose value reaches the grader as keyword arguments.
+_KWARGS = "grader_kwargs"
+# What --grader code rows may set (the sandbox backend stays the local one, whose runs an
+# interrupt can stop).
+_CODE_KWARGS = ("partial_credit", "limits")
 _KEPT_PREFIX = "input_"
 
 
@@ -33,10 +48,17 @@ class InputError(ValueError):
     """A row of the input file is unusable."""
 
 
-def read_rows(path: Path, grader: str) -> list[dict[str, Any]]:
-    """Parse and validate every row before grading anything."""
+def _is_std(path: Path) -> bool:
+    return str(path) == "-"
+
+
+def read_rows(path: Path, grader: str) -> list[tuple[int, dict[str, Any]]]:
+    """Parse and validate every row before grading anything; ``(line number, row)`` pairs."""
+    from thinkgym.verifiers.base import BUILTIN_KWARGS, check_kwargs
+
     rows = []
-    for where, row in iter_jsonl(path, InputError):
+    source: Any = sys.stdin.buffer if _is_std(path) else path
+    for where, row in iter_jsonl(source, InputError):
         if not isinstance(row, dict):
             raise InputError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
         if grader == "code":
@@ -50,6 +72,9 @@ def read_rows(path: Path, grader: str) -> list[dict[str, Any]]:
                 raise InputError(f"{where}: missing field {key!r}")
             if not isinstance(row[key], tp) or isinstance(row[key], bool):
                 raise InputError(f"{where}: field {key!r} has type {type(row[key]).__name__}")
+        kw = row.get(_KWARGS, {})
+        if not isinstance(kw, dict):
+            raise InputError(f"{where}: field {_KWARGS!r} must be an object, got {type(kw).__name__}")
         if grader == "code":  # a bad test spec is bad input, found before any grading
             from thinkgym.verifiers.code import validate_tests
 
@@ -57,8 +82,17 @@ def read_rows(path: Path, grader: str) -> list[dict[str, Any]]:
                 validate_tests(row["tests"])
             except ValueError as e:
                 raise InputError(f"{where}: field 'tests': {e}") from None
-        row.setdefault("id", int(where.rsplit(":", 1)[1]))
-        rows.append(row)
+            known = BUILTIN_KWARGS["code"]
+            for k, v in kw.items():
+                why = (known[k](v) and f"{known[k](v)}, got {type(v).__name__}") if k in _CODE_KWARGS else \
+                    f"--grader code takes no argument {k!r} (it takes: {', '.join(_CODE_KWARGS)})"
+                if why:
+                    raise InputError(f"{where}: field '{_KWARGS}.{k}': {why}")
+        else:
+            bad = check_kwargs(grader, kw)
+            if bad is not None:
+                raise InputError(f"{where}: field '{_KWARGS}.{bad[0]}': {bad[1]}")
+        rows.append((int(where.rsplit(":", 1)[1]), row))
     return rows
 
 
@@ -77,7 +111,7 @@ def _displaced(key: str, row: dict[str, Any]) -> bool:
     return True
 
 
-def _out_row(row: dict[str, Any], g: Any) -> dict[str, Any]:
+def _out_row(row: dict[str, Any], g: Any, line: int) -> dict[str, Any]:
     """The input row plus the result columns; no input value is dropped.
 
     An input column named like a result column is kept as ``input_<name>`` (and an existing
@@ -92,6 +126,7 @@ def _out_row(row: dict[str, Any], g: Any) -> dict[str, Any]:
         elapsed_s=round(g.elapsed_s, 6),
         extracted=g.extracted,
         grader=g.grader,
+        line=line,  # the row's own id (if any) stays as it was; this one is never ambiguous
     )
     return out
 
@@ -105,11 +140,176 @@ def _check_output(output: Path) -> None:
         raise InputError(f"{output}: cannot write the output: {folder} is not a directory")
 
 
-def _submit_all(grader: str, rows: list[dict[str, Any]], workers: Optional[int],
-                timeout: Optional[float]) -> tuple[list[Any], Any]:
-    """Start grading every row; returns the futures in row order and the executor's closer."""
-    from concurrent.futures import ThreadPoolExecutor
+def _special(p: str) -> bool:
+    # /dev/stdout, /dev/fd/N and /proc/self/fd/N are the caller's open files (a pipe, a
+    # terminal, a file the shell opened for appending): never renamed over, never a temp file beside.
+    return p.startswith("/proc/") or p.startswith("/dev/") and not p.startswith("/dev/shm/")
 
+
+class _Sink:
+    """Where the graded rows go: standard output, straight through to an existing non-regular
+    file (a FIFO, a device), or a temp file renamed over a regular file (or new path) at the end,
+    at a symlink's target so the link stays a link."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.tmp: Optional[Path] = None
+        self.target = output
+        if _is_std(output):
+            self.mode = "stdout"
+            return
+        hops = [os.path.abspath(output)]
+        for _ in range(40):  # the final component's chain of links; the loop bound is ELOOP's
+            if not os.path.islink(hops[-1]):
+                break
+            hops.append(os.path.abspath(os.path.join(os.path.dirname(hops[-1]), os.readlink(hops[-1]))))
+        try:
+            st: Optional[os.stat_result] = os.stat(output)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None  # a new path, or a link to one; _check_output names a file in the way
+        except OSError as e:
+            raise InputError(f"{output}: cannot write the output: {e.strerror or e}") from None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{output}: cannot write the output: it is a directory")
+        if any(_special(h) for h in hops) or st is not None and not stat.S_ISREG(st.st_mode):
+            self.mode = "through"
+            return
+        self.mode = "atomic"
+        self.target = Path(os.path.realpath(output))
+        _check_output(self.target)
+
+    def open(self) -> Any:
+        """Opened before grading: an unwritable place fails now, not after the work."""
+        try:
+            if self.mode == "stdout":
+                return _StdoutWriter()
+            if self.mode == "through":
+                return open(self.output, "w", encoding="utf-8")
+            self.tmp = self.target.with_name(self.target.name + ".partial")
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            return self.tmp.open("w", encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"{self.output}: cannot write the output: {e.strerror or e}") from None
+
+    def abort(self) -> None:
+        if self.tmp is not None:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink(missing_ok=True)  # an interrupted run leaves no half-written file behind
+
+    def commit(self) -> None:
+        if self.tmp is None:
+            return
+        try:
+            self.tmp.replace(self.target)
+        except OSError as e:  # e.g. a directory appeared at the target meanwhile: keep the work
+            raise InputError(f"{self.output}: cannot write the output: {e.strerror or e}; "
+                             f"the graded rows are in {self.tmp}") from None
+
+
+class _StdoutWriter:
+    """UTF-8 rows on standard output whatever its locale; closing it leaves stdout open."""
+
+    def __enter__(self) -> "_StdoutWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.flush()
+
+    def write(self, text: str) -> None:
+        buf = getattr(sys.stdout, "buffer", None)
+        if buf is None:
+            sys.stdout.write(text)
+        else:
+            buf.write(text.encode("utf-8"))
+            buf.flush()  # a reader of the pipe sees each row as it is graded
+
+
+def _kill_our_sandboxes() -> None:
+    """SIGKILL this process's bubblewrap children: the running sandboxes (and pre-started ones).
+
+    Killing the outer bwrap is how the sandbox itself stops a run (its namespace's init dies with
+    it, and every process in the namespace with that), so the grading thread returns at once.
+    """
+    import shutil
+    import signal
+
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return
+    me, want = os.getpid(), os.fsencode(bwrap)
+
+    def parent(pid: str) -> int:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if parent(pid) != me:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if want not in f.read().split(b"\0"):
+                    continue
+            fd = os.pidfd_open(int(pid))
+        except (OSError, ValueError, IndexError):
+            continue
+        try:
+            if parent(pid) == me:  # still ours after the pidfd was taken: it names our child
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+        finally:
+            os.close(fd)
+
+
+def _code_limits(timeout: Optional[float], limits: Any) -> Any:
+    """The row's sandbox limits, lowered to ``timeout`` (per case, and per run plus the margin the
+    harness needs to report); never raised."""
+    from thinkgym.verifiers.code import _REPORT_MARGIN_S, _as_limits
+
+    lim = _as_limits(limits)
+    if timeout is None:
+        return lim
+    case_wall = lim.case_wall_s if lim.case_wall_s is not None else 2 * lim.case_s
+    return lim.replace(case_s=min(lim.case_s, timeout), case_wall_s=min(case_wall, timeout),
+                       wall_s=min(lim.wall_s, timeout + _REPORT_MARGIN_S))
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+class _CodeRunner:
+    """Programs graded on threads, one sandbox each."""
+
+    def __init__(self, workers: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thinkgym-grade-code")
+        self.futures: list[Any] = []
+
+    def close(self, cancel: bool = False) -> None:
+        if not cancel:
+            self.ex.shutdown(wait=True)
+            return
+        # Interrupted: nothing queued starts, and what runs is killed rather than waited for
+        # (shutdown(wait=True) ran every queued program to its limit: 35 s after a Ctrl-C).
+        self.ex.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + 10.0  # bounded even if a run cannot be stopped
+        while True:
+            _kill_our_sandboxes()  # again each pass: a thread may have started one meanwhile
+            if all(f.done() for f in self.futures) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        _kill_our_sandboxes()  # pre-started ones the spare thread added last
+
+
+def _submit_all(grader: str, rows: list[tuple[int, dict[str, Any]]], workers: Optional[int],
+                timeout: Optional[float], name: str = "") -> tuple[list[Any], Any]:
+    """Start grading every row; returns the futures in row order and the closer, which takes
+    ``cancel=True`` after an interrupt."""
     from thinkgym.verifiers import get_grader, list_graders
 
     if grader == "code":
@@ -117,42 +317,51 @@ def _submit_all(grader: str, rows: list[dict[str, Any]], workers: Optional[int],
 
         fp = get_grader("code").fingerprint if "code" in list_graders() else "code"
 
-        def one(program: str, tests: Any) -> Any:
+        def one(program: str, tests: Any, kw: dict[str, Any]) -> Any:
             t = time.perf_counter()
-            g = grade_program(program, tests)
+            g = grade_program(program, tests, partial_credit=kw.get("partial_credit", False),
+                              limits=_code_limits(timeout, kw.get("limits")))
             g.elapsed_s = g.elapsed_s or time.perf_counter() - t
             g.grader = g.grader or fp
             return g
 
-        ex = ThreadPoolExecutor(max_workers=workers or 2)
-        return [ex.submit(one, r["program"], r["tests"]) for r in rows], ex.shutdown
+        runner = _CodeRunner(workers or _default_workers())
+        try:
+            for _, r in rows:
+                runner.futures.append(runner.ex.submit(one, r["program"], r["tests"], r.get(_KWARGS, {})))
+        except BaseException:
+            runner.close(cancel=True)
+            raise
+        return runner.futures, runner.close
     from thinkgym.verifiers.pool import GraderPool
 
-    pool = GraderPool(workers=workers, timeout_s=timeout or 5.0)
+    pool = GraderPool(workers=workers or _default_workers(), timeout_s=timeout or 5.0)
     try:
         futures = []
-        for r in rows:
-            meta = {k: v for k, v in r.items() if k not in ("id", "completion", "gold")}
-            futures.append(pool.submit_grade(grader, r["completion"], r.get("gold"), meta=meta))
+        for line, r in rows:
+            label = f"{name}:{line}" + (f", id {r['id']!r:.40}" if "id" in r else "")
+            futures.append(pool.submit_grade(grader, r["completion"], r.get("gold"), meta=r.get(_KWARGS, {}),
+                                             label=label))
     except BaseException:
-        pool.close()
+        pool.close(cancel=True)
         raise
     return futures, pool.close
 
 
-def _write_results(out: Any, rows: list[dict[str, Any]], futures: list[Any], counts: dict[str, Any],
+def _write_results(out: Any, rows: list[tuple[int, dict[str, Any]]], futures: list[Any], counts: dict[str, Any],
                    grader: str, progress: bool) -> None:
     """Write the output rows in input order as results arrive, tallying ``counts``."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn(f"grading with {grader}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not progress, transient=True,
+        disable=not progress, transient=True, console=Console(stderr=True),  # stdout may carry the rows
     ) as bar:
         task = bar.add_task("grade", total=len(rows))
-        for row, fut in zip(rows, futures):
+        for (line, row), fut in zip(rows, futures):
             g = fut.result()
-            out.write(dumps_line(_out_row(row, g)))  # lone surrogates stay escapes, not a crash
+            out.write(dumps_line(_out_row(row, g, line)))  # lone surrogates stay escapes, not a crash
             if g.score is None:
                 counts["errors"] += 1
             else:
@@ -163,38 +372,31 @@ def _write_results(out: Any, rows: list[dict[str, Any]], futures: list[Any], cou
 
 def run_grade(grader: str, input: Path, output: Path, workers: Optional[int], timeout: Optional[float],
               progress: bool = True) -> dict[str, Any]:
-    """Grade ``input`` into ``output``; returns the summary counts."""
+    """Grade ``input`` into ``output`` (``-``: standard input / output); returns the summary counts."""
     from thinkgym.verifiers import get_grader
 
     if grader != "code":
         get_grader(grader)  # unknown name: fail before reading anything
-    _check_output(output)
-    if input.is_dir():  # iter_jsonl would only say "no such file"
+    sink = _Sink(output)
+    if not _is_std(input) and input.is_dir():  # iter_jsonl would only say "no such file"
         raise InputError(f"{input}: is a directory, not a JSONL file")
     rows = read_rows(input, grader)
-    tmp = output.with_name(output.name + ".partial")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        out = tmp.open("w", encoding="utf-8")  # opened before grading: an unwritable place fails now
-    except OSError as e:
-        raise InputError(f"{output}: cannot write the output: {e.strerror or e}") from None
+    out = sink.open()
     t0 = time.perf_counter()
-    closer: Any = lambda: None  # noqa: E731
+    closer: Any = lambda cancel=False: None  # noqa: E731
     counts = {"rows": len(rows), "right": 0, "wrong": 0, "partial": 0, "errors": 0, "score_sum": 0.0}
+    cancel = False
     try:
         with out:
-            futures, closer = _submit_all(grader, rows, workers, timeout)
+            futures, closer = _submit_all(grader, rows, workers, timeout, "<stdin>" if _is_std(input) else str(input))
             _write_results(out, rows, futures, counts, grader, progress)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)  # an interrupted run leaves no half-written file behind
+        cancel = True
+        sink.abort()
         raise
     finally:
-        closer()
-    try:
-        tmp.replace(output)
-    except OSError as e:  # e.g. a directory appeared at ``output`` meanwhile: keep the work
-        raise InputError(f"{output}: cannot write the output: {e.strerror or e}; the graded rows are in {tmp}") from None
+        closer(cancel=cancel)
+    sink.commit()
     counts["elapsed_s"] = time.perf_counter() - t0
     return counts
 
@@ -203,11 +405,15 @@ def register(app: typer.Typer) -> None:
     @app.command("grade")
     def grade_cmd(
         grader: str = typer.Option(..., "--grader", "-g", help="Registered grader name (math, format, code, math+format, ...)."),
-        input: Path = typer.Option(..., "--input", "-i", help="JSONL rows: id, completion, gold (code: id, program, tests)."),
-        output: Path = typer.Option(..., "--output", "-o", help="JSONL output: input rows + score, error, reason, elapsed_s, extracted, grader. "
-                                            "An input column with one of those names is kept as input_<name>."),
-        workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Parallel worker processes (default: up to 4)."),
-        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.01, max=86400, help="Hard per-item budget in seconds (default 5, at most a day)."),
+        input: Path = typer.Option(..., "--input", "-i", help="JSONL rows (- for standard input): completion, gold (code: program, tests), "
+                                          "optional id, and grader_kwargs, the only column passed to the grader."),
+        output: Path = typer.Option(..., "--output", "-o", help="JSONL output (- for standard output): input rows + score, error, reason, "
+                                            "elapsed_s, extracted, grader, line. An input column with one of those names is kept as input_<name>."),
+        workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Rows graded at once (default: up to 4, at most the CPU count): "
+                                              "worker processes; for code, sandboxes (capped at the CPU count)."),
+        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.01, max=86400, help="Hard per-item budget in seconds (default 5, at most a day). "
+                                                "For code it lowers the sandbox's limits: each case's CPU and wall time to it, "
+                                                "the whole run to it + 1.5 s (default: the sandbox's, 6 CPU-s per case, 30 s per run)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Grade a JSONL file; exit 0 even when answers are wrong, non-zero on bad input.
@@ -231,5 +437,6 @@ def register(app: typer.Typer) -> None:
         typer.echo(
             f"graded {c['rows']} rows with {grader}: {c['right']} right, {c['wrong']} wrong, "
             f"{c['partial']} partial, {c['errors']} errors; mean score {mean}; "
-            f"{c['elapsed_s']:.1f}s ({rate:.1f} rows/s) -> {output}"
+            f"{c['elapsed_s']:.1f}s ({rate:.1f} rows/s) -> {'standard output' if _is_std(output) else output}",
+            err=_is_std(output),  # standard output holds the rows
         )

@@ -139,7 +139,10 @@ def _worker_main(preload: Sequence[str], memory_mb: int) -> None:
         except Exception:  # noqa: BLE001 - no /proc or no resource module
             pass
     _write_msg(proto_out, ("ready", os.getpid()))
+    from thinkgym.verifiers import base
     from thinkgym.verifiers.base import _describe, get_grader
+
+    base._CALLER_LOGS = True  # the parent logs a failed grade, with the item's label
 
     while True:
         try:
@@ -183,6 +186,10 @@ def _worker_main(preload: Sequence[str], memory_mb: int) -> None:
 
 class _WorkerDied(Exception):
     pass
+
+
+def _at(label: str) -> str:
+    return f" ({label})" if label else ""
 
 
 def _descendants(root: int) -> list[int]:
@@ -308,6 +315,8 @@ class _Job:
     on_error: Callable[[str, float], Any]
     on_ok: Callable[[Any, float], Any]
     payload: bytes = b""
+    #: Names the item in log lines (e.g. the input file and line).
+    label: str = ""
 
 
 class GraderPool:
@@ -380,16 +389,16 @@ class GraderPool:
                 w.kill()
                 self.restarts += 1
                 if died:
-                    log.error("grader item failed: %s; worker %d replaced", died, w.pid)
+                    log.error("grader item%s failed: %s; worker %d replaced", _at(job.label), died, w.pid)
                     res = job.on_error(died, elapsed)
                 else:
-                    log.warning("grader item exceeded %.1fs budget; worker %d killed", job.timeout_s, w.pid)
+                    log.warning("grader item%s exceeded %.1fs budget; worker %d killed", _at(job.label), job.timeout_s, w.pid)
                     res = job.on_timeout(f"timed out after {job.timeout_s:g}s (worker killed)", elapsed)
             elif msg[0] == "ok":
                 res = job.on_ok(msg[1], msg[2])
             else:
                 # Logged here: the worker's own logging does not reach the caller's handlers.
-                log.error("grader item failed in worker %d: %s", w.pid, msg[1])
+                log.error("grader item%s failed in worker %d: %s", _at(job.label), w.pid, msg[1])
                 res = job.on_error(msg[1], msg[2])
             if job.future.set_running_or_notify_cancel():
                 job.future.set_result(res)  # answer first: the caller never waits for a restart
@@ -406,7 +415,14 @@ class GraderPool:
             raise RuntimeError("a GraderPool cannot be used in a forked child; create one there")
         _check_timeout(job.timeout_s)
         # Serialise here so an unpicklable argument fails in the caller, not in a slot thread.
-        job.payload = pickle.dumps(job.request, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            job.payload = pickle.dumps(job.request, protocol=pickle.HIGHEST_PROTOCOL)
+        except RecursionError:
+            # Data, not a caller bug: one row nested ~500 deep must not take the batch down.
+            why = "input nested too deeply to send to a grader worker"
+            log.error("grader item%s not run: %s", _at(job.label), why)
+            job.future.set_result(job.on_error(why, 0.0))
+            return job.future
         self._jobs.put(job)
         return job.future
 
@@ -428,12 +444,13 @@ class GraderPool:
 
     def submit_grade(
         self, grader: str, completion: str, gold: Any, timeout: float | None = None, *,
-        meta: dict[str, Any] | None = None, **kw: Any
+        meta: dict[str, Any] | None = None, label: str = "", **kw: Any
     ) -> Future:
         """Grade one item in a worker; the future yields a Grade (``score=None`` on timeout/crash).
 
         Grader metadata comes as keywords or as ``meta`` (a row's own fields: a field named
-        ``timeout`` or ``grader`` there is metadata, never this pool's budget or grader)."""
+        ``timeout`` or ``grader`` there is metadata, never this pool's budget or grader).
+        ``label`` names the item in log lines."""
         meta = {**(meta or {}), **kw}
         from thinkgym.verifiers.base import GRADERS, Grade, get_grader
 
@@ -461,13 +478,13 @@ class GraderPool:
             return Grade.error(why, elapsed_s=t, grader=fp)
 
         def ok(g: Grade, t: float) -> Grade:
-            if g.score is None:  # the worker logged it where the caller's handlers never see it
-                log.error("grader %s failed in a worker: %s", g.grader or fp, g.reason)
+            if g.score is None:  # logged here: the worker's logging never reaches the caller's handlers
+                log.error("grader %s failed in a worker%s: %s", g.grader or fp, _at(label), g.reason)
             return g
 
         return self._submit(
             _Job(("grade", ship, tuple(dict.fromkeys(origins)), completion, gold, meta), timeout or self.timeout_s, Future(),
-                 on_timeout=err, on_error=err, on_ok=ok)
+                 on_timeout=err, on_error=err, on_ok=ok, label=label)
         )
 
     def _submit_rows(self, grader: str, rows: Iterable[Any], timeout: float | None) -> list[Future]:
@@ -518,15 +535,29 @@ class GraderPool:
         with self._lock:
             return [w.pid for w in self._procs.values() if w.proc.poll() is None]
 
-    def close(self) -> None:
-        """Stop the workers (pending items still finish first)."""
+    def close(self, cancel: bool = False) -> None:
+        """Stop the workers (pending items still finish first; with ``cancel``, after an
+        interrupt, queued items are cancelled and running ones killed)."""
         if self._closed:
             return
         self._closed = True
+        if cancel:
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job.future.cancel()
+            with self._lock:
+                for w in self._procs.values():
+                    # Only the signal: the slot thread owns the pipes, sees EOF and cleans up.
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(w.pid, signal.SIGKILL)
         for _ in self._threads:
             self._jobs.put(None)
         for t in self._threads:
-            t.join(timeout=self.timeout_s + 10)
+            t.join(timeout=5.0 if cancel else self.timeout_s + 10)
         with self._lock:
             for w in self._procs.values():
                 w.kill()
