@@ -26,7 +26,9 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,7 +247,13 @@ def _ensure_tiny(cfg: SFTConfig, out: Path) -> Path:
     if not (path / "config.json").exists():
         # Every rank may get here; each builds privately and the first rename wins.
         tmp = out / f"tiny-init.tmp{os.environ.get('RANK', '0')}"
-        build_tiny_model(tmp, corpus=task_corpus(cfg.tasks, 2000, cfg.task_seed) if cfg.tasks else None)
+        corpus = task_corpus(cfg.tasks, 2000, cfg.task_seed) if cfg.tasks else None
+        try:
+            build_tiny_model(tmp, corpus=corpus)
+        except OSError as e:  # check_config tried output_dir; a disk that fills or a race can still refuse
+            from thinkgym.config import output_dir_error
+
+            raise ConfigError(output_dir_error(out, "output_dir", e)) from None
         try:
             tmp.rename(path)
         except OSError:
@@ -420,6 +428,19 @@ def _over_budget(cfg: SFTConfig, elapsed: float, train_s: float, device: Any) ->
     if cfg.max_time_s and t[0] >= cfg.max_time_s:
         return "max_time_s"
     return None
+
+
+def _signalled(stop: dict[str, str], device: Any, world: int) -> bool:
+    """Whether any rank got SIGINT or SIGTERM: every rank stops at the same step (one rank
+    checkpointing while another steps would hang the collectives)."""
+    if world == 1:
+        return bool(stop)
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if stop else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _finished_run(cfg: SFTConfig, out: Path, total: int) -> dict[str, Any] | None:
@@ -875,104 +896,137 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
               f"ZeRO-{cfg.zero_stage}, {world} process(es), {'packed' if cfg.packing else 'padded'}", file=sys.stderr)
 
     # ------------------------------------------------------------------ loop
-    engine.train()
-    t0, stop_reason, start_step, tokens0 = time.perf_counter(), "done", step, tokens_seen
-    epoch_cache: dict[int, list] = {}
-    with bar:
-        task = bar.add_task("train", total=total, completed=step, loss=float("nan"), tps=0.0)
-        while step < total:
-            if cfg.stop_after_steps and step - start_step >= cfg.stop_after_steps:
-                stop_reason = "stop_after_steps"
-                break
-            over = _over_budget(cfg, time.perf_counter() - t0, train_s, device)
-            if over:
-                stop_reason = over
-                break
-            # Fetch this step's micro-batches first so the loss can be normalized by the
-            # number of trainable tokens in the whole step, on every rank (a true per-token mean).
-            batches = []
-            for _ in range(cfg.gradient_accumulation_steps):
-                epoch, idx = divmod(micro_cursor, n_micro)
-                if epoch not in epoch_cache:
-                    epoch_cache = {epoch: _epoch_micro_batches(cfg, train_ex, epoch, rank, world)}
-                batches.append(_collate(cfg, train_ex, epoch_cache[epoch][idx], tok.pad_token_id))
-                micro_cursor += 1
-            counts = torch.tensor([sum(int((b["targets"] != -100).sum()) for b in batches),
-                                   sum(int(b.get("attention_mask", b["input_ids"] != tok.pad_token_id).sum()) for b in batches)],
-                                  dtype=torch.float64, device=device)
-            if world > 1:  # every rank's tokens: ranks' counts differ
-                dist.all_reduce(counts)
-            n_tgt, n_tok = int(counts[0]), int(counts[1])
-            ts = time.perf_counter()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            for b in batches:
-                b = {k: v.to(device) for k, v in b.items()}
-                # Project to the vocabulary only where a target exists (assistant tokens): the
-                # prompt's logits would be thrown away, and on large vocabularies they dominate memory.
-                keep = (b["targets"] != -100).any(0).nonzero().squeeze(-1)
-                logits = engine(**model_inputs(b), logits_to_keep=keep).logits
-                # DeepSpeed averages gradients over ranks, so `* world` makes the step's gradient the
-                # mean over all ranks' trainable tokens, not a mean of per-rank means.
-                loss = token_loss(logits, b["targets"][:, keep]) * world / max(1, n_tgt)
-                engine.backward(loss, scale_wrt_gas=False)
-                engine.step()
-                loss_sum += loss.detach().double() / world
-            if world > 1:
-                dist.all_reduce(loss_sum)
-            loss_sum = loss_sum.item()
-            step += 1
-            tokens_seen += n_tok
-            dt = time.perf_counter() - ts
-            train_s += dt
-            gn = engine.get_global_grad_norm()
-            rec = {"step": step, "train/loss": loss_sum, "train/lr": scheduler.get_last_lr()[0],
-                   "train/tokens_per_s": n_tok / dt, "train/tokens": tokens_seen, "train/seconds": train_s,
-                   "train/grad_norm": float(gn) if gn is not None else None}
-            curve.train.append((step, loss_sum))
-            # The step that spends the training budget is the run's last: it is evaluated like step == total.
-            last = step == total or (cfg.max_train_s > 0
-                                     and _over_budget(cfg, time.perf_counter() - t0, train_s, device) == "max_train_s")
-            if (cfg.eval_every and step % cfg.eval_every == 0) or last:
-                ev = evaluate()
-                acc, errors = dev_accuracy(cfg, engine.module, tok, device, rank, world) if cfg.eval_env else (None, 0)
-                if acc is not None:
-                    rec["eval/accuracy"] = acc
-                if cfg.eval_env:
-                    rec["eval/grader_errors"] = errors
-                if ev is not None:
-                    rec["eval/loss"] = ev
-                    curve.eval.append((step, ev))
-                if _better(cfg.best_metric, {"step": step, "loss": ev, "accuracy": acc}, best):
-                    best = {"step": step, "loss": ev, "accuracy": acc}
-                    if cfg.save_best:
-                        save_hf(engine, tok, out / "best", cfg)
-            log(rec)
-            bar.update(task, completed=step, loss=loss_sum, tps=rec["train/tokens_per_s"])
-            if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                checkpoint()
+    # SIGTERM or a first Ctrl-C: finish the step, checkpoint it, then stop (as `thinkgym train` does).
+    stop: dict[str, str] = {}
 
-    elapsed = time.perf_counter() - t0
-    if stop_reason != "done" or cfg.save_every:
-        checkpoint()
-    final = save_hf(engine, tok, out / "final", cfg) if stop_reason in ("done", "max_train_s") else None
-    result = {
-        "stage": cfg.stage, "stop_reason": stop_reason, "steps": step, "total_steps": total,
-        "final": str(final) if final else None,
-        "best": str(out / "best") if cfg.save_best and (out / "best").exists() else None,
-        "best_eval_loss": best["loss"], "best_eval_accuracy": best["accuracy"], "best_step": best["step"],
-        "train_loss": [l for _, l in curve.train], "eval_loss": [l for _, l in curve.eval],
-        "tokens": tokens_seen, "seconds": elapsed, "train_seconds": train_s,
-        "tokens_per_s": ((tokens_seen - tokens0) / elapsed) if elapsed > 0 and step > start_step else 0.0,
-        "train_examples": len(train_ex), "eval_examples": len(eval_ex), "trainable_params": n_train,
-    }
-    if main:
-        metrics_f.close()
-        if writer:
-            writer.close()
-        if cfg.plot and curve.train:
-            _plot(curve, out / "loss.png", f"{cfg.stage}: {Path(cfg.model).name}")
-        (out / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k not in ("train_loss", "eval_loss")}, indent=1))
+    def on_signal(signum: int, _: Any) -> None:
+        stop["signal"] = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        if main:
+            print(f"\n[{cfg.stage}] {stop['signal']}: stopping after this step, with a checkpoint "
+                  "(Ctrl-C again: at once)", file=sys.stderr, flush=True)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)
+                    if signal.getsignal(s) not in (signal.SIG_IGN, None)}
+    try:
+        engine.train()
+        t0, stop_reason, start_step, tokens0 = time.perf_counter(), "done", step, tokens_seen
+        epoch_cache: dict[int, list] = {}
+        with bar:
+            task = bar.add_task("train", total=total, completed=step, loss=float("nan"), tps=0.0)
+            while step < total:
+                if _signalled(stop, device, world):
+                    stop_reason = stop.get("signal", "SIGTERM")  # this rank's signal, or another rank's
+                    break
+                if cfg.stop_after_steps and step - start_step >= cfg.stop_after_steps:
+                    stop_reason = "stop_after_steps"
+                    break
+                over = _over_budget(cfg, time.perf_counter() - t0, train_s, device)
+                if over:
+                    stop_reason = over
+                    break
+                # Fetch this step's micro-batches first so the loss can be normalized by the
+                # number of trainable tokens in the whole step, on every rank (a true per-token mean).
+                batches = []
+                for _ in range(cfg.gradient_accumulation_steps):
+                    epoch, idx = divmod(micro_cursor, n_micro)
+                    if epoch not in epoch_cache:
+                        epoch_cache = {epoch: _epoch_micro_batches(cfg, train_ex, epoch, rank, world)}
+                    batches.append(_collate(cfg, train_ex, epoch_cache[epoch][idx], tok.pad_token_id))
+                    micro_cursor += 1
+                counts = torch.tensor([sum(int((b["targets"] != -100).sum()) for b in batches),
+                                       sum(int(b.get("attention_mask", b["input_ids"] != tok.pad_token_id).sum()) for b in batches)],
+                                      dtype=torch.float64, device=device)
+                if world > 1:  # every rank's tokens: ranks' counts differ
+                    dist.all_reduce(counts)
+                n_tgt, n_tok = int(counts[0]), int(counts[1])
+                ts = time.perf_counter()
+                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+                for b in batches:
+                    b = {k: v.to(device) for k, v in b.items()}
+                    # Project to the vocabulary only where a target exists (assistant tokens): the
+                    # prompt's logits would be thrown away, and on large vocabularies they dominate memory.
+                    keep = (b["targets"] != -100).any(0).nonzero().squeeze(-1)
+                    logits = engine(**model_inputs(b), logits_to_keep=keep).logits
+                    # DeepSpeed averages gradients over ranks, so `* world` makes the step's gradient the
+                    # mean over all ranks' trainable tokens, not a mean of per-rank means.
+                    loss = token_loss(logits, b["targets"][:, keep]) * world / max(1, n_tgt)
+                    engine.backward(loss, scale_wrt_gas=False)
+                    engine.step()
+                    loss_sum += loss.detach().double() / world
+                if world > 1:
+                    dist.all_reduce(loss_sum)
+                loss_sum = loss_sum.item()
+                step += 1
+                tokens_seen += n_tok
+                dt = time.perf_counter() - ts
+                train_s += dt
+                gn = engine.get_global_grad_norm()
+                rec = {"step": step, "train/loss": loss_sum, "train/lr": scheduler.get_last_lr()[0],
+                       "train/tokens_per_s": n_tok / dt, "train/tokens": tokens_seen, "train/seconds": train_s,
+                       "train/grad_norm": float(gn) if gn is not None else None}
+                curve.train.append((step, loss_sum))
+                # The step that spends the training budget is the run's last: it is evaluated like step == total.
+                last = step == total or (cfg.max_train_s > 0
+                                         and _over_budget(cfg, time.perf_counter() - t0, train_s, device) == "max_train_s")
+                if (cfg.eval_every and step % cfg.eval_every == 0) or last:
+                    ev = evaluate()
+                    acc, errors = dev_accuracy(cfg, engine.module, tok, device, rank, world) if cfg.eval_env else (None, 0)
+                    if acc is not None:
+                        rec["eval/accuracy"] = acc
+                    if cfg.eval_env:
+                        rec["eval/grader_errors"] = errors
+                    if ev is not None:
+                        rec["eval/loss"] = ev
+                        curve.eval.append((step, ev))
+                    if _better(cfg.best_metric, {"step": step, "loss": ev, "accuracy": acc}, best):
+                        best = {"step": step, "loss": ev, "accuracy": acc}
+                        if cfg.save_best:
+                            save_hf(engine, tok, out / "best", cfg)
+                log(rec)
+                bar.update(task, completed=step, loss=loss_sum, tps=rec["train/tokens_per_s"])
+                if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                    checkpoint()
+
+        elapsed = time.perf_counter() - t0
+        if stop_reason != "done" or cfg.save_every:
+            checkpoint()
+        final = save_hf(engine, tok, out / "final", cfg) if stop_reason in ("done", "max_train_s") else None
+        result = {
+            "stage": cfg.stage, "stop_reason": stop_reason, "steps": step, "total_steps": total,
+            "final": str(final) if final else None,
+            "best": str(out / "best") if cfg.save_best and (out / "best").exists() else None,
+            "best_eval_loss": best["loss"], "best_eval_accuracy": best["accuracy"], "best_step": best["step"],
+            "train_loss": [l for _, l in curve.train], "eval_loss": [l for _, l in curve.eval],
+            "tokens": tokens_seen, "seconds": elapsed, "train_seconds": train_s,
+            "tokens_per_s": ((tokens_seen - tokens0) / elapsed) if elapsed > 0 and step > start_step else 0.0,
+            "train_examples": len(train_ex), "eval_examples": len(eval_ex), "trainable_params": n_train,
+        }
+        if main:
+            metrics_f.close()
+            if writer:
+                writer.close()
+            if cfg.plot and curve.train:
+                _plot(curve, out / "loss.png", f"{cfg.stage}: {Path(cfg.model).name}")
+            (out / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k not in ("train_loss", "eval_loss")}, indent=1))
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    if stop_reason == "SIGINT":  # checkpointed: the caller's Ctrl-C handling (exit 130, "rerun with --resume")
+        raise KeyboardInterrupt
+    if stop_reason == "SIGTERM":
+        raise SystemExit(143)  # 128 + SIGTERM, the status the signal itself would have left
     return result
+
+
+_USAGE = """usage: python -m thinkgym.sft_coldstart.train CONFIG.yaml [key=value ...]
+
+Cold-start SFT from a YAML file of SFTConfig fields (see examples/sft-*.yaml); each key=value
+overrides one field (the value is read as YAML; task_params.NAME.KNOB=VALUE sets one knob).
+The entry point for launchers (deepspeed, torchrun); `thinkgym sft --help` is the same run as a
+command. Prints a JSON summary (final, best, steps, ...) on rank 0; exits 2 on a config error."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -983,14 +1037,22 @@ def main(argv: list[str] | None = None) -> None:
     from thinkgym.sft_coldstart.data import DataError
 
     args = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--local_rank")]
-    if not args:
-        raise SystemExit("usage: python -m thinkgym.sft_coldstart.train CONFIG.yaml [key=value ...]")
+    if not args or args[0] in ("-h", "--help"):
+        print(_USAGE, file=sys.stdout if args else sys.stderr)
+        raise SystemExit(0 if args else 2)
+    cfg = None
     try:
         cfg = load_config(SFTConfig, args[0], parse_sets(args[1:], flag="override"))
         res = train(cfg)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: the finished steps are checkpointed (a second Ctrl-C: the last checkpoint)
+        from thinkgym.sft_coldstart.cli import _interrupted
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(_interrupted(Path(cfg.output_dir)) if cfg is not None else "interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: res[k] for k in ("final", "best", "steps", "best_eval_loss", "best_eval_accuracy", "tokens_per_s")}))
 

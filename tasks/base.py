@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 import sys
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Any, ClassVar, Iterator, TypedDict
 
-from thinkgym._registry import Registry
+from thinkgym._registry import Registry, RegistryError
 
 
 def show(x: Any, limit: int = 80) -> str:
@@ -128,6 +129,7 @@ class TaskSource(ABC):
                     _ITEMS.move_to_end(key)
                     return copy.deepcopy(item)  # callers may edit their item
         item = self.generate(i, self.rng(i))
+        self._check_item(item, i)
         item["metadata"].setdefault("grader", self.grader)
         item["metadata"].setdefault("source", self.name)
         item["metadata"].setdefault("index", i)
@@ -137,6 +139,22 @@ class TaskSource(ABC):
                 if len(_ITEMS) > _ITEMS_MAX:
                     _ITEMS.popitem(last=False)
         return item
+
+    def _check_item(self, item: Any, i: int) -> None:
+        """``generate()``'s result must be an :class:`Item`; a plugin's slip is named here, not met
+        later as a bare ``KeyError: 'metadata'`` in whatever reads the item."""
+        where = f"task source {self.name or type(self).__name__!r} ({type(self).__module__}.{type(self).__qualname__})"
+        shape = "{'question': str, 'answer': ..., 'metadata': dict}"
+        if not isinstance(item, dict):
+            raise TypeError(f"{where}: generate({i}) returned {show(item)}, not an item {shape}")
+        missing = [k for k in ("question", "answer", "metadata") if k not in item]
+        if missing:
+            raise TypeError(f"{where}: item {i} lacks {', '.join(repr(k) for k in missing)} "
+                            f"(has {sorted(map(str, item))}); an item is {shape}")
+        if not isinstance(item["question"], str):
+            raise TypeError(f"{where}: item {i}: question must be a str, got {show(item['question'])}")
+        if not isinstance(item["metadata"], dict):
+            raise TypeError(f"{where}: item {i}: metadata must be a dict, got {show(item['metadata'])}")
 
     def __len__(self) -> int:
         return self.size
@@ -181,7 +199,22 @@ def format_solution(steps: list[str] | str, answer: Any) -> str:
     return f"<think>\n{body}\n</think>\n<answer>{answer}</answer>"
 
 
-TASKS: Registry[type[TaskSource]] = Registry("task source", "thinkgym.tasks")
+class _TaskRegistry(Registry[type[TaskSource]]):
+    """The task registry: an entry must be a :class:`TaskSource` subclass, checked when it is
+    added, so a plugin's wrong entry point is one line naming it, not an ``AttributeError`` in
+    whatever first reads ``.description`` or ``.grader`` (``thinkgym tasks``, ``import thinkgym.envs``)."""
+
+    def add(self, name: str, obj: Any, origin: str = "thinkgym") -> Any:
+        if not (isinstance(obj, type) and issubclass(obj, TaskSource)):
+            m = re.fullmatch(r"plugin (.+) \((.+)\)", origin)
+            where = (f"plugin {m.group(1)} ({self.group}: {name} = {m.group(2)})" if m
+                     else f"task source {name!r} (registered by {origin})")
+            raise RegistryError(f"{where} is not a task source: expected a subclass of "
+                                f"thinkgym.tasks.TaskSource, got {show(obj)}")
+        return super().add(name, obj, origin)
+
+
+TASKS: Registry[type[TaskSource]] = _TaskRegistry("task source", "thinkgym.tasks")
 
 
 def register_task(name: str):

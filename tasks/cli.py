@@ -27,15 +27,41 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+#: Loader sources whose ``path`` knob is required: what it must name, for the error.
+_PATH_SOURCES = {"jsonl": "FILE.jsonl", "hf_dataset": "DATASET_DIR_OR_FILE"}
+
+
+def _check_loader_path(spec: str, params: dict[str, Any], param_opt: str) -> None:
+    """``jsonl`` / ``hf_dataset`` named as a task: their ``path`` knob must be given, and a jsonl
+    path must be a file (the loader's own errors would be a missing argument or "no such file")."""
+    if spec not in _PATH_SOURCES:
+        return
+    from thinkgym.tasks import TASKS
+
+    if spec not in TASKS or TASKS.origin(spec) != "thinkgym.tasks.loaders":
+        return
+    if "path" not in params:
+        raise ValueError(f"the {spec} source needs {param_opt} path={_PATH_SOURCES[spec]}"
+                         + (" (or pass the .jsonl file itself as the source)" if spec == "jsonl" else
+                            " (or pass the folder or file itself as the source)"))
+    path = params["path"]
+    if spec == "jsonl" and isinstance(path, str) and Path(path).is_dir():
+        raise ValueError(f"{path} is a directory; jsonl needs a file (for a dataset folder use hf_dataset)")
+
+
 def open_source(spec: str, seed: int | None = None, params: dict[str, Any] | None = None, size: int | None = None,
-                *, default_seed: int = 0):
-    """:func:`thinkgym.tasks.loaders.open_source`, with an unknown spec as a usage error of the command."""
+                *, default_seed: int = 0, param_opt: str = "-p"):
+    """:func:`thinkgym.tasks.loaders.open_source`, with an unknown spec as a usage error of the command.
+
+    ``param_opt`` is the command's option for task knobs, named in errors about them.
+    """
     from thinkgym.tasks.loaders import UnknownSourceError, open_source as _open
 
     params = dict(params or {})
     taken = sorted({"seed", "size"} & set(params))
     if taken:
         raise ValueError(f"{', '.join(taken)} cannot be a --param: use the command's seed and count options")
+    _check_loader_path(spec, params, param_opt)
     try:
         return _open(spec, seed=seed, params=params, size=size, default_seed=default_seed)
     except UnknownSourceError as e:
@@ -218,8 +244,9 @@ def register(app: typer.Typer) -> None:
         from thinkgym.tasks.contamination import contamination_report
 
         try:
-            tr = open_source(train, seed=train_seed, params=parse_params(train_param))
-            ev = open_source(eval_, seed=eval_seed, params=parse_params(eval_param), default_seed=1)
+            tr = open_source(train, seed=train_seed, params=parse_params(train_param), param_opt="--train-param")
+            ev = open_source(eval_, seed=eval_seed, params=parse_params(eval_param), default_seed=1,
+                             param_opt="--eval-param")
         except (TypeError, ValueError, KeyError, OSError) as e:
             _fail(str(e))
         tr_items = [get_item(tr, i, f"--train {train!r}") for i in range(min(train_limit, len(tr)))]

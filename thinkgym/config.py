@@ -9,7 +9,9 @@ value given on the command line (:class:`Overrides`) is named by its option inst
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -50,8 +52,19 @@ def blame(message: str, source: str | Path, origins: dict[str, str] | None = Non
     """``message``, about the config key it starts with (``"lr must be > 0"``, ``"model: ..."``),
     prefixed with where that key's value came from: the option that set it, else ``source``."""
     m = re.match(r"(\w+)(: )?", message)
-    origin = (origins or {}).get(m.group(1)) if m else None
+    origins = origins or {}
+    origin = origins.get(m.group(1)) if m else None
+    if origin is None and m:  # the key was set in part: --set task_params.arithmetic.max_value=5
+        path = re.match(r"[\w.]+", message).group(0).rstrip(".") + "."
+        origin = ", ".join(o for k, o in origins.items() if "." in k and (k + ".").startswith(path)) or None
     if origin is None:
+        # A rule across keys ("eval_every=5 needs eval_prompts > 0") broken by an option that set
+        # another key than the first, or part of the key: name the file and the options, not the file alone.
+        involved = [o for k, o in origins.items()
+                    if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message)
+                    or (m and "." in k and k.split(".", 1)[0] == m.group(1))]
+        if involved:
+            return f"{source} with {', '.join(dict.fromkeys(involved))}: {message}"
         return f"{source}: {message}"
     return f"{origin}: {message[m.end():] if m.group(2) else message}"  # "--model: 'x' is not ...", not "--model: model: ..."
 
@@ -204,9 +217,49 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
             raise ConfigError(f"{p}: expected a mapping of keys to values at the top level")
         data.update(loaded)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    data.update(given)
     origins = {k: o for k, o in getattr(overrides, "origins", {}).items() if k in given}
+    for k, v in given.items():
+        if "." in k and k.split(".", 1)[0] in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+            _set_dotted(cls, data, k, v, origins, source)
+        else:
+            data[k] = v
     return from_dict(cls, data, source, origins, other_commands)
+
+
+def _is_mapping_type(tp: Any) -> bool:
+    if tp is dict or typing.get_origin(tp) is dict:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_is_mapping_type(a) for a in typing.get_args(tp))
+    return False
+
+
+def _set_dotted(cls: type, data: dict[str, Any], key: str, value: Any, origins: dict[str, str], source: str) -> None:
+    """``--set task_params.arithmetic.max_value=5``: set one entry inside a mapping field, keeping
+    the rest of the mapping the file (or an earlier override) gave. The field's origin becomes the
+    option, so an error about it names the option."""
+    head, *path = key.split(".")
+    where = origins.pop(key, None) or f"{source}: {key}"
+    if not all(path):
+        raise ConfigError(f"{where}: empty part in the dotted key {key!r}")
+    if not _is_mapping_type(typing.get_type_hints(cls)[head]):
+        raise ConfigError(f"{where}: {head} is not a mapping, so {key!r} reaches into nothing; "
+                          f"set {head} itself (--set {head}=VALUE)")
+    node = data.get(head)
+    node = {} if node is None else node
+    if not isinstance(node, dict):
+        raise ConfigError(f"{where}: {head} is {node!r}, not a mapping")
+    root = node = copy.deepcopy(node)
+    for i, part in enumerate(path[:-1]):
+        nxt = node.setdefault(part, {})
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{where}: {head}.{'.'.join(path[:i + 1])} is {nxt!r}, not a mapping")
+        node = nxt
+    node[path[-1]] = value
+    data[head] = root
+    origins[head] = f"{origins[head]}, {where}" if head in origins else where
 
 
 def _unique_key_loader() -> Any:
@@ -274,6 +327,21 @@ def check_output_dir(path: str | Path, key: str = "output_dir") -> None:
     there = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
     if there is not None and not there.is_dir():
         raise ConfigError(f"{key}: {str(there)!r} exists and is not a directory")
+    if there is not None:
+        # Writable? os.access says yes to root on a read-only or virtual file system (/sys, a
+        # read-only mount), so try: a private folder made and removed at once.
+        import tempfile
+
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".thinkgym-write-check-", dir=there))
+        except OSError as e:
+            raise ConfigError(output_dir_error(out, key, e, there)) from None
+
+
+def output_dir_error(out: str | Path, key: str, e: OSError, where: str | Path | None = None) -> str:
+    """The one-line message for an output directory that cannot be written (``e`` the OSError)."""
+    at = f" ({str(where)!r} is not writable)" if where is not None and Path(where) != Path(out) else ""
+    return f"{key}: cannot write to {str(out)!r}{at}: {e.strerror or e}"
 
 
 #: Logs the trainers append to in their output_dir (metrics.jsonl; TensorBoard events: GRPO writes
