@@ -74,8 +74,13 @@ def _run(cfg: Any, resume: bool) -> int:
             _summary("max_steps", ck, state["history"])
         return 0
     done = {"step": state["step"]}  # the last step finished
+    from thinkgym.hub import ModelNotFound
+
     try:
         res = run(cfg, resume=resume, on_step=lambda step, *_: done.update(step=step))
+    except ModelNotFound as e:  # a hub id the config check could not fetch (online, not cached)
+        typer.echo(f"error: model: {e}", err=True)
+        return 2
     except KeyboardInterrupt:  # a second Ctrl-C: stopped mid-step
         if rank0:
             typer.echo(_interrupted(cfg, done["step"] + 1), err=True)

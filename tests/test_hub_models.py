@@ -137,3 +137,17 @@ def test_grpo_trains_from_a_hub_id(hub_cache, tmp_path):
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "step" in r][-1] == 1
     assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_one_line_not_a_traceback(tmp_path):
+    """Online, the config check leaves a hub id to the run (fetching is slow); one the hub cannot
+    serve then ends `thinkgym train` with one line, exit 2. The hub is a refused loopback port."""
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("envs: [thinkgym/Arithmetic-v0]\nprompts_per_step: 2\ngroup_size: 2\nmicro_batch_size: 4\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    p = subprocess.run([sys.executable, "-m", "thinkgym.cli", "train", "--config", str(cfg), "--model", "acme/missing",
+                        "--output-dir", str(tmp_path / "run"), "--max-steps", "1"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("error: model: 'acme/missing' is not a local directory")

@@ -188,6 +188,10 @@ def test_plugin_that_fails_to_import_is_a_clear_error(tmp_path):
     r = _run([str(THINKGYM), "tasks"], site)
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: plugin thinkgym-broken (thinkgym.tasks: broken = thinkgym_broken:Task) {why}"
+    r = _run([str(THINKGYM), "--version"], site)  # the version needs no plugin
+    from thinkgym import __version__
+
+    assert r.returncode == 0 and r.stdout.strip() == __version__, r.stderr
     # In-process, every lookup fails, not just the first.
     r = _run([sys.executable, "-c", _LOOKUP_TWICE], site)
     assert r.returncode == 0, r.stderr

@@ -7,6 +7,7 @@ are imported inside the command that needs them, so ``thinkgym tasks`` stays fas
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
 
@@ -65,7 +66,7 @@ _LOAD_ERROR = _load_commands()
 def main() -> None:
     # A clashing or broken plugin is reported as one clear line, not a traceback.
     try:
-        if _LOAD_ERROR is not None:
+        if _LOAD_ERROR is not None and sys.argv[1:] != ["--version"]:  # the version needs no plugin
             raise _LOAD_ERROR
         app()
     except RegistryError as e:
