@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_grpo_train import fake_model_dir, hf_logprobs, tiny_cfg, write_cfg
+from test_grpo_train import hf_logprobs, tiny_cfg, write_cfg
 
 from thinkgym.config import ConfigError, load_config
 from thinkgym.grpo.train import GRPOConfig, check_config
@@ -46,16 +46,12 @@ def test_lora_defaults_match_sft():
 def test_resume_refuses_another_adapter(tmp_path):
     """The DeepSpeed checkpoint holds the adapter's tensors and their optimizer state: another
     rank or other target modules cannot load it (a bare KeyError deep in DeepSpeed otherwise)."""
+    from test_grpo_resume_config import saved_run
+
     from thinkgym.grpo.checks import check_resume
 
     def saved(out: Path, **kw) -> GRPOConfig:
-        cfg = load_config(GRPOConfig, None, {"model": str(fake_model_dir(tmp_path)), "output_dir": str(out), **kw})
-        ck = out / "checkpoints" / "step_000002"
-        ck.mkdir(parents=True)
-        (ck / "rank0_state.pt").write_bytes(b"")
-        (ck / "trainer_state.json").write_text(json.dumps({"step": 2, "config": asdict(cfg)}))
-        (out / "checkpoints" / "latest").write_text(ck.name)
-        return cfg
+        return saved_run(tmp_path, out, **kw)
 
     full = saved(tmp_path / "full")
     with pytest.raises(ConfigError, match=r"saved with lora_r 0; .*got lora_r 8"):

@@ -28,9 +28,10 @@ def _one_process(monkeypatch):
     monkeypatch.setattr(checks, "_resume_seen", type(checks._resume_seen)())
 
 
-def saved_run(tmp_path: Path, **kw) -> GRPOConfig:
-    """A config and a fake step-2 checkpoint in its output_dir that holds it (no weights)."""
-    out = tmp_path / "run"
+def saved_run(tmp_path: Path, out: Path | None = None, **kw) -> GRPOConfig:
+    """A config and a fake step-2 checkpoint in its output_dir (``out``, default tmp_path/run)
+    that holds it (no weights)."""
+    out = out or tmp_path / "run"
     cfg = load_config(GRPOConfig, None, {"model": str(fake_model_dir(tmp_path)), "output_dir": str(out), **kw})
     ck = out / "checkpoints" / "step_000002"
     ck.mkdir(parents=True)

@@ -30,6 +30,24 @@ def _pip_install(src: Path, target: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def install_plugin(tmp_path: Path, module: str, init_src: str, entry_points: dict[str, dict[str, str]]) -> Path:
+    """Build a one-module plugin distribution ``thinkgym-<module>`` (``{group: {name: "mod:attr"}}``)
+    and pip-install it into a folder of its own, returned (put it on PYTHONPATH)."""
+    pkg = tmp_path / module
+    (pkg / f"thinkgym_{module}").mkdir(parents=True)
+    (pkg / f"thinkgym_{module}" / "__init__.py").write_text(init_src)
+    eps = "".join(f'[project.entry-points."{group}"]\n' + "".join(f'{k} = "{v}"\n' for k, v in names.items())
+                  for group, names in entry_points.items())
+    (pkg / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "thinkgym-{module}"\nversion = "0.0.1"\n{eps}'
+        f'[tool.setuptools]\npackages = ["thinkgym_{module}"]\n'
+    )
+    site = tmp_path / "site"
+    _pip_install(pkg, site)
+    return site
+
+
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("plugin")
@@ -125,21 +143,10 @@ print(json.dumps({"direct": grade("exact_text", "<answer>abc</answer>", "abc").s
 
 def test_name_clash_is_a_clear_error(plugin_site, tmp_path):
     # A second plugin that claims the built-in task name "arithmetic" and the grader "math".
-    pkg = tmp_path / "clash"
-    (pkg / "thinkgym_clash").mkdir(parents=True)
-    (pkg / "thinkgym_clash" / "__init__.py").write_text(
-        "from thinkgym.tasks.arithmetic import Countdown as Impostor\n"
-        "def grade_math(completion, gold, **meta):\n    raise AssertionError('never used')\n"
-    )
-    (pkg / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "thinkgym-clash"\nversion = "0.0.1"\n'
-        '[project.entry-points."thinkgym.tasks"]\narithmetic = "thinkgym_clash:Impostor"\n'
-        '[project.entry-points."thinkgym.graders"]\nmath = "thinkgym_clash:grade_math"\n'
-        '[tool.setuptools]\npackages = ["thinkgym_clash"]\n'
-    )
-    site = tmp_path / "site"
-    _pip_install(pkg, site)
+    site = install_plugin(tmp_path, "clash", "from thinkgym.tasks.arithmetic import Countdown as Impostor\n"
+                          "def grade_math(completion, gold, **meta):\n    raise AssertionError('never used')\n",
+                          {"thinkgym.tasks": {"arithmetic": "thinkgym_clash:Impostor"},
+                           "thinkgym.graders": {"math": "thinkgym_clash:grade_math"}})
     # Every entry point that loads the task registry refuses: the CLI (thinkgym.envs registers
     # plugin envs on import, so the clash surfaces as soon as the command table is built) ...
     r = _run([str(THINKGYM), "tasks"], site)
@@ -171,18 +178,9 @@ for _ in range(2):
 
 
 def test_plugin_that_fails_to_import_is_a_clear_error(tmp_path):
-    pkg = tmp_path / "broken"
-    (pkg / "thinkgym_broken").mkdir(parents=True)
-    (pkg / "thinkgym_broken" / "__init__.py").write_text("import thinkgym_no_such_dependency\n")
-    (pkg / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "thinkgym-broken"\nversion = "0.0.1"\n'
-        '[project.entry-points."thinkgym.tasks"]\nbroken = "thinkgym_broken:Task"\n'
-        '[project.entry-points."thinkgym.graders"]\nbroken = "thinkgym_broken:grade"\n'
-        '[tool.setuptools]\npackages = ["thinkgym_broken"]\n'
-    )
-    site = tmp_path / "site"
-    _pip_install(pkg, site)
+    site = install_plugin(tmp_path, "broken", "import thinkgym_no_such_dependency\n",
+                          {"thinkgym.tasks": {"broken": "thinkgym_broken:Task"},
+                           "thinkgym.graders": {"broken": "thinkgym_broken:grade"}})
     why = "failed to load: ModuleNotFoundError: No module named 'thinkgym_no_such_dependency'"
     # The CLI: one line naming the distribution and the entry point, no traceback.
     r = _run([str(THINKGYM), "tasks"], site)

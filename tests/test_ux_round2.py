@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import sigint_default
+from test_cli_ux import one_error_line
 
 from thinkgym._registry import RegistryError
 from thinkgym.config import ConfigError, check_output_dir, load_config, parse_sets
@@ -36,12 +37,6 @@ def cli(*args, timeout: float = 300, env: dict | None = None) -> subprocess.Comp
                           timeout=timeout, cwd=ROOT, env=env or _env())
 
 
-def one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr[-3000:]
-    return lines[0]
-
-
 # ----------------------------------------------------------------------------- 1. plugin entries
 
 
@@ -60,25 +55,12 @@ def test_task_registry_refuses_an_entry_that_is_not_a_task_source():
     assert "nottask" not in TASKS.names() and "x" not in TASKS.names()
 
 
-def _pip_install(src: Path, target: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                        "--no-index", "--target", str(target), str(src)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
 @pytest.mark.slow
 def test_plugin_entry_that_is_not_a_task_source_is_one_clear_line(tmp_path):
-    pkg = tmp_path / "nottask"
-    (pkg / "thinkgym_nottask").mkdir(parents=True)
-    (pkg / "thinkgym_nottask" / "__init__.py").write_text("class NotTask:\n    pass\n")
-    (pkg / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "thinkgym-nottask"\nversion = "0.0.1"\n'
-        '[project.entry-points."thinkgym.tasks"]\nnot_task = "thinkgym_nottask:NotTask"\n'
-        '[tool.setuptools]\npackages = ["thinkgym_nottask"]\n'
-    )
-    site = tmp_path / "site"
-    _pip_install(pkg, site)
+    from test_plugins import install_plugin
+
+    site = install_plugin(tmp_path, "nottask", "class NotTask:\n    pass\n",
+                          {"thinkgym.tasks": {"not_task": "thinkgym_nottask:NotTask"}})
     env = {**_env(), "PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     want = ("error: plugin thinkgym-nottask (thinkgym.tasks: not_task = thinkgym_nottask:NotTask) is not a task "
             "source: expected a subclass of thinkgym.tasks.TaskSource, got <class 'thinkgym_nottask.NotTask'>")
