@@ -272,3 +272,34 @@ def test_ids_are_never_invented(app, tmp_path):
     got = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x.get("id") for x in got] == [2, None, None] and "id" not in got[1]  # line 2 is not "id": 2
     assert [x["line"] for x in got] == [1, 2, 3]
+
+
+def test_a_grader_declares_the_arguments_it_reads_at_registration():
+    """``register_grader(kwargs=...)``: a plugin grader gets the same checks as the built-in ones;
+    one that declares nothing is passed anything, as before."""
+    from thinkgym.verifiers.base import GRADERS, Grade, bool_arg, grade, register_grader
+
+    seen = []
+
+    @register_grader("audit_declared", kwargs={"strict": bool_arg})
+    def declared(completion, gold, **meta):
+        seen.append(meta)
+        return Grade(score=1.0)
+
+    @register_grader("audit_open")
+    def open_(completion, gold, **meta):
+        seen.append(meta)
+        return Grade(score=1.0)
+
+    try:
+        assert grade("audit_declared", "x", "y", strict=True).score == 1.0
+        g = grade("audit_declared", "x", "y", strict="yes")
+        assert g.score is None and "'strict'" in g.reason and "true or false" in g.reason
+        g = grade("audit_declared", "x", "y", strcit=True)
+        assert g.score is None and "takes no argument 'strcit'" in g.reason and "strict" in g.reason
+        assert grade("audit_open", "x", "y", anything=[1]).score == 1.0
+        assert seen == [{"strict": True}, {"anything": [1]}]
+    finally:
+        for n in ("audit_declared", "audit_open"):
+            GRADERS._items.pop(n, None)
+            GRADERS._origin.pop(n, None)

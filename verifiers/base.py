@@ -62,6 +62,9 @@ class GraderSpec:
     version: str
     fn: GraderFn
     description: str = ""
+    kwargs: dict[str, Callable[[Any], str | None]] | None = None
+    """The keyword arguments the grader reads, each with a check of its value (an error text or
+    None); None: not declared, anything is passed (see :func:`check_kwargs`)."""
 
     @property
     def fingerprint(self) -> str:
@@ -112,33 +115,32 @@ _CALLS = threading.local()
 _CALLER_LOGS = False
 
 
-def _positive_number(v: Any) -> str | None:
+def seconds_arg(v: Any) -> str | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86400:
         return "expected a number of seconds in (0, 86400]"
     return None
 
 
-def _fraction(v: Any) -> str | None:
+def fraction_arg(v: Any) -> str | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
         return "expected a number in [0, 1)"
     return None
 
 
-def _boolean(v: Any) -> str | None:
+def bool_arg(v: Any) -> str | None:
     return None if isinstance(v, bool) else "expected true or false"
 
 
-def _text(v: Any) -> str | None:
+def text_arg(v: Any) -> str | None:
     return None if v is None or isinstance(v, str) else "expected a string"
 
 
-def _config(fields: Callable[[], Any]) -> Callable[[Any], str | None]:
-    """An object whose keys are fields of a config dataclass (or an instance of it)."""
+def config_arg(cls: type) -> Callable[[Any], str | None]:
+    """Check for an object whose keys are fields of config dataclass ``cls`` (or an instance of it)."""
 
     def check(v: Any) -> str | None:
         import dataclasses
 
-        cls = fields()
         if v is None or isinstance(v, cls):  # None: the grader's default
             return None
         if not isinstance(v, dict):
@@ -159,34 +161,10 @@ def _config(fields: Callable[[], Any]) -> Callable[[Any], str | None]:
     return check
 
 
-def _import(ref: str) -> Callable[[], Any]:
-    def get() -> Any:
-        import importlib
-
-        mod, _, name = ref.partition(":")
-        return getattr(importlib.import_module(mod), name)
-
-    return get
-
-
-#: The keyword arguments each built-in grader reads, with a check of each value (an error text,
-#: or None). Graders take ``**meta``, so without this a typo (``timout_s``) was silently ignored.
-BUILTIN_KWARGS: dict[str, dict[str, Callable[[Any], str | None]]] = {
-    "math": {"timeout_s": _positive_number, "math_config": _config(_import("thinkgym.verifiers.math_equiv:MathConfig"))},
-    "format": {"format_config": _config(_import("thinkgym.verifiers.format:FormatConfig"))},
-    "countdown": {"exactly_once": _boolean, "partial_credit": _fraction},
-    "judge": {"judge_config": _config(_import("thinkgym.verifiers.judge:JudgeConfig")), "question": _text, "rubric": _text},
-    "code": {"partial_credit": _boolean, "backend": _text, "final_section_only": _boolean,
-             "limits": _config(_import("thinkgym.verifiers.sandbox:Limits"))},
-}
-
-
 def accepted_kwargs(name: str) -> dict[str, Callable[[Any], str | None]] | None:
-    """The keyword arguments grader ``name`` reads, each with its check; None when not known
-    (a plugin grader, or a rubric with such a part), so anything is passed."""
+    """The keyword arguments grader ``name`` reads, each with its check; None when not declared
+    (``register_grader(kwargs=...)``), or a rubric with such a part: anything is passed."""
     spec = get_grader(name)
-    if not getattr(spec.fn, "__module__", "").startswith("thinkgym.verifiers."):
-        return None
     parts = getattr(spec.fn, "weights", None)
     if parts is not None:  # a rubric passes its meta to every part
         out: dict[str, Callable[[Any], str | None]] = {"component_meta": lambda v: None if isinstance(v, dict) else "expected an object"}
@@ -196,7 +174,7 @@ def accepted_kwargs(name: str) -> dict[str, Callable[[Any], str | None]] | None:
                 return None
             out.update(known)
         return out
-    return BUILTIN_KWARGS.get(name)
+    return spec.kwargs
 
 
 def check_kwargs(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
@@ -214,12 +192,19 @@ def check_kwargs(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def register_grader(name: str, version: str = "1", description: str = "") -> Callable[[GraderFn], GraderFn]:
-    """Decorator: register ``fn`` as grader ``name``. Returns ``fn`` unchanged."""
+def register_grader(
+    name: str, version: str = "1", description: str = "",
+    kwargs: dict[str, Callable[[Any], str | None]] | None = None,
+) -> Callable[[GraderFn], GraderFn]:
+    """Decorator: register ``fn`` as grader ``name``. Returns ``fn`` unchanged.
+
+    ``kwargs`` declares the keyword arguments it reads, each with a check of its value
+    (:func:`seconds_arg`, :func:`bool_arg`, :func:`config_arg`, ... or your own): ``grade()`` and
+    ``thinkgym grade`` then refuse a typo or a value of the wrong kind. Undeclared, anything passes."""
 
     def deco(fn: GraderFn) -> GraderFn:
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
-        GRADERS.add(name, GraderSpec(name, version, fn, doc), origin=getattr(fn, "__module__", "?"))
+        GRADERS.add(name, GraderSpec(name, version, fn, doc, kwargs), origin=getattr(fn, "__module__", "?"))
         return fn
 
     return deco

@@ -54,7 +54,7 @@ def _is_std(path: Path) -> bool:
 
 def read_rows(path: Path, grader: str) -> list[tuple[int, dict[str, Any]]]:
     """Parse and validate every row before grading anything; ``(line number, row)`` pairs."""
-    from thinkgym.verifiers.base import BUILTIN_KWARGS, check_kwargs
+    from thinkgym.verifiers.base import check_kwargs, get_grader
 
     rows = []
     source: Any = sys.stdin.buffer if _is_std(path) else path
@@ -82,7 +82,7 @@ def read_rows(path: Path, grader: str) -> list[tuple[int, dict[str, Any]]]:
                 validate_tests(row["tests"])
             except ValueError as e:
                 raise InputError(f"{where}: field 'tests': {e}") from None
-            known = BUILTIN_KWARGS["code"]
+            known = get_grader("code").kwargs or {}
             for k, v in kw.items():
                 why = (known[k](v) and f"{known[k](v)}, got {type(v).__name__}") if k in _CODE_KWARGS else \
                     f"--grader code takes no argument {k!r} (it takes: {', '.join(_CODE_KWARGS)})"

@@ -37,7 +37,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Mapping
 
-from thinkgym.verifiers.base import Grade, register_grader
+from thinkgym.verifiers.base import Grade, bool_arg, config_arg, register_grader, text_arg
 from thinkgym.verifiers.sandbox import Limits, get_sandbox
 
 __all__ = ["grade_program", "grade_programs", "extract_code", "read_result", "validate_tests", "values_equal", "DEFAULT_LIMITS"]
@@ -945,7 +945,8 @@ def extract_code(completion: str, *, final_only: bool = True, allow_untagged: bo
     return untagged[-1] if (allow_untagged and untagged) else None
 
 
-@register_grader("code", version="1")
+@register_grader("code", version="1", kwargs={"partial_credit": bool_arg, "backend": text_arg, "final_section_only": bool_arg,
+                                              "limits": config_arg(Limits)})
 def grade_code(completion: str, gold: Any, **meta: Any) -> Grade:
     """Run the completion's last fenced Python block against code tests in a sandbox."""
     partial = meta.get("partial_credit", False)

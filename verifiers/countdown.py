@@ -16,7 +16,7 @@ from collections import Counter
 from fractions import Fraction
 from typing import Any
 
-from thinkgym.verifiers.base import Grade, register_grader
+from thinkgym.verifiers.base import Grade, bool_arg, fraction_arg, register_grader
 from thinkgym.verifiers.extract import extract
 
 VERSION = "1"
@@ -208,7 +208,7 @@ def _verdict(expr: str, numbers: list[int], target: Fraction | int, exactly_once
     return True, True, "reaches the target"
 
 
-@register_grader("countdown", version=VERSION)
+@register_grader("countdown", version=VERSION, kwargs={"exactly_once": bool_arg, "partial_credit": fraction_arg})
 def grade_countdown(completion: str, gold: Any, **meta: Any) -> Grade:
     """Countdown: the <answer>/boxed expression uses the given numbers and equals the target."""
     numbers, target = _parse_gold(gold)

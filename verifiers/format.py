@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from thinkgym.verifiers.base import Grade, register_grader
+from thinkgym.verifiers.base import Grade, config_arg, register_grader
 from thinkgym.verifiers.extract import boxed_spans
 
 VERSION = "1"
@@ -155,7 +155,7 @@ def check_format(completion: str, cfg: FormatConfig = DEFAULT_FORMAT) -> Grade:
     return Grade(score, reason="; ".join(why) or "well-formed", components=dict(checks))
 
 
-@register_grader("format", version=VERSION)
+@register_grader("format", version=VERSION, kwargs={"format_config": config_arg(FormatConfig)})
 def grade_format(completion: str, gold: Any = None, **meta: Any) -> Grade:
     """<think>…</think> then exactly one answer and nothing after it (gold is ignored)."""
     cfg = meta.get("format_config") or DEFAULT_FORMAT

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from thinkgym import deadline_http
-from thinkgym.verifiers.base import Grade, register_grader
+from thinkgym.verifiers.base import Grade, config_arg, register_grader, text_arg
 from thinkgym.verifiers.extract import final_section
 
 log = logging.getLogger("thinkgym.verifiers.judge")
@@ -357,7 +357,7 @@ def judge(completion: str, gold: Any = None, *, question: str | None = None, rub
     return Grade(score, reason=why, details=details)
 
 
-@register_grader("judge", version=VERSION)
+@register_grader("judge", version=VERSION, kwargs={"judge_config": config_arg(JudgeConfig), "question": text_arg, "rubric": text_arg})
 def grade_judge(completion: str, gold: Any = None, **meta: Any) -> Grade:
     """An LLM judge over an OpenAI-compatible endpoint (meta: question, rubric, judge_config)."""
     cfg = meta.get("judge_config") or JudgeConfig()

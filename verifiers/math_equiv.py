@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from thinkgym.verifiers.base import Grade, register_grader
+from thinkgym.verifiers.base import Grade, config_arg, register_grader, seconds_arg
 from thinkgym.verifiers.extract import DEFAULT_EXTRACT, ExtractConfig, extract
 
 VERSION = "1"
@@ -1249,7 +1249,7 @@ def _grade(completion: str, gold: Any, cfg: MathConfig) -> Grade:
     return Grade(1.0 if ok else 0.0, extracted=extracted, reason=why)
 
 
-@register_grader("math", version=VERSION)
+@register_grader("math", version=VERSION, kwargs={"timeout_s": seconds_arg, "math_config": config_arg(MathConfig)})
 def grade_math(completion: str, gold: Any, **meta: Any) -> Grade:
     """Exact math equivalence of the boxed/<answer> answer after </think> (sympy, budgeted)."""
     cfg = meta.get("math_config") or DEFAULT_MATH
