@@ -59,8 +59,8 @@ def plugin_site(tmp_path_factory) -> Path:
     return target
 
 
-def _run(args: list[str], site: Path, timeout: int = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _run(args: list[str], site: Path, timeout: int = 180, **env_kw: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_kw}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -163,7 +163,8 @@ def test_name_clash_is_a_clear_error(plugin_site, tmp_path):
     r = _run([sys.executable, "-c", _LOOKUP_TWICE], site)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["error: grader 'math' is registered twice: by thinkgym.verifiers.math_equiv "
-                                     "and by plugin thinkgym-clash (thinkgym_clash:grade_math)"] * 2
+                                     "and by plugin thinkgym-clash (thinkgym_clash:grade_math) "
+                                     "(to run without it: THINKGYM_DISABLE_PLUGINS=thinkgym-clash)"] * 2
 
 
 _LOOKUP_TWICE = """
@@ -181,7 +182,8 @@ def test_plugin_that_fails_to_import_is_a_clear_error(tmp_path):
     site = install_plugin(tmp_path, "broken", "import thinkgym_no_such_dependency\n",
                           {"thinkgym.tasks": {"broken": "thinkgym_broken:Task"},
                            "thinkgym.graders": {"broken": "thinkgym_broken:grade"}})
-    why = "failed to load: ModuleNotFoundError: No module named 'thinkgym_no_such_dependency'"
+    why = ("failed to load: ModuleNotFoundError: No module named 'thinkgym_no_such_dependency' "
+           "(to run without it: THINKGYM_DISABLE_PLUGINS=thinkgym-broken)")
     # The CLI: one line naming the distribution and the entry point, no traceback.
     r = _run([str(THINKGYM), "tasks"], site)
     assert r.returncode == 2
@@ -190,6 +192,11 @@ def test_plugin_that_fails_to_import_is_a_clear_error(tmp_path):
     from thinkgym import __version__
 
     assert r.returncode == 0 and r.stdout.strip() == __version__, r.stderr
+    # The way out the message names: skip that distribution (or every plugin), not uninstall it.
+    for skip in ("thinkgym-broken", "other, THINKGYM-BROKEN", "1"):
+        r = _run([str(THINKGYM), "tasks"], site, THINKGYM_DISABLE_PLUGINS=skip)
+        assert r.returncode == 0 and "arithmetic" in r.stdout and "broken" not in r.stdout, (skip, r.stderr)
+    assert _run([str(THINKGYM), "tasks"], site, THINKGYM_DISABLE_PLUGINS="thinkgym-other").returncode == 2
     # In-process, every lookup fails, not just the first.
     r = _run([sys.executable, "-c", _LOOKUP_TWICE], site)
     assert r.returncode == 0, r.stderr

@@ -63,7 +63,8 @@ def test_plugin_entry_that_is_not_a_task_source_is_one_clear_line(tmp_path):
                           {"thinkgym.tasks": {"not_task": "thinkgym_nottask:NotTask"}})
     env = {**_env(), "PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     want = ("error: plugin thinkgym-nottask (thinkgym.tasks: not_task = thinkgym_nottask:NotTask) is not a task "
-            "source: expected a subclass of thinkgym.tasks.TaskSource, got <class 'thinkgym_nottask.NotTask'>")
+            "source: expected a subclass of thinkgym.tasks.TaskSource, got <class 'thinkgym_nottask.NotTask'> "
+            "(to run without it: THINKGYM_DISABLE_PLUGINS=thinkgym-nottask)")
     for args in (["tasks"], ["--help"], ["envs"]):
         r = subprocess.run([str(THINKGYM), *args], capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 2 and one_error_line(r.stderr) == want, (args, r.stderr[-3000:])

@@ -8,12 +8,22 @@ are an error, never a silent override.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from importlib import metadata
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+#: Plugin distributions to skip, comma-separated (``1`` or ``all``: every plugin): a way to run
+#: while an installed plugin is broken, short of uninstalling it.
+DISABLE_PLUGINS = "THINKGYM_DISABLE_PLUGINS"
+
+
+def _skipped(dist: str) -> bool:
+    names = {x.strip().lower() for x in os.environ.get(DISABLE_PLUGINS, "").split(",") if x.strip()}
+    return bool(names & {"1", "all", dist.lower()})
 
 
 class RegistryError(KeyError):
@@ -86,12 +96,16 @@ class Registry(Generic[T]):
             # the envs at once): its objects do not exist yet. Load at the next listing or lookup.
             return
         self._plugins_loaded = True
-        try:
-            for ep in eps:
+        for ep in eps:
+            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+            if _skipped(dist):
+                log.info("%s: plugin %s skipped (%s)", self.group, dist, DISABLE_PLUGINS)
+                continue
+            try:
                 self._load_entry_point(ep)
-        except RegistryError as e:
-            self._plugin_error = e
-            raise
+            except RegistryError as e:
+                self._plugin_error = RegistryError(f"{e} (to run without it: {DISABLE_PLUGINS}={dist})")
+                raise self._plugin_error from e
 
     def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
         dist = ep.dist.name if ep.dist is not None else "unknown distribution"
