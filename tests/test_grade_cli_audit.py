@@ -191,6 +191,18 @@ def test_good_grader_kwargs_are_accepted_and_kept(app, tmp_path):
     assert got["score"] == 1.0 and got["grader_kwargs"] == kw  # kept in the output like any column
 
 
+def test_a_rows_own_timeout_tightens_the_pools(app, tmp_path):
+    """In a pool worker the math grader runs sympy inline, under the pool's budget alone: a row's
+    grader_kwargs.timeout_s (lower than --timeout) now bounds it too."""
+    slow = {"completion": "\\boxed{9^{9^{9^9}}}", "gold": "5", "grader_kwargs": {"timeout_s": 0.5}}
+    inp = _write(tmp_path / "rows.jsonl", [slow])
+    out = tmp_path / "o.jsonl"
+    r = _grade(app, "-g", "math", "-i", str(inp), "-o", str(out), "--timeout", "60")
+    assert r.exit_code == 0, r.output
+    got = json.loads(out.read_text())
+    assert got["score"] is None and "0.5s" in got["error"] and got["elapsed_s"] < 10, got
+
+
 # ------------------------------------------------------------------------------ 4. --timeout and --workers for code
 
 

@@ -340,8 +340,12 @@ def _submit_all(grader: str, rows: list[tuple[int, dict[str, Any]]], workers: Op
         futures = []
         for line, r in rows:
             label = f"{name}:{line}" + (f", id {r['id']!r:.40}" if "id" in r else "")
-            futures.append(pool.submit_grade(grader, r["completion"], r.get("gold"), meta=r.get(_KWARGS, {}),
-                                             label=label))
+            kw = r.get(_KWARGS, {})
+            # A row's own budget (math's timeout_s) can only tighten the pool's: inside a worker
+            # the grader runs its sympy step inline, under the pool's timeout alone.
+            own = kw.get("timeout_s")
+            item_timeout = min(timeout or 5.0, float(own)) if own is not None else None
+            futures.append(pool.submit_grade(grader, r["completion"], r.get("gold"), item_timeout, meta=kw, label=label))
     except BaseException:
         pool.close(cancel=True)
         raise
