@@ -106,6 +106,28 @@ def test_wall_timeout_kills_the_whole_tree(sb):
     assert survivors == []
 
 
+def test_kill_running_stops_every_running_sandbox_at_once(sb):
+    """An interrupted batch (Ctrl-C on `thinkgym grade --grader code`) kills what runs instead of
+    waiting out each program's limits."""
+    import threading
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(py(sb, "while True: pass", case_s=60, wall_s=60)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(sb._running) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    waited = 20 - (deadline - time.monotonic())
+    t0 = time.monotonic()
+    assert sb.kill_running() == 2
+    for t in threads:
+        t.join(10)
+    assert time.monotonic() - t0 < 5 and len(results) == 2, (waited, time.monotonic() - t0, results, len(sb._running))
+    assert all(r.returncode != 0 for r in results) and not sb._running
+
+
 def test_stdout_cap_kills_flood_and_stderr_is_truncated(sb):
     t0 = time.monotonic()
     # bounded: at most 2 GiB

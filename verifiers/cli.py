@@ -225,45 +225,6 @@ class _StdoutWriter:
             buf.flush()  # a reader of the pipe sees each row as it is graded
 
 
-def _kill_our_sandboxes() -> None:
-    """SIGKILL this process's bubblewrap children: the running sandboxes (and pre-started ones).
-
-    Killing the outer bwrap is how the sandbox itself stops a run (its namespace's init dies with
-    it, and every process in the namespace with that), so the grading thread returns at once.
-    """
-    import shutil
-    import signal
-
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return
-    me, want = os.getpid(), os.fsencode(bwrap)
-
-    def parent(pid: str) -> int:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[1])
-
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if parent(pid) != me:
-                continue
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if want not in f.read().split(b"\0"):
-                    continue
-            fd = os.pidfd_open(int(pid))
-        except (OSError, ValueError, IndexError):
-            continue
-        try:
-            if parent(pid) == me:  # still ours after the pidfd was taken: it names our child
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
-        finally:
-            os.close(fd)
-
-
 def _code_limits(timeout: Optional[float], limits: Any) -> Any:
     """The row's sandbox limits, lowered to ``timeout`` (per case, and per run plus the margin the
     harness needs to report); never raised."""
@@ -296,14 +257,15 @@ class _CodeRunner:
             return
         # Interrupted: nothing queued starts, and what runs is killed rather than waited for
         # (shutdown(wait=True) ran every queued program to its limit: 35 s after a Ctrl-C).
+        from thinkgym.verifiers.sandbox import kill_running
+
         self.ex.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + 10.0  # bounded even if a run cannot be stopped
         while True:
-            _kill_our_sandboxes()  # again each pass: a thread may have started one meanwhile
+            kill_running()  # again each pass: a thread may have started one meanwhile
             if all(f.done() for f in self.futures) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        _kill_our_sandboxes()  # pre-started ones the spare thread added last
 
 
 def _submit_all(grader: str, rows: list[tuple[int, dict[str, Any]]], workers: Optional[int],

@@ -399,7 +399,7 @@ class _Uids:
             os.close(fd)
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: held in a set while running
 class _Started:
     proc: subprocess.Popen
     slot: int
@@ -444,6 +444,7 @@ class LocalSandbox:
         self._spare: dict[tuple, list[_Started]] = {}
         self._spare_lock = threading.Lock()
         self._closed = False
+        self._running: set[_Started] = set()  # guarded by _spare_lock
         self._pid = os.getpid()  # spares belong to the process that started them, not to forks
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinkgym-sandbox-spares")
         atexit.register(self.close)
@@ -609,9 +610,13 @@ class LocalSandbox:
                 except ProcessLookupError:
                     pass
 
+            with self._spare_lock:
+                self._running.add(st)
             try:
                 res = pump(st.proc, stdin, limits, t0 + limits.wall_s, kill)
             finally:
+                with self._spare_lock:
+                    self._running.discard(st)
                 swept = self._finish(st)
             res.info.update(swept=swept, prestarted=prestarted)
         finally:
@@ -620,6 +625,25 @@ class LocalSandbox:
         if res.returncode == 1 and res.stderr.startswith(b"bwrap:"):
             res.error = res.stderr.decode(errors="replace").strip()
         return res
+
+    def kill_running(self) -> int:
+        """Kill every sandbox running now (an interrupted batch: each ``run`` returns at once, as
+        after its wall-clock limit); returns how many. The caller stops starting new ones."""
+        with self._spare_lock:
+            running = list(self._running)
+        for st in running:
+            try:
+                st.proc.kill()  # the outer bwrap: its PID namespace dies with it, once set up
+            except ProcessLookupError:
+                pass
+            if st.cgroup:
+                # A bwrap killed while it sets up can leave its child running (and holding the
+                # output pipe: the run would wait out its wall clock). The slot's cgroup has it.
+                try:
+                    _SlotCgroup.sweep(st.cgroup, timeout=0.5)
+                except RuntimeError:
+                    pass
+        return len(running)
 
     def close(self) -> None:
         """Stop the pre-started sandboxes."""
@@ -658,3 +682,11 @@ def get_sandbox(backend: str = "local") -> Sandbox:
                 raise ValueError(f"unknown sandbox backend {backend!r}; use 'local' or 'docker'")
             _DEFAULT[backend] = sb
         return sb
+
+
+def kill_running() -> int:
+    """Kill the sandboxes this process runs now, on every shared backend that can (an interrupted
+    grading batch); returns how many."""
+    with _DEFAULT_LOCK:
+        boxes = [sb for sb in _DEFAULT.values() if getattr(sb, "_pid", os.getpid()) == os.getpid()]
+    return sum(sb.kill_running() for sb in boxes if hasattr(sb, "kill_running"))
