@@ -20,7 +20,6 @@ import functools
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -153,11 +152,8 @@ def check_earlier_eval(output_dir: str | Path, overwrite: bool) -> None:
     if found and not overwrite:
         raise ConfigError(f"output_dir: {str(out)!r} holds an earlier eval ({', '.join(found)}); "
                           "set overwrite: true (--set overwrite=true) to replace it, or choose another output_dir")
-    if not found:
-        # Nothing is created before the samples are in: check now that it could be.
-        there = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
-        if there is not None and there.is_dir() and not os.access(there, os.W_OK | os.X_OK):
-            raise ConfigError(f"output_dir: cannot create or write {str(out)!r} ({str(there)!r} is not writable)")
+    # That it could be created and written, with nothing left behind, EvalConfig.validate checked
+    # (check_output_dir): nothing is created before the samples are in.
 
 
 def sampling_config(cfg: EvalConfig) -> Any:

@@ -49,15 +49,10 @@ def sft(
         raise typer.Exit(2) from None
     if cfg.resume and not (Path(cfg.output_dir) / "checkpoints" / "latest").exists():
         typer.echo(f"--resume: no checkpoint in {cfg.output_dir}/checkpoints, starting a fresh run", err=True)
-    from thinkgym.hub import ModelNotFound
-
     try:
         res = train(cfg)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError) as e:  # a model that cannot load is a ConfigError there too
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except ModelNotFound as e:  # a hub id the config check could not fetch (online, not cached)
-        typer.echo(f"error: model: {e}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:  # Ctrl-C stops the run at once; checkpoints/latest names a complete checkpoint
         typer.echo(_interrupted(Path(cfg.output_dir)), err=True)
