@@ -59,8 +59,9 @@ OTHER_COMMANDS = {"thinkgym sft": "thinkgym.sft_coldstart.train:SFTConfig",
 
 def _run(cfg: Any, resume: bool) -> int:
     """Train, print the summary (rank 0) and return the exit code: 130 after Ctrl-C (the first
-    finishes the step and checkpoints it, a second stops at once), with one line saying where
-    the run stopped and how to continue it."""
+    finishes the step and checkpoints it, a second stops at once) and 143 after SIGTERM (as SFT
+    does: a scheduler must not take a preempted run for a finished one), with one line saying
+    where the run stopped and how to continue it."""
     from thinkgym.grpo.engine import latest_checkpoint
     from thinkgym.grpo.train import train as run
 
@@ -87,11 +88,11 @@ def _run(cfg: Any, resume: bool) -> int:
         return 130
     if rank0:
         _summary(res["stopped"], res["checkpoint"], res["history"])
-    if res["stopped"] == "SIGINT":
+    if res["stopped"] in ("SIGINT", "SIGTERM"):
         if rank0:
             typer.echo(_interrupted(cfg, done["step"]), err=True)
-        return 130
-    return 0 if res["stopped"] in ("max_steps", "SIGTERM") else 1
+        return 130 if res["stopped"] == "SIGINT" else 143
+    return 0 if res["stopped"] == "max_steps" else 1
 
 
 def _summary(stopped: str, checkpoint: Any, history: list[dict]) -> None:

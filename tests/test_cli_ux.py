@@ -316,6 +316,32 @@ def test_a_second_ctrl_c_stops_grpo_at_once_and_says_what_is_on_disk(tmp_path, m
     assert r.stderr.strip() == f"interrupted at step 2; {where}"
 
 
+@pytest.mark.parametrize("stopped, code", [("SIGTERM", 143), ("max_steps", 0)])
+def test_grpo_stopped_by_sigterm_exits_143_like_sft(tmp_path, monkeypatch, stopped, code):
+    """A preempted run (SIGTERM: the step finished and checkpointed) must not read as a finished one."""
+    import thinkgym.grpo.train as grpo_train
+
+    out = tmp_path / "run"
+
+    def one_step(cfg, resume=False, on_step=None):
+        ck = out / "checkpoints" / "step_000001"
+        ck.mkdir(parents=True)
+        (out / "checkpoints" / "latest").write_text(ck.name)
+        on_step(1, None, None, {})
+        return {"history": [{"step": 1}], "stopped": stopped, "checkpoint": ck}
+
+    monkeypatch.setattr(grpo_train, "train", one_step)
+    cfg = write_yaml(tmp_path / "grpo.yaml", model=str(fake_model(tmp_path)), output_dir=str(out), sampler_backend="hf")
+    r = invoke("train", "--config", cfg)
+    assert r.exit_code == code, r.output
+    said = r.stderr.strip().splitlines()
+    if stopped == "SIGTERM":
+        assert said[-1] == (f"interrupted at step 1; the last checkpoint is step 1 in {out / 'checkpoints'} "
+                            "(rerun with --resume to continue)")
+    else:
+        assert not any("interrupted" in line for line in said)
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_sft_says_where_it_stopped_and_how_to_continue(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
