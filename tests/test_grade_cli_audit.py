@@ -194,7 +194,7 @@ def test_good_grader_kwargs_are_accepted_and_kept(app, tmp_path):
 def test_a_rows_own_timeout_tightens_the_pools(app, tmp_path):
     """In a pool worker the math grader runs sympy inline, under the pool's budget alone: a row's
     grader_kwargs.timeout_s (lower than --timeout) now bounds it too."""
-    slow = {"completion": "\\boxed{9^{9^{9^9}}}", "gold": "5", "grader_kwargs": {"timeout_s": 0.5}}
+    slow = {"completion": "\\boxed{\\sum_{j=1}^{9999}\\sum_{k=1}^{9999}\\sin(jk)}", "gold": "5", "grader_kwargs": {"timeout_s": 0.5}}
     inp = _write(tmp_path / "rows.jsonl", [slow])
     out = tmp_path / "o.jsonl"
     r = _grade(app, "-g", "math", "-i", str(inp), "-o", str(out), "--timeout", "60")

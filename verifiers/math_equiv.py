@@ -10,7 +10,10 @@ Order of checks, cheapest first:
 4. sympy (``latex2sympy2_extended`` parses the LaTeX) for everything else. The sympy step runs in
    a worker process of :mod:`thinkgym.verifiers.pool` under a hard time budget, so no input can
    hang the caller; a step that runs out of budget gives ``score=None``. An answer nested deeper
-   than :data:`MAX_NESTING` never gets there: it is unreadable, a plain 0.
+   than :data:`MAX_NESTING` never gets there: it is unreadable, a plain 0. So is one that needs
+   a number past :data:`MAX_DIGITS` digits (``9^{9^{9^9}}``) or a sum past :data:`MAX_TERMS`
+   terms when the answer key needs neither: found on the unevaluated parse, before sympy
+   computes anything, so such an answer cannot buy ``score=None`` (no penalty) for itself.
 
 Decimals are exact: ``0.33`` is 33/100, never 1/3, and ``6.28`` is not ``2\\pi``. Only a gold
 given as a Python float is known to a few units in the last place (:data:`FLOAT_GOLD_ULPS`):
@@ -19,6 +22,7 @@ given as a Python float is known to a few units in the last place (:data:`FLOAT_
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import math
@@ -30,7 +34,7 @@ from typing import Any
 from thinkgym.verifiers.base import Grade, config_arg, register_grader, seconds_arg
 from thinkgym.verifiers.extract import DEFAULT_EXTRACT, ExtractConfig, extract
 
-VERSION = "1"
+VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,14 @@ _SPELLINGS = [
     (re.compile(r"\s*\\rbrace(?![a-zA-Z])"), r"\\}"),
     (re.compile(r"(\\sqrt\s*\[[^\[\]{}]*\])\s*([0-9]|[A-Za-z](?![A-Za-z]))"), r"\1{\2}"),
     (re.compile(r"\\mathbb\s*([A-Z])(?![A-Za-z])"), r"\\mathbb{\1}"),
+    # "\lg" is the common logarithm (the parser read it as l*g)
+    (re.compile(r"\\lg(?![a-zA-Z])\s*"), r"\\log_{10} "),
+    # Dot notation for a repeating decimal: "0.\dot3" is 0.333..., "0.\dot{1}4\dot{2}" is
+    # 0.142142... (one dot repeats its digit; two mark the first and last digits of the block).
+    (
+        re.compile(r"(?<![\d.])(\d*\.\d*)\\dot\s*\{?\s*(\d)\s*\}?(?:(\d*)\\dot\s*\{?\s*(\d)\s*\}?)?"),
+        lambda m: f"{m.group(1)}\\overline{{{m.group(2)}{m.group(3) or ''}{m.group(4) or ''}}}",
+    ),
 ]
 # Upright e and i are Euler's number and the imaginary unit, never a unit of measure: the
 # trailing-unit rule dropped them, so "3+2\mathrm{i}" read 5 and "2\mathrm{e}" read 2, and the
@@ -485,10 +497,10 @@ _AND = {"and", "land", "wedge"}
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_sympy(s: str) -> Any:
+def _parse_sympy(s: str, letter_unit: bool = False) -> Any:
     seps = list(_JOINS.finditer(s))
     if not seps:
-        return _parse_one(s)
+        return _parse_one(s, letter_unit)
     import sympy
 
     words = [(m.group(1) or m.group(2) or m.group(3)).lower() for m in seps]
@@ -529,13 +541,21 @@ _NUMBER_UNIT = re.compile(r"\s*[+-]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)\s*([A-Za-z][A-Z
 _SIGN_RUN = re.compile(r"[+-](?:\s*[+-])+")
 
 
-def _number_with_unit(s: str) -> bool:
-    """``5cm``, ``7 m``: a plain number and then only words that do not change its value."""
+def _number_with_unit(s: str, letter_unit: bool = False) -> bool:
+    """``5cm``, ``7 kg``: a plain number and then only words that do not change its value.
+
+    A bare single letter (``letter_unit`` false) is not a unit: ``5m`` is 5 metres or 5 times
+    the variable m, and ``2t``, ``3h``, ``4c`` are the same kind of product. The parser's unit
+    list drops m, s, g, t, h, c, d, l and o, so gold ``5m`` equalled ``5``. A gold's letter is
+    a variable; an answer's is a unit only against a gold without variables (``5 m`` for 5).
+    Written as text (``5 \\text{ m}``) a letter is a unit anywhere."""
     m = _NUMBER_UNIT.fullmatch(s)
-    return bool(m) and not _value_words({w.lower() for w in re.findall(r"[A-Za-z]+", m.group(1))})
+    if not m or (not letter_unit and re.fullmatch(r"[A-Za-z]\.?\s*", m.group(1))):
+        return False
+    return not _value_words({w.lower() for w in re.findall(r"[A-Za-z]+", m.group(1))})
 
 
-def _parse_one(s: str) -> Any:
+def _parse_one(s: str, letter_unit: bool = False) -> Any:
     import sympy
     from latex2sympy2_extended import NormalizationConfig, latex2sympy
     from latex2sympy2_extended.latex2sympy2 import ConversionConfig
@@ -543,7 +563,7 @@ def _parse_one(s: str) -> Any:
     # The parser's unit removal drops a trailing unit-like word or letter from any expression:
     # "x + 7t" was x + 7, "3t + 2t" was 3t + 2, "2\pi r h" was 2\pi r and "5 less" was 5. Units
     # are removed only from a number that is followed by nothing else ("5cm", "7 m").
-    units = _number_with_unit(s)
+    units = _number_with_unit(s, letter_unit)
     norm = NormalizationConfig(basic_latex=True, units=units, malformed_operators=True, nits=True, boxed="none", equations=False)
     conv = ConversionConfig(interpret_as_mixed_fractions=True, lowercase_symbols=False)
     _install_fast_numbers()
@@ -865,6 +885,188 @@ class GoldError(ValueError):
 _PROSE = re.compile(r"[A-Za-z]{2,}\.?(?:[ '-]+[A-Za-z]+\.?)*")
 
 
+#: An answer that needs a number of more than this many digits (exactly, or as the size of
+#: an exponent) is unreadable, a plain wrong answer, when the answer key needs no such number:
+#: ``9^{9^{9^9}}``, ``x^{10^{10}}`` (evaluated at a rational point) or ``\\binom{10^{10}}{5 \\cdot
+#: 10^9}`` each ran past the budget and came back as ``score=None``, an infrastructure error
+#: with no penalty, which a policy could learn to emit. No real answer comes close (``2023!``
+#: has 5,800 digits); an answer that equals a small key only by cancelling such numbers
+#: (``2^{2^{40}} - 2^{2^{40}} + 42``) is unreadable too, as an answer nested too deep is.
+MAX_DIGITS = 10**5
+#: A sum or product over more terms than this is unreadable in the same way (sympy adds or
+#: multiplies them one by one), except a sum of a polynomial in its index (closed form).
+MAX_TERMS = 10**4
+_TOO_MANY_TERMS = 1e300  # what _digits_needed says for such a sum or product
+
+_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("math_equiv_notes", default=None)
+
+
+def _note(why: str) -> None:
+    """Record why an answer was read as wrong without a comparison (shown in the grade)."""
+    notes = _NOTES.get()
+    if notes is not None and why not in notes:
+        notes.append(why)
+
+
+def _sign_log(e: Any) -> tuple[int, float] | None:
+    """``(sign, log10|e|)`` of a closed numeric expression, estimated without evaluating it
+    (``inf`` past the float range); ``None`` when unknown: a symbol, a sum that may cancel, a
+    function it does not know. ``sign`` is 0 when only the size is known."""
+    import sympy
+
+    if e.is_Rational:
+        return None if e == 0 else ((1 if e > 0 else -1), math.log10(abs(e.p)) - math.log10(e.q))
+    if isinstance(e, sympy.NumberSymbol):
+        return 1, math.log10(float(e))
+    if isinstance(e, sympy.Mul):
+        parts = [_sign_log(a) for a in e.args]
+        if any(x is None for x in parts):
+            return None
+        total = sum(x[1] for x in parts)  # type: ignore[index]
+        return (math.prod(x[0] for x in parts), total) if not math.isnan(total) else None  # type: ignore[index]
+    if isinstance(e, (sympy.Pow, sympy.exp)):
+        b, x = (e.args[0], e.args[1]) if isinstance(e, sympy.Pow) else (sympy.E, e.args[0])
+        lb, xv = _sign_log(b), _float_value(x)
+        if lb is None or xv is None or lb[1] == 0:
+            return None
+        r = lb[1] * xv
+        return None if math.isnan(r) else ((1 if lb[0] == 1 else 0), r)
+    if isinstance(e, sympy.Add):
+        parts = [_sign_log(a) for a in e.args]
+        if any(x is None or x[0] == 0 for x in parts):
+            return None
+        parts.sort(key=lambda x: x[1])  # type: ignore[index, union-attr]
+        top, second = parts[-1][1], parts[-2][1]  # type: ignore[index]
+        # The largest term decides sign and size when the others together cannot reach it.
+        if top == math.inf or top - second > math.log10(len(parts)) + 1:
+            return parts[-1]  # type: ignore[return-value]
+        return None
+    if isinstance(e, (sympy.factorial, sympy.binomial)):
+        vals = [_float_value(a) for a in e.args]
+        if any(v is None or v < 0 for v in vals):
+            return None
+        if any(v == math.inf for v in vals):
+            return 1, math.inf
+        if isinstance(e, sympy.factorial):
+            return 1, math.lgamma(vals[0] + 1) / math.log(10)  # type: ignore[operator]
+        n, k = vals
+        if k > n:  # type: ignore[operator]
+            return None
+        return 1, (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(10)  # type: ignore[operator]
+    return None
+
+
+def _float_value(e: Any) -> float | None:
+    """The value of a closed numeric expression as a float (``±inf`` past the float range)."""
+    if getattr(e, "is_Rational", False):
+        return float(e) if abs(e.p) < 10**300 and e.q < 10**300 else None
+    sl = _sign_log(e)
+    if sl is None or sl[0] == 0:
+        return None
+    return sl[0] * (math.inf if sl[1] > 300 else 10 ** sl[1])
+
+
+def _digits_needed(expr: Any) -> float:
+    """A lower estimate of the digits of the largest number that evaluating ``expr`` (exactly,
+    or at rational points for its symbols) needs, or ``inf`` for a sum or product past
+    :data:`MAX_TERMS`. Walks the unevaluated tree; computes nothing large."""
+    import sympy
+
+    if not isinstance(expr, sympy.Basic):
+        return 0.0
+    worst = 0.0
+    for node in sympy.preorder_traversal(expr):
+        d = 0.0
+        if isinstance(node, (sympy.Pow, sympy.exp, sympy.factorial, sympy.binomial)):
+            if not node.free_symbols:
+                sl = _sign_log(node)
+                d = abs(sl[1]) if sl is not None else 0.0
+                base = node.args[0] if isinstance(node, sympy.Pow) else sympy.E
+                if isinstance(node, (sympy.Pow, sympy.exp)) and isinstance(base, sympy.NumberSymbol) and d:
+                    # pi^x, e^x are never written out: evaluating needs the digits of x only
+                    # ("\ln(e^{10^{10}})" is 10^10; "e^{e^{e^{10}}}" is still too large).
+                    d = math.log10(d) if d != math.inf else d
+            elif isinstance(node, sympy.Pow) and not node.exp.free_symbols:
+                # A symbol's power at a rational point p/q (p, q >= 11 or so): a digit per unit.
+                v = _float_value(node.exp)
+                d = abs(v) if v is not None else 0.0
+        elif isinstance(node, (sympy.Sum, sympy.Product)):
+            for lim in node.limits:
+                if len(lim) != 3:
+                    continue
+                k, lo, hi = lim
+                a, b = _float_value(lo), _float_value(hi)
+                if a is None or b is None or b - a + 1 <= MAX_TERMS:
+                    continue
+                if isinstance(node, sympy.Sum) and node.function.is_polynomial(k):
+                    continue
+                d = _TOO_MANY_TERMS
+        worst = max(worst, d)
+        if worst > MAX_DIGITS:
+            break
+    return worst
+
+
+_BINOM_LITERAL = re.compile(r"\\binom\s*\{\s*(\d{1,300})\s*\}\s*\{\s*(\d{1,300})\s*\}|(\d{1,300})\s*\\choose\s*(\d{1,300})")
+
+
+def _binomial_digits(s: str) -> float:
+    """Digits of the largest ``\\binom`` of two integer literals in ``s``: the parser computes
+    it while reading (``\\binom{10^{10}}{...}`` with literal digits used the whole budget)."""
+    worst = 0.0
+    for m in _BINOM_LITERAL.finditer(s):
+        n, k = (int(x) for x in (m.group(1, 2) if m.group(1) else m.group(3, 4)))
+        if k <= n:
+            nf, kf = float(min(n, 10**300)), float(min(k, 10**300))
+            worst = max(worst, (math.lgamma(nf + 1) - math.lgamma(kf + 1) - math.lgamma(nf - kf + 1)) / math.log(10))
+    return worst
+
+
+def _too_costly(pred_digits: float, gold: Any) -> bool:
+    """The answer needs a number past :data:`MAX_DIGITS` and the answer key does not."""
+    if pred_digits <= MAX_DIGITS or _digits_needed(gold) > MAX_DIGITS:
+        return False
+    how = (
+        f"a sum or product of more than {MAX_TERMS:g} terms" if pred_digits == _TOO_MANY_TERMS
+        else "a number too large to write down" if pred_digits == math.inf
+        else f"a number of about {pred_digits:.3g} digits"
+    )
+    _note(f"unreadable: evaluating the answer needs {how} (limit {MAX_DIGITS:g} digits)")
+    return True
+
+
+# "\frac{1}{3} \approx 0.33": the exact value is the answer (the parser, as Math-Verify, reads
+# the left side), but an approximation that contradicts it ("3 \approx 4") is no answer.
+_APPROX = re.compile(r"\\approx(?![a-zA-Z])")
+_PLAIN_DECIMAL = re.compile(r"[+-]?(\d+)(?:\.(\d+))?")
+
+
+def _approx_contradicts(pred: str) -> bool:
+    """``a \\approx r`` with a constant ``a`` and a plain decimal ``r`` that is not ``a``
+    rounded or truncated to the digits ``r`` shows."""
+    import sympy
+
+    parts = _APPROX.split(pred)
+    if len(parts) != 2:
+        return False
+    lhs, rhs = (x.strip() for x in parts)
+    m = _PLAIN_DECIMAL.fullmatch(rhs)
+    if m is None or not lhs or re.fullmatch(_NAME, lhs):
+        return False  # "x \approx 3.14": the value is on the right
+    decimals = len(m.group(2) or "")
+    # The place of the last significant digit: 0.33 -> 0.01, 4 -> 1, 4000 -> 1000.
+    trailing = 0 if decimals else len(m.group(1)) - len(m.group(1).rstrip("0"))
+    unit = sympy.Rational(1, 10**decimals) if decimals else sympy.Integer(10) ** min(trailing, len(m.group(1)) - 1)
+    try:
+        a = _parse_sympy(lhs)
+        if not (isinstance(a, sympy.Expr) and a.is_number) or _digits_needed(a) > MAX_DIGITS:
+            return False
+        diff = sympy.N(a - sympy.Rational(rhs), 30)
+        return bool(diff.is_real and abs(diff) >= unit)
+    except Exception:  # noqa: BLE001 - an odd left side: leave it to the parser
+        return False
+
+
 def sympy_equal(pred: str, gold: str, near: float | None = None) -> bool:
     """Exact equality of two LaTeX strings via sympy. Unbounded time: call it in a worker.
 
@@ -881,9 +1083,16 @@ def sympy_equal(pred: str, gold: str, near: float | None = None) -> bool:
             return pred.strip().lower() == gold.strip().lower()
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise GoldError(f"sympy cannot parse {gold!r}: {why}") from e
+    if _too_costly(_binomial_digits(pred), b):
+        return False
+    if _APPROX.search(pred) and _approx_contradicts(pred):
+        _note("unreadable: the approximation after \\approx contradicts the value before it")
+        return False
     try:
-        a = _parse_sympy(pred)
+        a = _parse_sympy(pred, letter_unit=not getattr(b, "free_symbols", True))
     except Exception:  # noqa: BLE001 - an unparseable answer is simply not equal
+        return False
+    if _too_costly(_digits_needed(a), b):
         return False
     try:
         return _sym_equal(a, b) or (near is not None and _near_value(a, near))
@@ -1224,6 +1433,8 @@ def _grade(completion: str, gold: Any, cfg: MathConfig) -> Grade:
     if not all(normalize(g) for g in golds):
         return Grade.error(f"empty gold answer {gold!r}", extracted=extracted)  # a data bug, not a wrong answer
     floats = _float_golds(gold)
+    notes: list[str] = []
+    token = _NOTES.set(notes)
     try:
         if len(golds) > 1:
             ok = _match_unordered(
@@ -1246,6 +1457,10 @@ def _grade(completion: str, gold: Any, cfg: MathConfig) -> Grade:
         return Grade.error("sympy step exceeded its time budget", extracted=extracted)
     except GoldError as e:  # a data bug, like an empty gold
         return Grade.error(f"unparseable gold answer {gold!r}; {e}", extracted=extracted)
+    finally:
+        _NOTES.reset(token)
+    if not ok and notes:  # why an answer was read as wrong without a comparison
+        return Grade(0.0, extracted=extracted, reason=f"{why} ({notes[0]})", details={"unreadable": notes[0]})
     return Grade(1.0 if ok else 0.0, extracted=extracted, reason=why)
 
 
