@@ -133,7 +133,7 @@ def test_registered_code_grader_extracts_last_python_block_of_final_section():
         "    return 0\n```\nFixed:\n```python\ndef add(a, b):\n    return a + b\n```\n"
     )
     r = grade("code", completion, ADD)
-    assert r.score == 1.0 and r.grader == "code@1"
+    assert r.score == 1.0 and r.grader == "code@2"
     assert "return a + b" in r.extracted
     # the code inside the thinking section is never graded
     assert grade("code", "<think>```python\ndef add(a,b): return a+b\n```</think>no code", ADD).score == 0.0

@@ -38,9 +38,10 @@ _GOLD_TYPES = (str, int, float, list, dict)
 _RESULT_COLUMNS = ("score", "error", "reason", "elapsed_s", "extracted", "grader", "line")
 # The one column whose value reaches the grader as keyword arguments.
 _KWARGS = "grader_kwargs"
-# What --grader code rows may set (the sandbox backend stays the local one, whose runs an
-# interrupt can stop).
-_CODE_KWARGS = ("partial_credit", "limits")
+# What --grader code rows may set. Both backends' runs can be stopped on an interrupt
+# (sandbox.kill_running).
+_CODE_KWARGS = ("partial_credit", "limits", "backend")
+_CODE_BACKENDS = ("local", "docker")
 _KEPT_PREFIX = "input_"
 
 
@@ -83,8 +84,10 @@ def read_rows(path: Path, grader: str) -> list[tuple[int, dict[str, Any]]]:
             except ValueError as e:
                 raise InputError(f"{where}: field 'tests': {e}") from None
         extra = next((k for k in kw if k not in _CODE_KWARGS), None) if grader == "code" else None
-        if extra is not None:  # the CLI runs code on the local sandbox, which it can stop
+        if extra is not None:
             bad = extra, f"--grader code takes no argument {extra!r} (it takes: {', '.join(_CODE_KWARGS)})"
+        elif grader == "code" and kw.get("backend", "local") not in _CODE_BACKENDS:
+            bad = "backend", f"must be one of {', '.join(map(repr, _CODE_BACKENDS))}, got {kw['backend']!r}"
         else:
             bad = check_kwargs(grader, kw)
         if bad is not None:
@@ -275,10 +278,18 @@ def _submit_all(grader: str, rows: list[tuple[int, dict[str, Any]]], workers: Op
         from thinkgym.verifiers.code import grade_program  # the sandbox bounds its own time
 
         fp = get_grader("code").fingerprint if "code" in list_graders() else "code"
+        for backend in sorted({r.get(_KWARGS, {}).get("backend", "local") for _, r in rows}):
+            from thinkgym.verifiers.sandbox import SandboxUnavailable, get_sandbox
+
+            try:  # up front: a missing engine is one clear message, not an error per row
+                get_sandbox(backend)
+            except SandboxUnavailable as e:
+                raise InputError(f"{name}: grader_kwargs.backend {backend!r}: {e}") from None
 
         def one(program: str, tests: Any, kw: dict[str, Any]) -> Any:
             t = time.perf_counter()
-            g = grade_program(program, tests, partial_credit=kw.get("partial_credit", False),
+            g = grade_program(program, tests, backend=kw.get("backend", "local"),
+                              partial_credit=kw.get("partial_credit", False),
                               limits=_code_limits(timeout, kw.get("limits")))
             g.elapsed_s = g.elapsed_s or time.perf_counter() - t
             g.grader = g.grader or fp

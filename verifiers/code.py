@@ -27,6 +27,7 @@ Why the candidate cannot game the verdict:
 from __future__ import annotations
 
 import bisect
+import codecs
 import itertools
 import json
 import logging
@@ -35,7 +36,7 @@ import math
 import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from thinkgym.verifiers.base import Grade, bool_arg, config_arg, register_grader, text_arg
 from thinkgym.verifiers.sandbox import Limits, get_sandbox
@@ -287,7 +288,8 @@ def pump(pid, r_out, w_in, data, deadline):
     for fd in (w_in, r_out):
         if fd >= 0:
             os.close(fd)
-    return bytes(out[:OUT_CAP]), status, rc
+    del out[OUT_CAP:]
+    return out, status, rc
 
 def limit_hit(why, t0):
     """Which time limit stopped the case started at ``t0`` (reported as status "timeout" with
@@ -360,15 +362,13 @@ def run_stdio(src, stdin_text):
     kill_all()
     res = {"status": status or ("ok" if rc == 0 else "runtime_error"), "returncode": rc,
            "time_s": round(time.monotonic() - t0, 4)}
-    try:
-        res["stdout"] = out.decode("utf-8")
-    except UnicodeDecodeError:
-        # Shown with U+FFFD in place of the bad bytes, which must not then match an expected
-        # output that holds U+FFFD itself: no invalid byte sequence is any expected text.
-        res.update(stdout=out.decode("utf-8", "replace"), invalid_utf8=True)
     hit = limit_hit(status, t0)
     if hit:
         res.update(status="timeout", error=hit)
+    if res["status"] == "ok":
+        # Raw bytes, sent after the report (see the end): the grader decodes and judges
+        # them. A failed case's output decides nothing, so it is not sent at all.
+        res["out"] = out
     return res
 
 class Worker:
@@ -585,7 +585,7 @@ def run_function(src, entry, n):
             results.append(res)
         else:
             # Untrusted bytes from the candidate: passed on verbatim, judged by the grader.
-            results.append({"status": "reply", "reply": msg.decode("utf-8", "replace"), "time_s": dt})
+            results.append({"status": "reply", "out": msg, "time_s": dt})
     if w is not None:
         w.stop()
     return results
@@ -608,33 +608,67 @@ kill_all()
 while taken < job["n_cases"]:  # after a harness error: the nonce comes after every input
     next_input()
 nonce = read_exact(0, 32)
+
+def write_all(b):
+    view = memoryview(b)
+    while view:
+        view = view[os.write(1, view):]
+
+# The report is JSON; each case's output ("out") follows it as raw bytes, in case order, its
+# length in the report: no escaping (a control character took 6 bytes of the run's output cap)
+# and nothing for the grader to parse or copy.
+blobs = []
+for c in payload.get("cases", ()):
+    if "out" in c:
+        blobs.append(c.pop("out"))
+        c["out_bytes"] = len(blobs[-1])
 data = jenc(payload).encode()
-os.write(1, nonce + b" %d\n" % len(data) + data)
+write_all(nonce + b" %d %d\n" % (len(data), sum(len(b) for b in blobs)) + data)
+for b in blobs:
+    write_all(b)
 '''
 
 
 def read_result(stdout: bytes, nonce: bytes) -> tuple[dict | None, str]:
     """The harness's report from the sandbox's stdout, or ``(None, why)``.
 
-    Accepted only in the exact form start byte + nonce + length + JSON and nothing else, so
-    bytes from anyone but the harness (which alone ever holds the nonce) void the run.
+    Accepted only in the exact form start byte + nonce + lengths + JSON + outputs and nothing
+    else, so bytes from anyone but the harness (which alone ever holds the nonce) void the run.
+    The header holds the JSON's length and (when any case has output) the outputs' total
+    length. A case with ``out_bytes`` gets ``out``: its next bytes of the outputs, as a
+    ``memoryview`` of ``stdout`` (outputs run to tens of MB: never copied).
     """
     if not stdout.startswith(_START):
         return None, "harness did not start"
-    head, sep, rest = stdout[len(_START) :].partition(b"\n")
-    if not sep or not head.startswith(nonce + b" "):
+    nl = stdout.find(b"\n", len(_START), len(_START) + len(nonce) + 64)
+    head = stdout[len(_START) : nl]
+    if nl < 0 or not head.startswith(nonce + b" "):
         return None, "no valid harness result (run killed or result channel tampered with)"
     try:
-        n = int(head[len(nonce) + 1 :])
+        n, *rest = (int(x) for x in head[len(nonce) + 1 :].split(b" "))
+        m = rest.pop() if rest else 0
     except ValueError:
-        n = -1
-    if n != len(rest):
+        n, m, rest = -1, -1, []
+    start = nl + 1
+    if rest or n < 0 or m < 0 or start + n + m != len(stdout):
         return None, "result frame has the wrong length (result channel tampered with)"
     try:
-        payload = json.loads(rest)
+        payload = json.loads(stdout[start : start + n])
     except ValueError:
         return None, "result frame is not JSON (result channel tampered with)"
-    return (payload, "") if isinstance(payload, dict) else (None, "result frame is not an object")
+    if not isinstance(payload, dict):
+        return None, "result frame is not an object"
+    view, pos = memoryview(stdout), start + n
+    for case in payload.get("cases") if isinstance(payload.get("cases"), list) else ():
+        k = case.get("out_bytes") if isinstance(case, dict) else None
+        if k is None:
+            continue
+        if type(k) is not int or not 0 <= k <= len(stdout) - pos:
+            return None, "result frame has the wrong length (result channel tampered with)"
+        case["out"], pos = view[pos : pos + k], pos + k
+    if pos != len(stdout):
+        return None, "result frame has the wrong length (result channel tampered with)"
+    return payload, ""
 
 
 def validate_tests(tests: Any) -> dict:
@@ -732,6 +766,62 @@ def _norm_stdout(s: str) -> str:
     return "\n".join(line.rstrip() for line in lines).rstrip()
 
 
+_NL = re.compile(b"\n")
+#: Bytes of output decoded at a time: a check never holds a decoded copy of a whole output.
+_CHUNK = 1 << 20
+
+
+def _utf8_chunks(data: memoryview) -> Iterator[str]:
+    """``data`` decoded as strict UTF-8, a chunk at a time; raises ``UnicodeDecodeError``."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    for i in range(0, len(data), _CHUNK):
+        yield dec.decode(data[i : i + _CHUNK])
+    yield dec.decode(b"", True)
+
+
+def _valid_utf8(data: memoryview) -> bool:
+    try:
+        for _ in _utf8_chunks(data):
+            pass
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _blank(data: memoryview) -> bool:
+    """Whether ``data`` is valid UTF-8 of whitespace only (what ``str.rstrip`` removes)."""
+    if not data:
+        return True
+    try:
+        return all(not s or s.isspace() for s in _utf8_chunks(data))
+    except UnicodeDecodeError:
+        return False
+
+
+def _stdout_matches(got: memoryview, want: str) -> bool:
+    """``_norm_stdout(got.decode()) == want`` (``want`` normalised, ``got`` valid UTF-8), in place.
+
+    Line by line on the bytes: line i must be ``want``'s line i plus whitespace, and what
+    follows ``want``'s last line whitespace only. It stops at the first line that differs and
+    never decodes, splits or copies the whole output (a 16 MB output took about 4 times that
+    as text and its copies). Invalid UTF-8 never matches: ``want``'s bytes are valid, and every
+    other byte must decode (strictly) as whitespace. Dropping ``\r`` before ``\n`` changes nothing
+    here: it ends its line, where ``rstrip`` removes it anyway.
+    """
+    pos, stop = 0, len(got)
+    for line in want.split("\n"):
+        if pos > stop:  # fewer lines than expected
+            return False
+        m = _NL.search(got, pos)
+        end = m.start() if m else stop
+        w = line.encode("utf-8")
+        k = pos + len(w)
+        if k > end or got[pos:k] != w or not _blank(got[k:end]):
+            return False
+        pos = end + 1
+    return pos > stop or _blank(got[pos:])
+
+
 def _as_limits(limits: Limits | Mapping[str, Any] | None) -> Limits:
     if limits is None:
         return DEFAULT_LIMITS
@@ -754,12 +844,14 @@ def _judge_case(kind: str, case: Mapping, res: Mapping) -> dict:
                 except (ValueError, TypeError, KeyError, RecursionError):
                     pass
             return out
-        if _more_elements(res["reply"], case["expected"]):
+        # The candidate's bytes, shown as the harness sent them before (bad bytes as U+FFFD).
+        text = str(res.get("out", b""), "utf-8", "replace")
+        if _more_elements(text, case["expected"]):
             out.update(status="wrong_answer", error="return value has more elements than the expected one",
-                       got=res["reply"][:200])
+                       got=text[:200])
             return out
         try:
-            reply = json.loads(res["reply"])
+            reply = json.loads(text)
         except (ValueError, RecursionError) as e:
             out.update(status="bad_reply", error=f"unreadable return value: {type(e).__name__}")
             return out
@@ -780,17 +872,15 @@ def _judge_case(kind: str, case: Mapping, res: Mapping) -> dict:
         if "returncode" in res:
             out["returncode"] = res["returncode"]
         return out
-    got = res.get("stdout", "")
-    if res.get("invalid_utf8"):
-        out.update(status="wrong_answer", error="output is not valid UTF-8", got=got[:200])
-        return out
-    want = _norm_stdout(case["expected_stdout"])
-    # Output with another number of lines cannot match, and splitting a flood of short lines
-    # costs about 30 times its size in line objects: count before splitting.
-    out["passed"] = got.rstrip().count("\n") == want.count("\n") and _norm_stdout(got) == want
+    got = res.get("out", memoryview(b""))
+    out["passed"] = _stdout_matches(got, _norm_stdout(case["expected_stdout"]))
     if not out["passed"]:
-        out["status"] = "wrong_answer"
-        out["got"] = got[:200]
+        # 200 characters take at most 800 bytes: decoding a prefix shows what the whole would.
+        out.update(status="wrong_answer", got=str(got[:1024], "utf-8", "replace")[:200])
+        if not _valid_utf8(got):
+            # Shown with U+FFFD in place of the bad bytes, which never match an expected
+            # output that holds U+FFFD itself: no invalid byte sequence is any expected text.
+            out["error"] = "output is not valid UTF-8"
     return out
 
 
@@ -945,7 +1035,10 @@ def extract_code(completion: str, *, final_only: bool = True, allow_untagged: bo
     return untagged[-1] if (allow_untagged and untagged) else None
 
 
-@register_grader("code", version="1", kwargs={"partial_credit": bool_arg, "backend": text_arg, "final_section_only": bool_arg,
+# Version 2: scores changed (output that is not valid UTF-8 never matches, even an expected
+# U+FFFD; tests holding a lone surrogate are refused; control characters no longer count 6
+# times against the run's output cap).
+@register_grader("code", version="2", kwargs={"partial_credit": bool_arg, "backend": text_arg, "final_section_only": bool_arg,
                                               "limits": config_arg(Limits)})
 def grade_code(completion: str, gold: Any, **meta: Any) -> Grade:
     """Run the completion's last fenced Python block against code tests in a sandbox."""

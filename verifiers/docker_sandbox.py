@@ -12,11 +12,14 @@ so nothing from an earlier run survives into the next. A container whose run ove
 clock, or whose program did not exit with status 0, is killed and replaced: a program that kills
 its own supervisor (the code harness, which would have killed every process of the uid) may leave
 a process behind that kills the next run's reset before it runs, and with it every later run.
+:meth:`DockerSandbox.kill_running` (an interrupted batch) kills the containers of the runs in
+progress, which are then replaced like any other.
 """
 
 from __future__ import annotations
 
 import atexit
+import io
 import os
 import queue
 import selectors
@@ -99,6 +102,7 @@ class DockerSandbox:
         self._sem = threading.BoundedSemaphore(self.max_parallel)
         self._lock = threading.Lock()
         self._all: list[Any] = []
+        self._running: set[_Box] = set()  # guarded by _lock
         self._next_slot = 0
         self._closed = False
         self._pid = os.getpid()
@@ -216,12 +220,21 @@ class DockerSandbox:
                 except Exception as e:  # noqa: BLE001
                     self._discard(box.c)
                     return RunResult(None, error=f"docker exec failed: {e}", elapsed_s=time.monotonic() - t0)
-            res, healthy = self._exec_io(*started, stdin, lim, t0 + lim.wall_s)
-            if healthy:
+            with self._lock:
+                self._running.add(box)
+            try:
+                res, healthy = self._exec_io(*started, stdin, lim, t0 + lim.wall_s)
+            finally:
+                with self._lock:
+                    self._running.discard(box)
+            if healthy and not box.killed:
                 if warm:
                     # Start the next run's program now (it waits for its stdin), so the exec
                     # round trips overlap with whatever the caller does next.
-                    box.parked = (cmd, self._parker.submit(self._exec_start, box, cmd))
+                    try:
+                        box.parked = (cmd, self._parker.submit(self._exec_start, box, cmd))
+                    except RuntimeError:  # interpreter shutting down: this run's result still counts
+                        pass
                 pool.put(box)
             else:
                 self._discard(box.c)
@@ -279,7 +292,7 @@ class DockerSandbox:
     def _exec_io(self, eid: str, sock: Any, stdin: bytes, lim: Limits, deadline: float) -> tuple[RunResult, bool]:
         api = self.client.api
         raw: socket.socket = getattr(sock, "_sock", sock)
-        out, err = bytearray(), bytearray()
+        out, err = io.BytesIO(), bytearray()  # BytesIO: getvalue() does not copy (see sandbox.pump)
         out_trunc = err_trunc = timed_out = False
         buf = bytearray()
         raw.setblocking(False)
@@ -319,11 +332,11 @@ class DockerSandbox:
                         stream, size = buf[0], struct.unpack(">I", buf[4:8])[0]
                         if len(buf) < 8 + size:
                             break
-                        data = bytes(buf[8 : 8 + size])
+                        data = buf[8 : 8 + size]
                         del buf[: 8 + size]
                         if stream == 1:
-                            room = lim.stdout_bytes - len(out)
-                            out += data[: max(room, 0)]
+                            room = lim.stdout_bytes - out.tell()
+                            out.write(data[: max(room, 0)])
                             if len(data) > room:
                                 out_trunc = done = True
                         elif stream == 2:
@@ -356,7 +369,23 @@ class DockerSandbox:
             healthy = healthy and rc == 0
         else:
             rc = 137
-        return RunResult(rc, bytes(out), bytes(err), out_trunc, err_trunc, timed_out), healthy
+        return RunResult(rc, out.getvalue(), bytes(err), out_trunc, err_trunc, timed_out), healthy
+
+    def kill_running(self) -> int:
+        """Kill the containers of the runs in progress now (an interrupted batch: each ``run``
+        returns at once, its program killed, and its container is replaced); returns how many.
+        The caller stops starting new ones."""
+        with self._lock:
+            running = list(self._running)
+        for box in running:
+            box.killed = True
+            try:
+                # SIGKILL to the container's init: every process in it dies, and the exec's
+                # stream ends, which ends the run's read loop.
+                box.c.kill()
+            except Exception:  # noqa: BLE001 - already dead or gone
+                pass
+        return len(running)
 
     def close(self) -> None:
         """Remove every container this sandbox started."""
@@ -383,6 +412,7 @@ class _Box:
     def __init__(self, c: Any, uid: int) -> None:
         self.c, self.uid = c, uid
         self.parked: tuple[list[str], Future] | None = None
+        self.killed = False  # by kill_running: never reused
 
 
 def _drain(q: queue.SimpleQueue) -> list:

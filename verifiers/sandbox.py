@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import io
 import os
 import selectors
 import shutil
@@ -124,7 +125,9 @@ def pump(
 ) -> RunResult:
     """Feed ``stdin`` and drain stdout/stderr concurrently until exit, cap or deadline."""
     sel = selectors.DefaultSelector()
-    out, err = bytearray(), bytearray()
+    # BytesIO hands its buffer over at getvalue() where bytes(bytearray) would copy it: the
+    # output runs to tens of MB, so peak memory stays at one copy.
+    out, err = io.BytesIO(), bytearray()
     out_trunc = err_trunc = timed_out = False
     if proc.stdin is not None:
         if stdin:
@@ -161,8 +164,8 @@ def pump(
                 open_readers -= 1
                 continue
             if key.data == "out":
-                room = limits.stdout_bytes - len(out)
-                out += chunk[: max(room, 0)]
+                room = limits.stdout_bytes - out.tell()
+                out.write(chunk[: max(room, 0)])
                 if len(chunk) > room:
                     # Our own harness never writes this much; a flood means a broken or
                     # hostile run, so stop it instead of reading it to the end.
@@ -188,7 +191,7 @@ def pump(
     except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
         kill()
         rc = proc.wait()
-    return RunResult(rc, bytes(out), bytes(err), out_trunc, err_trunc, timed_out)
+    return RunResult(rc, out.getvalue(), bytes(err), out_trunc, err_trunc, timed_out)
 
 
 # ---------------------------------------------------------------------------------------------
