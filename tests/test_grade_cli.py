@@ -53,7 +53,7 @@ def test_math_file_graded_in_order_with_summary(app, tmp_path):
     assert [x["id"] for x in rows] == ["a", "b", "c", "d", "e"]
     assert [x["score"] for x in rows] == [1.0, 0.0, None, 0.0, 1.0]
     assert rows[0]["extracted"] == "\\frac{1}{2}" and rows[0]["error"] is None and rows[0]["elapsed_s"] >= 0
-    assert "timed out" in rows[2]["error"] and rows[2]["grader"] == "math@2"
+    assert "timed out" in rows[2]["error"] and rows[2]["grader"] == "math@3"
     assert rows[1]["gold"] == 4 and rows[1]["completion"] == MATH_ROWS[1]["completion"]  # input kept
     assert "graded 5 rows with math: 2 right, 2 wrong, 0 partial, 1 errors" in r.output
     assert not (tmp_path / "out" / "graded.jsonl.partial").exists()
@@ -109,7 +109,7 @@ def test_row_fields_named_like_pool_arguments_stay_row_metadata(app, tmp_path):
     assert time.monotonic() - t0 < 30
     got = [json.loads(x) for x in out.read_text().splitlines()]
     assert got[0]["score"] is None and "timed out" in got[0]["error"]
-    assert got[1]["score"] == 1.0 and got[1]["grader"] == "math@2"
+    assert got[1]["score"] == 1.0 and got[1]["grader"] == "math@3"
     assert got[1]["input_grader"] == "format"  # the row's own value is kept, not overwritten
 
 
@@ -198,7 +198,7 @@ def test_input_columns_named_like_results_are_kept_with_a_prefix(app, tmp_path):
     r = CliRunner().invoke(app, ["grade", "-g", "math", "-i", str(inp), "-o", str(out), "-q", "-w", "1"])
     assert r.exit_code == 0, r.output
     got = json.loads(out.read_text())
-    assert got["score"] == 1.0 and got["grader"] == "math@2" and got["error"] is None
+    assert got["score"] == 1.0 and got["grader"] == "math@3" and got["error"] is None
     assert {k: got["input_" + k] for k in ("grader", "score", "reason", "error", "extracted", "elapsed_s")} == \
         {"grader": "x", "score": 0.5, "reason": "r", "error": "e", "extracted": "z", "elapsed_s": 9}
     assert got["input_input_score"] == "older" and got["input_input_reason"] == "kept"
@@ -207,7 +207,7 @@ def test_input_columns_named_like_results_are_kept_with_a_prefix(app, tmp_path):
     r = CliRunner().invoke(app, ["grade", "-g", "format", "-i", str(out), "-o", str(again), "-q", "-w", "1"])
     assert r.exit_code == 0, r.output
     got2 = json.loads(again.read_text())
-    assert got2["grader"] == "format@1" and got2["input_grader"] == "math@2" and got2["input_input_grader"] == "x"
+    assert got2["grader"] == "format@2" and got2["input_grader"] == "math@3" and got2["input_input_grader"] == "x"
     assert got2["input_input_input_score"] == "older"
     assert got2["input_line"] == 1 and got2["line"] == 1
     assert len(got2) == len(got) + 7  # every column survived, none merged (7 result columns, line included)

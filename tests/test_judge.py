@@ -239,7 +239,7 @@ def test_unreachable_server_gives_none():
         port = s.getsockname()[1]  # closed again at once: nothing listens there
     cfg = JudgeConfig(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_s=0.01, cache=False)
     g = grade("judge", GOOD, "4", judge_config=cfg)
-    assert g.score is None and "unreachable after 3 attempts" in g.reason and g.grader == "judge@1"
+    assert g.score is None and "unreachable after 3 attempts" in g.reason and g.grader == "judge@2"
 
 
 def test_name_resolution_is_under_the_deadline(stub, monkeypatch):

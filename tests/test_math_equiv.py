@@ -320,7 +320,7 @@ def test_fast_paths_do_not_need_sympy():
 
 def test_grade_carries_extracted_answer_and_fingerprint():
     g = grade("math", B("\\dfrac{1}{2}"), "0.5")
-    assert g.score == 1.0 and g.extracted == "\\dfrac{1}{2}" and g.grader == "math@2"
+    assert g.score == 1.0 and g.extracted == "\\dfrac{1}{2}" and g.grader == "math@3"
     g = grade("math", "no box here", "1")
     assert g.score == 0.0 and "no answer channel" in g.reason
 

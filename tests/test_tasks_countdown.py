@@ -29,7 +29,7 @@ def c(ans: str) -> str:
 def test_any_valid_expression_is_right(answer):
     g = grade("countdown", c(answer), GOLD)
     assert g.score == 1.0, g
-    assert g.grader == "countdown@1"
+    assert g.grader == "countdown@2"
 
 
 @pytest.mark.parametrize(

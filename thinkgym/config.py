@@ -32,20 +32,26 @@ class Overrides(dict):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.origins: dict[str, str] = {}
+        #: The text each ``--set`` value was given as: a text field takes it as is (see :func:`parse_sets`).
+        self.raw: dict[str, str] = {}
 
     def put(self, key: str, value: Any, origin: str) -> None:
         """Set ``key`` from option ``origin``; ``None`` (an option not given) sets nothing."""
         if value is not None:
             self[key] = value
             self.origins[key] = origin
+            self.raw.pop(key, None)
 
     def update(self, other: Any = (), **kw: Any) -> None:
-        """``dict.update``, taking the origins of ``other`` (an :class:`Overrides`) along."""
-        origins, values = getattr(other, "origins", {}), dict(other, **kw)
+        """``dict.update``, taking the origins (and ``--set`` texts) of ``other`` (an
+        :class:`Overrides`) along."""
+        origins, raw, values = getattr(other, "origins", {}), getattr(other, "raw", {}), dict(other, **kw)
         for k in values:
             self.origins.pop(k, None)
+            self.raw.pop(k, None)
         super().update(values)
         self.origins.update({k: origins[k] for k in values if k in origins})
+        self.raw.update({k: raw[k] for k in values if k in raw})
 
 
 def blame(message: str, source: str | Path, origins: dict[str, str] | None = None) -> str:
@@ -218,7 +224,11 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         data.update(loaded)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     origins = {k: o for k, o in getattr(overrides, "origins", {}).items() if k in given}
+    raw = getattr(overrides, "raw", {})
+    hints = typing.get_type_hints(cls) if raw else {}
     for k, v in given.items():
+        if k in raw and k in hints and _is_text_type(hints[k]):
+            v = _text_value(raw[k], v)
         if "." in k and k.split(".", 1)[0] in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
             _set_dotted(cls, data, k, v, origins, source)
         else:
@@ -291,14 +301,40 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def parse_sets(items: list[str], flag: str = "--set") -> Overrides:
+def _is_text_type(tp: Any) -> bool:
+    """A field holding text: ``str``, ``Path``, either of them or ``None``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return bool(args) and all(_is_text_type(a) for a in args)
+    return tp is str or (isinstance(tp, type) and issubclass(tp, os.PathLike))
+
+
+def _text_value(text: str, parsed: Any) -> Any:
+    """The value of a text field given as ``--set key=text``: the text itself, not its YAML
+    reading (``2024-01-01`` is no date, ``1.10`` no float that prints as 1.1). A value quoted
+    whole in YAML (``'"1.10"'``) is the string inside the quotes; ``null`` stays None."""
+    if parsed is None:
+        return None
+    t = text.strip()
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"" and isinstance(parsed, str):
+        return parsed
+    return text
+
+
+def parse_sets(items: list[str], flag: str = "--set", cls: type | None = None) -> Overrides:
     """``["kl_coef=0.01", "envs=[a, b]"]`` -> overrides, each value parsed as YAML, each from
     its option (``--set kl_coef=0.01``).
+
+    The text of each value is kept too (``Overrides.raw``): :func:`load_config` gives a field
+    typed ``str`` or ``Path`` that text as is, so ``--set output_dir=2024-01-01`` is a folder name,
+    not a date. With ``cls`` (the config class) such a field takes text that is not valid YAML
+    too (``--set system_prompt=Note: a: b``).
 
     A malformed entry is a :class:`ConfigError` naming it, on one line (a YAML error's own text
     spans several lines with a caret drawing)."""
     import yaml
 
+    hints = typing.get_type_hints(cls) if cls is not None else {}
     out = Overrides()
     for kv in items:
         key, sep, value = kv.partition("=")
@@ -308,8 +344,11 @@ def parse_sets(items: list[str], flag: str = "--set") -> Overrides:
         try:
             out[key] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{flag} {key}: value {value!r} is not valid YAML ({_yaml_problem(e)})") from None
+            if not (key in hints and _is_text_type(hints[key])):
+                raise ConfigError(f"{flag} {key}: value {value!r} is not valid YAML ({_yaml_problem(e)})") from None
+            out[key] = value
         out.origins[key] = f"{flag} {kv}"
+        out.raw[key] = value
     return out
 
 

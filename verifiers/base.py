@@ -135,28 +135,114 @@ def text_arg(v: Any) -> str | None:
     return None if v is None or isinstance(v, str) else "expected a string"
 
 
+class Quoted(str):
+    """A check's message that already names the offending value (a field inside an object):
+    :func:`check_kwargs` shows it as is instead of appending the whole argument."""
+
+
+def _type_problem(x: Any, tp: Any) -> str | None:
+    """What is wrong with ``x`` as a value of type ``tp`` (an annotation), or None.
+
+    Strict as a grader reads its config: an ``int`` field refuses 1.5 and 2.0 (``range(2.0)``
+    fails mid-grade), a ``float`` field takes an int, and no number field takes a bool."""
+    import dataclasses
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        problems = [_type_problem(x, a) for a in args]
+        if any(p is None for p in problems):
+            return None
+        return " or ".join(dict.fromkeys(p for p in problems if p)).replace(" or must be ", " or ")
+    if tp is type(None):
+        return None if x is None else "must be null"
+    if origin is typing.Literal:
+        return None if any(x == a and type(x) is type(a) for a in args) else f"must be one of {list(args)}"
+    if tp is bool:
+        return None if isinstance(x, bool) else "must be true or false"
+    if tp is int:
+        return None if isinstance(x, numbers.Integral) and not isinstance(x, bool) else "must be an integer"
+    if tp is float:
+        return None if isinstance(x, numbers.Real) and not isinstance(x, bool) else "must be a number"
+    if tp is str:
+        return None if isinstance(x, str) else "must be a string"
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(x, (list, tuple)):
+            return "must be a list"
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(x) != len(args):
+                return f"must be a list of {len(args)} items"
+            inner = list(args)
+        else:
+            inner = [args[0] if args else Any] * len(x)
+        for i, (v, a) in enumerate(zip(x, inner)):
+            why = _type_problem(v, a)
+            if why:
+                return f"item {i} {why}"
+        return None
+    if origin is dict or tp is dict:
+        return None if isinstance(x, dict) else "must be an object"
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(x, tp):
+            return None
+        if not isinstance(x, dict):
+            return f"must be an object with fields of {tp.__name__}"
+        return _fields_problem(x, tp)
+    return None  # a type this check does not know: the grader's own validation decides
+
+
+def _fields_problem(v: dict, cls: type) -> str | None:
+    """The first problem of ``v`` as the fields of dataclass ``cls``, naming the field and its
+    value; None when every key is a field and every value has the field's type."""
+    import dataclasses
+    import typing
+
+    fields_ = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(map(str, (k for k in v if k not in fields_)))
+    if bad:
+        return f"unknown field(s) {bad} of {cls.__name__}; known: {sorted(fields_)}"
+    hints = typing.get_type_hints(cls)
+    for k, x in v.items():
+        tp = hints.get(k, Any)
+        why = _type_problem(x, tp)
+        if why and isinstance(x, dict) and isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            return f"field {k!r} of {cls.__name__}: {why}"  # names the nested field and its value
+        if why:
+            return f"field {k!r} of {cls.__name__} {why}, got {type(x).__name__} {x!r:.60}"
+    return None
+
+
+def _build(v: dict, cls: type) -> Any:
+    """``cls(**v)`` with nested config objects built too (their own checks run)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kw = {k: _build(x, hints[k]) if isinstance(x, dict) and isinstance(hints.get(k), type)
+          and dataclasses.is_dataclass(hints[k]) else x for k, x in v.items()}
+    return cls(**kw)
+
+
 def config_arg(cls: type) -> Callable[[Any], str | None]:
-    """Check for an object whose keys are fields of config dataclass ``cls`` (or an instance of it)."""
+    """Check for an object whose keys are fields of config dataclass ``cls`` (or an instance of
+    it), each value of its field's annotated type; the config's own checks (``__post_init__``)
+    run too, so a bad value is refused before any grading."""
 
     def check(v: Any) -> str | None:
-        import dataclasses
-
         if v is None or isinstance(v, cls):  # None: the grader's default
             return None
         if not isinstance(v, dict):
             return f"expected an object with fields of {cls.__name__}"
-        fields_ = {f.name: f for f in dataclasses.fields(cls)}
-        bad = sorted(k for k in v if k not in fields_)
-        if bad:
-            return f"unknown field(s) {bad} of {cls.__name__}; known: {sorted(fields_)}"
-        for k, x in v.items():  # a field whose default is a plain number, flag or text keeps that kind
-            d = fields_[k].default
-            if d is dataclasses.MISSING or x is None and d is None:
-                continue
-            kind = bool if isinstance(d, bool) else (int, float) if isinstance(d, (int, float)) else str if isinstance(d, str) else None
-            if kind is not None and (not isinstance(x, kind) or kind is not bool and isinstance(x, bool)):
-                return f"field {k!r} of {cls.__name__} must be {'true or false' if kind is bool else 'a number' if kind is not str else 'a string'}"
-        return None
+        why = _fields_problem(v, cls)
+        if why is None:
+            try:
+                _build(v, cls)
+            except (ValueError, TypeError) as e:
+                why = str(e) if cls.__name__ in str(e) else f"{cls.__name__}: {e}"
+        return None if why is None else Quoted(why)
 
     return check
 
@@ -188,7 +274,7 @@ def check_kwargs(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
             return k, f"grader {name!r} takes no argument {k!r} (it takes: {', '.join(sorted(known)) or 'none'})"
         why = known[k](v)
         if why:
-            return k, f"{why}, got {type(v).__name__} {v!r:.60}"
+            return k, why if isinstance(why, Quoted) else f"{why}, got {type(v).__name__} {v!r:.60}"
     return None
 
 

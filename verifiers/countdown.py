@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import numbers
 import re
 from collections import Counter
 from fractions import Fraction
@@ -19,7 +20,9 @@ from typing import Any
 from thinkgym.verifiers.base import Grade, bool_arg, fraction_arg, register_grader
 from thinkgym.verifiers.extract import extract
 
-VERSION = "1"
+# Version 2: the same answer written twice (same value from the same numbers, or the same text) is
+# one answer, no longer "several different answers".
+VERSION = "2"
 _MAX_CHARS = 300  # a countdown answer is short; a long one is a hack attempt or a ramble
 _MAX_NUMBER_DIGITS = 12
 
@@ -131,9 +134,10 @@ def evaluate(expr: str) -> tuple[Fraction, list[int]]:
 
 def _gold_int(x: Any, what: str) -> int:
     """An integer from the gold, converted only when nothing is lost (12.0, "12"); else ValueError."""
-    if isinstance(x, int) and not isinstance(x, bool):
-        return x
-    if isinstance(x, float) and x.is_integer():
+    # numpy scalars (a dataset read through pandas holds np.int64) count as the numbers they are.
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        return int(x)
+    if isinstance(x, numbers.Real) and not isinstance(x, bool) and float(x).is_integer():
         return int(x)
     if isinstance(x, str) and re.fullmatch(r"\s*-?\d{1,%d}\s*" % _MAX_NUMBER_DIGITS, x):
         return int(x)
@@ -150,10 +154,12 @@ def _parse_gold(gold: Any) -> tuple[list[int], Fraction]:
             raise ValueError(f"countdown gold is a string but not JSON: {gold[:80]!r}") from None
     if not isinstance(gold, dict) or "numbers" not in gold or "target" not in gold:
         raise ValueError(f"countdown gold must be {{'numbers': [...], 'target': N}}, got {gold!r:.80}")
-    numbers = gold["numbers"]
-    if not isinstance(numbers, list) or not numbers:
-        raise ValueError(f"countdown gold numbers must be a non-empty list, got {numbers!r:.80}")
-    nums = [_gold_int(x, "numbers must be integers") for x in numbers]
+    given = gold["numbers"]
+    if type(given).__module__ == "numpy" and hasattr(given, "tolist"):  # a numpy array column
+        given = given.tolist()
+    if not isinstance(given, (list, tuple)) or not given:
+        raise ValueError(f"countdown gold numbers must be a non-empty list, got {given!r:.80}")
+    nums = [_gold_int(x, "numbers must be integers") for x in given]
     return nums, Fraction(_gold_int(gold["target"], "target must be an integer"))
 
 
@@ -208,6 +214,24 @@ def _verdict(expr: str, numbers: list[int], target: Fraction | int, exactly_once
     return True, True, "reaches the target"
 
 
+def _answer_key(expr: str) -> Any:
+    """What makes two answers one: ``\\boxed{12 + 1}`` and ``<answer>12+1</answer>`` (or ``1 + 12``)
+    are the same answer written twice, not a hedge.
+
+    An expression without ``=`` is graded on its value and the numbers it uses alone, so answers
+    alike in both get the same grade whichever is taken; anything else (a stated result, an
+    expression that does not parse) must match as text up to whitespace. Different values stay
+    different answers."""
+    text = re.sub(r"\s+", "", _normalize(expr))
+    if "=" in text:
+        return text
+    try:
+        value, used = evaluate(_normalize(expr))
+    except ExpressionError:
+        return text
+    return value, tuple(sorted(used))
+
+
 @register_grader("countdown", version=VERSION, kwargs={"exactly_once": bool_arg, "partial_credit": fraction_arg})
 def grade_countdown(completion: str, gold: Any, **meta: Any) -> Grade:
     """Countdown: the <answer>/boxed expression uses the given numbers and equals the target."""
@@ -218,7 +242,10 @@ def grade_countdown(completion: str, gold: Any, **meta: Any) -> Grade:
     ex = extract(completion)
     if not ex.ok:
         return Grade(0.0, reason=ex.reason)
-    distinct = list(dict.fromkeys(ex.answers))
+    firsts: dict[Any, str] = {}
+    for a in ex.answers:
+        firsts.setdefault(_answer_key(a), a)
+    distinct = list(firsts.values())
     if len(distinct) > 1:
         return Grade(0.0, extracted=ex.joined(), reason="several different answers")
     ok, valid, why = _verdict(distinct[0], numbers, target, exactly_once)

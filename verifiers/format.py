@@ -18,7 +18,8 @@ from typing import Any
 from thinkgym.verifiers.base import Grade, config_arg, register_grader
 from thinkgym.verifiers.extract import boxed_spans
 
-VERSION = "1"
+# Version 2: invisible characters before <think> (a BOM) no longer count as text before it.
+VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def check_format(completion: str, cfg: FormatConfig = DEFAULT_FORMAT) -> Grade:
               "expected exactly one <think> followed by one </think>")
         start = opens[0][2] if opens else 0
         before = text[: opens[0][1]] if opens else ""
-        check("think_first", bool(opens) and (cfg.allow_text_before_think or not before.strip()),
+        # Invisible text (a BOM, zero-width spaces) is no text, as in the think block and the answer.
+        check("think_first", bool(opens) and (cfg.allow_text_before_think or not _visible(before)),
               "text before <think>")
     end = closes[-1][1] if closes else len(text)
     think = text[start:end] if closes else ""

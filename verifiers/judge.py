@@ -39,6 +39,7 @@ import random
 import re
 import threading
 import time
+import unicodedata
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -49,7 +50,8 @@ from thinkgym.verifiers.base import Grade, config_arg, register_grader, text_arg
 from thinkgym.verifiers.extract import final_section
 
 log = logging.getLogger("thinkgym.verifiers.judge")
-VERSION = "1"
+# Version 2: a verdict word must end as a word ("CORRECT_ish" was read as CORRECT).
+VERSION = "2"
 _SECRET = os.urandom(16)
 
 
@@ -168,7 +170,7 @@ def parse_verdict(reply: str, nonce: str, completion: str, mode: str = "binary")
     echoed = {ln.strip() for ln in completion.splitlines() if ln.strip()}
     deco = r"(?:[\s*_`]|</?(?:b|strong|em|i|code)>)*"  # markdown/HTML emphasis around the value
     if mode == "binary":
-        pat = re.compile(rf"VERDICT\s+{nonce}\s*:{deco}(CORRECT|INCORRECT)(?![a-z0-9])", re.IGNORECASE)
+        pat = re.compile(rf"VERDICT\s+{nonce}\s*:{deco}(CORRECT|INCORRECT)", re.IGNORECASE)
     else:
         # An integer, optionally "/10"; "7.5", "7,5", "7-8", "10/100" and "-3" are not verdicts,
         # but a sentence may end after one ("SCORE n: 7." was read as no verdict).
@@ -179,7 +181,7 @@ def parse_verdict(reply: str, nonce: str, completion: str, mode: str = "binary")
     for line in text.splitlines():
         if line.strip() in echoed:
             continue
-        vals = pat.findall(line)
+        vals = [m.group(1) for m in pat.finditer(line) if _word_ends(line, m.end())]
         if vals:
             lines.append({v.upper() for v in vals} if mode == "binary" else {str(int(v)) for v in vals})
     if not lines:
@@ -196,6 +198,26 @@ def parse_verdict(reply: str, nonce: str, completion: str, mode: str = "binary")
     if n > 10:
         return None, f"score {n} out of range 0-10"
     return n / 10, f"judge: {n}/10"
+
+
+def _is_word_char(c: str) -> bool:
+    """A character that continues a word or identifier: letters and digits of any script,
+    combining marks, and connector punctuation such as ``_``."""
+    return ("a" + c).isidentifier()
+
+
+def _word_ends(line: str, i: int) -> bool:
+    """Whether a verdict word or score ending at ``line[i]`` ends there, so ``CORRECT_ish``,
+    ``CORRECTLY``, ``CORRECTé``, ``CORRECT-ish`` and ``7th`` are no verdicts.
+
+    Underscores after the word are markdown emphasis (``_CORRECT_``, ``__CORRECT__``) unless a
+    word character follows them."""
+    j = i
+    while j < len(line) and unicodedata.category(line[j]) == "Pc":  # "_", "‿": emphasis, or joining a word
+        j += 1
+    if j < len(line) and _is_word_char(line[j]):
+        return False
+    return not (j == i and line[i:i + 1] == "-" and line[i + 1:i + 2].isalpha())
 
 
 class JudgeError(RuntimeError):

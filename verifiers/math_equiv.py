@@ -26,6 +26,7 @@ import contextvars
 import dataclasses
 import functools
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -34,7 +35,9 @@ from typing import Any
 from thinkgym.verifiers.base import Grade, config_arg, register_grader, seconds_arg
 from thinkgym.verifiers.extract import DEFAULT_EXTRACT, ExtractConfig, extract
 
-VERSION = "2"
+# Version 3: a NaN gold is a data error (an answer "nan" scored 1.0); an infinite gold is
+# \infty (it was "inf", which no answer equalled); numpy number golds are read as numbers.
+VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -1357,19 +1360,48 @@ def _float_golds(gold: Any) -> dict[str, float]:
     items = gold if isinstance(gold, (list, tuple)) else [gold]
     out: dict[str, float] = {}
     for x in items:
-        if isinstance(x, float) and math.isfinite(x):
-            out[_gold_str(x)] = out[normalize(_gold_str(x))] = x
+        v = _gold_value(x)
+        if isinstance(v, float) and math.isfinite(v):
+            out[_gold_str(x)] = out[normalize(_gold_str(x))] = v
     return out
 
 
-def _gold_str(x: Any) -> str:
-    if isinstance(x, bool):
+def _gold_value(x: Any) -> int | float | Fraction | str:
+    """A gold scalar as a plain Python value: numpy and other registered number types (a dataset
+    read through pandas holds ``np.int64`` and ``np.float64``) become the int, Fraction or float
+    they stand for. A bool is refused: ``True`` is no answer to a math problem."""
+    if isinstance(x, bool) or type(x).__name__ == "bool_":  # numpy's bool is no Integral, but still a flag
         raise TypeError("gold must be a number, a string or a list, not bool")
-    if isinstance(x, float):
-        return repr(x) if x == x and abs(x) != float("inf") else str(x)
-    if isinstance(x, (int, str)):
+    if isinstance(x, str):
         return str(x)
+    if isinstance(x, numbers.Integral):
+        return int(x)
+    if isinstance(x, numbers.Rational):
+        return Fraction(x.numerator, x.denominator)
+    if isinstance(x, float):
+        return float(x)  # np.float64 is a float whose repr is "np.float64(0.5)"
+    if isinstance(x, numbers.Real):
+        # np.float32(0.1) is 0.100000001490116...: its shortest text is the decimal it was meant to be.
+        try:
+            return float(str(x))
+        except ValueError:
+            return float(x)
     raise TypeError(f"gold must be a number, a string or a list, not {type(x).__name__}")
+
+
+def _gold_str(x: Any) -> str:
+    v = _gold_value(x)
+    if isinstance(v, float):
+        if math.isnan(v):
+            # NaN equals nothing, and its text "nan" read as a product of symbols equal to an
+            # answer "nan": a data error, never a score.
+            raise GoldError("the gold is NaN, not a number")
+        if math.isinf(v):
+            return "\\infty" if v > 0 else "-\\infty"  # sympy's oo: an answer \infty equals float("inf")
+        return repr(v)
+    if isinstance(v, Fraction):
+        return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+    return str(v)
 
 
 def _expand_pm(s: str) -> list[str]:
@@ -1429,7 +1461,10 @@ def _grade(completion: str, gold: Any, cfg: MathConfig) -> Grade:
     if not ex.ok:
         return Grade(0.0, reason=ex.reason)
     extracted = ex.joined()
-    golds = [x for g in _gold_parts(gold) for x in _expand_pm(g)]
+    try:
+        golds = [x for g in _gold_parts(gold) for x in _expand_pm(g)]
+    except GoldError as e:
+        return Grade.error(f"bad gold answer {gold!r:.80}: {e}", extracted=extracted)  # a data bug
     if not all(normalize(g) for g in golds):
         return Grade.error(f"empty gold answer {gold!r}", extracted=extracted)  # a data bug, not a wrong answer
     floats = _float_golds(gold)

@@ -11,7 +11,7 @@ from typing import Any
 
 from thinkgym.envs.registration import EnvInfo
 from thinkgym.tasks.base import Item, TaskSource, format_solution
-from thinkgym.verifiers.base import Grade
+from thinkgym.verifiers.base import Grade, bool_arg, register_grader
 from thinkgym.verifiers.extract import extract
 
 __version__ = "0.1.0"
@@ -38,12 +38,27 @@ class LetterShift(TaskSource):
 
 
 def grade_exact_text(completion: str, gold: Any, **meta: Any) -> Grade:
-    """The answer text equals the gold exactly (after stripping)."""
+    """The answer text equals the gold exactly (after stripping; ``ignore_case``: in any case)."""
     ex = extract(completion)
     if not ex.ok or ex.answer is None:
         return Grade(0.0, reason=ex.reason or "several answers")
-    ok = ex.answer.strip() == str(gold).strip()
+    got, want = ex.answer.strip(), str(gold).strip()
+    if meta.get("ignore_case", False):
+        got, want = got.casefold(), want.casefold()
+    ok = got == want
     return Grade(1.0 if ok else 0.0, extracted=ex.answer, reason="equal" if ok else "different")
+
+
+def register_graders() -> None:
+    """Entry point of ``thinkgym.graders``: registers the grader with the keyword arguments it
+    reads, so ``grade()`` and ``thinkgym grade`` refuse a typo (``ignore_cas=true``) or a value
+    of the wrong kind (``ignore_case="yes"``). An entry point naming the bare function works
+    too, but then any keyword argument passes unchecked."""
+    register_grader("exact_text", version="1", kwargs={"ignore_case": bool_arg})(grade_exact_text)
+
+
+# The registry calls an entry point so marked instead of registering the object itself.
+register_graders.__thinkgym_register__ = True  # type: ignore[attr-defined]
 
 
 RETRY_ENV = EnvInfo(
