@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -20,8 +21,8 @@ def iter_jsonl(path: str | Path | BinaryIO, error: type[Exception] = ValueError)
     """Yield ``("FILE:LINE", row)`` for each non-blank line of ``path``.
 
     A missing file, a line that is not UTF-8 or not JSON (or JSON that Python refuses: an integer
-    too long to convert, nesting deeper than :data:`MAX_DEPTH`) raises ``error`` with the file and
-    line in its message, so callers only validate the fields of their own rows. Strings may hold
+    too long to convert, a number beyond a float's range such as ``1e999``, nesting deeper than
+    :data:`MAX_DEPTH`) raises ``error`` with the file, line and field in its message, so callers only validate the fields of their own rows. Strings may hold
     lone surrogates (a ``\\ud800`` escape is valid JSON); :func:`dumps_line` writes them back
     unchanged. ``path`` may also be an open binary stream (standard input), named ``<stdin>``.
     """
@@ -67,6 +68,33 @@ def _no_constant(token: str) -> Any:
     raise _NotJSON(token)
 
 
+class _Overflow:
+    """Stands for a number literal too large for a float (``1e999``) until its place is named:
+    json would read it as inf, which no JSON writer can write back."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+def _overflow_at(obj: Any) -> tuple[str, str] | None:
+    """``(place, literal)`` of the first number too large for a float in ``obj``, in file order."""
+    stack: list[tuple[Any, str]] = [(obj, "")]
+    while stack:  # iterative, as _too_deep
+        o, where = stack.pop()
+        if isinstance(o, _Overflow):
+            return where, o.literal
+        if isinstance(o, dict):
+            items = [(f"{where}.{k}" if where else str(k), v) for k, v in o.items()]
+        elif isinstance(o, list):
+            items = [(f"{where}[{i}]", v) for i, v in enumerate(o)]
+        else:
+            continue
+        stack.extend((v, w) for w, v in reversed(items))
+    return None
+
+
 def _too_deep(obj: Any) -> bool:
     stack = [(obj, 1)]
     while stack:  # iterative: the point is not to recurse on hostile input
@@ -82,12 +110,20 @@ def _too_deep(obj: Any) -> bool:
 
 
 def _loads(line: str, where: str, error: type[Exception]) -> Any:
+    overflows: list[str] = []
+
+    def parse_float(literal: str) -> Any:
+        x = float(literal)
+        if math.isfinite(x):
+            return x
+        overflows.append(literal)
+        return _Overflow(literal)
+
     try:
-        obj = json.loads(line, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        obj = json.loads(line, parse_constant=_no_constant, parse_float=parse_float, object_pairs_hook=_unique_keys)
         # Counting brackets (strings included) is a cheap bound: most lines skip the walk.
         if line.count("[") + line.count("{") > MAX_DEPTH and _too_deep(obj):
             raise RecursionError
-        return obj
     except _NotJSON as e:
         why = str(e) if " " in str(e) else f"{e} is not a JSON value; write it as a string"
         raise error(f"{where}: invalid JSON ({why})") from None
@@ -99,14 +135,22 @@ def _loads(line: str, where: str, error: type[Exception]) -> Any:
         # Python refuses to convert integer literals past this many digits (a DoS guard).
         limit = sys.get_int_max_str_digits()
         raise error(f"{where}: an integer with more than {limit} digits; write it as a string") from None
+    if overflows:
+        place, literal = _overflow_at(obj) or ("", overflows[0])
+        field = f"field {place!r}: " if place else ""
+        raise error(f"{where}: {field}number {literal} is out of range (beyond about 1.8e308); "
+                    "write it as a string")
+    return obj
 
 
 def dumps_line(obj: Any) -> str:
     """One JSONL line (with the newline), UTF-8 safe, that :func:`iter_jsonl` reads back as ``obj``.
 
     Non-ASCII text stays readable; only lone surrogates are written as ``\\uXXXX`` escapes, which
-    is exactly how they were read, so no row is lost to an encoding error.
+    is exactly how they were read, so no row is lost to an encoding error. NaN and infinities,
+    which JSON has no spelling for, raise ``ValueError`` rather than write a line no reader takes.
     """
-    s = json.dumps(obj, ensure_ascii=False, default=str)
+    # allow_nan=False: NaN and Infinity are not JSON, and iter_jsonl would refuse the line.
+    s = json.dumps(obj, ensure_ascii=False, default=str, allow_nan=False)
     # json.dumps puts raw characters only inside string literals, where an escape means the same.
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", s) + "\n"

@@ -1,4 +1,5 @@
-"""``thinkgym grade``: grade a JSONL file of completions (or programs) in parallel.
+"""``thinkgym grade``: grade a JSONL file of completions (or programs) in parallel; ``thinkgym
+graders`` lists the graders it can use.
 
 Input rows: ``{"id", "completion", "gold"}`` for answer graders, ``{"id", "program", "tests"}``
 for ``--grader code``; ``id`` is optional. Only a row's ``grader_kwargs`` object reaches the
@@ -43,6 +44,14 @@ _KWARGS = "grader_kwargs"
 _CODE_KWARGS = ("partial_credit", "limits", "backend")
 _CODE_BACKENDS = ("local", "docker")
 _KEPT_PREFIX = "input_"
+#: Per-item budget, seconds, when --timeout is not given (judge rows: their own, see _judge_budget).
+_DEFAULT_TIMEOUT_S = 5.0
+#: Added to a judge row's own worst case: the worker's part of the item (building the request,
+#: parsing the verdict) is not in the judge's timeout.
+_JUDGE_SLACK_S = 10.0
+#: Rows graded at once are capped at this many per CPU: a worker (or sandbox) beyond that only
+#: waits, and each costs a process, memory and file descriptors.
+_WORKERS_PER_CPU = 2
 
 
 class InputError(ValueError):
@@ -89,11 +98,35 @@ def read_rows(path: Path, grader: str) -> list[tuple[int, dict[str, Any]]]:
         elif grader == "code" and kw.get("backend", "local") not in _CODE_BACKENDS:
             bad = "backend", f"must be one of {', '.join(map(repr, _CODE_BACKENDS))}, got {kw['backend']!r}"
         else:
-            bad = check_kwargs(grader, kw)
+            bad = check_kwargs(grader, kw)  # config objects are built: their own checks run
         if bad is not None:
             raise InputError(f"{where}: field '{_KWARGS}.{bad[0]}': {bad[1]}")
         rows.append((int(where.rsplit(":", 1)[1]), row))
     return rows
+
+
+def _parts(grader: str) -> set[str]:
+    """``grader`` and, for a rubric, the graders it combines (each gets the row's kwargs)."""
+    from thinkgym.verifiers import get_grader
+
+    if grader == "code":  # graded here directly, not through the registry
+        return {"code"}
+    return {grader, *getattr(get_grader(grader).fn, "weights", ())}
+
+
+def _judge_budget(cfg: Any) -> float:
+    """Seconds a judge call may take with ``cfg`` (a row's ``judge_config``): every attempt at the
+    judge's own ``timeout_s``, the backoffs between them, and slack for the worker."""
+    from thinkgym.verifiers.judge import JudgeConfig
+    from thinkgym.verifiers.pool import MAX_TIMEOUT_S
+
+    c = cfg if isinstance(cfg, JudgeConfig) else JudgeConfig(**(cfg or {}))
+    attempts = c.max_retries + 1
+    # As the judge waits: backoff_s doubling from the second attempt on, up to 25% jitter, at
+    # most max_backoff_s each (after 64 doublings every wait is at that cap).
+    waits = sum(min(c.max_backoff_s, 1.25 * c.backoff_s * 2 ** (k - 1)) for k in range(1, min(attempts, 64)))
+    waits += max(attempts - 64, 0) * c.max_backoff_s
+    return min(MAX_TIMEOUT_S, attempts * c.timeout_s + waits + _JUDGE_SLACK_S)
 
 
 def _displaced(key: str, row: dict[str, Any]) -> bool:
@@ -151,7 +184,13 @@ class _Sink:
     file (a FIFO, a device), or a temp file renamed over a regular file (or new path) at the end,
     at a symlink's target so the link stays a link."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path | str) -> None:
+        # Checked on the text as given: a Path drops the trailing slash, and "newdir/" became a
+        # file named newdir.
+        if str(output).endswith(("/", os.sep)) and str(output) != "-":
+            what = "is a directory" if os.path.isdir(output) else "ends in a slash, which names a directory"
+            raise InputError(f"{output}: cannot write the output: it {what}; give a file name")
+        output = Path(output)
         self.output = output
         self.tmp: Optional[Path] = None
         self.target = output
@@ -242,6 +281,13 @@ def _default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
+def _worker_count(workers: Optional[int], n_rows: int) -> int:
+    """Workers actually started: as asked (default :func:`_default_workers`), but never more than
+    there are rows nor more than :data:`_WORKERS_PER_CPU` per CPU."""
+    cap = _WORKERS_PER_CPU * (os.cpu_count() or 1)
+    return max(1, min(workers or _default_workers(), n_rows, cap))
+
+
 class _CodeRunner:
     """Programs graded on threads, one sandbox each."""
 
@@ -295,7 +341,7 @@ def _submit_all(grader: str, rows: list[tuple[int, dict[str, Any]]], workers: Op
             g.grader = g.grader or fp
             return g
 
-        runner = _CodeRunner(workers or _default_workers())
+        runner = _CodeRunner(_worker_count(workers, len(rows)))
         try:
             for _, r in rows:
                 runner.futures.append(runner.ex.submit(one, r["program"], r["tests"], r.get(_KWARGS, {})))
@@ -305,16 +351,20 @@ def _submit_all(grader: str, rows: list[tuple[int, dict[str, Any]]], workers: Op
         return runner.futures, runner.close
     from thinkgym.verifiers.pool import GraderPool
 
-    pool = GraderPool(workers=workers or _default_workers(), timeout_s=timeout or 5.0)
+    judged = "judge" in _parts(grader)
+    pool = GraderPool(workers=_worker_count(workers, len(rows)), timeout_s=timeout or _DEFAULT_TIMEOUT_S)
     try:
         futures = []
         for line, r in rows:
             label = f"{name}:{line}" + (f", id {r['id']!r:.40}" if "id" in r else "")
             kw = r.get(_KWARGS, {})
+            # A judge's own timeout and retries govern its rows unless --timeout is given: the
+            # default budget killed every judge call longer than 5 s, retries never ran.
+            base = timeout or (_judge_budget(kw.get("judge_config")) if judged else _DEFAULT_TIMEOUT_S)
             # A row's own budget (math's timeout_s) can only tighten the pool's: inside a worker
             # the grader runs its sympy step inline, under the pool's timeout alone.
             own = kw.get("timeout_s")
-            item_timeout = min(timeout or 5.0, float(own)) if own is not None else None
+            item_timeout = min(base, float(own)) if own is not None else base
             futures.append(pool.submit_grade(grader, r["completion"], r.get("gold"), item_timeout, meta=kw, label=label))
     except BaseException:
         pool.close(cancel=True)
@@ -344,9 +394,10 @@ def _write_results(out: Any, rows: list[tuple[int, dict[str, Any]]], futures: li
             bar.advance(task)
 
 
-def run_grade(grader: str, input: Path, output: Path, workers: Optional[int], timeout: Optional[float],
+def run_grade(grader: str, input: Path, output: Path | str, workers: Optional[int], timeout: Optional[float],
               progress: bool = True) -> dict[str, Any]:
-    """Grade ``input`` into ``output`` (``-``: standard input / output); returns the summary counts."""
+    """Grade ``input`` into ``output`` (``-``: standard input / output; a path ending in a slash is
+    refused: it names a directory); returns the summary counts."""
     from thinkgym.verifiers import get_grader
 
     if grader != "code":
@@ -381,11 +432,14 @@ def register(app: typer.Typer) -> None:
         grader: str = typer.Option(..., "--grader", "-g", help="Registered grader name (math, format, code, math+format, ...)."),
         input: Path = typer.Option(..., "--input", "-i", help="JSONL rows (- for standard input): completion, gold (code: program, tests), "
                                           "optional id, and grader_kwargs, the only column passed to the grader."),
-        output: Path = typer.Option(..., "--output", "-o", help="JSONL output (- for standard output): input rows + score, error, reason, "
-                                            "elapsed_s, extracted, grader, line. An input column with one of those names is kept as input_<name>."),
+        # str, not Path: a Path drops the trailing slash that says "a directory" (see _Sink).
+        output: str = typer.Option(..., "--output", "-o", metavar="PATH", help="JSONL output file (- for standard output): input rows + score, error, reason, "
+                                           "elapsed_s, extracted, grader, line. An input column with one of those names is kept as input_<name>."),
         workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Rows graded at once (default: up to 4, at most the CPU count): "
-                                              "worker processes; for code, sandboxes (capped at the CPU count)."),
-        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.01, max=86400, help="Hard per-item budget in seconds (default 5, at most a day). "
+                                              "worker processes; for code, sandboxes (capped at the CPU count). "
+                                              f"Never more than the rows, nor {_WORKERS_PER_CPU} per CPU."),
+        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.01, max=86400, help="Hard per-item budget in seconds (default 5, at most a day; "
+                                                "for judge rows: the judge's own, its timeout_s for every attempt plus backoffs). "
                                                 "For code it lowers the sandbox's limits: each case's CPU and wall time to it, "
                                                 "the whole run to it + 1.5 s (default: the sandbox's, 6 CPU-s per case, 30 s per run)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -414,3 +468,32 @@ def register(app: typer.Typer) -> None:
             f"{c['elapsed_s']:.1f}s ({rate:.1f} rows/s) -> {'standard output' if _is_std(output) else output}",
             err=_is_std(output),  # standard output holds the rows
         )
+
+    @app.command("graders")
+    def graders_cmd(
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    ) -> None:
+        """List graders (built-in and plugins) with their fingerprint and keyword arguments.
+
+        Use a name with `thinkgym grade --grader NAME`, `grade(NAME, ...)` or as a task's grader;
+        a row's grader_kwargs may set the arguments listed ("any": the grader does not declare
+        them, so nothing is checked).
+        """
+        from thinkgym._registry import RegistryError
+        from thinkgym.tasks.cli import _fail, print_rows
+        from thinkgym.verifiers import GRADERS, get_grader
+        from thinkgym.verifiers.base import accepted_kwargs
+
+        rows = []
+        try:
+            for name in GRADERS.names():
+                spec = get_grader(name)
+                known = accepted_kwargs(name)
+                rows.append({"name": name, "fingerprint": spec.fingerprint, "description": spec.description,
+                             "kwargs": None if known is None else sorted(known), "origin": GRADERS.origin(name)})
+        except RegistryError as e:
+            _fail(str(e))
+        print_rows(rows, as_json, "thinkgym graders", ("name", "fingerprint", "description", "kwargs"),
+                   lambda r: (r["name"], r["fingerprint"], r["description"] + (
+                       f" [{r['origin']}]" if r["origin"].startswith("plugin") else ""),
+                       "any" if r["kwargs"] is None else ", ".join(r["kwargs"]) or "none"))

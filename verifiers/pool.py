@@ -255,8 +255,10 @@ class _Worker:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            r, _, _ = select.select([self._out_fd], [], [], left)
-            if not r:
+            # poll, not select: select() refuses descriptors past 1023, which many workers reach.
+            poller = select.poll()
+            poller.register(self._out_fd, select.POLLIN)
+            if not poller.poll(left * 1000):
                 return False
             chunk = os.read(self._out_fd, max(65536, n - len(self._buf)))
             if not chunk:
@@ -331,7 +333,9 @@ class GraderPool:
         start_timeout_s: float = 120.0,
     ) -> None:
         _check_timeout(timeout_s)
-        self.workers = max(1, workers or min(4, os.cpu_count() or 1))
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be a whole number >= 1 (or None for the default), got {workers!r}")
+        self.workers = workers or min(4, os.cpu_count() or 1)
         self.timeout_s = float(timeout_s)
         self.memory_mb = memory_mb
         self.preload = tuple(preload)
@@ -392,7 +396,7 @@ class GraderPool:
                     log.error("grader item%s failed: %s; worker %d replaced", _at(job.label), died, w.pid)
                     res = job.on_error(died, elapsed)
                 else:
-                    log.warning("grader item%s exceeded %.1fs budget; worker %d killed", _at(job.label), job.timeout_s, w.pid)
+                    log.warning("grader item%s exceeded %gs budget; worker %d killed", _at(job.label), job.timeout_s, w.pid)
                     res = job.on_timeout(f"timed out after {job.timeout_s:g}s (worker killed)", elapsed)
             elif msg[0] == "ok":
                 res = job.on_ok(msg[1], msg[2])

@@ -30,6 +30,7 @@ import atexit
 import contextlib
 import fcntl
 import io
+import math
 import os
 import selectors
 import shutil
@@ -47,9 +48,27 @@ from typing import Protocol, Sequence
 __all__ = ["Limits", "RunResult", "Sandbox", "SandboxUnavailable", "LocalSandbox", "get_sandbox"]
 
 
+#: Longest time limit, seconds (as the grader pool's: select() overflows on far larger ones).
+_MAX_S = 86400.0
+#: Time limits and the value each must exceed.
+_SECONDS = {"wall_s": 0.0, "case_s": 0.0, "case_wall_s": 0.0}
+#: Whole-number limits and their least sensible value: below it the harness itself cannot run
+#: (it needs a few processes, a few files and room to report), so every program would fail.
+_COUNTS = {"cpu_s": 1, "memory_mb": 16, "nproc": 4, "fsize_mb": 0, "nofile": 16, "stdout_bytes": 4096,
+           "stderr_bytes": 0, "scratch_mb": 1}
+_WHY_MIN = {"nproc": " (the harness and the program need a few processes)",
+            "nofile": " (the harness and the program need a few open files)",
+            "stdout_bytes": " (the harness reports through stdout)",
+            "memory_mb": " (the interpreter needs that much to start)"}
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one sandboxed run. Defaults let honest contest programs pass."""
+    """Resource limits of one sandboxed run. Defaults let honest contest programs pass.
+
+    Every field is checked on construction (and by :meth:`replace`): times are finite numbers of
+    seconds in (0, 86400], counts whole numbers at or above the least the harness can run with;
+    anything else raises ``ValueError`` (``TypeError`` for a value of the wrong kind)."""
 
     #: Wall-clock budget of the whole run (all test cases), seconds.
     wall_s: float = 30.0
@@ -74,6 +93,25 @@ class Limits:
     stderr_bytes: int = 64 << 10
     #: Size of the scratch tmpfs (cwd, HOME, /tmp), MiB.
     scratch_mb: int = 64
+
+    def __post_init__(self) -> None:
+        # A limit out of range does not fail loudly in the sandbox: nproc=0 or a tiny stdout cap
+        # break the harness, a negative time is "exceeded" at once, and each turned a correct
+        # program into a 0.0. So every field is checked here, before anything runs.
+        for name, lo in _SECONDS.items():
+            v = getattr(self, name)
+            if v is None and name == "case_wall_s":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"Limits.{name} must be a number of seconds, got {type(v).__name__} {v!r:.40}")
+            if not (math.isfinite(v) and lo < v <= _MAX_S):
+                raise ValueError(f"Limits.{name} must be a number of seconds in ({lo:g}, {_MAX_S:g}], got {v!r}")
+        for name, lo in _COUNTS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"Limits.{name} must be a whole number, got {type(v).__name__} {v!r:.40}")
+            if v < lo:
+                raise ValueError(f"Limits.{name} must be at least {lo}{_WHY_MIN.get(name, '')}, got {v}")
 
     def replace(self, **kw: object) -> "Limits":
         unknown = set(kw) - set(self.__dataclass_fields__)
