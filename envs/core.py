@@ -26,6 +26,7 @@ from thinkgym.envs.calculator import calculate
 from thinkgym.envs.spaces import TextSpace
 from thinkgym.tasks import Item, TaskSource, make_task
 from thinkgym.verifiers import Grade, GraderSpec, get_grader
+from thinkgym.verifiers.base import accepted_kwargs, check_kwargs
 from thinkgym.verifiers.extract import find_tag_contents
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -74,6 +75,15 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _check_grader_kwargs(grader: str, kwargs: dict[str, Any], what: str) -> None:
+    """Refuse, as ``grade()`` and ``thinkgym grade`` do, a keyword argument ``grader`` does not read
+    or a value of the wrong kind: ignored, a typo would change nothing; passed, a wrong kind would
+    make every step an infrastructure error."""
+    bad = check_kwargs(grader, kwargs)
+    if bad is not None:
+        raise ValueError(f"{what}: bad argument {bad[0]!r}: {bad[1]}")
+
+
 def _grade_info(g: Grade) -> dict[str, Any]:
     # Wall-clock timings are left out of the transition so that a seeded step is reproducible
     # (Gymnasium's checker compares infos); they stay available on ``env.last_grade``.
@@ -81,7 +91,14 @@ def _grade_info(g: Grade) -> dict[str, Any]:
 
 
 class TaskEnv(gym.Env[str, str]):
-    """Shared reset/grading logic; subclasses define what a step does."""
+    """Shared reset/grading logic; subclasses define what a step does.
+
+    ``grader_kwargs`` are checked when the env is built, against ``grader`` or every grader the
+    task's items choose, and an item's own grader and ``grader_kwargs`` at its reset: a key the
+    grader does not read, or a value of the wrong kind, is a ``ValueError`` naming the key, as in
+    ``grade()`` and ``thinkgym grade``. A grader that fails at a step gives reward 0.0 (Gymnasium
+    needs a float) with ``info["infra_error"] = True``: leave such steps out, not count them wrong.
+    """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
@@ -112,10 +129,15 @@ class TaskEnv(gym.Env[str, str]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.task_name = self.source.name or type(self.source).__name__
+        if grader is not None and not isinstance(grader, str):
+            raise TypeError(f"grader must be a grader name or None, got {type(grader).__name__} {grader!r:.80}")
         self.grader_name = grader
         # Fail at construction on an unknown grader, not mid-rollout.
         get_grader(grader or self.source.grader)
         self.grader_kwargs = _mapping("grader_kwargs", grader_kwargs)
+        # Against every grader the items may use (they may each choose theirs unless ``grader`` is set).
+        for name in sorted({grader} if grader else {self.source.grader, *self.source.graders()}):
+            _check_grader_kwargs(name, self.grader_kwargs, "grader_kwargs")
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise TypeError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")
         self.system_prompt = system_prompt
@@ -147,7 +169,14 @@ class TaskEnv(gym.Env[str, str]):
         super().reset(seed=seed)
         if i is None:
             i = int(self.np_random.integers(n))
-        self._item = self.source[i]
+        item = self.source[i]
+        try:  # a bad grading choice in the item fails here, not as an error grade at every step
+            name, kwargs = self._grading(item)
+            get_grader(name)
+            _check_grader_kwargs(name, kwargs, "grader_kwargs")
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"task {self.task_name!r}, item {i}: {e}") from None
+        self._item = item
         self._index = i
         self._turn = 0
         self._done = False
@@ -181,16 +210,30 @@ class TaskEnv(gym.Env[str, str]):
         return item["question"]
 
     # -- grading -----------------------------------------------------------------------------
+    def _grading(self, item: Item) -> tuple[str, dict[str, Any]]:
+        """The grader name and keyword arguments for ``item``: the env's ``grader`` if set, else the
+        item's own; the item's ``grader_kwargs`` under the env's ``grader_kwargs``."""
+        md = item["metadata"]
+        own = md.get("grader") or self.source.grader
+        name = self.grader_name or own
+        kwargs = _mapping("the item's metadata grader_kwargs", md.get("grader_kwargs"))
+        if name != own:
+            # The item's arguments are for its own grader: another one that declares what it reads
+            # gets only those (countdown's exactly_once means nothing to the format grader).
+            known = accepted_kwargs(name)
+            if known is not None:
+                kwargs = {k: v for k, v in kwargs.items() if k in known}
+        return name, {**kwargs, **self.grader_kwargs}
+
     @property
     def grader(self) -> GraderSpec:
         assert self._item is not None
-        name = self.grader_name or self._item["metadata"].get("grader") or self.source.grader
-        return get_grader(name)
+        return get_grader(self._grading(self._item)[0])
 
     def grade(self, completion: str) -> Grade:
         assert self._item is not None
-        kwargs = {**self._item["metadata"].get("grader_kwargs", {}), **self.grader_kwargs}
-        return self.grader(completion, self._item["answer"], **kwargs)
+        name, kwargs = self._grading(self._item)
+        return get_grader(name)(completion, self._item["answer"], **kwargs)
 
     # -- step --------------------------------------------------------------------------------
     def _begin_step(self, action: Any) -> int:
@@ -353,13 +396,15 @@ class MultiTurnEnv(TaskEnv):
 # Whatever the graders' extraction takes as an answer channel ends the episode: <answer>,
 # \boxed and \fbox (a bare \fbox{42} was otherwise read as "no answer" and never graded).
 _ANSWER_OPEN_RE = re.compile(r"(?i:<answer>)|\\boxed|\\fbox")
+# Any case, as the graders' extraction finds it: "</THINK>" ends the thinking for them too.
+_THINK_CLOSE_RE = re.compile(re.escape("</think>"), re.IGNORECASE)
 
 
 class ToolEnv(TaskEnv):
     """Calculator tool use: ``<tool>EXPR</tool>`` gets ``<result>VALUE</result>``; ``<answer>`` ends it.
 
-    Tool calls are read from the text after the last ``</think>`` (the whole text if there is
-    none). Tool turns are not graded for correctness: their reward is 0 and their grade says so.
+    Tool calls are read from the text after the last ``</think>``, in any case (the whole text if
+    there is none). Tool turns are not graded for correctness: their reward is 0 and their grade says so.
     Each result is cut to ``max_result_chars``.
     """
 
@@ -390,8 +435,10 @@ class ToolEnv(TaskEnv):
 
     def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
         turn = self._begin_step(action)
-        close = action.rfind("</think>")
-        section = action[close + len("</think>") :] if close >= 0 else action
+        close = None
+        for close in _THINK_CLOSE_RE.finditer(action):
+            pass
+        section = action[close.end() :] if close is not None else action
         if _ANSWER_OPEN_RE.search(section):
             return self._finish_step(action, self.grade(action), None, True, False)
         calls = find_tag_contents(section, "tool")

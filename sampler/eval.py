@@ -7,6 +7,11 @@ an env, writes every sample to ``samples.jsonl`` and the aggregates to ``summary
 extracted answer among the first ``k`` samples (ties: the one seen first) and counts the
 problem solved if a sample with that answer was graded correct.
 
+A sample the grader failed on (``reward`` None: an infrastructure error, which the env reports
+as ``info["infra_error"]`` with a 0.0 reward) is not a wrong answer: pass@k, maj@k and accuracy
+are over each problem's graded samples (a problem with fewer than ``k`` of them is left out of
+pass@k and maj@k), and ``infra_errors`` / ``infra_error_rate`` / ``graded_samples`` count them.
+
 ``env`` is a registered env id, or the path of a ``.jsonl`` file or a local Hugging Face dataset
 (folder or data file): a single-turn env over the ``jsonl`` / ``hf_dataset`` task source.
 ``env_kwargs`` go to the env constructor either way (as GRPO's do). An ``output_dir`` holding an
@@ -284,7 +289,10 @@ def summarize(
     groups: Sequence[Sequence[dict[str, Any]]], ks: Sequence[int], correct_threshold: float = 1.0
 ) -> dict[str, Any]:
     """Aggregate per-sample dicts (``reward``, ``extracted``, ``format_ok``, ``think_tokens``,
-    ``completion_len``, ``finish_reason``) grouped by problem."""
+    ``completion_len``, ``finish_reason``) grouped by problem.
+
+    A sample with ``reward`` None (the grader failed) is left out of pass@k, maj@k and accuracy
+    rather than counted wrong, and counted in ``infra_errors``."""
     out: dict[str, Any] = {}
     samples = [s for g in groups for s in g]
     if not samples:
@@ -293,20 +301,22 @@ def summarize(
     def ok(s: dict[str, Any]) -> bool:
         return s["reward"] is not None and s["reward"] >= correct_threshold
 
+    # A grader outage says nothing about the policy: scored as wrong, it would lower pass@k.
+    graded = [[s for s in g if s["reward"] is not None] for g in groups]
     for k in ks:
-        vals = [pass_at_k(len(g), sum(ok(s) for s in g), k) for g in groups if len(g) >= k]
+        vals = [pass_at_k(len(g), sum(ok(s) for s in g), k) for g in graded if len(g) >= k]
         out[f"pass@{k}"] = sum(vals) / len(vals) if vals else float("nan")
     for k in ks:
         if k == 1:
             continue
-        vals = [maj_at_k([s["extracted"] for s in g], [ok(s) for s in g], k) for g in groups if len(g) >= k]
+        vals = [maj_at_k([s["extracted"] for s in g], [ok(s) for s in g], k) for g in graded if len(g) >= k]
         out[f"maj@{k}"] = sum(vals) / len(vals) if vals else float("nan")
     rewards = [s["reward"] for s in samples if s["reward"] is not None]
     think = [s["think_tokens"] for s in samples if s.get("think_tokens") is not None]
     fmt = sum(bool(s["format_ok"]) for s in samples) / len(samples)
     out.update(
         mean_reward=sum(rewards) / len(rewards) if rewards else float("nan"),
-        accuracy=sum(ok(s) for s in samples) / len(samples),
+        accuracy=sum(ok(s) for s in samples) / len(rewards) if rewards else float("nan"),
         format_rate=fmt,
         format_error_rate=1.0 - fmt,
         mean_think_tokens=sum(think) / len(think) if think else float("nan"),
@@ -314,6 +324,8 @@ def summarize(
         mean_completion_len=sum(s["completion_len"] for s in samples) / len(samples),
         truncation_rate=sum(s["finish_reason"] in ("length", "think_budget", "context") for s in samples) / len(samples),
         infra_errors=sum(s["reward"] is None for s in samples),
+        infra_error_rate=1.0 - len(rewards) / len(samples),
+        graded_samples=len(rewards),
         problems=len(groups),
         samples=len(samples),
     )
@@ -437,7 +449,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     t.add_column("value", justify="right")
     keys = [k for k in summary if k.startswith(("pass@", "maj@"))] + [
         "mean_reward", "accuracy", "format_rate", "format_error_rate", "mean_think_tokens",
-        "mean_completion_len", "truncation_rate", "infra_errors", "sampled_tokens_per_s", "elapsed_s",
+        "mean_completion_len", "truncation_rate", "infra_errors", "infra_error_rate", "sampled_tokens_per_s", "elapsed_s",
     ]
     for k in keys:
         v = summary.get(k)

@@ -39,6 +39,33 @@ def _is_int(x: Any) -> bool:
     return not isinstance(x, bool) and hasattr(type(x), "__index__")
 
 
+def _plain(x: Any) -> Any:
+    """``x`` with numpy integers and bools (from arrays, sweeps, samplers) as the Python int or
+    bool they stand for, inside lists and tuples too: the knobs' checks test for ``int`` and
+    ``bool``, and item keys print the params, so ``np.int64(25)`` must be ``25`` exactly."""
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    if isinstance(x, tuple):
+        return tuple(_plain(v) for v in x)
+    if _is_int(x) and type(x) is not int:
+        return x.__index__()
+    np = sys.modules.get("numpy")  # only numpy makes numpy bools: no import for everyone else
+    if np is not None and isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def _int_default(d: Any) -> bool:
+    """Whether a knob's default is an int or a list/tuple of ints (bools excluded)."""
+    if isinstance(d, (list, tuple)):
+        return bool(d) and all(_int_default(v) for v in d)
+    return isinstance(d, int) and not isinstance(d, bool)
+
+
+def _has_bool(x: Any) -> bool:
+    return isinstance(x, bool) or isinstance(x, (list, tuple)) and any(map(_has_bool, x))
+
+
 class Item(TypedDict):
     question: str
     answer: Any
@@ -88,7 +115,10 @@ class TaskSource(ABC):
         self.params = self.validate_params(params)
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Check and fill in defaults for the source's knobs; unknown knobs are an error."""
+        """Check and fill in defaults for the source's knobs; unknown knobs are an error.
+
+        numpy integers and bools count as the Python int or bool they stand for (as seeds and
+        indices do); a bool where the default is an int (or a list of ints) is refused."""
         if not self.defaults:
             if params:
                 raise TypeError(f"{type(self).__name__} takes no parameters, got {sorted(params)}")
@@ -98,6 +128,11 @@ class TaskSource(ABC):
             raise TypeError(
                 f"{type(self).__name__}: unknown parameter(s) {unknown}; known: {sorted(self.defaults)}"
             )
+        params = {k: _plain(v) for k, v in params.items()}
+        for k, v in params.items():
+            # True is an int to Python: a count or a range knob would read it as 1.
+            if _int_default(self.defaults[k]) and _has_bool(v):
+                raise ValueError(f"{k} must be an int or a list of ints, not true/false, got {show(v)}")
         return {**self.defaults, **params}
 
     def item_key(self, i: int) -> str:
@@ -155,6 +190,12 @@ class TaskSource(ABC):
             raise TypeError(f"{where}: item {i}: question must be a str, got {show(item['question'])}")
         if not isinstance(item["metadata"], dict):
             raise TypeError(f"{where}: item {i}: metadata must be a dict, got {show(item['metadata'])}")
+
+    def graders(self) -> frozenset[str]:
+        """The grader names this source's items choose (``metadata["grader"]``), as far as the
+        source can tell without generating them: an env checks its ``grader_kwargs`` against each
+        when it is built. A source whose items pick other graders overrides this."""
+        return frozenset({self.grader})
 
     def __len__(self) -> int:
         return self.size

@@ -12,6 +12,17 @@ in the completion format (``<think>...</think>`` then one answer in ``\\boxed{}`
 ``<answer>...</answer>``; MATH's prose solutions are not) with an error naming the items: convert
 them, or set the SFT config's ``require_solution_format: false`` to train on them as they are.
 (``metadata_fields`` leaves the field out where it is only reference text, e.g. for RL.)
+
+The grader is the ``grader`` param (``math`` if not given). A row may choose its own only
+through its ``metadata`` object, ``{"metadata": {"grader": "countdown", "grader_kwargs":
+{"exactly_once": true}}}`` (as items are written back by ``thinkgym sample-tasks --json`` and the
+demo), and an explicit ``grader`` param overrides that choice for every row. A top-level column
+named ``grader`` or ``grader_kwargs`` is refused rather than read as a grading choice: a dataset
+column of that name (the person who marked the answer, say) must not pick how rewards are
+computed; leave it out with ``metadata_fields``. When the source is built, each row's grader must
+be registered, its ``grader_kwargs`` must be ones that grader reads, with values of the right
+kind, and its answer must be a gold that grader can read (checked cheaply by type and shape for
+the ``math``, ``countdown`` and ``code`` graders; the math itself is not parsed at load).
 """
 
 from __future__ import annotations
@@ -77,12 +88,114 @@ def _field_names(question_field: Any, answer_field: Any, metadata_fields: Any) -
     return list(metadata_fields)
 
 
+DEFAULT_GRADER = "math"
+#: Columns that decide grading: a row sets them only inside its ``metadata`` object.
+_GRADING_KEYS = ("grader", "grader_kwargs")
+
+
+def _math_gold(a: Any) -> str | None:
+    # What the math grader reads (verifiers.math_equiv._gold_str): a string or a number, or a
+    # list of those for a multi-part answer.
+    parts = a if isinstance(a, list) else [a]
+    if not parts:
+        return "an empty list"
+    for x in parts:
+        if isinstance(x, bool) or not isinstance(x, (str, int, float)):
+            inner = " in the list" if isinstance(a, list) else ""
+            return f"a {type(x).__name__}{inner} ({show(x, 60)}); it takes a string, a number or a list of those"
+        if isinstance(x, str) and not x.strip():
+            return "an empty string in the list"
+    return None
+
+
+def _countdown_gold(a: Any) -> str | None:
+    from thinkgym.verifiers.countdown import _parse_gold
+
+    try:
+        _parse_gold(a)
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def _code_gold(a: Any) -> str | None:
+    from thinkgym.verifiers.code import validate_tests
+
+    try:
+        validate_tests(a)
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
+
+
+#: Cheap checks (type and shape, never a parse by sympy or a run) of a gold each built-in grader
+#: reads; an error text or None. Graders not listed (format, judge, plugins) take any gold.
+_GOLD_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "math": _math_gold, "countdown": _countdown_gold, "code": _code_gold,
+}
+
+
+def _gold_problem(grader: str, gold: Any) -> str | None:
+    """Why ``gold`` cannot be read by ``grader`` (or by a part of a rubric), or None."""
+    from thinkgym.verifiers import get_grader
+
+    parts = getattr(get_grader(grader).fn, "weights", None)  # a rubric hands the gold to its parts
+    if parts is not None:
+        return next((f"{p}: {why}" for p in parts if (why := _gold_problem(p, gold))), None)
+    check = _GOLD_CHECKS.get(grader)
+    return check(gold) if check is not None else None
+
+
+def check_grader(name: Any, what: str) -> str:
+    """``name`` if it is a registered grader; else a :class:`ValueError` naming ``what``."""
+    from thinkgym._registry import RegistryError
+    from thinkgym.verifiers import GRADERS, get_grader
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} must be a grader name (a string), got {show(name, 60)}")
+    try:
+        get_grader(name)
+    except RegistryError:
+        raise ValueError(f"{what}: unknown grader {name!r}; known: {', '.join(GRADERS.names())}") from None
+    return name
+
+
+def _grading(meta: dict[str, Any], a: Any, where: str, answer_field: str, grader: str | None) -> None:
+    """Check (in place) the grader, grader_kwargs and gold of a row whose metadata is ``meta``.
+
+    ``grader`` is the source's explicit param: it replaces the row's choice."""
+    from thinkgym.verifiers.base import check_kwargs
+
+    own = meta.get("grader")
+    try:
+        if grader is None and own is not None:
+            grader = check_grader(own, f"{where}: metadata 'grader'")
+        grader = check_grader(grader or DEFAULT_GRADER, f"{where}: grader")
+    except ValueError as e:
+        raise DatasetRowError(str(e)) from None
+    meta["grader"] = grader
+    kw = meta.get("grader_kwargs")
+    if kw is None:
+        meta.pop("grader_kwargs", None)
+    elif not isinstance(kw, Mapping):
+        raise DatasetRowError(f"{where}: metadata 'grader_kwargs' must be an object, got {type(kw).__name__} {show(kw, 60)}")
+    else:
+        kw = meta["grader_kwargs"] = dict(kw)
+        bad = check_kwargs(grader, kw)
+        if bad is not None:
+            raise DatasetRowError(f"{where}: metadata 'grader_kwargs.{bad[0]}': {bad[1]}")
+    why = _gold_problem(grader, a)
+    if why:
+        raise DatasetRowError(f"{where}: field {answer_field!r} is not a gold the {grader!r} grader can read: {why}")
+
+
 def _row_to_item(
     row: Any,
     where: str,
     question_field: str,
     answer_field: str,
     metadata_fields: list[str] | None,
+    grader: str | None = None,
 ) -> Item:
     if not isinstance(row, Mapping):
         raise DatasetRowError(f"{where}: expected an object with fields, got {type(row).__name__}")
@@ -120,6 +233,13 @@ def _row_to_item(
             raise DatasetRowError(f"{where}: missing metadata field(s) {missing} (fields: {sorted(row)})")
         extra = list(metadata_fields)
     for k in extra:
+        if k in _GRADING_KEYS:
+            raise DatasetRowError(
+                f"{where}: column {k!r} would decide how this row is graded; a row sets its grader only "
+                f"inside its 'metadata' object ({{\"metadata\": {{\"grader\": ..., \"grader_kwargs\": {{...}}}}}}) "
+                f"and the task param grader= sets it for every row. Move it there, rename it, or leave it "
+                f"out with metadata_fields=[...]"
+            )
         if k in meta and meta[k] != row[k]:
             # Either value would silently replace the other.
             raise DatasetRowError(
@@ -133,6 +253,7 @@ def _row_to_item(
             # Items are plain JSON data (rollout files, `sample-tasks --json`, grader workers).
             hint = "" if name == answer_field else "; leave it out with metadata_fields=[...]"
             raise DatasetRowError(f"{where}: field {name!r} holds a {bad}, which JSON cannot represent{hint}")
+    _grading(meta, a, where, answer_field, grader)
     return {"question": q, "answer": a, "metadata": meta}
 
 
@@ -187,14 +308,18 @@ class _RowsSource(TaskSource):
 
     _items: list[Item]
 
-    def _finish(self, items: list[Item], seed: int, size: int | None, grader: str, origin: str) -> None:
+    def _finish(self, items: list[Item], seed: int, size: int | None, grader: str | None, origin: str) -> None:
         if not items:
             raise DatasetRowError(f"{origin}: no rows")
         if size is not None and size > len(items):
             raise ValueError(f"{origin}: size {size} > number of rows {len(items)}")
         self._items = items
-        self.grader = grader  # type: ignore[misc]  # instance override of the class default
+        self.grader = grader or DEFAULT_GRADER  # type: ignore[misc]  # instance override of the class default
         TaskSource.__init__(self, seed=seed, size=len(items) if size is None else size)
+        self._graders = frozenset(it["metadata"]["grader"] for it in items[: self.size])
+
+    def graders(self) -> frozenset[str]:
+        return self._graders
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         return {}
@@ -217,17 +342,19 @@ class JsonlSource(_RowsSource):
         question_field: str = "question",
         answer_field: str = "answer",
         metadata_fields: list[str] | None = None,
-        grader: str = "math",
+        grader: str | None = None,
         seed: int = 0,
         size: int | None = None,
     ) -> None:
         self.path = Path(path)
         metadata_fields = _field_names(question_field, answer_field, metadata_fields)
+        if grader is not None:
+            check_grader(grader, "jsonl task source: grader")
         if not self.path.is_file():
             raise FileNotFoundError(f"jsonl task source: no such file: {self.path}")
-        fields = (question_field, answer_field, None if metadata_fields is None else tuple(metadata_fields))
+        fields = (question_field, answer_field, None if metadata_fields is None else tuple(metadata_fields), grader)
         items = _cached_rows(("jsonl", fields), self.path, lambda: [
-            _row_to_item(row, where, question_field, answer_field, metadata_fields)
+            _row_to_item(row, where, question_field, answer_field, metadata_fields, grader)
             for where, row in iter_jsonl(self.path, DatasetRowError)
         ])
         self._finish(items, seed, size, grader, str(self.path))
@@ -325,23 +452,25 @@ class HFDatasetSource(_RowsSource):
         question_field: str = "question",
         answer_field: str = "answer",
         metadata_fields: list[str] | None = None,
-        grader: str = "math",
+        grader: str | None = None,
         seed: int = 0,
         size: int | None = None,
     ) -> None:
         self.path = Path(path)
         metadata_fields = _field_names(question_field, answer_field, metadata_fields)
+        if grader is not None:
+            check_grader(grader, "hf_dataset task source: grader")
 
         def load() -> tuple[list[Item], str]:
             ds, split_name = _load_hf(self.path, split)
             return [
-                _row_to_item(row, f"{self.path} [{split_name}] row {k}", question_field, answer_field, metadata_fields)
+                _row_to_item(row, f"{self.path} [{split_name}] row {k}", question_field, answer_field, metadata_fields, grader)
                 for k, row in enumerate(ds)
             ], split_name
 
         if not self.path.exists():
             raise FileNotFoundError(f"hf_dataset: no such dataset directory or data file: {self.path}")
-        fields = (question_field, answer_field, None if metadata_fields is None else tuple(metadata_fields))
+        fields = (question_field, answer_field, None if metadata_fields is None else tuple(metadata_fields), grader)
         items, self.split = _cached_rows(("hf_dataset", split, fields), self.path, load)
         self._finish(items, seed, size, grader, f"{self.path} [{self.split}]")
 

@@ -66,8 +66,8 @@ def test_summarize_and_ks():
     out = summarize(groups, [1, 2, 4])
     assert out["pass@1"] == pytest.approx((0.5 + 0.0) / 2)
     assert out["pass@2"] == pytest.approx((1 - math.comb(2, 2) / math.comb(4, 2)) / 2)
-    assert out["pass@4"] == pytest.approx(0.5)
-    assert out["maj@4"] == pytest.approx(0.5)  # "4" vs "5" tie: "4" first -> right; group 2 wrong
+    assert out["pass@4"] == pytest.approx(1.0)  # group 2 has 3 graded samples (one infra error): left out
+    assert out["maj@4"] == pytest.approx(1.0)  # "4" vs "5" tie: "4" first -> right; group 2 left out
     assert out["mean_reward"] == pytest.approx(2 / 7)  # the infra error is excluded
     assert out["infra_errors"] == 1 and out["format_rate"] == pytest.approx(6 / 8)
     assert out["mean_think_tokens"] == pytest.approx(6.0) and out["truncation_rate"] == pytest.approx(1 / 8)
