@@ -2,7 +2,7 @@
 
 import pytest
 
-from thinkgym.verifiers import Grade, grade, register_grader
+from thinkgym.verifiers import Grade, get_grader, grade, register_grader
 from thinkgym.verifiers.rubric import Rubric, register_rubric
 
 
@@ -30,7 +30,9 @@ def test_math_plus_format_is_registered_and_weighted():
     g = grade("math+format", RIGHT_WELL_FORMED, "4")
     assert g.score == 1.0 and g.components["math"] == 1.0 and g.components["format"] == 1.0
     assert g.components["format.think_nonempty"] == 1.0 and g.extracted == "4"
-    assert g.grader == "math+format@1"
+    # The parts' versions are in the rubric's fingerprint: its scores change with theirs.
+    parts = "+".join(get_grader(n).fingerprint for n in ("math", "format"))
+    assert g.grader == f"math+format@1({parts})" and parts.startswith("math@") and "format@" in parts
     sloppy = grade("math+format", RIGHT_SLOPPY, "4")
     assert sloppy.score == pytest.approx(1.0 / 1.1)
     wrong = grade("math+format", WRONG_WELL_FORMED, "4")

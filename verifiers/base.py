@@ -68,7 +68,14 @@ class GraderSpec:
 
     @property
     def fingerprint(self) -> str:
-        return f"{self.name}@{self.version}"
+        """``name@version``; a rubric adds its parts' fingerprints (``math+format@1(math@3+format@2)``):
+        its scores change whenever a part's do, which its own version does not say."""
+        parts = getattr(self.fn, "weights", None)
+        if not parts:
+            return f"{self.name}@{self.version}"
+        # One level: a part's own name@version (rubrics of rubrics could otherwise loop).
+        fps = [f"{n}@{GRADERS.get(n).version}" if n in GRADERS else n for n in parts]
+        return f"{self.name}@{self.version}({'+'.join(fps)})"
 
     def __call__(self, completion: str, gold: Any, **meta: Any) -> Grade:
         """Run the grader; an exception becomes a logged ``score=None`` grade.
