@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 # vLLM on CPU: a 1 GiB KV cache is plenty for the tiny model, and the in-process engine
 # starts in seconds. Set before anything imports vllm.
@@ -55,3 +55,16 @@ def loopback_server(handler: type) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def send_body(handler: Any, code: int, body: bytes, ctype: str = "application/json") -> None:
+    """Answer ``handler``'s request with ``code`` and ``body``; a client that already left (timed
+    out, or was killed) is not the test's failure."""
+    handler.send_response(code)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    try:
+        handler.wfile.write(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass

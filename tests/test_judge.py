@@ -22,7 +22,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import free_port
+from conftest import free_port, send_body
 
 from thinkgym.verifiers import grade
 from thinkgym.verifiers.judge import JudgeClient, JudgeConfig, build_messages, client_for, judge, parse_verdict
@@ -77,14 +77,7 @@ class Stub:
                 text = step.format(nonce=nonce, candidate=cand)
                 out = json.dumps({"choices": [{"message": {"role": "assistant", "content": text},
                                                "finish_reason": finish}]}).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                send_body(self, 200, out)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"

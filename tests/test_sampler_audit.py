@@ -9,7 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
-from conftest import loopback_server
+from conftest import loopback_server, send_body
 
 from thinkgym.sampler.types import SamplingConfig, check_prompts, request_seed
 
@@ -132,14 +132,7 @@ class _Fake(BaseHTTPRequestHandler):
         pass
 
     def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except BrokenPipeError:
-            pass  # the client timed out first
+        send_body(self, code, body, ctype)
 
     def do_GET(self):
         self._send(200, json.dumps({"object": "list", "data": [{"id": "tiny", "max_model_len": 512}]}).encode())

@@ -14,7 +14,7 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
 
 import pytest
-from conftest import loopback_server
+from conftest import loopback_server, send_body
 
 torch = pytest.importorskip("torch")
 
@@ -366,15 +366,8 @@ class _Stub(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
-    def _send(self, code, body):
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        send_body(self, code, body, ctype)
 
     def do_GET(self):
         self._send(200, json.dumps({"object": "list", "data": [{"id": "tiny", "max_model_len": 512}]}).encode())

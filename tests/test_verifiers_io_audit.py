@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
-from conftest import loopback_server
+from conftest import loopback_server, send_body
 from typer.testing import CliRunner
 
 from thinkgym.cli import app
@@ -157,14 +157,7 @@ class _SlowJudge(BaseHTTPRequestHandler):
         time.sleep(self.delay)
         out = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"VERDICT {nonce}: CORRECT"},
                                        "finish_reason": "stop"}]}).encode()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        send_body(self, 200, out)
 
 
 def test_grade_cli_gives_a_judge_row_the_judges_own_budget(tmp_path):
