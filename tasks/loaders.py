@@ -108,24 +108,29 @@ def _math_gold(a: Any) -> str | None:
     return None
 
 
+def _refusal(check: Callable[[Any], Any]) -> Callable[[Any], str | None]:
+    """A grader's own gold check (it raises on a bad gold) as an error text or None."""
+
+    def problem(a: Any) -> str | None:
+        try:
+            check(a)
+        except (TypeError, ValueError) as e:
+            return str(e)
+        return None
+
+    return problem
+
+
 def _countdown_gold(a: Any) -> str | None:
     from thinkgym.verifiers.countdown import _parse_gold
 
-    try:
-        _parse_gold(a)
-    except (TypeError, ValueError) as e:
-        return str(e)
-    return None
+    return _refusal(_parse_gold)(a)
 
 
 def _code_gold(a: Any) -> str | None:
     from thinkgym.verifiers.code import validate_tests
 
-    try:
-        validate_tests(a)
-    except (TypeError, ValueError) as e:
-        return str(e)
-    return None
+    return _refusal(validate_tests)(a)
 
 
 #: Cheap checks (type and shape, never a parse by sympy or a run) of a gold each built-in grader
