@@ -22,9 +22,10 @@ def iter_jsonl(path: str | Path | BinaryIO, error: type[Exception] = ValueError)
 
     A missing file, a line that is not UTF-8 or not JSON (or JSON that Python refuses: an integer
     too long to convert, a number beyond a float's range such as ``1e999``, nesting deeper than
-    :data:`MAX_DEPTH`) raises ``error`` with the file, line and field in its message, so callers only validate the fields of their own rows. Strings may hold
-    lone surrogates (a ``\\ud800`` escape is valid JSON); :func:`dumps_line` writes them back
-    unchanged. ``path`` may also be an open binary stream (standard input), named ``<stdin>``.
+    :data:`MAX_DEPTH`) raises ``error`` with the file, line and field in its message, so callers
+    only validate the fields of their own rows. Strings may hold lone surrogates (a ``\\ud800``
+    escape is valid JSON); :func:`dumps_line` writes them back unchanged. ``path`` may also be an
+    open binary stream (standard input), named ``<stdin>``.
     """
     if hasattr(path, "read"):
         yield from _iter_lines(path, "<stdin>", error)  # type: ignore[arg-type]
