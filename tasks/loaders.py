@@ -144,8 +144,8 @@ def _gold_problem(grader: str, gold: Any) -> str | None:
     """Why ``gold`` cannot be read by ``grader`` (or by a part of a rubric), or None."""
     from thinkgym.verifiers import get_grader
 
-    parts = getattr(get_grader(grader).fn, "weights", None)  # a rubric hands the gold to its parts
-    if parts is not None:
+    parts = get_grader(grader).parts  # a rubric hands the gold to its parts
+    if parts:
         return next((f"{p}: {why}" for p in parts if (why := _gold_problem(p, gold))), None)
     check = _GOLD_CHECKS.get(grader)
     return check(gold) if check is not None else None

@@ -67,14 +67,18 @@ class GraderSpec:
     None); None: not declared, anything is passed (see :func:`check_kwargs`)."""
 
     @property
+    def parts(self) -> tuple[str, ...]:
+        """The graders a rubric combines (each gets the completion, gold and meta); () otherwise."""
+        return tuple(getattr(self.fn, "weights", None) or ())
+
+    @property
     def fingerprint(self) -> str:
         """``name@version``; a rubric adds its parts' fingerprints (``math+format@1(math@3+format@2)``):
         its scores change whenever a part's do, which its own version does not say."""
-        parts = getattr(self.fn, "weights", None)
-        if not parts:
+        if not self.parts:
             return f"{self.name}@{self.version}"
         # One level: a part's own name@version (rubrics of rubrics could otherwise loop).
-        fps = [f"{n}@{GRADERS.get(n).version}" if n in GRADERS else n for n in parts]
+        fps = [f"{n}@{GRADERS.get(n).version}" if n in GRADERS else n for n in self.parts]
         return f"{self.name}@{self.version}({'+'.join(fps)})"
 
     def __call__(self, completion: str, gold: Any, **meta: Any) -> Grade:
@@ -258,10 +262,9 @@ def accepted_kwargs(name: str) -> dict[str, Callable[[Any], str | None]] | None:
     """The keyword arguments grader ``name`` reads, each with its check; None when not declared
     (``register_grader(kwargs=...)``), or a rubric with such a part: anything is passed."""
     spec = get_grader(name)
-    parts = getattr(spec.fn, "weights", None)
-    if parts is not None:  # a rubric passes its meta to every part
+    if spec.parts:  # a rubric passes its meta to every part
         out: dict[str, Callable[[Any], str | None]] = {"component_meta": lambda v: None if isinstance(v, dict) else "expected an object"}
-        for n in parts:
+        for n in spec.parts:
             known = accepted_kwargs(n)
             if known is None:
                 return None

@@ -111,7 +111,7 @@ def _parts(grader: str) -> set[str]:
 
     if grader == "code":  # graded here directly, not through the registry
         return {"code"}
-    return {grader, *getattr(get_grader(grader).fn, "weights", ())}
+    return {grader, *get_grader(grader).parts}
 
 
 def _judge_budget(cfg: Any) -> float:

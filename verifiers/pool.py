@@ -463,7 +463,7 @@ class GraderPool:
         # Workers know the built-in graders and entry points. A grader registered by the caller's
         # own code travels with the request (module-level functions by reference, rubrics by
         # value), and the modules that registered a rubric's parts are imported in the worker.
-        names = [grader] + (list(spec.fn.weights) if hasattr(spec.fn, "weights") else [])
+        names = [grader, *spec.parts]
         origins = []
         for n in names:
             try:
