@@ -7,7 +7,13 @@ prefix once, copies its key/value cache to the group's rows, and runs only each 
 against it. Logprobs and gradients equal the plain forward's (float rounding aside: a test checks
 both); the tokens the model sees drop from ``sum(len)`` to ``sum(prefix) + sum(len - prefix)``.
 The prefix ends before the first token the loss scores, so every scored position lies in the
-suffix. Multi-turn episodes share their first prompt; identical completions share nothing more.
+suffix. Multi-turn episodes share their first prompt.
+
+**Identical rows.** A sharp policy samples the same completion more than once (about 30% of the
+demo's rows at the start of GRPO). Such rows run once and their outputs are copied; each copy
+keeps its own place in the loss, and the copy's backward adds their gradients up, so the update
+is the plain one (float rounding aside). Dropout, if a model trains with it, then draws one mask
+per distinct row: the same expected gradient.
 """
 
 from __future__ import annotations
@@ -137,11 +143,46 @@ def collate(episodes: list[Any], pad_id: int, device: Any) -> dict[str, Any]:
             "mask": t["loss_mask"][:, 1:].to(device), "sampler_lp": t["old_logprobs"][:, 1:].to(device)}
 
 
+def distinct_rows(b: dict[str, Any]) -> tuple[Any, Any] | None:
+    """The first of each set of identical rows, and each row's set. -> (U,), (n,); None if all differ.
+
+    Rows are identical when their tokens, attention and scored positions are (a group's samples
+    share their prompt, and a sharp policy often samples the same completion twice)."""
+    import torch
+
+    attn = b["attention_mask"]
+    parts = [b["input_ids"] * attn, attn]
+    if "mask" in b:  # the shared prefix ends before a row's first scored token
+        parts.append(torch.cat([b["mask"] != 0, torch.zeros_like(attn[:, :1], dtype=torch.bool)], 1).to(attn.dtype))
+    key = torch.cat(parts, 1)  # (n, 2T or 3T)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # (n,) in 0..U-1
+    U, n = int(inverse.max()) + 1, len(inverse)
+    if U == n:
+        return None
+    first = torch.full((U,), n, dtype=torch.long, device=inverse.device).scatter_reduce(
+        0, inverse, torch.arange(n, device=inverse.device), "amin")  # (U,) in unique's sorted order
+    first, order = first.sort()  # rows keep the batch's order (groups stay contiguous)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(U, device=order.device)
+    return first, rank[inverse]
+
+
 def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool | str = False) -> tuple[Any, Any]:
     """Token logprobs (n, T-1) under ``engine``; entropies too if ``entropy`` (``"metric"``: no grad).
 
-    A batch with ``gids`` runs each group's shared prompt once (:func:`shared_prefix_logits`), unless
+    Identical rows run once (:func:`distinct_rows`) and their outputs are copied, so each copy's
+    loss still counts and the gradient is the same: it flows back through the copy as a sum. A
+    batch with ``gids`` runs each group's shared prompt once (:func:`shared_prefix_logits`), unless
     it is longer than :func:`rope_length_limit`."""
+    rows = distinct_rows(b)
+    if rows is not None:
+        first, inverse = rows
+        lp, ent = _forward({k: v[first] for k, v in b.items()}, engine, temperature, entropy)
+        return lp[inverse], None if ent is None else ent[inverse]
+    return _forward(b, engine, temperature, entropy)
+
+
+def _forward(b: dict[str, Any], engine: Any, temperature: float, entropy: bool | str) -> tuple[Any, Any]:
     from thinkgym.grpo import core
 
     limit = rope_length_limit(engine)

@@ -25,6 +25,7 @@ One step, top to bottom (``train`` below):
    (of every rank: ``token_mean`` divides by the token count of all ranks together).
    A non-finite loss skips the update (loudly); ``max_bad_steps`` in a row stops the run.
    Each group's shared prompt runs once per micro-batch (``shared_prefix``, ``grpo/forward.py``),
+   identical completions run once (their copies share the outputs and add up in the gradient),
    and with one update per batch the "old" logprobs are the training forward's own, detached.
    The learning rate warms up linearly, then is constant or cosine-decayed (``min_lr_ratio``).
 5. **Sync** the new weights into the sampler, log metrics, evaluate and checkpoint.

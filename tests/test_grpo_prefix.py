@@ -156,3 +156,47 @@ def test_rope_length_limit():
     assert rope_length_limit(model(rope_parameters=long)) == 16
     assert rope_length_limit(SimpleNamespace(module=model(rope_parameters=long))) == 16  # a DeepSpeed engine
     assert rope_length_limit(object()) is None
+
+
+def test_identical_rows_run_once_with_the_same_logprobs_and_gradients(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from thinkgym.grpo.forward import _forward, distinct_rows
+
+    g = torch.Generator().manual_seed(1)
+    r = lambda k: torch.randint(3, 200, (k,), generator=g).tolist()  # noqa: E731
+    p, c = r(9), r(6)
+    b = batch([(p, [c, r(4), list(c), list(c)]), (r(5), [r(3), r(3)])])
+    first, inverse = distinct_rows(b)
+    assert first.tolist() == [0, 1, 4, 5] and inverse[[0, 2, 3]].unique().numel() == 1
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.train()
+    rows_seen = []
+    model.register_forward_pre_hook(lambda _m, args, kw: rows_seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    w = torch.arange(1.0, 7.0)[:, None]  # each copy carries its own weight in the loss
+
+    def run(fwd):
+        model.zero_grad()
+        rows_seen.clear()
+        lp, ent = fwd(b)
+        ((lp + 0.1 * ent) * b["mask"] * w).sum().backward()
+        return lp.detach(), ent.detach(), [q.grad.clone() for q in model.parameters()], sum(rows_seen)
+
+    lp0, ent0, g0, n0 = run(lambda x: _forward(x, model, 1.0, True))
+    lp1, ent1, g1, n1 = run(lambda x: policy_forward(model, x, 1.0, entropy=True))
+    assert n1 < n0  # the copies did not run
+    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent1, ent0, atol=1e-5, rtol=1e-5)
+    for a, q in zip(g0, g1):
+        torch.testing.assert_close(q, a, atol=1e-5, rtol=1e-3)
+
+
+def test_rows_with_the_same_tokens_but_other_scored_positions_stay_apart():
+    from thinkgym.grpo.forward import distinct_rows
+
+    b = batch([([5, 6, 7], [[8, 9], [8, 9]])])
+    assert distinct_rows(b) is not None
+    b["mask"][1, 2] = 0.0  # the copy scores one token fewer
+    assert distinct_rows(b) is None
+    b = batch([([5, 6, 7], [[8, 9], [8, 9, 0]])])  # a pad-id token inside the second row
+    assert distinct_rows(b) is None
