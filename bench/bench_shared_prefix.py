@@ -2,12 +2,16 @@
 
 A GRPO batch holds ``prompts`` groups of ``group`` completions that share their prompt. The plain
 forward runs every row in full; thinkgym's (``grpo/forward.py``) runs each prompt once per
-micro-batch. Both compute token logprobs and entropies and backpropagate the same loss; the
-script prints step time, tokens through the model and the ratio, and checks that the logprobs
-agree (it exits non-zero when they differ by more than ``--tolerance``). No vLLM, no DeepSpeed
-(their cost is the same on both sides).
+micro-batch, and each distinct completion once: ``--duplicates F`` makes a fraction F of each
+group's completions copies of earlier ones (0.29 in the demo's rollouts at the start of GRPO),
+and the script then also times the shared-prefix forward with copies run (``merged`` off). All
+variants compute token logprobs and entropies and backpropagate the same loss; the script prints
+step time, tokens through the model and the ratio, and checks that the logprobs agree (it exits
+non-zero when they differ by more than ``--tolerance``). No vLLM, no DeepSpeed (their cost is the
+same on both sides).
 
     python bench/bench_shared_prefix.py                                  # the demo's shape
+    python bench/bench_shared_prefix.py --duplicates 0.29
     python bench/bench_shared_prefix.py --prompt-len 300 --completion-len 200 --model DIR
 """
 
@@ -32,9 +36,15 @@ def make_batch(args, vocab: int):
     for p in range(args.prompts):
         plen = int(args.prompt_len * (0.8 + 0.4 * torch.rand((), generator=g)))
         prompt = torch.randint(3, vocab, (plen,), generator=g).tolist()
-        for _ in range(args.group):
-            clen = int(args.completion_len * (0.5 + torch.rand((), generator=g)))
-            rows.append((prompt, torch.randint(3, vocab, (max(1, clen),), generator=g).tolist()))
+        own: list[list[int]] = []
+        for k in range(args.group):
+            if own and k >= args.group - round(args.duplicates * args.group):  # a copy of an earlier completion
+                comp = own[int(torch.randint(len(own), (), generator=g))]
+            else:
+                clen = int(args.completion_len * (0.5 + torch.rand((), generator=g)))
+                comp = torch.randint(3, vocab, (max(1, clen),), generator=g).tolist()
+                own.append(comp)
+            rows.append((prompt, comp))
             gids.append(p)
     from thinkgym.grpo.forward import collate
 
@@ -54,12 +64,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duplicates", type=float, default=0.0, help="fraction of each group's completions that copy an earlier one")
     p.add_argument("--json", help="also write the result here")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest logprob difference that counts as agreeing")
     args = p.parse_args()
     for k in ("prompts", "group", "completion_len", "micro_batch", "repeats"):
         if getattr(args, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    if not 0.0 <= args.duplicates < 1.0:
+        p.error(f"--duplicates must be in [0, 1), got {args.duplicates}")
     if args.prompt_len < 2:
         p.error(f"--prompt-len must be >= 2, got {args.prompt_len}")
     if args.threads is not None and args.threads < 1:
@@ -80,7 +93,7 @@ def bench(args: argparse.Namespace, tmp: str | None) -> bool:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from thinkgym.grpo.forward import policy_forward, prefix_lengths, take
+    from thinkgym.grpo.forward import distinct_rows, policy_forward, prefix_lengths, take
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,7 +108,13 @@ def bench(args: argparse.Namespace, tmp: str | None) -> bool:
     n = len(full["gids"])
     chunks = [torch.arange(i, min(i + args.micro_batch, n)) for i in range(0, n, args.micro_batch)]
 
-    def step(shared: bool) -> tuple[float, torch.Tensor]:
+    # variant -> (share each group's prompt, run identical rows once)
+    variants = {"plain": (False, False), "shared": (True, True)}
+    if args.duplicates:
+        variants["shared_unmerged"] = (True, False)
+
+    def step(variant: str) -> tuple[float, torch.Tensor]:
+        shared, merge = variants[variant]
         model.zero_grad(set_to_none=True)
         out = torch.zeros(n, full["mask"].shape[1])
         t0 = time.perf_counter()
@@ -103,36 +122,46 @@ def bench(args: argparse.Namespace, tmp: str | None) -> bool:
             b, t = take(full, idx)
             if not shared:
                 b = {k: v for k, v in b.items() if k != "gids"}
-            lp, ent = policy_forward(model, b, 1.0, entropy="metric")
+            lp, ent = policy_forward(model, b, 1.0, entropy="metric", merge_identical=merge)
             (-(lp * b["mask"]).sum() / full["mask"].sum()).backward()
             out[idx, :t] = lp.detach()
         return time.perf_counter() - t0, out
 
-    times: dict[bool, list[float]] = {True: [], False: []}
+    times: dict[str, list[float]] = {v: [] for v in variants}
     lps = {}
     for r in range(args.repeats + 1):  # the first round warms up
-        for shared in (False, True):
-            dt, lps[shared] = step(shared)
+        for v in variants:
+            dt, lps[v] = step(v)
             if r:
-                times[shared].append(dt)
+                times[v].append(dt)
     m = full["mask"] > 0
-    max_diff = float((lps[True] - lps[False])[m].abs().max())
+    max_diff = max(float((lps[v] - lps["plain"])[m].abs().max()) for v in variants)
     tokens_plain = int(full["attention_mask"].sum())
-    tokens_shared = 0
+    tokens_shared = tokens_merged = 0
     for idx in chunks:
         b, _ = take(full, idx)
         _, gid = torch.unique(b["gids"], return_inverse=True)
         pre = prefix_lengths(b["input_ids"], b["attention_mask"], b["mask"], gid)
-        tokens_shared += int(pre.sum()) + int((b["attention_mask"].sum(1) - pre[gid]).sum())
+        suffix = b["attention_mask"].sum(1) - pre[gid]  # (n,)
+        rows = distinct_rows(b)
+        tokens_shared += int(pre.sum()) + int(suffix.sum())
+        tokens_merged += int(pre.sum()) + int((suffix if rows is None else suffix[rows[0]]).sum())
     res = {"rows": n, "prompts": args.prompts, "group": args.group, "prompt_len": args.prompt_len,
-           "completion_len": args.completion_len, "micro_batch": args.micro_batch, "threads": torch.get_num_threads(),
-           "plain_s": statistics.median(times[False]), "shared_s": statistics.median(times[True]),
-           "tokens_plain": tokens_plain, "tokens_shared": tokens_shared, "max_logprob_diff": max_diff,
-           "date": time.strftime("%Y-%m-%d", time.gmtime())}
+           "completion_len": args.completion_len, "duplicates": args.duplicates, "micro_batch": args.micro_batch,
+           "threads": torch.get_num_threads(), "plain_s": statistics.median(times["plain"]),
+           "shared_s": statistics.median(times["shared"]), "tokens_plain": tokens_plain,
+           "tokens_shared": tokens_merged, "max_logprob_diff": max_diff, "date": time.strftime("%Y-%m-%d", time.gmtime())}
     res["speedup"] = res["plain_s"] / res["shared_s"]
+    extra = ""
+    if "shared_unmerged" in times:
+        res.update(shared_unmerged_s=statistics.median(times["shared_unmerged"]), tokens_shared_unmerged=tokens_shared)
+        res["merge_speedup"] = res["shared_unmerged_s"] / res["shared_s"]
+        extra = (f"; with copies run: {res['shared_unmerged_s']:.3f}s, {tokens_shared} tokens "
+                 f"-> merging identical rows {res['merge_speedup']:.2f}x")
     print(json.dumps(res, indent=1))
     print(f"learner forward+backward, {n} rows: plain {res['plain_s']:.3f}s, shared prefix {res['shared_s']:.3f}s "
-          f"-> plain / shared {res['speedup']:.2f}x ({tokens_plain} -> {tokens_shared} tokens; logprobs agree to {max_diff:.1e})")
+          f"-> plain / shared {res['speedup']:.2f}x ({tokens_plain} -> {tokens_merged} tokens; logprobs agree to "
+          f"{max_diff:.1e}){extra}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))

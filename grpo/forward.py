@@ -167,14 +167,15 @@ def distinct_rows(b: dict[str, Any]) -> tuple[Any, Any] | None:
     return first, rank[inverse]
 
 
-def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool | str = False) -> tuple[Any, Any]:
+def policy_forward(engine: Any, b: dict[str, Any], temperature: float, entropy: bool | str = False,
+                   merge_identical: bool = True) -> tuple[Any, Any]:
     """Token logprobs (n, T-1) under ``engine``; entropies too if ``entropy`` (``"metric"``: no grad).
 
     Identical rows run once (:func:`distinct_rows`) and their outputs are copied, so each copy's
     loss still counts and the gradient is the same: it flows back through the copy as a sum. A
     batch with ``gids`` runs each group's shared prompt once (:func:`shared_prefix_logits`), unless
-    it is longer than :func:`rope_length_limit`."""
-    rows = distinct_rows(b)
+    it is longer than :func:`rope_length_limit`. ``merge_identical=False`` runs every row."""
+    rows = distinct_rows(b) if merge_identical else None
     if rows is not None:
         first, inverse = rows
         lp, ent = _forward({k: v[first] for k, v in b.items()}, engine, temperature, entropy)
