@@ -151,6 +151,8 @@ def distinct_rows(b: dict[str, Any]) -> tuple[Any, Any] | None:
     import torch
 
     attn = b["attention_mask"]
+    if len(attn) < 2:
+        return None
     parts = [b["input_ids"] * attn, attn]
     if "mask" in b:  # the shared prefix ends before a row's first scored token
         parts.append(torch.cat([b["mask"] != 0, torch.zeros_like(attn[:, :1], dtype=torch.bool)], 1).to(attn.dtype))
