@@ -4,7 +4,7 @@ A GRPO batch holds ``prompts`` groups of ``group`` completions that share their 
 forward runs every row in full; thinkgym's (``grpo/forward.py``) runs each prompt once per
 micro-batch, and each distinct completion once: ``--duplicates F`` makes a fraction F of each
 group's completions copies of earlier ones (0.29 in the demo's rollouts at the start of GRPO),
-and the script then also times the shared-prefix forward with copies run (``merged`` off). All
+and the script then also times the shared-prefix forward with every copy run. All
 variants compute token logprobs and entropies and backpropagate the same loss; the script prints
 step time, tokens through the model and the ratio, and checks that the logprobs agree (it exits
 non-zero when they differ by more than ``--tolerance``). No vLLM, no DeepSpeed (their cost is the

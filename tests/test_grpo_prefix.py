@@ -161,7 +161,7 @@ def test_rope_length_limit():
 def test_identical_rows_run_once_with_the_same_logprobs_and_gradients(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from thinkgym.grpo.forward import _forward, distinct_rows
+    from thinkgym.grpo.forward import distinct_rows
 
     g = torch.Generator().manual_seed(1)
     r = lambda k: torch.randint(3, 200, (k,), generator=g).tolist()  # noqa: E731
@@ -182,7 +182,7 @@ def test_identical_rows_run_once_with_the_same_logprobs_and_gradients(tiny_model
         ((lp + 0.1 * ent) * b["mask"] * w).sum().backward()
         return lp.detach(), ent.detach(), [q.grad.clone() for q in model.parameters()], sum(rows_seen)
 
-    lp0, ent0, g0, n0 = run(lambda x: _forward(x, model, 1.0, True))
+    lp0, ent0, g0, n0 = run(lambda x: policy_forward(model, x, 1.0, entropy=True, merge_identical=False))
     lp1, ent1, g1, n1 = run(lambda x: policy_forward(model, x, 1.0, entropy=True))
     assert n1 < n0  # the copies did not run
     torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-5)
