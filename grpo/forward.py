@@ -161,9 +161,7 @@ def distinct_rows(b: dict[str, Any]) -> tuple[Any, Any] | None:
     U, n = int(inverse.max()) + 1, len(inverse)
     if U == n:
         return None
-    first = torch.full((U,), n, dtype=torch.long, device=inverse.device).scatter_reduce(
-        0, inverse, torch.arange(n, device=inverse.device), "amin")  # (U,) in unique's sorted order
-    first, order = first.sort()  # rows keep the batch's order (groups stay contiguous)
+    first, order = first_rows(inverse, U).sort()  # (U,) unique numbers sets by key; keep the batch's row order
     rank = torch.empty_like(order)
     rank[order] = torch.arange(U, device=order.device)
     return first, rank[inverse]

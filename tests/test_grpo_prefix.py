@@ -200,3 +200,5 @@ def test_rows_with_the_same_tokens_but_other_scored_positions_stay_apart():
     assert distinct_rows(b) is None
     b = batch([([5, 6, 7], [[8, 9], [8, 9, 0]])])  # a pad-id token inside the second row
     assert distinct_rows(b) is None
+    b["mask"][1, -1] = 0.0  # ... even where it is not scored: the model still attends to it
+    assert distinct_rows(b) is None
